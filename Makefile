@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use
+# and are safe to run again. torch is installed from its pinned CPU build first so that the
+# package's own `torch>=` bound is already satisfied and pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hf-vtok demo --out demo_out
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo_out

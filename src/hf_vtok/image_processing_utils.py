@@ -1,0 +1,139 @@
+"""Image processors shared by the tokenizer families: a PIL backend and a pure-torch backend.
+
+transformers' default ``TorchvisionBackend`` needs torchvision, which many CPU installs (and this
+project) cannot use, so the torch backend here resizes with ``torch.nn.functional.interpolate``.
+Both backends do the same steps: convert to RGB, resize the shortest edge to ``size``, centre-crop to
+``crop_size``, rescale to [0, 1], normalise with ``image_mean``/``image_std``.
+
+A family subclasses both with its own defaults (size, mean, std) and registers
+``{"pil": XImageProcessorPil, "torch": XImageProcessor}`` with ``AutoImageProcessor``; the Auto class
+falls back to the PIL one when torchvision is missing. Inputs are checked first: every PIL mode is
+converted (alpha on white, 16-bit rescaled), and empty, corrupt, non-finite or oversized images raise
+a ``ValueError`` naming ``images``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+from .validation import describe, load_image
+
+
+def images_to_list(images: Any, name: str = "images") -> list:
+    """Normalise the accepted inputs to a non-empty list of RGB ``PIL.Image``.
+
+    Accepts one image or a list/tuple of images, each a PIL image, a file path, encoded bytes, a
+    numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
+    (CxHxW, or a BxCxHxW batch; uint8 or float in [0, 1]).
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if len(images) == 0:
+        raise ValueError(f"`{name}` must contain at least one image, got an empty {type(images).__name__}.")
+    converted = []
+    for index, image in enumerate(images):
+        item_name = f"{name}[{index}]"
+        if isinstance(image, torch.Tensor):
+            image = _tensor_to_array(image, item_name)
+        converted.append(load_image(image, name=item_name))
+    return converted
+
+
+def _tensor_to_array(image: torch.Tensor, name: str) -> np.ndarray:
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"`{name}` tensor must be CxHxW with 1, 3 or 4 channels, got {describe(image)}.")
+    if image.numel() == 0:
+        raise ValueError(f"`{name}` tensor must not be empty, got {describe(image)}.")
+    array = image.detach().cpu()
+    if array.is_floating_point():
+        array = array.float()
+    return np.moveaxis(array.numpy(), 0, -1)
+
+
+class VTokImageProcessorPil(PilBackend):
+    """PIL/NumPy backend: shortest-edge resize, centre crop, rescale, normalise."""
+
+    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BICUBIC
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 224}
+    crop_size = {"height": 224, "width": 224}
+    default_to_square = False
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+    def preprocess(self, images, *args, **kwargs) -> BatchFeature:
+        return super().preprocess(images_to_list(images), *args, **kwargs)
+
+    def postprocess_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: model-space pixels → floats in [0, 1] (for viewing and metrics)."""
+        mean = torch.tensor(self.image_mean, dtype=pixel_values.dtype, device=pixel_values.device)[:, None, None]
+        std = torch.tensor(self.image_std, dtype=pixel_values.dtype, device=pixel_values.device)[:, None, None]
+        return (pixel_values * std + mean).clamp(0.0, 1.0)
+
+
+class VTokImageProcessorTorch(VTokImageProcessorPil):
+    """Pure-torch backend (no torchvision): the same steps on tensors, antialiased bicubic resize."""
+
+    @property
+    def backend(self) -> str:
+        return "torch"
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size,
+        resample,
+        do_center_crop: bool,
+        crop_size,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        processed = []
+        for image in images:
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).float()[None]  # 1xCxHxW in [0, 255]
+            if do_resize:
+                height, width = tensor.shape[-2:]
+                if size.shortest_edge:
+                    scale = size.shortest_edge / min(height, width)
+                    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                else:
+                    new_size = (size.height, size.width)
+                if new_size != (height, width):
+                    tensor = F.interpolate(tensor, size=new_size, mode="bicubic", antialias=True, align_corners=False)
+                    tensor = tensor.clamp(0.0, 255.0)
+            if do_center_crop:
+                height, width = tensor.shape[-2:]
+                top = max(0, (height - crop_size.height) // 2)
+                left = max(0, (width - crop_size.width) // 2)
+                tensor = tensor[..., top : top + crop_size.height, left : left + crop_size.width]
+            if do_rescale:
+                tensor = tensor * rescale_factor
+            if do_normalize:
+                mean = torch.tensor(image_mean, dtype=tensor.dtype)[:, None, None]
+                std = torch.tensor(image_std, dtype=tensor.dtype)[:, None, None]
+                tensor = (tensor - mean) / std
+            processed.append(tensor[0])
+        pixel_values = torch.stack(processed) if return_tensors == "pt" else [t.numpy() for t in processed]
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=None if return_tensors == "pt" else return_tensors)

@@ -1,0 +1,203 @@
+"""Pieces shared by the three tokenizer families: the common output, the common API and positions.
+
+Every tokenizer model (``SlotQFormerModel``, ``SeTokModel``, ``DDTTokenizerModel``) inherits
+:class:`VisualTokenizerMixin` next to its ``PreTrainedModel`` base and returns :class:`VisualTokens`
+from ``encode``, so that the MLLM, the pipelines, the CLI, the benchmarks and the evaluation code
+never branch on the family.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from .validation import check_pixel_values, check_token_ids
+
+TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
+
+
+@dataclass
+class VisualTokens(ModelOutput):
+    """What ``encode`` returns for any tokenizer family.
+
+    Args:
+        ids (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+            Codebook indices flattened in the order named by ``config.token_order``. ``None`` for
+            continuous tokenizers (SeTok).
+        embeddings (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`):
+            The continuous view of the tokens (what ``embed_ids(ids)`` rebuilds for discrete
+            families; the only view for SeTok).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
+            1 for real tokens, 0 for padding. All ones except for SeTok's variable token counts.
+        assignments (`torch.FloatTensor` of shape `(batch_size, num_groups, num_patches)`, *optional*):
+            Per-patch maps for visualisation: slot-attention weights (SlotQFormer) or cluster masks
+            (SeTok). ``None`` where the family has none (DDT).
+        quantization_loss (`torch.FloatTensor`, *optional*):
+            Commitment (and codebook) loss of the quantizer, for training wrappers.
+    """
+
+    ids: torch.LongTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    assignments: torch.FloatTensor | None = None
+    quantization_loss: torch.FloatTensor | None = None
+
+    @property
+    def num_tokens(self) -> torch.LongTensor:
+        """Number of real tokens per image, shape `(batch_size,)`."""
+        return self.attention_mask.sum(dim=-1)
+
+
+class VisualTokenizerMixin:
+    """The API every tokenizer model implements (mixed into its ``PreTrainedModel``).
+
+    Subclasses set ``config.num_visual_tokens``, ``config.codebook_size`` (``None`` when
+    continuous), ``config.token_order`` and ``config.num_channels``/``config.image_size``, and
+    implement :meth:`encode` and, for discrete families, :meth:`embed_ids`.
+    """
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Tokens per image (the maximum for variable-length families)."""
+        return self.config.num_visual_tokens
+
+    @property
+    def codebook_size(self) -> int | None:
+        """Number of distinct ids, or ``None`` for continuous tokens."""
+        return getattr(self.config, "codebook_size", None)
+
+    @property
+    def token_order(self) -> str:
+        """How ids are flattened: see ``TOKEN_ORDERS`` and the family's documentation."""
+        return self.config.token_order
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.codebook_size is not None
+
+    @property
+    def visual_token_dim(self) -> int:
+        """Width of ``VisualTokens.embeddings``."""
+        return self.config.token_embedding_dim
+
+    def encode(self, pixel_values: torch.Tensor) -> VisualTokens:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement `encode`.")
+
+    def embed_ids(self, ids: torch.LongTensor) -> torch.FloatTensor:
+        raise TypeError(
+            f"{type(self).__name__} produces continuous tokens and has no codebook: `embed_ids` is only "
+            "defined for discrete tokenizers (SlotQFormer, DDTTokenizer)."
+        )
+
+    # Validation shared by the families' entry points.
+    def _check_pixel_values(self, pixel_values) -> torch.Tensor:
+        return check_pixel_values(
+            pixel_values, num_channels=self.config.num_channels, image_size=self.config.image_size
+        )
+
+    def _check_ids(self, ids, name: str = "ids") -> torch.LongTensor:
+        if not self.is_discrete:
+            return self.embed_ids(ids)  # raises the TypeError above
+        return check_token_ids(ids, codebook_size=self.codebook_size, num_tokens=self.num_visual_tokens, name=name)
+
+
+def sinusoidal_embedding_1d(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sine/cosine embedding of (possibly fractional) positions: `(...,)` → `(..., dim)`."""
+    if dim % 2:
+        raise ValueError(f"`dim` must be even for a sinusoidal embedding, got {dim}.")
+    half = dim // 2
+    frequencies = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / half
+    )
+    angles = positions.float()[..., None] * frequencies
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def sinusoidal_embedding_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
+    """2D sine/cosine position embedding of a ``height x width`` grid, row-major: `(height*width, dim)`.
+
+    Half of the channels encode the row, half the column (as in MAE / DiT).
+    """
+    if dim % 4:
+        raise ValueError(f"`dim` must be divisible by 4 for a 2D sinusoidal embedding, got {dim}.")
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    cols = torch.arange(width, device=device).repeat(height)
+    return torch.cat([sinusoidal_embedding_1d(rows, dim // 2), sinusoidal_embedding_1d(cols, dim // 2)], dim=-1)
+
+
+class Attention(torch.nn.Module):
+    """Multi-head attention over ``scaled_dot_product_attention`` (self- or cross-attention).
+
+    ``attention_mask`` is boolean ``[B, Lk]`` (True = attend) or ``[B, Lq, Lk]`` / ``[B, 1, Lq, Lk]``,
+    or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"`dim` ({dim}) must be divisible by `num_heads` ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        context_dim = dim if context_dim is None else context_dim
+        self.to_q = torch.nn.Linear(dim, dim, bias=bias)
+        self.to_k = torch.nn.Linear(context_dim, dim, bias=bias)
+        self.to_v = torch.nn.Linear(context_dim, dim, bias=bias)
+        self.to_out = torch.nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, hidden_states, context=None, attention_mask=None, is_causal: bool = False):
+        context = hidden_states if context is None else context
+        query, key, value = self._heads(self.to_q(hidden_states)), self._heads(self.to_k(context)), self._heads(self.to_v(context))
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            if attention_mask.ndim == 2:
+                attention_mask = attention_mask[:, None, None, :]
+            elif attention_mask.ndim == 3:
+                attention_mask = attention_mask[:, None]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, is_causal=is_causal and attention_mask is None
+        )
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(torch.nn.Sequential):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None):
+        super().__init__(
+            torch.nn.Linear(dim, hidden_dim), torch.nn.GELU(), torch.nn.Linear(hidden_dim, out_dim or dim)
+        )
+
+
+class TransformerBlock(torch.nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        context_dim: int | None = None,
+        cross_attention: bool = False,
+    ):
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.cross_attn = Attention(dim, num_heads, context_dim) if cross_attention else None
+        self.norm_cross = torch.nn.LayerNorm(dim) if cross_attention else None
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio))
+
+    def forward(self, hidden_states, attention_mask=None, context=None, context_mask=None, is_causal=False):
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states), attention_mask=attention_mask, is_causal=is_causal)
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("`context` is required by a TransformerBlock built with cross_attention=True.")
+            hidden_states = hidden_states + self.cross_attn(
+                self.norm_cross(hidden_states), context=context, attention_mask=context_mask
+            )
+        return hidden_states + self.mlp(self.norm2(hidden_states))
