@@ -90,7 +90,7 @@ class Codebook(nn.Module):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
-        search_budget: int = 2**24,
+        search_budget: int = 2**22,
     ):
         super().__init__()
         self.codebook_size = check_int("codebook_size", codebook_size, minimum=1)
@@ -149,9 +149,9 @@ class Codebook(nn.Module):
             if half_code_norms is None:
                 ids[start : start + chunk] = (block @ codes_t).argmax(dim=-1)
             else:
-                # argmin ||z-e||² = argmax (z·e - ||e||²/2): one addmm, no square roots
-                scores = torch.addmm(half_code_norms, block, codes_t, beta=-1.0)
-                ids[start : start + chunk] = scores.argmax(dim=-1)
+                # argmin ||z-e||² = argmax (z·e - ||e||²/2): one addmm, no square roots. The score
+                # block is never bound to a name, so it is freed before the next chunk allocates.
+                ids[start : start + chunk] = torch.addmm(half_code_norms, block, codes_t, beta=-1.0).argmax(dim=-1)
         return ids
 
     def lookup(self, ids: torch.LongTensor) -> torch.Tensor:
@@ -297,7 +297,7 @@ class VectorQuantizer(nn.Module):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
-        search_budget: int = 2**24,
+        search_budget: int = 2**22,
     ):
         super().__init__()
         self.dim = check_int("dim", dim, minimum=1)
@@ -402,7 +402,7 @@ class ResidualVectorQuantizer(nn.Module):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
-        search_budget: int = 2**24,
+        search_budget: int = 2**22,
     ):
         super().__init__()
         self.dim = check_int("dim", dim, minimum=1)

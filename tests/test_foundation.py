@@ -1,0 +1,181 @@
+"""Package-level behaviour: input validation, shared image processing, the CLI and the demo."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_vtok.cli import build_parser, main
+from hf_vtok.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch, images_to_list
+from hf_vtok.modeling_utils import TransformerBlock, sinusoidal_embedding_2d
+from hf_vtok.validation import check_pixel_values, check_token_ids, load_image
+
+
+class TinyPil(VTokImageProcessorPil):
+    size = {"shortest_edge": 32}
+    crop_size = {"height": 32, "width": 32}
+
+
+class TinyTorch(VTokImageProcessorTorch):
+    size = {"shortest_edge": 32}
+    crop_size = {"height": 32, "width": 32}
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F", "HSV", "LAB"])
+def test_every_pil_mode_becomes_rgb(mode):
+    image = Image.new(mode, (20, 12))
+    rgb = load_image(image)
+    assert rgb.mode == "RGB" and rgb.size == (20, 12)
+
+
+def test_alpha_is_composited_on_white():
+    transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert np.asarray(load_image(transparent)).min() == 255
+
+
+def test_sixteen_bit_images_keep_their_contrast():
+    array = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    rgb = np.asarray(load_image(Image.fromarray(array)))
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        (b"", ValueError, "0 bytes"),
+        (b"not an image at all", ValueError, "could not be decoded"),
+        (png_bytes(Image.new("RGB", (8, 8)))[:40], ValueError, "could not be decoded"),
+        (np.zeros((0, 5, 3), np.uint8), ValueError, "empty"),
+        (np.full((4, 4, 3), np.nan, np.float32), ValueError, "NaN"),
+        (np.full((4, 4, 3), 2.0, np.float32), ValueError, r"\[0, 1\]"),
+        (np.zeros((4, 4, 3), np.int32), TypeError, "dtype"),
+        (np.zeros((5, 5, 7), np.uint8), ValueError, "HxW"),
+        (42, TypeError, "PIL.Image"),
+        ("/no/such/file.png", ValueError, "existing image file"),
+    ],
+)
+def test_bad_images_raise_clear_errors(value, error, match):
+    with pytest.raises(error, match=match):
+        load_image(value, name="image")
+
+
+def test_decompression_bomb_is_refused():
+    header = Image.new("L", (1, 1))
+    buffer = io.BytesIO()
+    header.save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # patch the IHDR width/height to 100000 x 100000 (CRC is not checked before the size guard)
+    data[16:20] = (100000).to_bytes(4, "big")
+    data[20:24] = (100000).to_bytes(4, "big")
+    with pytest.raises(ValueError, match="image"):
+        load_image(bytes(data))
+
+
+def test_image_processor_backends_agree_and_accept_every_input_kind(tmp_path):
+    rng = np.random.default_rng(0)
+    array = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(array).save(path)
+    inputs = [Image.fromarray(array), array, str(path), path.read_bytes(), torch.from_numpy(array).permute(2, 0, 1)]
+    pil_out = TinyPil()(inputs, return_tensors="pt").pixel_values
+    torch_out = TinyTorch()(inputs, return_tensors="pt").pixel_values
+    assert pil_out.shape == torch_out.shape == (5, 3, 32, 32)
+    assert torch.allclose(pil_out[0], pil_out[1]) and torch.allclose(pil_out[0], pil_out[3])
+    # the two backends resample differently but agree closely
+    assert (pil_out - torch_out).abs().mean() < 0.05
+    restored = TinyPil().postprocess_pixel_values(pil_out)
+    assert restored.min() >= 0 and restored.max() <= 1
+
+
+def test_image_processor_refuses_empty_batches():
+    with pytest.raises(ValueError, match="images"):
+        TinyPil()([])
+
+
+def test_images_to_list_names_the_bad_item():
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        images_to_list([Image.new("RGB", (4, 4)), b"junk"])
+
+
+def test_pixel_value_and_id_checks():
+    with pytest.raises(ValueError, match="3 channels"):
+        check_pixel_values(torch.zeros(1, 4, 8, 8), num_channels=3)
+    with pytest.raises(ValueError, match="8x8"):
+        check_pixel_values(torch.zeros(1, 3, 9, 8), num_channels=3, image_size=8)
+    with pytest.raises(TypeError, match="floating"):
+        check_pixel_values(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), num_channels=3)
+    with pytest.raises(ValueError, match="Inf"):
+        check_pixel_values(torch.full((1, 3, 8, 8), float("inf")), num_channels=3)
+    with pytest.raises(ValueError, match="empty"):
+        check_pixel_values(torch.zeros(0, 3, 8, 8), num_channels=3)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        check_token_ids(torch.tensor([[0, 10]]), codebook_size=10)
+    with pytest.raises(ValueError, match="3 ids per image"):
+        check_token_ids(torch.tensor([[0, 1]]), codebook_size=10, num_tokens=3)
+    with pytest.raises(TypeError, match="integer"):
+        check_token_ids(torch.tensor([[0.0, 1.0]]), codebook_size=10)
+
+
+def test_sinusoidal_2d_embedding_distinguishes_every_position():
+    embedding = sinusoidal_embedding_2d(6, 5, 32)
+    assert embedding.shape == (30, 32)
+    assert torch.cdist(embedding, embedding).add(torch.eye(30)).min() > 1e-3
+
+
+def test_transformer_block_mask_hides_padded_context():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 2, cross_attention=True, context_dim=8)
+    x, context = torch.randn(2, 3, 16), torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    changed = context.clone()
+    changed[1, 2:] = 100.0
+    assert torch.allclose(block(x, context=context, context_mask=mask), block(x, context=changed, context_mask=mask))
+
+
+def test_import_registers_and_is_idempotent():
+    code = "import importlib, hf_vtok; importlib.reload(hf_vtok.models.slot_qformer); print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices
+    for name in subcommands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "shapes", "--help"])
+    assert exit_info.value.code == 0
+    assert "--num-images" in capsys.readouterr().out
+
+
+def test_cli_data_shapes_writes_an_image_folder(tmp_path):
+    out = tmp_path / "shapes_out"
+    assert main(["data", "shapes", "--num-images", "6", "--out", str(out)]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 6
+    assert len(list((out / "masks").glob("*.png"))) == 6
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(record["caption"] for record in records)
+    # a second run into the same folder is refused without --overwrite: a clear error, exit code 2
+    assert main(["data", "shapes", "--num-images", "6", "--out", str(out)]) == 2
+    assert main(["data", "shapes", "--num-images", "6", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_cli_rejects_bad_numbers():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "shapes", "--num-images", "-3", "--out", "x"])
+    assert exit_info.value.code == 2
