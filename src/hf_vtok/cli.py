@@ -56,6 +56,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from .training import TokenizerTrainingRecipe, loss_dropped, train_tokenizer
+
+    overrides = dict(
+        family=args.family,
+        stage=args.stage,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        init_from=args.init_from,
+        num_train_images=args.num_train_images,
+    )
+    if args.recipe:
+        recipe = TokenizerTrainingRecipe.from_file(args.recipe, **overrides)
+    else:
+        defaults = {key: value for key, value in overrides.items() if value is not None}
+        recipe = TokenizerTrainingRecipe(**defaults).validate()
+    _, trainer = train_tokenizer(recipe, args.output_dir, resume_from_checkpoint=args.resume or None)
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    if losses:
+        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} ({'fell' if loss_dropped(history) else 'did not fall clearly'})")
+    print(f"saved tokenizer/, decoder/ and training_model/ under {args.output_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-vtok",
@@ -80,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--families", nargs="*", default=None, help="tokenizer families to include (default: all that are available)"
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    train = commands.add_parser(
+        "train-tokenizer",
+        help="train one stage of a tokenizer with transformers.Trainer",
+        description="Train a tokenizer family (one stage) with transformers.Trainer on the shapes world, from a "
+        "recipe file (training/recipes/*.json) or from the options below. Launch it with `accelerate launch "
+        "-m hf_vtok.cli train-tokenizer ...` for several devices.",
+    )
+    train.add_argument("family", choices=("slot_qformer", "setok", "ddt"))
+    train.add_argument("--recipe", help="JSON recipe; the options below override its fields")
+    train.add_argument("--stage", type=_positive_int, default=None, help="training stage (SlotQFormer: 1 or 2)")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--max-steps", type=_positive_int, default=None)
+    train.add_argument("--batch-size", type=_positive_int, default=None)
+    train.add_argument("--learning-rate", type=float, default=None)
+    train.add_argument("--num-train-images", type=_positive_int, default=None)
+    train.add_argument("--seed", type=_non_negative_int, default=None)
+    train.add_argument("--init-from", default=None, help="output folder of the previous stage")
+    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
+    train.set_defaults(handler=_cmd_train_tokenizer)
 
     data = commands.add_parser("data", help="built-in datasets", description="Built-in datasets.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATASET")

@@ -1,0 +1,43 @@
+"""Datasets: the built-in shapes world."""
+
+from .shapes import (
+    COLORS,
+    EDIT_TYPES,
+    FLAT_BACKGROUND,
+    SHAPES,
+    SIZES,
+    STYLES,
+    AttributeReport,
+    DetectedObject,
+    ObjectSpec,
+    Scene,
+    SceneEdit,
+    ShapesWorldConfig,
+    check_attributes,
+    detect_objects,
+    generate_scene,
+    generate_shapes_dataset,
+    render_scene,
+    write_shapes_dataset,
+)
+
+__all__ = [
+    "COLORS",
+    "EDIT_TYPES",
+    "FLAT_BACKGROUND",
+    "SHAPES",
+    "SIZES",
+    "STYLES",
+    "AttributeReport",
+    "DetectedObject",
+    "ObjectSpec",
+    "Scene",
+    "SceneEdit",
+    "ShapesWorldConfig",
+    "check_attributes",
+    "detect_objects",
+    "generate_scene",
+    "generate_shapes_dataset",
+    "render_scene",
+    "write_shapes_dataset",
+]

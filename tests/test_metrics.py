@@ -1,0 +1,162 @@
+"""Object-discovery and reconstruction metrics (hf_vtok.evaluation.metrics)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from hf_vtok.evaluation import (
+    adjusted_rand_index,
+    color_kmeans_segmentation,
+    foreground_ari,
+    mean_iou_matched,
+    psnr,
+    ssim,
+)
+
+torch.set_num_threads(1)
+
+
+def _blocks():
+    """A 4x4 mask: background on the left half, objects 1 and 2 stacked on the right."""
+    return np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]])
+
+
+# --------------------------------------------------------------------------------------------------
+# ARI
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "true, pred, expected",
+    [  # reference values from scikit-learn's adjusted_rand_score documentation
+        ([0, 0, 1, 1], [0, 0, 1, 1], 1.0),
+        ([0, 0, 1, 1], [1, 1, 0, 0], 1.0),
+        ([0, 0, 1, 2], [0, 0, 1, 1], 0.5714285714285715),
+        ([0, 0, 1, 1], [0, 0, 1, 2], 0.5714285714285715),
+        ([0, 0, 0, 0], [0, 1, 2, 3], 0.0),
+        ([0, 0, 1, 1], [0, 1, 0, 1], -0.5),
+    ],
+)
+def test_adjusted_rand_index_known_values(true, pred, expected):
+    # A 1 x 4 "image"; a third leading dimension makes it a batch of one.
+    assert adjusted_rand_index(np.array([true]), np.array([pred])) == pytest.approx(expected)
+    batched = adjusted_rand_index(np.array([[true]]), np.array([[pred]]))
+    assert isinstance(batched, np.ndarray) and batched.shape == (1,) and batched[0] == pytest.approx(expected)
+
+
+def test_foreground_ari_ignores_background_and_label_values():
+    true = _blocks()
+    assert foreground_ari(true, true) == 1.0
+    assert foreground_ari(true, (true + 7) * 3) == 1.0  # any relabelling
+    merged_background = np.where(true == 0, 1, true)  # background pixels join object 1: not counted
+    assert foreground_ari(true, merged_background) == 1.0
+    assert adjusted_rand_index(true, merged_background) < 1.0
+    one_segment = np.zeros_like(true)  # both objects merged
+    assert foreground_ari(true, one_segment) == pytest.approx(0.0)
+    assert math.isnan(foreground_ari(np.zeros((4, 4), int), true))
+
+
+def test_foreground_ari_batches_and_accepts_torch_and_pil():
+    true = np.stack([_blocks(), _blocks()])
+    pred = np.stack([_blocks(), np.zeros((4, 4), int)])
+    values = foreground_ari(torch.from_numpy(true), torch.from_numpy(pred))
+    assert values.shape == (2,) and values[0] == 1.0 and values[1] == pytest.approx(0.0)
+    mask_image = Image.fromarray(_blocks().astype(np.uint8))
+    assert foreground_ari(mask_image, _blocks()) == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Matched mIoU
+# --------------------------------------------------------------------------------------------------
+
+
+def test_mean_iou_matched():
+    true = _blocks()
+    assert mean_iou_matched(true, true) == 1.0
+    assert mean_iou_matched(true, 5 - true) == 1.0
+    # Object 1 predicted as the whole right half: IoU 0.5 for one object, the other gets no segment.
+    right_half = np.where(true > 0, 1, 0)
+    assert mean_iou_matched(true, right_half) == pytest.approx((0.5 + 0.0) / 2)
+    # One-to-one: a single segment cannot be matched to both objects.
+    assert mean_iou_matched(true, np.zeros_like(true)) == pytest.approx((0.25 + 0.0) / 2)
+    batched = mean_iou_matched(np.stack([true, true]), np.stack([true, right_half]))
+    assert batched.tolist() == pytest.approx([1.0, 0.25])
+    assert math.isnan(mean_iou_matched(np.zeros((4, 4), int), true))
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour k-means baseline
+# --------------------------------------------------------------------------------------------------
+
+
+def test_color_kmeans_segments_flat_colours_exactly():
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:4, :4] = (255, 0, 0)
+    image[4:, 4:] = (0, 0, 255)
+    true = np.zeros((8, 8), int)
+    true[:4, :4], true[4:, 4:] = 1, 2
+    labels = color_kmeans_segmentation(image, 3, seed=1)
+    assert labels.shape == (8, 8) and adjusted_rand_index(true, labels) == 1.0
+    assert np.array_equal(labels, color_kmeans_segmentation(image, 3, seed=1))
+    # More segments than colours: still a valid labelling, no crash.
+    assert color_kmeans_segmentation(image, 5).max() < 5
+
+
+# --------------------------------------------------------------------------------------------------
+# PSNR / SSIM
+# --------------------------------------------------------------------------------------------------
+
+
+def test_psnr_known_values():
+    image = np.random.default_rng(0).random((16, 16, 3))
+    assert psnr(image, image) == math.inf  # documented: identical images give inf
+    assert psnr(np.zeros((8, 8, 3)), np.full((8, 8, 3), 0.1)) == pytest.approx(20.0)
+    assert psnr(np.zeros((8, 8)), np.full((8, 8), 0.5), data_range=2.0) == pytest.approx(20 * math.log10(4))
+    batch = psnr(torch.zeros(2, 3, 8, 8), torch.full((2, 3, 8, 8), 0.1))
+    assert batch.shape == (2,) and batch == pytest.approx([20.0, 20.0])
+
+
+def test_ssim_matches_reference_and_layouts():
+    rng = np.random.default_rng(0)
+    a = rng.random((24, 20, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    reference = structural_similarity(
+        a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, b) == pytest.approx(reference, abs=1e-9)
+    channels_first = ssim(torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(b).permute(2, 0, 1))
+    assert channels_first == pytest.approx(reference, abs=1e-9)
+    uint8 = ssim(Image.fromarray((a * 255).astype(np.uint8)), (a * 255).astype(np.uint8))
+    assert uint8 == pytest.approx(1.0)
+    assert ssim(a, 1 - a) < 0.0  # anti-correlated structure
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_metric_arguments_are_validated():
+    with pytest.raises(ValueError, match="true_mask"):
+        foreground_ari(np.zeros((4, 4), int), np.zeros((4, 5), int))
+    with pytest.raises(TypeError, match="pred_mask"):
+        foreground_ari(np.zeros((4, 4), int), np.zeros((4, 4)))
+    with pytest.raises(TypeError, match="true_mask"):
+        mean_iou_matched([[0, 1]], np.zeros((1, 2), int))
+    with pytest.raises(ValueError, match="`a` and `b`"):
+        psnr(np.zeros((8, 8, 3)), np.zeros((8, 8, 1)))
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(np.zeros((8, 8)), np.zeros((8, 8)), data_range=0)
+    with pytest.raises(ValueError, match="window_size"):
+        ssim(np.zeros((16, 16)), np.zeros((16, 16)), window_size=4)
+    with pytest.raises(ValueError, match="window_size"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="num_segments"):
+        color_kmeans_segmentation(np.zeros((8, 8, 3)), 0)
+    with pytest.raises(ValueError, match="image"):
+        color_kmeans_segmentation(np.zeros((2, 8, 8, 3)), 2)
