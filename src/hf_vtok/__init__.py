@@ -20,3 +20,6 @@ __all__ = [
     "VisualTokenizerMixin",
     "VisualTokens",
 ]
+from .models.slot_qformer import SlotQFormerConfig, SlotQFormerDecoderConditioner, SlotQFormerDecoderPipeline, SlotQFormerForPreTraining, SlotQFormerImageProcessor, SlotQFormerImageProcessorPil, SlotQFormerModel  # noqa: E402,F401  [slot_qformer exports — lead: fold into __all__]
+from .models.setok import SeTokConfig, SeTokDecoderPipeline, SeTokFeatureMapper, SeTokForPreTraining, SeTokImageProcessor, SeTokImageProcessorPil, SeTokModel  # noqa: E402,F401  [setok exports — lead: fold into __all__]
+from .models.ddt import DDTDecoderPipeline, DDTDecoderTransformer, DDTImageProcessor, DDTImageProcessorPil, DDTTokenConditioner, DDTTokenizerConfig, DDTTokenizerForPreTraining, DDTTokenizerModel  # noqa: E402,F401  [ddt exports — lead: fold into __all__]

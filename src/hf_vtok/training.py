@@ -254,7 +254,6 @@ def train_tokenizer(
         logging_steps=recipe.logging_steps,
         save_strategy="steps" if recipe.save_steps else "no",
         save_steps=recipe.save_steps or 500,
-        save_safetensors=True,
         dataloader_num_workers=recipe.dataloader_num_workers,
         remove_unused_columns=False,
         report_to=recipe.report_to,

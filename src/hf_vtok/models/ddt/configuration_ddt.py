@@ -1,0 +1,428 @@
+"""Configuration of the Discrete Diffusion Timestep (DDT) tokenizer (Pan et al., "Generative Multimodal
+Pretraining with Discrete Diffusion Timestep Tokens", section 3 and appendix A.1).
+
+Every default is the paper's value. Where the authors' public successor code does something else, the
+difference is a flag documented next to the field (``token_schedule="staged"``, ``kmeans_init``,
+``entropy_loss_weight``, ``image_attends_to_queries``, ``query_adaptive_norm``, ...).
+
+Token order ("recursive"): token ``i`` (0-based) is the token the paper calls ``V_{i+1}``. At noise
+level ``t`` (``x_t = t·ε + (1-t)·x_0``, ``t = 1`` is pure noise) the decoder sees the first ``k(t)``
+tokens, ``k`` growing with ``t``: the first tokens compensate the attributes lost at small ``t`` (fine
+detail), the last ones what is lost near pure noise (layout, colour). Feed ``ids.flip(-1)`` to a
+language model if you want coarse-first sequences (what the successor code does for autoregression).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from ...validation import check_choice, check_float, check_int, describe
+
+TOKEN_SCHEDULES = ("uniform", "staged")
+HIDDEN_TOKEN_MODES = ("mask", "zero")
+LOSS_TARGETS = ("velocity", "x0")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+# The successor code's stages for 512 tokens: tokens visible from t = 0 up to each boundary
+# (192 tokens for t <= 0.2, 184 more up to 0.4, ...). Scaled to other token counts when
+# ``staged_counts`` is not given.
+RELEASED_STAGE_BOUNDARIES = (0.2, 0.4, 0.6, 0.8, 1.0)
+RELEASED_STAGE_COUNTS = (192, 184, 72, 48, 16)
+
+# Paper decoder (appendix A.1): SD3's MMDiT, 24 layers of width 1536 (24 heads x 64), on the 16-channel
+# latents of a VAE (8x downsampling: 256 px -> 32 x 32 latents, 2 x 2 patches as in SD3).
+PAPER_DECODER_CONFIG = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "num_attention_heads": 24,
+    "attention_head_dim": 64,
+    "mlp_ratio": 4.0,
+    "qk_norm": False,
+    "token_position_embedding": True,
+    "hidden_token_mode": "mask",
+    "vae_scale_factor": 8,
+    "num_train_timesteps": 1000,
+}
+
+
+def scale_stage_counts(num_tokens: int, reference=RELEASED_STAGE_COUNTS) -> list[int]:
+    """Scale stage sizes to ``num_tokens`` (largest-remainder rounding, at least one token per stage)."""
+    num_stages = len(reference)
+    if num_tokens < num_stages:
+        raise ValueError(
+            f"`num_visual_tokens` ({num_tokens}) is smaller than the number of stages ({num_stages}); "
+            "pass `staged_counts` explicitly (one positive count per stage, summing to num_visual_tokens)."
+        )
+    total = sum(reference)
+    exact = [num_tokens * count / total for count in reference]
+    counts = [max(1, math.floor(value)) for value in exact]
+    order = sorted(range(num_stages), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    index = 0
+    while sum(counts) < num_tokens:
+        counts[order[index % num_stages]] += 1
+        index += 1
+    index = 0
+    while sum(counts) > num_tokens:  # only when the minimum of one token per stage overshot
+        stage = sorted(range(num_stages), key=lambda i: counts[i], reverse=True)[index % num_stages]
+        if counts[stage] > 1:
+            counts[stage] -= 1
+        index += 1
+    return counts
+
+
+class DDTTokenizerConfig(PreTrainedConfig):
+    r"""Configuration of [`DDTTokenizerModel`] and [`DDTTokenizerForPreTraining`].
+
+    Encoder (appendix A.1):
+        image_size (`int`, defaults to 256): input resolution (ImageNet 256 x 256 centre crops).
+        num_channels (`int`, defaults to 3).
+        patch_size (`int`, defaults to 8): ViT-style patches; 256 / 8 = 32 x 32 = 1024 image tokens as in
+            the paper's ``R^{1024 x 256}``.
+        num_visual_tokens (`int`, defaults to 480): T, the number of learnable queries = output tokens.
+        hidden_size (`int`, defaults to 256): width of both encoder streams.
+        num_hidden_layers (`int`, defaults to 20): layers of each of the two streams.
+        num_attention_heads (`int`, defaults to 4): heads of the joint attention (not given in the paper;
+            64-wide heads).
+        mlp_ratio (`float`, defaults to 4.0).
+        layer_norm_eps (`float`, defaults to 1e-6).
+        image_attends_to_queries (`bool`, defaults to `True`): paper/SD3 joint attention in both
+            directions. ``False`` reproduces the successor code, where image tokens do not attend to the
+            queries.
+        query_adaptive_norm (`bool`, defaults to `False`): successor code: each query stream norm is
+            modulated (shift, scale, gate; zero-initialised) by a projection of the query's position.
+        vision_config (`dict` or `PreTrainedConfig`, *optional*): the paper patchifies raw pixels (default
+            ``None``). Set a transformers vision config (e.g. Dinov2) to feed that model's patch features to
+            the image stream instead; CLS/register tokens are dropped.
+        freeze_vision_encoder (`bool`, defaults to `True`): keep the optional vision encoder frozen.
+        vision_image_mean / vision_image_std: the normalisation the optional vision encoder expects; the
+            DDT pixels (normalised with ``image_mean``/``image_std``) are converted to it.
+        image_mean / image_std (defaults to 0.5): pixels in [-1, 1], the diffusion decoder's data space.
+
+    Quantizer (section 3, appendix A.1):
+        codebook_size (`int`, defaults to 65536), code_dim (`int`, defaults to 16): cosine-similarity
+            lookup of L2-normalised 16-d codes after a linear projection ``hidden_size -> code_dim``.
+        ema_decay (`float`, defaults to 0.99): EMA codebook updates (decay not given in the paper; the
+            successor code's value).
+        dead_code_threshold (`float`, defaults to 0.1): codes whose EMA usage falls below this are reset to
+            random encoder outputs of the batch at every step. With ``dead_code_threshold_relative`` it is a
+            fraction of the expected usage of a code per step (tokens per step / codebook_size), otherwise
+            an absolute EMA count.
+        dead_code_threshold_relative (`bool`, defaults to `True`).
+        kmeans_init (`bool`, defaults to `False`): successor code: initialise the codebook by k-means on
+            the first batch (the paper does not).
+        kmeans_iters (`int`, defaults to 10).
+        commitment_weight (`float`, defaults to 0.25): weight of the commitment loss (mean over tokens and
+            code dimensions; the paper does not give the weight).
+        entropy_loss_weight (`float`, defaults to 0.0): successor code: weight of a codebook-entropy term
+            (per-token entropy minus batch entropy of the soft assignments). Off in the paper. Its cost is
+            ``tokens x codebook_size`` memory.
+        entropy_temperature (`float`, defaults to 0.01): temperature of those soft assignments.
+
+    Timestep tokens and the decoder (section 3):
+        token_schedule (`str`, defaults to `"uniform"`): ``k(t)``, the number of visible tokens at noise
+            level ``t``. ``"uniform"``: token ``i`` belongs to timestep ``i`` (the paper's ``(V_1..V_t)``):
+            ``k(t) = clamp(ceil(t · T), 1, T)``. ``"staged"``: the successor code's piecewise-linear
+            stages, see ``staged_boundaries``/``staged_counts``.
+        staged_boundaries (`list[float]`, defaults to `(0.2, 0.4, 0.6, 0.8, 1.0)`): right ends of the
+            stages, increasing, the last one 1.
+        staged_counts (`list[int]`, *optional*): tokens added in each stage (sum = T). Defaults to the
+            successor's 192/184/72/48/16 of 512 scaled to ``num_visual_tokens``.
+        condition_dropout_prob (`float`, defaults to 0.1): probability of training a sample with no visible
+            token (the null condition of classifier-free guidance).
+        loss_target (`str`, defaults to `"velocity"`): the decoder predicts the rectified-flow velocity
+            ``ε - x_0``; ``"velocity"`` regresses it directly, ``"x0"`` regresses the implied
+            ``x̂_0 = x_t - t·v̂`` onto ``x_0`` as written in the paper's Eq. (1) (a ``t²``-weighted velocity
+            loss).
+        diffusion_loss_weight (`float`, defaults to 1.0).
+        timestep_sampling (`str`, defaults to `"uniform"`): ``t ~ U(0, 1)`` (rectified flow);
+            ``"logit_normal"`` is SD3's choice.
+        logit_mean / logit_std (`float`, 0.0 / 1.0): parameters of the logit-normal sampling.
+        timestep_shift (`float`, defaults to 1.0): SD3 shift ``s·t / (1 + (s-1)·t)`` (1.0 at 256 px).
+        decoder_config (`dict`, *optional*): MMDiT decoder hyper-parameters; missing keys take the paper
+            values (``PAPER_DECODER_CONFIG``): ``sample_size``, ``patch_size``, ``in_channels``,
+            ``num_layers``, ``num_attention_heads``, ``attention_head_dim``, ``mlp_ratio``, ``qk_norm``,
+            ``token_position_embedding`` (1D sinusoidal positions on the token stream, our choice: the
+            codes alone do not say which timestep they belong to), ``hidden_token_mode`` (``"mask"``: tokens
+            past ``k(t)`` are removed from the attention keys; ``"zero"``: replaced by zero vectors that stay
+            in the sequence, a literal reading of "masked as 0"), ``vae_scale_factor`` (1 = pixel space)
+            and ``num_train_timesteps``.
+        training_stage (`int`, defaults to 1): 1 = end-to-end (the paper); 2 = tokenizer frozen, decoder
+            only (to fine-tune or swap a decoder on fixed tokens).
+
+    API attributes: ``num_visual_tokens``, ``codebook_size``, ``token_order="recursive"``,
+    ``token_embedding_dim`` (= ``code_dim``: ``VisualTokens.embeddings`` are the unit-norm 16-d codes the
+    decoder consumes), ``num_channels``, ``image_size``.
+    """
+
+    model_type = "ddt_tokenizer"
+    sub_configs_defaults: ClassVar[dict] = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
+    }
+
+    # encoder
+    image_size: int = 256
+    num_channels: int = 3
+    patch_size: int = 8
+    num_visual_tokens: int = 480
+    hidden_size: int = 256
+    num_hidden_layers: int = 20
+    num_attention_heads: int = 4
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    image_attends_to_queries: bool = True
+    query_adaptive_norm: bool = False
+    vision_config: dict | PreTrainedConfig | None = None
+    freeze_vision_encoder: bool = True
+    vision_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
+    vision_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
+    image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
+    # quantizer
+    codebook_size: int = 65536
+    code_dim: int = 16
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.1
+    dead_code_threshold_relative: bool = True
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
+    commitment_weight: float = 0.25
+    entropy_loss_weight: float = 0.0
+    entropy_temperature: float = 0.01
+    # timestep tokens and decoder training
+    token_schedule: str = "uniform"
+    staged_boundaries: list[float] | tuple[float, ...] = RELEASED_STAGE_BOUNDARIES
+    staged_counts: list[int] | tuple[int, ...] | None = None
+    condition_dropout_prob: float = 0.1
+    loss_target: str = "velocity"
+    diffusion_loss_weight: float = 1.0
+    timestep_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    timestep_shift: float = 1.0
+    decoder_config: dict | None = None
+    training_stage: int = 1
+    token_order: str = "recursive"
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        check_int("image_size", self.image_size, minimum=1)
+        check_int("num_channels", self.num_channels, minimum=1)
+        check_int("patch_size", self.patch_size, minimum=1)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})."
+            )
+        check_int("num_visual_tokens", self.num_visual_tokens, minimum=1)
+        check_int("hidden_size", self.hidden_size, minimum=1)
+        if self.hidden_size % 4:
+            raise ValueError(f"`hidden_size` must be divisible by 4 (2D sinusoidal positions), got {self.hidden_size}.")
+        check_int("num_hidden_layers", self.num_hidden_layers, minimum=1)
+        check_int("num_attention_heads", self.num_attention_heads, minimum=1)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        check_float("mlp_ratio", self.mlp_ratio, minimum=0.0, strict_minimum=True)
+        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        for name in ("image_mean", "image_std", "vision_image_mean", "vision_image_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != self.num_channels:
+                raise ValueError(f"`{name}` must be a list of {self.num_channels} floats, got {describe(value)}.")
+            for item in value:
+                check_float(name, item)
+            if name.endswith("std") and min(value) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {list(value)}.")
+        check_int("codebook_size", self.codebook_size, minimum=2)
+        check_int("code_dim", self.code_dim, minimum=1)
+        check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0)
+        check_float("dead_code_threshold", self.dead_code_threshold, minimum=0.0)
+        check_int("kmeans_iters", self.kmeans_iters, minimum=1)
+        check_float("commitment_weight", self.commitment_weight, minimum=0.0)
+        check_float("entropy_loss_weight", self.entropy_loss_weight, minimum=0.0)
+        check_float("entropy_temperature", self.entropy_temperature, minimum=0.0, strict_minimum=True)
+        check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)
+        self._validate_stages()
+        check_float("condition_dropout_prob", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
+        check_choice("loss_target", self.loss_target, LOSS_TARGETS)
+        check_float("diffusion_loss_weight", self.diffusion_loss_weight, minimum=0.0)
+        check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
+        check_float("logit_mean", self.logit_mean)
+        check_float("logit_std", self.logit_std, minimum=0.0, strict_minimum=True)
+        check_float("timestep_shift", self.timestep_shift, minimum=0.0, strict_minimum=True)
+        check_choice("training_stage", self.training_stage, (1, 2))
+        check_choice("token_order", self.token_order, ("recursive",))
+        check_float("initializer_range", self.initializer_range, minimum=0.0)
+        self._validate_decoder()
+
+    def _validate_stages(self) -> None:
+        boundaries = self.staged_boundaries
+        if not isinstance(boundaries, (list, tuple)) or len(boundaries) == 0:
+            raise ValueError(f"`staged_boundaries` must be a non-empty list of floats, got {describe(boundaries)}.")
+        boundaries = [check_float("staged_boundaries", b, minimum=0.0, maximum=1.0) for b in boundaries]
+        if any(b <= a for a, b in zip([0.0] + boundaries[:-1], boundaries)) or boundaries[-1] != 1.0:
+            raise ValueError(
+                f"`staged_boundaries` must increase strictly within (0, 1] and end at 1.0, got {boundaries}."
+            )
+        self.staged_boundaries = boundaries
+        if self.staged_counts is None:
+            if len(boundaries) != len(RELEASED_STAGE_COUNTS):
+                if self.token_schedule == "staged":
+                    raise ValueError(
+                        f"`staged_counts` is required when `staged_boundaries` has {len(boundaries)} stages "
+                        f"(the released counts have {len(RELEASED_STAGE_COUNTS)})."
+                    )
+                return
+            if self.token_schedule != "staged" and self.num_visual_tokens < len(boundaries):
+                return
+            self.staged_counts = scale_stage_counts(self.num_visual_tokens)
+            return
+        counts = self.staged_counts
+        if not isinstance(counts, (list, tuple)) or len(counts) != len(boundaries):
+            raise ValueError(
+                f"`staged_counts` must be a list of {len(boundaries)} ints (one per stage of `staged_boundaries`), "
+                f"got {describe(counts)}."
+            )
+        counts = [check_int("staged_counts", c, minimum=1) for c in counts]
+        if sum(counts) != self.num_visual_tokens:
+            raise ValueError(
+                f"`staged_counts` must sum to `num_visual_tokens` ({self.num_visual_tokens}), got {counts} "
+                f"(sum {sum(counts)})."
+            )
+        self.staged_counts = counts
+
+    def _validate_decoder(self) -> None:
+        if self.decoder_config is None:
+            self.decoder_config = {}
+        if not isinstance(self.decoder_config, dict):
+            raise TypeError(f"`decoder_config` must be a dict, got {describe(self.decoder_config)}.")
+        unknown = set(self.decoder_config) - set(PAPER_DECODER_CONFIG)
+        if unknown:
+            raise ValueError(
+                f"`decoder_config` has unknown keys {sorted(unknown)}; allowed keys: {sorted(PAPER_DECODER_CONFIG)}."
+            )
+        merged = copy.deepcopy(PAPER_DECODER_CONFIG)
+        merged.update(self.decoder_config)
+        self.decoder_config = merged
+        d = merged
+        for key in ("sample_size", "patch_size", "in_channels", "num_layers", "num_attention_heads",
+                    "attention_head_dim", "vae_scale_factor", "num_train_timesteps"):
+            check_int(f'decoder_config["{key}"]', d[key], minimum=1)
+        check_float('decoder_config["mlp_ratio"]', d["mlp_ratio"], minimum=0.0, strict_minimum=True)
+        check_choice('decoder_config["hidden_token_mode"]', d["hidden_token_mode"], HIDDEN_TOKEN_MODES)
+        if d["sample_size"] % d["patch_size"]:
+            raise ValueError(
+                f'`decoder_config["sample_size"]` ({d["sample_size"]}) must be divisible by '
+                f'`decoder_config["patch_size"]` ({d["patch_size"]}).'
+            )
+        if d["sample_size"] * d["vae_scale_factor"] != self.image_size:
+            raise ValueError(
+                f'`decoder_config["sample_size"]` x `decoder_config["vae_scale_factor"]` '
+                f'({d["sample_size"]} x {d["vae_scale_factor"]}) must equal `image_size` ({self.image_size}).'
+            )
+        if d["vae_scale_factor"] == 1 and d["in_channels"] != self.num_channels:
+            raise ValueError(
+                f'A pixel-space decoder (`decoder_config["vae_scale_factor"]` = 1) needs `decoder_config["in_channels"]`'
+                f' = `num_channels` ({self.num_channels}), got {d["in_channels"]}.'
+            )
+        if (d["num_attention_heads"] * d["attention_head_dim"]) % 4:
+            raise ValueError(
+                'The decoder width (`decoder_config["num_attention_heads"]` x `decoder_config["attention_head_dim"]`) '
+                f'must be divisible by 4 (2D sinusoidal positions), got {d["num_attention_heads"] * d["attention_head_dim"]}.'
+            )
+
+    # ------------------------------------------------------------------ API attributes
+    @property
+    def token_embedding_dim(self) -> int:
+        """Width of ``VisualTokens.embeddings``: the L2-normalised ``code_dim``-d codes."""
+        return self.code_dim
+
+    @property
+    def num_image_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def decoder_hidden_size(self) -> int:
+        return self.decoder_config["num_attention_heads"] * self.decoder_config["attention_head_dim"]
+
+    @property
+    def decoder_in_pixel_space(self) -> bool:
+        return self.decoder_config["vae_scale_factor"] == 1
+
+    # ------------------------------------------------------------------ decoder component kwargs
+    def conditioner_kwargs(self) -> dict[str, Any]:
+        d = self.decoder_config
+        return {
+            "num_tokens": self.num_visual_tokens,
+            "token_dim": self.code_dim,
+            "hidden_size": self.decoder_hidden_size,
+            "token_schedule": self.token_schedule,
+            "staged_boundaries": list(self.staged_boundaries),
+            "staged_counts": None if self.staged_counts is None else list(self.staged_counts),
+            "token_position_embedding": d["token_position_embedding"],
+            "hidden_token_mode": d["hidden_token_mode"],
+        }
+
+    def transformer_kwargs(self) -> dict[str, Any]:
+        d = self.decoder_config
+        return {
+            "sample_size": d["sample_size"],
+            "patch_size": d["patch_size"],
+            "in_channels": d["in_channels"],
+            "num_layers": d["num_layers"],
+            "num_attention_heads": d["num_attention_heads"],
+            "attention_head_dim": d["attention_head_dim"],
+            "mlp_ratio": d["mlp_ratio"],
+            "qk_norm": d["qk_norm"],
+        }
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        return {"num_train_timesteps": self.decoder_config["num_train_timesteps"], "shift": self.timestep_shift}
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def tiny(cls, **overrides) -> DDTTokenizerConfig:
+        """CPU-sized preset for tests and demos: 64 px, pixel-space decoder, 16 tokens, width 64.
+
+        ``decoder_config`` overrides are merged into the tiny decoder (not the paper one).
+        """
+        decoder = {
+            "patch_size": 8,
+            "in_channels": 3,
+            "num_layers": 2,
+            "num_attention_heads": 2,
+            "attention_head_dim": 32,
+            "mlp_ratio": 4.0,
+            "vae_scale_factor": 1,
+        }
+        decoder.update(overrides.pop("decoder_config", None) or {})
+        values = {
+            "image_size": 64,
+            "patch_size": 8,
+            "num_visual_tokens": 16,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "codebook_size": 512,
+            "code_dim": 16,
+        }
+        values.update(overrides)
+        if isinstance(values["image_size"], int) and isinstance(decoder["vae_scale_factor"], int):
+            decoder.setdefault("sample_size", values["image_size"] // max(1, decoder["vae_scale_factor"]))
+        values["decoder_config"] = decoder
+        return cls(**values)
+
+
+__all__ = ["PAPER_DECODER_CONFIG", "DDTTokenizerConfig", "scale_stage_counts"]
