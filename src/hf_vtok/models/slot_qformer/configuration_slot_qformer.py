@@ -1,0 +1,474 @@
+"""Configuration of the Slot Q-Former tokenizer (Slot-MLLM, section 2.1 and appendix A.1).
+
+Every default is the paper's value. Where the released code does something else, a flag names the
+choice and its comment says which side is which:
+
+* ``slot_attention_key_scale``: ``"head_dim"`` (paper / Locatello et al.: logits scaled by 1/√d) or
+  ``"num_slots"`` (released code: 1/√(number of slots)).
+* ``slot_init``: ``"gaussian"`` (paper: the learnable slot queries are μ + σ·ε with learned μ, σ) or
+  ``"queries"`` (released code: the learned queries themselves, no noise).
+* ``slot_softmax``: ``"slots"`` (paper: softmax over the slot axis) or ``"heads_and_slots"``
+  (released code: one softmax over heads × slots jointly).
+* ``rebuild_num_layers`` / ``decoder_config["conditioner"]["num_layers"]``: the paper speaks of "a
+  Transformer block" (1); the released code stacks 4.
+* ``itc_label_smoothing``: 0.0 (paper) vs 0.1 (released code).
+* ``codebook_ema_decay``: the paper gives none; 0.8 is the released code's (vector-quantize-pytorch's
+  default).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import field
+from typing import Any, ClassVar
+
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+from ...validation import check_choice, check_float, check_int
+
+SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
+SLOT_INITS = ("gaussian", "queries")
+SLOT_SOFTMAXES = ("slots", "heads_and_slots")
+SLOT_TOKEN_ORDERS = ("slot_major", "depth_major")
+UNET_TRAINABLE = ("cross_attention", "all", "none")
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# DINOv2-L/14 (facebook/dinov2-large): 24 layers, width 1024, 16 heads, patch 14.
+DINOV2_LARGE = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "mlp_ratio": 4,
+    "image_size": 518,
+    "patch_size": 14,
+    "layerscale_value": 1.0,
+}
+
+# CLIP ViT-H/14 vision tower with its 1024-d projection: the image embedding unCLIP-SD 2.1 is
+# conditioned on, which the global head regresses (L_MSE).
+CLIP_VIT_H14 = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+    "architectures": ["CLIPVisionModelWithProjection"],
+}
+
+
+def default_decoder_config() -> dict[str, Any]:
+    """unCLIP-SD 2.1 at 768 px: latent UNet with slot cross-attention and a projected global vector."""
+    return {
+        # Resolution of the images the decoder reconstructs (pixels; latents are 8x smaller).
+        "image_size": 768,
+        # Probability of replacing the condition by the learned null condition during training
+        # (classifier-free guidance). Not given in the paper; 0.1 as in unCLIP / SD fine-tuning.
+        "condition_dropout_prob": 0.1,
+        # Which UNet weights stage 1 trains: the paper trains only the cross-attention layers of the
+        # pretrained unCLIP UNet ("cross_attention"); "all" for a UNet trained from scratch.
+        "unet_trainable": "cross_attention",
+        "conditioner": {
+            "hidden_size": 1024,  # local embeddings = UNet cross-attention width
+            "num_layers": 1,  # paper: "a Transformer decoder block"; released code: 4
+            "num_heads": 16,
+            "mlp_ratio": 4.0,
+            "global_embedding_dim": 1024,  # CLIP ViT-H/14 image-embedding width
+            # unCLIP-SD concatenates a noise-level embedding to the image embedding (2048 inputs).
+            "noise_level_embedding": True,
+        },
+        "unet": {
+            "sample_size": 96,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [320, 640, 1280, 1280],
+            "layers_per_block": 2,
+            "attention_head_dim": [5, 10, 20, 20],
+            "cross_attention_dim": 1024,
+            "use_linear_projection": True,
+            "class_embed_type": "projection",
+            "projection_class_embeddings_input_dim": 2048,
+        },
+        "scheduler": {
+            "num_train_timesteps": 1000,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "prediction_type": "epsilon",  # paper: ε-prediction
+            "clip_sample": False,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2,
+            "latent_channels": 4,
+            "sample_size": 768,
+            "scaling_factor": 0.18215,
+        },
+    }
+
+
+def tiny_decoder_config() -> dict[str, Any]:
+    """A pixel-space decoder small enough to train on a CPU (32 px, no VAE)."""
+    return {
+        "image_size": 32,
+        "condition_dropout_prob": 0.1,
+        "unet_trainable": "all",
+        "conditioner": {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "mlp_ratio": 2.0,
+            "global_embedding_dim": 16,
+            "noise_level_embedding": False,
+        },
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 3,
+            "out_channels": 3,
+            # attention only at 8 x 8: full-resolution self-attention dominates CPU time
+            "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+            "block_out_channels": [16, 32, 32],
+            "layers_per_block": 1,
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+            "cross_attention_dim": 32,
+            "class_embed_type": "projection",
+            "projection_class_embeddings_input_dim": 16,
+        },
+        "scheduler": {
+            "num_train_timesteps": 1000,
+            "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "epsilon",
+            "clip_sample": False,
+        },
+        "vae": None,
+    }
+
+
+class SlotQFormerConfig(PreTrainedConfig):
+    r"""Configuration of [`SlotQFormerModel`] / [`SlotQFormerForPreTraining`].
+
+    Vision side:
+        vision_config: any transformers vision model returning patch features (default DINOv2-L/14).
+        freeze_vision_encoder: the paper keeps the vision encoder frozen.
+        image_size / num_channels / image_mean / image_std: the tokenizer's input (448 px, ImageNet
+            normalisation as DINOv2 expects).
+        vision_projection / encoder_hidden_size: LayerNorm + MLP from the vision width to the
+            Q-Former's key/value width (1408, the EVA-CLIP width BLIP-2's cross-attention expects).
+
+    Slot Q-Former:
+        num_slots, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+        layer_norm_eps: a BERT-base Q-Former with 32 queries.
+        slot_attention_layers: layers whose cross-attention is replaced by slot attention.
+        slot_iterations: GRU refinement iterations per slot-attention layer (3).
+        slot_attention_heads: heads of the slot attention (1 = Locatello et al.).
+        slot_mlp_size: hidden width of the residual MLP after the GRU.
+        slot_attention_epsilon: added to the attention before the weighted mean's renormalisation.
+        slot_attention_key_scale / slot_init / slot_softmax: paper vs released-code choices (see the
+            module docstring).
+        share_query_text_ffn: the paper shares the feed-forward layers between queries and text
+            (BLIP-2 keeps a separate query FFN).
+
+    Text branch (stage 1): vocab_size, max_position_embeddings, text_pad_token_id (BERT-base's
+        tokenizer by default), itc_embed_dim, itc_temperature, itc_label_smoothing,
+        itg_label_smoothing.
+
+    Quantizer (stage 2): codebook_size × codebook_dim shared by rvq_depths residual depths,
+        codebook_ema_decay, commitment_weight (β inside the commitment term), rebuild_num_layers /
+        rebuild_num_heads (the transformer that rebuilds slot embeddings from codes), token_order.
+
+    Training: stage (1 or 2), loss weights of both stages (appendix A.1), teacher_config (the frozen
+        model whose image embedding the global head regresses; CLIP ViT-H/14 by default) with
+        teacher_image_mean/std, decoder_config (conditioner, UNet, noise scheduler, optional VAE).
+    """
+
+    model_type = "slot_qformer"
+    sub_configs_defaults: ClassVar[dict] = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", init_kwargs=DINOV2_LARGE),
+        "teacher_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_VIT_H14
+        ),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    teacher_config: dict | PreTrainedConfig | None = None
+
+    # input
+    image_size: int = 448
+    num_channels: int = 3
+    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    freeze_vision_encoder: bool = True
+    vision_projection: bool = True
+    encoder_hidden_size: int = 1408
+
+    # Slot Q-Former
+    num_slots: int = 32
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    layer_norm_eps: float = 1e-12
+    slot_attention_layers: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10])
+    slot_iterations: int = 3
+    slot_attention_heads: int = 1
+    slot_mlp_size: int = 1536
+    slot_attention_epsilon: float = 1e-8
+    slot_attention_key_scale: str = "head_dim"  # paper; released code: "num_slots"
+    slot_init: str = "gaussian"  # paper; released code: "queries"
+    slot_softmax: str = "slots"  # paper; released code: "heads_and_slots"
+    share_query_text_ffn: bool = True  # paper; BLIP-2 / released code: separate query FFN
+
+    # text branch
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    text_pad_token_id: int = 0
+    itc_embed_dim: int = 256
+    itc_temperature: float = 0.07
+    itc_label_smoothing: float = 0.0  # paper; released code: 0.1
+    itg_label_smoothing: float = 0.0
+
+    # quantizer
+    codebook_size: int = 8192
+    codebook_dim: int = 32
+    rvq_depths: int = 4
+    shared_codebook: bool = True
+    codebook_ema_decay: float = 0.8
+    # The paper gives no codebook initialisation; the released code uses none of these (random
+    # codes, no k-means, no dead-code reset). The tiny preset turns k-means on to train in few steps.
+    codebook_kmeans_init: bool = False
+    codebook_dead_code_threshold: float = 0.0
+    commitment_weight: float = 1.0
+    rebuild_num_layers: int = 1  # paper: "a Transformer block"; released code: 4
+    rebuild_num_heads: int = 12
+    token_order: str = "slot_major"
+
+    # training
+    stage: int = 1
+    loss_weight_contrastive: float = 0.5
+    loss_weight_text_generation: float = 0.5
+    loss_weight_diffusion: float = 1.0
+    loss_weight_global_mse: float = 0.5
+    loss_weight_reconstruction: float = 1.0
+    loss_weight_commitment: float = 1.0
+    loss_weight_diffusion_stage2: float = 0.1
+    loss_weight_global_mse_stage2: float = 0.1
+    teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    decoder_config: dict = field(default_factory=default_decoder_config)
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_slot_qformer()
+
+    # ------------------------------------------------------------------ shared API attributes
+    @property
+    def num_visual_tokens(self) -> int:
+        """Ids per image: ``num_slots × rvq_depths`` (32 × 4 = 128 at paper size)."""
+        return self.num_slots * self.rvq_depths
+
+    @property
+    def token_embedding_dim(self) -> int:
+        return self.hidden_size
+
+    @property
+    def vision_patch_size(self) -> int:
+        patch = getattr(self.vision_config, "patch_size", None)
+        if isinstance(patch, (list, tuple)):
+            patch = patch[0]
+        return int(patch) if patch else 14
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.vision_patch_size) ** 2
+
+    # ------------------------------------------------------------------ validation
+    def validate_slot_qformer(self) -> None:
+        """Check every field; raises ``ValueError``/``TypeError`` naming the field."""
+        for name in (
+            "image_size", "num_channels", "encoder_hidden_size", "num_slots", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "intermediate_size", "slot_iterations", "slot_attention_heads", "slot_mlp_size",
+            "vocab_size", "max_position_embeddings", "itc_embed_dim", "codebook_size", "codebook_dim",
+            "rvq_depths", "rebuild_num_heads",
+        ):  # fmt: skip
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("rebuild_num_layers", self.rebuild_num_layers, minimum=0)
+        check_int("text_pad_token_id", self.text_pad_token_id, minimum=0, maximum=self.vocab_size - 1)
+        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        check_float("slot_attention_epsilon", self.slot_attention_epsilon, minimum=0.0)
+        check_float("itc_temperature", self.itc_temperature, minimum=0.0, strict_minimum=True)
+        check_float("itc_label_smoothing", self.itc_label_smoothing, minimum=0.0, maximum=1.0)
+        check_float("itg_label_smoothing", self.itg_label_smoothing, minimum=0.0, maximum=1.0)
+        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
+        check_float("commitment_weight", self.commitment_weight, minimum=0.0)
+        check_float("codebook_dead_code_threshold", self.codebook_dead_code_threshold, minimum=0.0)
+        check_float("initializer_range", self.initializer_range, minimum=0.0, strict_minimum=True)
+        for name in (
+            "loss_weight_contrastive", "loss_weight_text_generation", "loss_weight_diffusion",
+            "loss_weight_global_mse", "loss_weight_reconstruction", "loss_weight_commitment",
+            "loss_weight_diffusion_stage2", "loss_weight_global_mse_stage2",
+        ):  # fmt: skip
+            check_float(name, getattr(self, name), minimum=0.0)
+        check_choice("slot_attention_key_scale", self.slot_attention_key_scale, SLOT_ATTENTION_KEY_SCALES)
+        check_choice("slot_init", self.slot_init, SLOT_INITS)
+        check_choice("slot_softmax", self.slot_softmax, SLOT_SOFTMAXES)
+        check_choice("token_order", self.token_order, SLOT_TOKEN_ORDERS)
+        check_choice("stage", self.stage, (1, 2))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.hidden_size % self.slot_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `slot_attention_heads` "
+                f"({self.slot_attention_heads})."
+            )
+        if self.hidden_size % self.rebuild_num_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `rebuild_num_heads` ({self.rebuild_num_heads})."
+            )
+        layers = self.slot_attention_layers
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"`slot_attention_layers` must be a non-empty list of layer indices, got {layers!r}.")
+        for index in layers:
+            check_int("slot_attention_layers[i]", index, minimum=0, maximum=self.num_hidden_layers - 1)
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"`slot_attention_layers` must not repeat a layer, got {list(layers)}.")
+        self.slot_attention_layers = sorted(int(i) for i in layers)
+        for name in ("image_mean", "image_std", "teacher_image_mean", "teacher_image_std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != self.num_channels:
+                raise ValueError(f"`{name}` must be a list of {self.num_channels} numbers, got {values!r}.")
+            for value in values:
+                check_float(f"{name}[i]", value)
+            if "std" in name and min(values) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {values!r}.")
+        if self.image_size % self.vision_patch_size:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be a multiple of the vision encoder's patch size "
+                f"({self.vision_patch_size})."
+            )
+        self.validate_decoder_config()
+
+    def validate_decoder_config(self) -> None:
+        decoder = self.decoder_config
+        if not isinstance(decoder, dict):
+            raise TypeError(f"`decoder_config` must be a dict, got {type(decoder).__name__}.")
+        for key in ("image_size", "conditioner", "unet", "scheduler"):
+            if key not in decoder:
+                raise ValueError(f"`decoder_config` must have the key {key!r}; it has {sorted(decoder)}.")
+        check_int("decoder_config['image_size']", decoder["image_size"], minimum=8)
+        check_float(
+            "decoder_config['condition_dropout_prob']", decoder.get("condition_dropout_prob", 0.0), minimum=0.0, maximum=1.0
+        )
+        check_choice("decoder_config['unet_trainable']", decoder.get("unet_trainable", "all"), UNET_TRAINABLE)
+        conditioner, unet = decoder["conditioner"], decoder["unet"]
+        for key in ("hidden_size", "num_heads", "global_embedding_dim"):
+            check_int(f"decoder_config['conditioner'][{key!r}]", conditioner.get(key), minimum=1)
+        check_int("decoder_config['conditioner']['num_layers']", conditioner.get("num_layers", 1), minimum=0)
+        if unet.get("cross_attention_dim") != conditioner["hidden_size"]:
+            raise ValueError(
+                "`decoder_config['unet']['cross_attention_dim']` must equal the conditioner's hidden_size "
+                f"({conditioner['hidden_size']}), got {unet.get('cross_attention_dim')!r}."
+            )
+        if unet.get("class_embed_type") != "projection":
+            raise ValueError(
+                "`decoder_config['unet']['class_embed_type']` must be 'projection' (the global embedding is added "
+                f"to the timestep embedding), got {unet.get('class_embed_type')!r}."
+            )
+        expected = conditioner["global_embedding_dim"] * (2 if conditioner.get("noise_level_embedding") else 1)
+        if unet.get("projection_class_embeddings_input_dim") != expected:
+            raise ValueError(
+                "`decoder_config['unet']['projection_class_embeddings_input_dim']` must be "
+                f"{expected} (global_embedding_dim{' x 2 with noise_level_embedding' if expected != conditioner['global_embedding_dim'] else ''}), "
+                f"got {unet.get('projection_class_embeddings_input_dim')!r}."
+            )
+        vae = decoder.get("vae")
+        latent_channels = vae.get("latent_channels", 4) if vae else 3
+        if vae is not None and not isinstance(vae, dict):
+            raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs or None, got {vae!r}.")
+        for key in ("in_channels", "out_channels"):
+            if unet.get(key, 4) != latent_channels:
+                raise ValueError(
+                    f"`decoder_config['unet'][{key!r}]` must be {latent_channels} "
+                    f"({'VAE latent channels' if vae else 'RGB pixels, no VAE'}), got {unet.get(key, 4)!r}."
+                )
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def tiny(cls, **overrides) -> SlotQFormerConfig:
+        """A CPU-trainable preset for tests and the demo: 64 px, 8 slots, codebook 256 × 16, 2 depths."""
+        values: dict[str, Any] = {
+            "vision_config": {
+                "model_type": "dinov2",
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "mlp_ratio": 2,
+                "image_size": 64,
+                "patch_size": 8,
+            },
+            "teacher_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+                "projection_dim": 16,
+                "architectures": ["CLIPVisionModelWithProjection"],
+            },
+            "image_size": 64,
+            "encoder_hidden_size": 48,
+            "num_slots": 8,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "slot_attention_layers": [0],
+            "slot_mlp_size": 128,
+            "vocab_size": 64,
+            "max_position_embeddings": 32,
+            "itc_embed_dim": 32,
+            "codebook_size": 256,
+            "codebook_dim": 16,
+            "rvq_depths": 2,
+            # a few hundred CPU steps are not 50M images: seed the codebook from data and revive
+            # unused codes so that the tiny RVQ does not collapse onto a handful of codes
+            "codebook_kmeans_init": True,
+            "codebook_dead_code_threshold": 0.5,
+            "rebuild_num_heads": 4,
+            "decoder_config": tiny_decoder_config(),
+        }
+        for key, value in overrides.items():
+            if key == "decoder_config" and isinstance(value, dict):
+                merged = copy.deepcopy(values["decoder_config"])
+                for sub_key, sub_value in value.items():
+                    if isinstance(sub_value, dict) and isinstance(merged.get(sub_key), dict):
+                        merged[sub_key].update(sub_value)
+                    else:
+                        merged[sub_key] = sub_value
+                values[key] = merged
+            else:
+                values[key] = value
+        return cls(**values)
+
+
+__all__ = ["SlotQFormerConfig"]

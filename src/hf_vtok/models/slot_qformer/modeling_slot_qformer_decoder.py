@@ -1,0 +1,149 @@
+"""Decoder-side conditioning of the Slot Q-Former (Slot-MLLM §2.1.1, "Visual Decoder").
+
+Slot embeddings pass through transformer block(s) to become the *local* embeddings that condition
+the UNet through cross-attention; an MLP head turns them into the *global* embedding that unCLIP-SD
+adds to the timestep embedding (``UNet2DConditionModel(class_embed_type="projection")``). The global
+embedding is also what the training loss ``L_MSE`` aligns with a frozen CLIP image embedding.
+
+Classifier-free guidance: during training the condition of a random subset of the batch is replaced
+by learned null embeddings (``null_local_embeddings`` / ``null_global_embedding``); at sampling time
+the same null condition is the unconditional branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from ...modeling_utils import TransformerBlock
+from ...validation import check_int, check_tensor
+
+
+@dataclass
+class SlotQFormerConditionOutput(BaseOutput):
+    """Conditions for the UNet.
+
+    Args:
+        local_embeddings: `[B, num_slots, hidden_size]`, the UNet's ``encoder_hidden_states``.
+        global_embedding: `[B, global_embedding_dim]`, the predicted image embedding (regressed onto
+            the teacher embedding by ``L_MSE``).
+        class_labels: `[B, projection_class_embeddings_input_dim]`, what the UNet's class-embedding
+            projection receives (the global embedding, plus a noise-level embedding for unCLIP-SD).
+    """
+
+    local_embeddings: torch.Tensor
+    global_embedding: torch.Tensor
+    class_labels: torch.Tensor
+
+
+class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
+    """Slot embeddings → (local embeddings, global embedding) for an unCLIP-style UNet.
+
+    Args:
+        slot_dim: width of the slot embeddings (the Q-Former width, 768 at paper size).
+        num_slots: slots per image (length of the null local condition).
+        hidden_size: width of the local embeddings = the UNet's ``cross_attention_dim`` (1024).
+        num_layers: transformer blocks (paper: one "Transformer decoder block"; released code: 4).
+        num_heads / mlp_ratio: of those blocks.
+        global_embedding_dim: width of the global embedding (1024, CLIP ViT-H/14's image embedding).
+        noise_level_embedding: append unCLIP-SD's noise-level embedding (of level 0: no noise
+            augmentation) to the global embedding, so that the UNet's class projection takes
+            ``2 × global_embedding_dim`` inputs as in the released unCLIP-SD 2.1 UNet.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        slot_dim: int = 768,
+        num_slots: int = 32,
+        hidden_size: int = 1024,
+        num_layers: int = 1,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        global_embedding_dim: int = 1024,
+        noise_level_embedding: bool = True,
+    ):
+        super().__init__()
+        check_int("slot_dim", slot_dim, minimum=1)
+        check_int("num_slots", num_slots, minimum=1)
+        check_int("hidden_size", hidden_size, minimum=1)
+        check_int("num_layers", num_layers, minimum=0)
+        check_int("num_heads", num_heads, minimum=1)
+        check_int("global_embedding_dim", global_embedding_dim, minimum=1)
+        self.proj_in = nn.Linear(slot_dim, hidden_size)
+        self.blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(hidden_size)
+        self.global_head = nn.Sequential(
+            nn.LayerNorm(hidden_size),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, global_embedding_dim),
+        )
+        # learned unconditional (classifier-free guidance) condition
+        self.null_local_embeddings = nn.Parameter(torch.zeros(num_slots, hidden_size))
+        self.null_global_embedding = nn.Parameter(torch.zeros(global_embedding_dim))
+
+    @property
+    def class_embedding_dim(self) -> int:
+        return self.config.global_embedding_dim * (2 if self.config.noise_level_embedding else 1)
+
+    def class_labels(self, global_embedding: torch.Tensor) -> torch.Tensor:
+        """What the UNet's ``class_labels`` receives for a global embedding."""
+        if not self.config.noise_level_embedding:
+            return global_embedding
+        noise_level = torch.zeros(global_embedding.shape[0], device=global_embedding.device)
+        level = get_timestep_embedding(
+            noise_level, global_embedding.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0
+        ).to(global_embedding.dtype)
+        return torch.cat([global_embedding, level], dim=-1)
+
+    def null_condition(self, batch_size: int) -> SlotQFormerConditionOutput:
+        """The unconditional branch for classifier-free guidance."""
+        check_int("batch_size", batch_size, minimum=1)
+        local = self.null_local_embeddings[None].expand(batch_size, -1, -1)
+        global_embedding = self.null_global_embedding[None].expand(batch_size, -1)
+        return SlotQFormerConditionOutput(local, global_embedding, self.class_labels(global_embedding))
+
+    def forward(
+        self, slot_embeddings: torch.Tensor, drop_condition: torch.Tensor | None = None
+    ) -> SlotQFormerConditionOutput:
+        """Condition the UNet on ``slot_embeddings`` (`[B, num_slots, slot_dim]`).
+
+        ``drop_condition`` (bool `[B]`) replaces the chosen rows by the null condition (training-time
+        condition dropout); ``global_embedding`` in the output is always the predicted one, so that the
+        MSE to the teacher embedding is computed for every row.
+        """
+        check_tensor("slot_embeddings", slot_embeddings, ndim=3, floating=True)
+        if slot_embeddings.shape[1:] != (self.config.num_slots, self.config.slot_dim):
+            raise ValueError(
+                f"`slot_embeddings` must have shape [B, {self.config.num_slots}, {self.config.slot_dim}], "
+                f"got {tuple(slot_embeddings.shape)}."
+            )
+        hidden = self.proj_in(slot_embeddings)
+        for block in self.blocks:
+            hidden = block(hidden)
+        local = self.norm_out(hidden)
+        global_embedding = self.global_head(local.mean(dim=1))
+        class_global = global_embedding
+        if drop_condition is not None:
+            check_tensor("drop_condition", drop_condition, ndim=1)
+            if drop_condition.shape[0] != slot_embeddings.shape[0]:
+                raise ValueError(
+                    f"`drop_condition` must have one entry per image ({slot_embeddings.shape[0]}), "
+                    f"got shape {tuple(drop_condition.shape)}."
+                )
+            drop = drop_condition.bool().to(local.device)
+            local = torch.where(drop[:, None, None], self.null_local_embeddings[None].to(local.dtype), local)
+            class_global = torch.where(
+                drop[:, None], self.null_global_embedding[None].to(global_embedding.dtype), global_embedding
+            )
+        return SlotQFormerConditionOutput(local, global_embedding, self.class_labels(class_global))
+
+
+__all__ = ["SlotQFormerConditionOutput", "SlotQFormerDecoderConditioner"]
