@@ -1,0 +1,90 @@
+"""The MLLM side: turn any Hugging Face causal LM into a model that reads and writes images through any of the
+hf_vtok visual tokenizers.
+
+Importing this package registers ``VTokMLLMConfig`` with ``AutoConfig``, the model with ``AutoModel`` /
+``AutoModelForCausalLM`` / ``AutoModelForImageTextToText``, the processor with ``AutoProcessor``, and the
+``text-to-image`` task with ``transformers.pipeline`` (all idempotent).
+
+Quick start::
+
+    from hf_vtok.mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
+    model = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(lm, visual_tokenizer, text_tokenizer)
+    processor = VTokMLLMProcessor.from_visual_tokenizer(text_tokenizer, visual_tokenizer)
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .. import models as _models  # noqa: F401  (the tokenizer families must be registered for sub-configs)
+from .collator_mllm import VTokMLLMDataCollator
+from .configuration_mllm import VTokMLLMConfig
+from .generation import (
+    VisualGenerationOutput,
+    VisualWindowLogitsProcessor,
+    classifier_free_guidance,
+    generate_images,
+    generate_visual_embeddings,
+    generate_visual_ids,
+    sample_from_logits,
+)
+from .modeling_mllm import (
+    VTokMLLMCausalLMOutputWithPast,
+    VTokMLLMForConditionalGeneration,
+    VTokMLLMModel,
+    VTokMLLMPreTrainedModel,
+)
+from .pipeline_mllm import (
+    VTokImageEditingPipeline,
+    VTokImagePipelineOutput,
+    VTokTextToImagePipeline,
+    load_decoder_pipeline,
+)
+from .processing_mllm import CHAT_TEMPLATES, VTokMLLMProcessor, image_processor_for
+from .transformers_pipelines import VTokTextToImageHFPipeline, register_pipelines
+from .vocabulary import VisualVocabulary, add_visual_tokens, code_token
+
+
+def register_auto_classes() -> None:
+    """Register the MLLM with the transformers Auto classes and the ``text-to-image`` pipeline task."""
+    AutoConfig.register(VTokMLLMConfig.model_type, VTokMLLMConfig, exist_ok=True)
+    AutoModel.register(VTokMLLMConfig, VTokMLLMModel, exist_ok=True)
+    AutoModelForCausalLM.register(VTokMLLMConfig, VTokMLLMForConditionalGeneration, exist_ok=True)
+    AutoModelForImageTextToText.register(VTokMLLMConfig, VTokMLLMForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(VTokMLLMConfig, VTokMLLMProcessor, exist_ok=True)
+    register_pipelines()
+
+
+__all__ = [
+    "CHAT_TEMPLATES",
+    "VTokImageEditingPipeline",
+    "VTokImagePipelineOutput",
+    "VTokMLLMCausalLMOutputWithPast",
+    "VTokMLLMConfig",
+    "VTokMLLMDataCollator",
+    "VTokMLLMForConditionalGeneration",
+    "VTokMLLMModel",
+    "VTokMLLMPreTrainedModel",
+    "VTokMLLMProcessor",
+    "VTokTextToImageHFPipeline",
+    "VTokTextToImagePipeline",
+    "VisualGenerationOutput",
+    "VisualVocabulary",
+    "VisualWindowLogitsProcessor",
+    "add_visual_tokens",
+    "classifier_free_guidance",
+    "code_token",
+    "generate_images",
+    "generate_visual_embeddings",
+    "generate_visual_ids",
+    "image_processor_for",
+    "load_decoder_pipeline",
+    "register_auto_classes",
+    "sample_from_logits",
+]
+
+register_auto_classes()

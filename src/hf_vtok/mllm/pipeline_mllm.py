@@ -1,0 +1,247 @@
+"""diffusers pipelines around the MLLM: ``VTokTextToImagePipeline`` and ``VTokImageEditingPipeline``.
+
+Components::
+
+    mllm       VTokMLLMForConditionalGeneration   (transformers model, saved in mllm/)
+    processor  VTokMLLMProcessor                  (saved in processor/ and, for transformers.pipeline, in mllm/)
+    decoder    the tokenizer family's decoder DiffusionPipeline (saved in decoder/; e.g. DDTDecoderPipeline)
+
+``pipe.save_pretrained(dir)`` / ``VTokTextToImagePipeline.from_pretrained(dir)`` round-trip after ``import
+hf_vtok``. Because the processor is also written next to the MLLM weights, ``dir/mllm`` is a complete
+transformers folder: ``transformers.pipeline("text-to-image", model=f"{dir}/mllm")`` finds the decoder in the
+sibling ``decoder/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..validation import check_choice, describe
+from .generation import generate_images
+from .modeling_mllm import VTokMLLMForConditionalGeneration
+from .processing_mllm import VTokMLLMProcessor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class VTokImagePipelineOutput(BaseOutput):
+    """Images plus the visual tokens they were decoded from.
+
+    Args:
+        images: PIL images, `[B, H, W, 3]` array or `[B, 3, H, W]` tensor in [0, 1] (``output_type``), or ``None``
+            when the pipeline has no decoder (then only the tokens are returned).
+        token_ids: `[B, N]` visual ids (discrete tokenizers).
+        token_embeddings / attention_mask: generated embeddings and their mask (continuous tokenizers).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
+    token_ids: torch.LongTensor | None = None
+    token_embeddings: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+
+
+def load_decoder_pipeline(path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
+    """Load a family decoder pipeline saved with ``save_pretrained`` (the class named in its model_index.json is
+    looked up in ``hf_vtok`` and its family packages; no remote code)."""
+    index_file = os.path.join(os.fspath(path), "model_index.json")
+    if not os.path.isfile(index_file):
+        raise ValueError(f"`decoder` must be a folder written by a decoder pipeline's save_pretrained, got {os.fspath(path)!r}.")
+    with open(index_file, encoding="utf-8") as handle:
+        class_name = json.load(handle).get("_class_name")
+    import hf_vtok
+    from hf_vtok import models
+
+    candidates = [hf_vtok] + [getattr(models, name) for name in dir(models) if not name.startswith("_")]
+    for module in candidates:
+        cls = getattr(module, class_name, None) if class_name else None
+        if isinstance(cls, type) and issubclass(cls, DiffusionPipeline):
+            return cls.from_pretrained(path, **kwargs)
+    raise ValueError(f"Unknown decoder pipeline class {class_name!r} in {index_file}; is it an hf_vtok decoder?")
+
+
+class _VTokMLLMImagePipelineBase(DiffusionPipeline):
+    _optional_components: ClassVar[list[str]] = ["decoder"]
+
+    def __init__(self, mllm: VTokMLLMForConditionalGeneration, processor: VTokMLLMProcessor, decoder=None):
+        super().__init__()
+        if not isinstance(mllm, VTokMLLMForConditionalGeneration):
+            raise TypeError(f"`mllm` must be a VTokMLLMForConditionalGeneration, got {describe(mllm)}.")
+        if not isinstance(processor, VTokMLLMProcessor):
+            raise TypeError(f"`processor` must be a VTokMLLMProcessor, got {describe(processor)}.")
+        if decoder is not None and not isinstance(decoder, DiffusionPipeline):
+            raise TypeError(f"`decoder` must be the tokenizer family's decoder DiffusionPipeline, got {describe(decoder)}.")
+        if mllm.config.num_visual_tokens != processor.num_visual_tokens:
+            raise ValueError(
+                f"`processor` expects {processor.num_visual_tokens} tokens per image but `mllm`'s tokenizer makes "
+                f"{mllm.config.num_visual_tokens}."
+            )
+        self.register_modules(mllm=mllm, processor=processor, decoder=decoder)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # make mllm/ a complete transformers folder (AutoProcessor, transformers.pipeline)
+        self.processor.save_pretrained(os.path.join(os.fspath(save_directory), "mllm"))
+
+    def _run(
+        self,
+        prompt,
+        images,
+        negative_prompt,
+        num_images_per_prompt,
+        guidance_scale,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        seed,
+        batch_size,
+        use_chat_template,
+        num_inference_steps,
+        decoder_guidance_scale,
+        output_type,
+        return_dict,
+    ):
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        decoder_kwargs = {"output_type": output_type}
+        if num_inference_steps is not None:
+            decoder_kwargs["num_inference_steps"] = num_inference_steps
+        if decoder_guidance_scale is not None:
+            decoder_kwargs["guidance_scale"] = decoder_guidance_scale
+
+        def progress(total, description):
+            return self.progress_bar(total=total)
+
+        tokens = generate_images(
+            self.mllm,
+            self.processor,
+            prompt,
+            images=images,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            guidance_scale=guidance_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            seed=seed,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            decoder=self.decoder,
+            decoder_kwargs=decoder_kwargs,
+            progress=progress,
+        )
+        self.maybe_free_model_hooks()
+        output = VTokImagePipelineOutput(
+            images=tokens.images,
+            token_ids=tokens.ids,
+            token_embeddings=tokens.embeddings,
+            attention_mask=tokens.attention_mask,
+        )
+        return output if return_dict else (output.images,)
+
+
+class VTokTextToImagePipeline(_VTokMLLMImagePipelineBase):
+    """Text → image with a :class:`VTokMLLMForConditionalGeneration` and its tokenizer's decoder.
+
+    Examples:
+        >>> pipe = VTokTextToImagePipeline(mllm=model, processor=processor, decoder=decoder_pipeline)
+        >>> image = pipe("a red circle left of a blue square", generator=torch.Generator().manual_seed(0)).images[0]
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 8.0,
+        temperature: float = 1.0,
+        top_k: int | None = 4096,
+        top_p: float | None = 0.9,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        use_chat_template: bool = True,
+        num_inference_steps: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> VTokImagePipelineOutput | tuple:
+        """Generate images for ``prompt``.
+
+        Args:
+            prompt: one prompt or a list.
+            negative_prompt: the unconditional prompt for classifier-free guidance (default: the empty prompt).
+            num_images_per_prompt: samples per prompt.
+            guidance_scale: classifier-free guidance on the LM logits (DDT-LLaMA: 8.0; 1 disables it).
+            temperature, top_k, top_p: sampling of the visual ids (DDT-LLaMA: top-k 4096, top-p 0.9).
+            generator / seed: randomness of the token sampling and of the decoder noise.
+            batch_size: images per forward pass.
+            use_chat_template: wrap prompts in the processor's chat template (as in training).
+            num_inference_steps, decoder_guidance_scale: forwarded to the decoder pipeline.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+        """
+        return self._run(
+            prompt, None, negative_prompt, num_images_per_prompt, guidance_scale, temperature, top_k, top_p,
+            generator, seed, batch_size, use_chat_template, num_inference_steps, decoder_guidance_scale,
+            output_type, return_dict,
+        )
+
+
+class VTokImageEditingPipeline(_VTokMLLMImagePipelineBase):
+    """Image + instruction → edited image (Slot-MLLM / SeTok / DDT-LLaMA editing).
+
+    The source image is tokenized by the MLLM's frozen visual tokenizer and placed in the prompt (``<image>``,
+    before the instruction unless the instruction holds the marker); the unconditional branch of
+    classifier-free guidance keeps the image and drops the instruction.
+
+    Examples:
+        >>> edited = pipe(image=source, prompt="make the circle blue", seed=0).images[0]
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 8.0,
+        temperature: float = 1.0,
+        top_k: int | None = 4096,
+        top_p: float | None = 0.9,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        use_chat_template: bool = True,
+        num_inference_steps: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> VTokImagePipelineOutput | tuple:
+        """Edit ``image`` (one, or one per prompt) following ``prompt``; arguments as for text-to-image."""
+        if image is None:
+            raise ValueError("`image` is required: the source image to edit.")
+        return self._run(
+            prompt, image, negative_prompt, num_images_per_prompt, guidance_scale, temperature, top_k, top_p,
+            generator, seed, batch_size, use_chat_template, num_inference_steps, decoder_guidance_scale,
+            output_type, return_dict,
+        )
+
+
+__all__ = [
+    "VTokImageEditingPipeline",
+    "VTokImagePipelineOutput",
+    "VTokTextToImagePipeline",
+    "load_decoder_pipeline",
+]
