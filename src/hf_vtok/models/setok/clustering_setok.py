@@ -1,0 +1,459 @@
+"""Density-peak clustering of patch features: SeTok Sec. 2.1 and Appendix C (Algorithm 1), batched.
+
+For a feature map X (N patches of width C) the paper computes
+
+* the local density from the K nearest neighbours, rho_i = exp(-1/K * sum_{j in kNN(i)} ||x_j - x_i||^2)  (eq. 1),
+* the distance to the nearest denser feature, delta_i = min_{j: rho_j > rho_i} ||x_j - x_i||^2, or the largest
+  distance for the densest feature (eq. 2),
+* the seed score s_i = rho_i * delta_i,
+
+and then (Algorithm 1) repeatedly takes the unassigned patch with the highest score as a seed, builds the alpha
+mask alpha_j = exp(-||x_seed - x_j||^2 * k * ln 2), appends ``scope * alpha`` as a cluster mask and updates
+``scope *= 1 - alpha``, until a stop condition holds; the remaining scope is appended as a final mask. With hard
+assignment (the paper's preferred variant) alpha is thresholded at 1/2, i.e. a patch joins the seed's cluster
+when its squared distance is at most 1/k, so every mask is one-hot over patches and the masks partition them.
+
+Implementation notes (what makes this fast and exact):
+
+* All images of a chunk run together. Squared distances come from one Gram matrix per image
+  (||x||^2 + ||y||^2 - 2 x.y, no N x N square roots: min/max commute with the square root, so the Euclidean
+  variant only takes roots of N values). The Gram matrix is symmetric, so only its upper block triangle is
+  multiplied (about 60% of the FLOPs).
+* Scores live in log space, log rho + log delta, so that eq. 1 cannot underflow for large feature distances;
+  the ordering is the same as rho * delta.
+* Algorithm 1 loops over iterations only; every iteration updates all images of the chunk at once, and images
+  that have stopped are masked out. Ties are broken by the lower patch index (``max``/``argmax`` return the first
+  maximum), so the result is deterministic and does not depend on the batch composition: the batched path and
+  :func:`_reference_density_peak_clustering` (one image, one cluster at a time) return identical masks.
+* Images go through in chunks whose N x N working set stays cache-sized.
+
+Edge cases: K is clamped to the number of other patches (a single patch has density exp(0) = 1); identical
+features form one cluster; a feature map with NaN/Inf raises a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from hf_vtok.validation import check_choice, check_float, check_int, check_tensor, describe
+
+_NEG_LARGE = -1.0e30  # finite stand-in for log(0) so that ties among zero scores still break by index
+_DELTA_ROW_BLOCK = 128  # rows of the N x N matrix handled at once when searching the nearest denser patch
+_CHUNK_BYTES = 4 << 20  # N x N float32 distance matrices per chunk (cache-sized; 3 images of 24 x 24 patches)
+
+
+@dataclass
+class SeTokClusteringOutput(ModelOutput):
+    """Result of :func:`density_peak_clustering`.
+
+    Args:
+        masks (`torch.FloatTensor` of shape `(batch_size, num_tokens, num_patches)`):
+            Cluster masks in token order (seed order, then the remainder mask); rows past an image's
+            ``num_tokens`` are zero. Every patch sums to 1 over the masks (one-hot with hard assignment).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
+            1 for real clusters.
+        num_tokens (`torch.LongTensor` of shape `(batch_size,)`):
+            Number of masks of each image.
+        seed_indices (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
+            Patch index of each cluster's seed (centre); -1 for the remainder mask and padding.
+        log_scores (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+            log(rho * delta) of every patch (-inf where delta is 0).
+    """
+
+    masks: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    num_tokens: torch.LongTensor | None = None
+    seed_indices: torch.LongTensor | None = None
+    log_scores: torch.FloatTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Distances, density, distance to the nearest denser patch (shared by the batched and the reference paths)
+
+
+def _gram(features: torch.Tensor) -> torch.Tensor:
+    """Batched Gram matrix X X^T, multiplying only the strips right of the diagonal (symmetric result)."""
+    batch, num, _ = features.shape
+    if num < 192 or (features.requires_grad and torch.is_grad_enabled()):
+        return torch.bmm(features, features.transpose(1, 2))
+    parts = min(8, num // 128)  # strips of ~128-190 rows: about 60% of the FLOPs of the full product
+    bounds = [round(i * num / parts) for i in range(parts + 1)]
+    gram = features.new_empty(batch, num, num)
+    for start, stop in itertools.pairwise(bounds):
+        strip = torch.bmm(features[:, start:stop], features[:, start:].transpose(1, 2))  # rows start:stop, cols start:
+        gram[:, start:stop, start:] = strip
+        gram[:, stop:, start:stop] = strip[:, :, stop - start :].transpose(1, 2)
+    return gram
+
+
+def _distances_from_gram(gram: torch.Tensor, squared_norms: torch.Tensor) -> torch.Tensor:
+    """||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, clamped at 0 with an exact zero diagonal (in place on ``gram``)."""
+    if not (gram.requires_grad and torch.is_grad_enabled()):
+        distances = gram.mul_(-2.0).add_(squared_norms[:, :, None]).add_(squared_norms[:, None, :]).clamp_min_(0.0)
+        distances.diagonal(dim1=1, dim2=2).zero_()
+        return distances
+    distances = (gram * -2.0 + squared_norms[:, :, None] + squared_norms[:, None, :]).clamp_min(0.0)
+    eye = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    return distances.masked_fill(eye, 0.0)
+
+
+def _squared_norms(features: torch.Tensor) -> torch.Tensor:
+    """Row norms ``[B, N]``; also the NaN/Inf check of ``features`` (a non-finite value makes its norm non-finite,
+    which is much cheaper to test than every feature)."""
+    squared_norms = features.pow(2).sum(-1)
+    if squared_norms.device.type != "meta" and not bool(torch.isfinite(squared_norms).all()):
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("`features` contains NaN or Inf values.")
+        raise ValueError("`features` has values too large for float32 squared distances; rescale the features.")
+    return squared_norms
+
+
+def pairwise_squared_distances(features: torch.Tensor, distance_scale: str = "none") -> torch.Tensor:
+    """Squared Euclidean distances ``[B, N, N]`` between the rows of ``features`` ``[B, N, C]`` (float32).
+
+    With ``distance_scale="sqrt_dim"`` (released code) the distances are divided by sqrt(C), i.e. the squared
+    distances by C.
+    """
+    features = features.float()
+    squared_norms = _squared_norms(features)
+    distances = _distances_from_gram(_gram(features), squared_norms)
+    if distance_scale == "sqrt_dim":  # released code: Euclidean distance / sqrt(C)
+        distances = distances / features.shape[-1] if distances.requires_grad else distances.div_(features.shape[-1])
+    return distances
+
+
+def _log_density(distances: torch.Tensor, knn_size: int, density: str) -> torch.Tensor:
+    """log rho (eq. 1): minus the mean squared distance to the K nearest neighbours."""
+    num = distances.shape[-1]
+    if density == "paper":  # the K nearest *other* patches
+        k = min(knn_size, num - 1)
+        if k == 0:
+            return distances.new_zeros(distances.shape[:-1])
+        # The point itself is at distance exactly 0, the smallest value of its row: the k+1 smallest values are
+        # 0 plus the k smallest distances to other patches (as a multiset, whatever duplicates exist).
+        values = torch.topk(distances, k + 1, dim=-1, largest=False, sorted=False).values
+        return -values.sum(-1) / k
+    k = min(knn_size, num)  # released: the kNN include the point itself
+    values = torch.topk(distances, k, dim=-1, largest=False, sorted=False).values
+    return -values.sum(-1) / k
+
+
+def _log_delta(distances: torch.Tensor, log_rho: torch.Tensor, delta_distance: str, densest_delta: str) -> torch.Tensor:
+    """log delta (eq. 2): distance to the nearest strictly denser patch, or the largest distance if none."""
+    batch, num, _ = distances.shape
+    nearest_denser = distances.new_empty(batch, num)
+    for start in range(0, num, _DELTA_ROW_BLOCK):
+        rows = slice(start, start + _DELTA_ROW_BLOCK)
+        denser = log_rho[:, None, :] > log_rho[:, rows, None]  # denser[b, i, j]: rho_j > rho_i
+        nearest_denser[:, rows] = torch.where(denser, distances[:, rows], math.inf).amin(-1)
+    if densest_delta == "global":  # largest distance of the image
+        fallback = distances.amax(dim=(1, 2))[:, None].expand(batch, num)
+    else:  # largest distance from that patch (released code)
+        fallback = distances.amax(dim=-1)
+    delta = torch.where(torch.isinf(nearest_denser), fallback, nearest_denser)
+    log_delta = delta.log()
+    return 0.5 * log_delta if delta_distance == "euclidean" else log_delta
+
+
+def _log_scores(distances, *, knn_size, density, delta_distance, densest_delta) -> torch.Tensor:
+    log_rho = _log_density(distances, knn_size, density)
+    return log_rho + _log_delta(distances, log_rho, delta_distance, densest_delta)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batched Algorithm 1 and the released centre rule
+
+
+def _paper_rule(distances, log_scores, *, kernel_scale, max_clusters, min_clusters, score_threshold,
+                scope_threshold, hard_assignment):
+    """Algorithm 1 for a chunk of images at once; the Python loop runs over iterations only."""
+    batch, num, _ = distances.shape
+    device = distances.device
+    rows = torch.arange(batch, device=device)
+    masks = distances.new_zeros(batch, max_clusters + 1, num)
+    seeds = torch.full((batch, max_clusters + 1), -1, dtype=torch.long, device=device)
+    count = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    key = log_scores.clamp_min(_NEG_LARGE)
+    log_threshold = math.log(score_threshold) if score_threshold is not None else None
+    if hard_assignment:
+        unassigned = torch.ones(batch, num, dtype=torch.bool, device=device)
+    else:
+        scope = distances.new_ones(batch, num)
+    for step in range(max_clusters):
+        # (i, j) = argmax(scores * scope): the best-scored patch not yet explained.
+        selection = key.masked_fill(~unassigned, -math.inf) if hard_assignment else key + scope.log()
+        best, seed = selection.max(dim=-1)
+        if log_threshold is not None:
+            active &= ~((best < log_threshold) & (count >= min_clusters))
+        if not bool(active.any()):
+            break
+        seed_distances = distances[rows, seed]
+        if hard_assignment:
+            # alpha >= 1/2  <=>  d^2 * k <= 1; the seed itself (d = 0) always joins.
+            new = unassigned & (seed_distances * kernel_scale <= 1.0) & active[:, None]
+            unassigned &= ~new
+            masks[:, step] = new
+            remaining = unassigned.any(dim=-1)
+        else:
+            alpha = torch.exp2(-seed_distances * kernel_scale) * active[:, None]
+            masks[:, step] = scope * alpha
+            scope = scope * (1.0 - alpha)
+            remaining = (scope > scope_threshold).any(dim=-1)
+        seeds[:, step] = torch.where(active, seed, -1)
+        count += active.long()
+        active &= remaining
+    remainder = unassigned.to(masks.dtype) if hard_assignment else scope
+    has_remainder = (remainder > 0).any(dim=-1)
+    masks[rows[has_remainder], count[has_remainder]] = remainder[has_remainder]
+    return masks, seeds, count + has_remainder.long()
+
+
+def _released_rule(distances, log_scores, *, max_clusters, score_threshold, released_fallback_clusters):
+    """Released centre rule: every patch with score > threshold (else the top-k) is a centre; nearest centre."""
+    batch, num, _ = distances.shape
+    device = distances.device
+    log_threshold = math.log(0.5 if score_threshold is None else score_threshold)
+    passing = log_scores > log_threshold
+    num_passing = passing.sum(dim=-1)
+    fallback = num_passing == 0
+    num_centres = torch.where(fallback, torch.full_like(num_passing, min(released_fallback_clusters, num)), num_passing)
+    num_centres = num_centres.clamp(max=max_clusters)
+    candidates = passing | fallback[:, None]
+    rank_key = log_scores.clamp_min(_NEG_LARGE).masked_fill(~candidates, -math.inf)
+    order = torch.sort(rank_key, dim=-1, descending=True, stable=True).indices  # ties: lower index first
+    width = min(max_clusters, num)
+    centres = order[:, :width]
+    slots = torch.arange(width, device=device)
+    valid = slots[None, :] < num_centres[:, None]
+    centre_distances = torch.gather(distances, 1, centres[:, :, None].expand(batch, width, num))
+    centre_distances = centre_distances.masked_fill(~valid[:, :, None], math.inf)
+    labels = centre_distances.argmin(dim=1)  # nearest centre, the better-scored one on ties
+    own = torch.where(valid, slots[None, :].expand(batch, width), torch.gather(labels, 1, centres))
+    labels = labels.scatter(1, centres, own)  # a centre belongs to its own cluster
+    masks = torch.nn.functional.one_hot(labels, max_clusters).transpose(1, 2).to(distances.dtype)
+    seeds = torch.full((batch, max_clusters), -1, dtype=torch.long, device=device)
+    seeds[:, :width] = torch.where(valid, centres, -1)
+    return masks, seeds, num_centres
+
+
+def _soft_surrogate(distances, seeds, num_tokens, kernel_scale, center_rule, num_slots):
+    """Differentiable masks with the same seeds, used as the straight-through gradient of hard masks."""
+    batch, num, _ = distances.shape
+    rows = torch.arange(batch, device=distances.device)
+    if center_rule == "released":
+        valid = seeds >= 0
+        centre_distances = distances[rows[:, None], seeds.clamp_min(0)]  # [B, T, N]
+        logits = (-centre_distances * (kernel_scale * math.log(2.0))).masked_fill(~valid[:, :, None], -math.inf)
+        return torch.softmax(logits, dim=1)
+    scope = distances.new_ones(batch, num)
+    masks = []
+    num_seeded = int((seeds >= 0).sum(dim=-1).max())
+    for step in range(num_seeded):
+        seed = seeds[:, step]
+        alpha = torch.exp2(-distances[rows, seed.clamp_min(0)] * kernel_scale) * (seed >= 0)[:, None]
+        masks.append(scope * alpha)
+        scope = scope * (1.0 - alpha)
+    masks = torch.stack(masks, dim=1) if masks else distances.new_zeros(batch, 0, num)
+    slots = torch.arange(num_slots, device=distances.device)
+    num_seeded_per_image = (seeds >= 0).sum(dim=-1)
+    remainder_slot = (slots[None, :] == num_seeded_per_image[:, None]) & (num_seeded_per_image < num_tokens)[:, None]
+    padded = torch.cat([masks, masks.new_zeros(batch, num_slots - masks.shape[1], num)], dim=1)
+    return padded + remainder_slot[:, :, None] * scope[:, None, :]
+
+
+def _cluster_chunk(features, *, knn_size, kernel_scale, max_clusters, min_clusters, score_threshold,
+                   scope_threshold, hard_assignment, center_rule, released_fallback_clusters, distance_scale,
+                   density, delta_distance, densest_delta):
+    need_grad = torch.is_grad_enabled() and features.requires_grad
+    with torch.set_grad_enabled(need_grad):
+        distances = pairwise_squared_distances(features, distance_scale)
+    with torch.no_grad():
+        detached = distances.detach()
+        log_scores = _log_scores(
+            detached, knn_size=knn_size, density=density, delta_distance=delta_distance, densest_delta=densest_delta
+        )
+        if center_rule == "paper":
+            masks, seeds, num_tokens = _paper_rule(
+                detached, log_scores, kernel_scale=kernel_scale, max_clusters=max_clusters,
+                min_clusters=min_clusters, score_threshold=score_threshold, scope_threshold=scope_threshold,
+                hard_assignment=hard_assignment,
+            )
+        else:
+            masks, seeds, num_tokens = _released_rule(
+                detached, log_scores, max_clusters=max_clusters, score_threshold=score_threshold,
+                released_fallback_clusters=released_fallback_clusters,
+            )
+    if need_grad:
+        soft = _soft_surrogate(distances, seeds, num_tokens, kernel_scale, center_rule, masks.shape[1])
+        # Hard values forward, gradient of the soft masks with the same seeds backward (straight-through);
+        # soft assignment is its own surrogate.
+        masks = masks + (soft - soft.detach()) if hard_assignment else soft
+    return masks, seeds, num_tokens, log_scores
+
+
+def _validate_clustering_arguments(features, kwargs) -> torch.Tensor:
+    features = check_tensor("features", features, ndim=3, floating=True)  # NaN/Inf: see _squared_norms
+    check_int("knn_size", kwargs["knn_size"], minimum=1)
+    check_float("kernel_scale", kwargs["kernel_scale"], minimum=0.0, strict_minimum=True)
+    check_int("max_clusters", kwargs["max_clusters"], minimum=1)
+    check_int("min_clusters", kwargs["min_clusters"], minimum=1, maximum=kwargs["max_clusters"])
+    if kwargs["score_threshold"] is not None:
+        check_float("score_threshold", kwargs["score_threshold"], minimum=0.0, strict_minimum=True)
+    check_float("scope_threshold", kwargs["scope_threshold"], minimum=0.0, maximum=1.0)
+    if not isinstance(kwargs["hard_assignment"], bool):
+        raise TypeError(f"`hard_assignment` must be a bool, got {describe(kwargs['hard_assignment'])}.")
+    check_choice("center_rule", kwargs["center_rule"], ("paper", "released"))
+    if kwargs["center_rule"] == "released" and not kwargs["hard_assignment"]:
+        raise ValueError("`hard_assignment=False` is only defined for `center_rule='paper'`.")
+    check_int("released_fallback_clusters", kwargs["released_fallback_clusters"], minimum=1)
+    check_choice("distance_scale", kwargs["distance_scale"], ("none", "sqrt_dim"))
+    check_choice("density", kwargs["density"], ("paper", "released"))
+    check_choice("delta_distance", kwargs["delta_distance"], ("squared", "euclidean"))
+    check_choice("densest_delta", kwargs["densest_delta"], ("global", "row"))
+    return features
+
+
+def _auto_chunk_size(num_patches: int) -> int:
+    return max(1, min(256, _CHUNK_BYTES // (4 * num_patches * num_patches)))
+
+
+def _finish(masks, seeds, num_tokens, log_scores) -> SeTokClusteringOutput:
+    width = max(int(num_tokens.max()), 1)  # trim to the longest image of the batch
+    slots = torch.arange(width, device=num_tokens.device)
+    return SeTokClusteringOutput(
+        masks=masks[:, :width],
+        attention_mask=(slots[None, :] < num_tokens[:, None]).long(),
+        num_tokens=num_tokens,
+        seed_indices=seeds[:, :width],
+        log_scores=log_scores,
+    )
+
+
+def density_peak_clustering(
+    features: torch.Tensor,
+    *,
+    knn_size: int = 64,
+    kernel_scale: float = 1.0,
+    max_clusters: int = 64,
+    min_clusters: int = 1,
+    score_threshold: float | None = None,
+    scope_threshold: float = 0.01,
+    hard_assignment: bool = True,
+    center_rule: str = "paper",
+    released_fallback_clusters: int = 64,
+    distance_scale: str = "none",
+    density: str = "paper",
+    delta_distance: str = "squared",
+    densest_delta: str = "global",
+    chunk_size: int | None = None,
+) -> SeTokClusteringOutput:
+    """Cluster a batch of patch-feature maps ``[B, N, C]`` into a variable number of masks per image.
+
+    The arguments mirror the clustering fields of :class:`SeTokConfig` (``config.clustering_kwargs()``); see
+    the module docstring for the algorithm. Gradients flow to ``features`` (when they require grad) through a
+    straight-through estimator: hard masks forward, the soft masks of the same seeds backward.
+    """
+    kwargs = {
+        "knn_size": knn_size, "kernel_scale": kernel_scale, "max_clusters": max_clusters, "min_clusters": min_clusters,
+        "score_threshold": score_threshold, "scope_threshold": scope_threshold, "hard_assignment": hard_assignment,
+        "center_rule": center_rule, "released_fallback_clusters": released_fallback_clusters,
+        "distance_scale": distance_scale, "density": density, "delta_distance": delta_distance, "densest_delta": densest_delta,
+    }
+    features = _validate_clustering_arguments(features, kwargs)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, minimum=1)
+    chunk = chunk_size or _auto_chunk_size(features.shape[1])
+    parts = [_cluster_chunk(features[start : start + chunk], **kwargs) for start in range(0, features.shape[0], chunk)]
+    masks, seeds, num_tokens, log_scores = (torch.cat(items, dim=0) for items in zip(*parts))
+    return _finish(masks, seeds, num_tokens, log_scores)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference: the same algorithm one image at a time and one cluster at a time (tests and benchmark)
+
+
+def _reference_density_peak_clustering(features: torch.Tensor, **kwargs) -> SeTokClusteringOutput:
+    """Per-image, per-cluster implementation of :func:`density_peak_clustering` (slow; for checking it).
+
+    Distances use a plain ``x @ x.T`` and the same elementwise formula, density and delta helpers, so the
+    batched path must reproduce these masks exactly.
+    """
+    options = {
+        "knn_size": 64, "kernel_scale": 1.0, "max_clusters": 64, "min_clusters": 1, "score_threshold": None, "scope_threshold": 0.01,
+        "hard_assignment": True, "center_rule": "paper", "released_fallback_clusters": 64, "distance_scale": "none",
+        "density": "paper", "delta_distance": "squared", "densest_delta": "global",
+    }
+    options.update({key: value for key, value in kwargs.items() if key != "chunk_size"})
+    features = _validate_clustering_arguments(features, options).float()
+    slots = options["max_clusters"] + (1 if options["center_rule"] == "paper" else 0)
+    all_masks, all_seeds, all_counts, all_scores = [], [], [], []
+    for image in features:
+        squared_norms = _squared_norms(image[None])[0]
+        distances = _distances_from_gram((image @ image.T)[None], squared_norms[None])
+        if options["distance_scale"] == "sqrt_dim":
+            distances = distances.div_(image.shape[-1])
+        log_scores = _log_scores(
+            distances, knn_size=options["knn_size"], density=options["density"],
+            delta_distance=options["delta_distance"], densest_delta=options["densest_delta"],
+        )[0]
+        distances = distances[0]
+        masks = torch.zeros(slots, image.shape[0])
+        seeds = torch.full((slots,), -1, dtype=torch.long)
+        if options["center_rule"] == "released":
+            masks_b, seeds_b, count_b = _released_rule(
+                distances[None], log_scores[None], max_clusters=options["max_clusters"],
+                score_threshold=options["score_threshold"],
+                released_fallback_clusters=options["released_fallback_clusters"],
+            )
+            masks, seeds, count = masks_b[0], seeds_b[0], int(count_b[0])
+        else:
+            count = _reference_paper_rule_single(distances, log_scores, masks, seeds, options)
+        all_masks.append(masks)
+        all_seeds.append(seeds)
+        all_counts.append(count)
+        all_scores.append(log_scores)
+    return _finish(
+        torch.stack(all_masks), torch.stack(all_seeds), torch.tensor(all_counts), torch.stack(all_scores)
+    )
+
+
+def _reference_paper_rule_single(distances, log_scores, masks, seeds, options) -> int:
+    key = log_scores.clamp_min(_NEG_LARGE)
+    hard = options["hard_assignment"]
+    threshold = options["score_threshold"]
+    unassigned = torch.ones(distances.shape[0], dtype=torch.bool)
+    scope = torch.ones(distances.shape[0])
+    count = 0
+    while count < options["max_clusters"]:
+        selection = key.masked_fill(~unassigned, -math.inf) if hard else key + scope.log()
+        seed = int(selection.argmax())
+        if threshold is not None and selection[seed] < math.log(threshold) and count >= options["min_clusters"]:
+            break
+        if hard:
+            new = unassigned & (distances[seed] * options["kernel_scale"] <= 1.0)
+            unassigned &= ~new
+            masks[count] = new
+        else:
+            alpha = torch.exp2(-distances[seed] * options["kernel_scale"])
+            masks[count] = scope * alpha
+            scope = scope * (1.0 - alpha)
+        seeds[count] = seed
+        count += 1
+        if hard and not bool(unassigned.any()):
+            break
+        if not hard and not bool((scope > options["scope_threshold"]).any()):
+            break
+    remainder = unassigned.float() if hard else scope
+    if bool((remainder > 0).any()):
+        masks[count] = remainder
+        count += 1
+    return count
+
+
+__all__ = ["SeTokClusteringOutput", "density_peak_clustering", "pairwise_squared_distances"]

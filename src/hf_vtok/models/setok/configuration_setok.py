@@ -1,0 +1,508 @@
+"""SeTok configuration (Wu et al., "Towards Semantic Equivalence of Tokenization in Multimodal LLM").
+
+Every hyper-parameter defaults to the paper's value. Where the paper is silent the value of the released
+code is used and the comment says so. Where the released code departs from the paper, the difference is
+a flag whose default follows the paper:
+
+================================  ===================================  =======================================
+field                             paper (default)                      released code
+================================  ===================================  =======================================
+``center_rule``                   ``"paper"``: Algorithm 1, seeds      ``"released"``: every patch whose score
+                                  picked one at a time by score,       passes ``score_threshold`` is a centre
+                                  kernel alpha masks, remainder mask   (top-k fallback), nearest-centre labels
+``position_before_clustering``    ``False``                            ``True`` (2D sin PE added to features)
+``distance_scale``                ``"none"``                           ``"sqrt_dim"`` (Euclidean / sqrt(C))
+``density``                       ``"paper"``: K neighbours, self      ``"released"``: the K nearest include
+                                  excluded                             the point itself
+``delta_distance``                ``"squared"`` (eq. 2)                ``"euclidean"``
+``densest_delta``                 ``"global"``: largest distance of    ``"row"``: largest distance from that
+                                  the image                            point
+``merger_norm``                   ``"post"`` (Fig. 2: Add & Norm)      ``"pre"``
+``inter_cluster_layers``          ``0``                                ``2`` (encoder over the cluster tokens)
+================================  ===================================  =======================================
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from hf_vtok.validation import check_choice, check_float, check_int, describe
+
+# EVA-CLIP ViT-g/14 (the "ViT-G/14" of BLIP-2, SEED and LaVIT) at 336 px, the paper's encoder
+# (appendix D.1: "Vit-G/14-336"), written as a transformers CLIP vision config so that it builds and loads
+# with `AutoModel`. Any transformers vision model returning patch features can replace it.
+PAPER_VISION_CONFIG = {
+    "hidden_size": 1408,
+    "intermediate_size": 6144,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "num_channels": 3,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+    "projection_dim": 1024,
+}
+
+# OpenAI-CLIP normalisation, also used by EVA-CLIP.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Mask decoder (Sec. 2.2, stage I sub-phase 2, following OMG-Seg / Mask2Former): token queries refined by
+# transformer layers that cross-attend to the patch features, dot product with upsampled pixel embeddings.
+# The paper gives no sizes; these are Mask2Former's (256 wide, 8 heads, 9 layers, FFN 2048).
+DEFAULT_MASK_DECODER_CONFIG = {
+    "hidden_size": 256,
+    "num_layers": 9,
+    "num_heads": 8,
+    "intermediate_size": 2048,
+    "num_upsample_layers": 2,  # masks at 4x the patch grid (96 x 96 for 24 x 24 patches)
+}
+
+# Image decoder (Sec. 2.2 stage I): a Q-Former-like feature mapper with four cross-attention layers
+# initialised from BERT-base (768 wide, 12 heads, FFN 3072) conditioning the SD v1.5 UNet.
+DEFAULT_DECODER_CONFIG = {
+    "feature_mapper": {
+        "hidden_size": 768,
+        "num_layers": 4,
+        "num_heads": 12,
+        "intermediate_size": 3072,
+        "num_queries": 32,  # BLIP-2 Q-Former query count (the paper gives none)
+        "cross_attention_dim": 768,
+    },
+    # Stable Diffusion v1.5 UNet.
+    "unet": {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    # Stable Diffusion v1.5 VAE (frozen); `None` diffuses in pixel space.
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    # Stable Diffusion v1.5 noise schedule, epsilon prediction (eq. 3).
+    "scheduler": {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    },
+    # Probability of replacing the condition with the learned null condition during training, so that the
+    # pipeline can use classifier-free guidance (not in the paper; the usual 10%).
+    "condition_dropout": 0.1,
+    # Sec. 2.2: "keys and values within the U-Net" are trained; "all" / "none" are the alternatives.
+    "unet_trainable": "cross_attention_kv",
+}
+
+CENTER_RULES = ("paper", "released")
+DISTANCE_SCALES = ("none", "sqrt_dim")
+DENSITY_RULES = ("paper", "released")
+DELTA_DISTANCES = ("squared", "euclidean")
+DENSEST_DELTAS = ("global", "row")
+NORM_POSITIONS = ("post", "pre")
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+UNET_TRAINABLE = ("cross_attention_kv", "all", "none")
+STAGES = (1, 2)
+
+
+def _merge_decoder_config(user: dict | None) -> dict:
+    """Defaults overridden by ``user`` one level deep (``{"unet": {"sample_size": 32}}`` keeps the rest)."""
+    merged = copy.deepcopy(DEFAULT_DECODER_CONFIG)
+    if user is None:
+        return merged
+    if not isinstance(user, dict):
+        raise TypeError(f"`decoder_config` must be a dict or None, got {describe(user)}.")
+    unknown = set(user) - set(merged)
+    if unknown:
+        raise ValueError(f"`decoder_config` has unknown keys {sorted(unknown)}; expected keys among {sorted(merged)}.")
+    for key, value in user.items():
+        if isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class SeTokConfig(PreTrainedConfig):
+    r"""Configuration of [`SeTokModel`] (tokenizer) and [`SeTokForPreTraining`] (tokenizer + decoders).
+
+    Vision encoder:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of any transformers vision model returning patch features (CLS/register tokens, when present,
+            come first and are dropped). Defaults to EVA-CLIP ViT-g/14 at 336 px (24 x 24 patches, width 1408),
+            the paper's "ViT-G/14-336", as a `CLIPVisionConfig`.
+        vision_feature_layer (`int`, defaults to -1):
+            Hidden state used as patch features (-1 = last; the released code uses -2).
+        freeze_vision_encoder (`bool`, defaults to `True`):
+            The encoder is frozen (sub-phase 1). See ``train_vision_encoder_in_stage2``.
+
+    Clustering (Sec. 2.1, Appendix C):
+        knn_size (`int`, defaults to 64):
+            K of the kNN density (eq. 1). Not given in the paper; 64 is the released value. Clamped to the number
+            of other patches when larger.
+        kernel_scale (`float`, defaults to 1.0):
+            k of the kernel phi(u, v) = exp(-||u - v||^2 * k * ln 2): phi = 1/2 at squared distance 1/k. With hard
+            assignment a patch joins the seed's cluster when phi >= 1/2.
+        max_clusters (`int`, defaults to 64):
+            Most seeded clusters per image; the remainder mask may add one more token.
+        min_clusters (`int`, defaults to 1):
+            The score-threshold stop is ignored until this many clusters exist.
+        score_threshold (`float`, *optional*):
+            Stop when the best remaining seed score rho*delta falls below it (paper: no threshold; the released
+            ``center_rule`` uses 0.5 as its centre threshold).
+        scope_threshold (`float`, defaults to 0.01):
+            Soft assignment only: a patch counts as explained once its remaining scope is at most this.
+        hard_assignment (`bool`, defaults to `True`):
+            Hard (one-hot) masks; the paper found them better than soft masks (Table 5).
+        center_rule, position_before_clustering, distance_scale, density, delta_distance, densest_delta:
+            Paper vs released behaviour, see the module docstring.
+        released_fallback_clusters (`int`, defaults to 64):
+            ``center_rule="released"``: centres taken by top score when none passes ``score_threshold``.
+        clustering_chunk_size (`int`, *optional*):
+            Images clustered together; `None` picks a cache-sized chunk from the number of patches.
+
+    Cluster merger:
+        merger_num_layers / merger_num_heads (`int`, defaults to 2 / 2): Appendix D.1.
+        merger_intermediate_size (`int`, *optional*): FFN width, 4x the feature width when `None`.
+        merger_norm (`str`, defaults to `"post"`): "Add & Norm" after each sub-layer (Fig. 2).
+        merger_position_embedding (`str`, defaults to `"sinusoidal"`): 2D position embedding, or `"learned"`.
+        inter_cluster_layers (`int`, defaults to 0): blocks over the cluster tokens (released code: 2).
+        token_embedding_dim (`int`, *optional*): width of the tokens; the feature width when `None` (paper:
+            u_i in R^d). A linear projection is added when it differs.
+        merger_chunk_size (`int`, *optional*): images per merger pass; `None` = automatic.
+
+    Training (Sec. 2.2, stage I):
+        mask_decoder_config (`dict`, *optional*): sizes of the mask decoder (see ``DEFAULT_MASK_DECODER_CONFIG``).
+        decoder_config (`dict`, *optional*): feature mapper, UNet, VAE (or `None` for pixel space), noise
+            scheduler, ``condition_dropout`` and ``unet_trainable`` (see ``DEFAULT_DECODER_CONFIG``).
+        diffusion_loss_weight, mask_bce_weight, mask_dice_weight, mask_kl_weight (`float`, default 1.0): eq. 3-4.
+        mask_include_background (`bool`, defaults to `True`): the background is one of the target regions.
+        stage (`int`, defaults to 1): 1 = sub-phase without the mask decoder, 2 = with it.
+        train_vision_encoder_in_stage2 (`bool`, defaults to `True`): unfreeze the encoder in sub-phase 2 (the
+            only way the KL(M || sg(pi)) term of eq. 4 can move the clusters M).
+        image_mean / image_std (`list[float]`): pixel normalisation (CLIP's).
+    """
+
+    model_type = "setok"
+    sub_configs_defaults: ClassVar[dict] = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=dict(PAPER_VISION_CONFIG)
+        )
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    vision_feature_layer: int = -1
+    freeze_vision_encoder: bool = True
+    # clustering
+    knn_size: int = 64
+    kernel_scale: float = 1.0
+    max_clusters: int = 64
+    min_clusters: int = 1
+    score_threshold: float | None = None
+    scope_threshold: float = 0.01
+    hard_assignment: bool = True
+    center_rule: str = "paper"
+    released_fallback_clusters: int = 64
+    position_before_clustering: bool = False
+    distance_scale: str = "none"
+    density: str = "paper"
+    delta_distance: str = "squared"
+    densest_delta: str = "global"
+    clustering_chunk_size: int | None = None
+    # merger
+    merger_num_layers: int = 2
+    merger_num_heads: int = 2
+    merger_intermediate_size: int | None = None
+    merger_norm: str = "post"
+    merger_position_embedding: str = "sinusoidal"
+    inter_cluster_layers: int = 0
+    token_embedding_dim: int | None = None
+    merger_chunk_size: int | None = None
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    # training
+    mask_decoder_config: dict | None = None
+    decoder_config: dict | None = None
+    diffusion_loss_weight: float = 1.0
+    mask_bce_weight: float = 1.0
+    mask_dice_weight: float = 1.0
+    mask_kl_weight: float = 1.0
+    mask_include_background: bool = True
+    stage: int = 1
+    train_vision_encoder_in_stage2: bool = True
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    def __post_init__(self, **kwargs):
+        # Read-only attributes of the shared API may come back from old configs: drop them.
+        for name in ("num_visual_tokens", "codebook_size", "token_order", "num_channels", "image_size"):
+            kwargs.pop(name, None)
+        super().__post_init__(**kwargs)
+        for name in ("hidden_size", "image_size", "patch_size"):
+            if not isinstance(getattr(self.vision_config, name, None), int):
+                raise ValueError(  # noqa: TRY004  (a config of the wrong kind of model)
+                    f"`vision_config` must describe a ViT-like model with an integer `{name}` "
+                    f"(got {type(self.vision_config).__name__} with {name}={getattr(self.vision_config, name, None)!r})."
+                )
+        if self.vision_config.image_size % self.vision_config.patch_size:
+            raise ValueError(
+                f"`vision_config.image_size` ({self.vision_config.image_size}) must be a multiple of "
+                f"`vision_config.patch_size` ({self.vision_config.patch_size})."
+            )
+        if self.image_mean is None:
+            self.image_mean = list(CLIP_MEAN)
+        if self.image_std is None:
+            self.image_std = list(CLIP_STD)
+        if self.token_embedding_dim is None:
+            self.token_embedding_dim = self.vision_config.hidden_size
+        if self.merger_intermediate_size is None:
+            self.merger_intermediate_size = 4 * self.vision_config.hidden_size
+        self.mask_decoder_config = {**DEFAULT_MASK_DECODER_CONFIG, **(self.mask_decoder_config or {})}
+        self.decoder_config = _merge_decoder_config(self.decoder_config)
+        self._validate()
+
+    def _validate(self) -> None:
+        check_int("vision_feature_layer", self.vision_feature_layer)
+        check_int("knn_size", self.knn_size, minimum=1)
+        check_float("kernel_scale", self.kernel_scale, minimum=0.0, strict_minimum=True)
+        check_int("max_clusters", self.max_clusters, minimum=1)
+        check_int("min_clusters", self.min_clusters, minimum=1)
+        if self.min_clusters > self.max_clusters:
+            raise ValueError(
+                f"`min_clusters` ({self.min_clusters}) must be <= `max_clusters` ({self.max_clusters})."
+            )
+        if self.score_threshold is not None:
+            check_float("score_threshold", self.score_threshold, minimum=0.0, strict_minimum=True)
+        check_float("scope_threshold", self.scope_threshold, minimum=0.0, maximum=1.0)
+        check_choice("center_rule", self.center_rule, CENTER_RULES)
+        check_int("released_fallback_clusters", self.released_fallback_clusters, minimum=1)
+        check_choice("distance_scale", self.distance_scale, DISTANCE_SCALES)
+        check_choice("density", self.density, DENSITY_RULES)
+        check_choice("delta_distance", self.delta_distance, DELTA_DISTANCES)
+        check_choice("densest_delta", self.densest_delta, DENSEST_DELTAS)
+        for name in ("hard_assignment", "position_before_clustering", "freeze_vision_encoder",
+                     "mask_include_background", "train_vision_encoder_in_stage2"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {describe(getattr(self, name))}.")
+        if not self.hard_assignment and self.center_rule == "released":
+            raise ValueError(
+                "`hard_assignment=False` (soft masks) is only defined for `center_rule='paper'`; the released rule "
+                "assigns every patch to its nearest centre."
+            )
+        for name in ("clustering_chunk_size", "merger_chunk_size"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        width = self.vision_config.hidden_size
+        check_int("merger_num_layers", self.merger_num_layers, minimum=0)
+        check_int("merger_num_heads", self.merger_num_heads, minimum=1)
+        if width % self.merger_num_heads:
+            raise ValueError(
+                f"`merger_num_heads` ({self.merger_num_heads}) must divide the feature width "
+                f"`vision_config.hidden_size` ({width})."
+            )
+        check_int("merger_intermediate_size", self.merger_intermediate_size, minimum=1)
+        check_choice("merger_norm", self.merger_norm, NORM_POSITIONS)
+        check_choice("merger_position_embedding", self.merger_position_embedding, POSITION_EMBEDDING_TYPES)
+        if (self.merger_position_embedding == "sinusoidal" or self.position_before_clustering) and width % 4:
+            raise ValueError(
+                f"A 2D sinusoidal position embedding needs `vision_config.hidden_size` divisible by 4, got {width}."
+            )
+        check_int("inter_cluster_layers", self.inter_cluster_layers, minimum=0)
+        check_int("token_embedding_dim", self.token_embedding_dim, minimum=1)
+        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        check_float("initializer_range", self.initializer_range, minimum=0.0)
+        for name in ("diffusion_loss_weight", "mask_bce_weight", "mask_dice_weight", "mask_kl_weight"):
+            check_float(name, getattr(self, name), minimum=0.0)
+        check_choice("stage", self.stage, STAGES)
+        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+            raise ValueError(
+                f"`image_mean` and `image_std` must have {self.num_channels} values, got {self.image_mean} and "
+                f"{self.image_std}."
+            )
+        mask = self.mask_decoder_config
+        for key in DEFAULT_MASK_DECODER_CONFIG:
+            check_int(f"mask_decoder_config['{key}']", mask[key], minimum=0 if key == "num_upsample_layers" else 1)
+        if mask["hidden_size"] % mask["num_heads"]:
+            raise ValueError(
+                f"`mask_decoder_config['num_heads']` ({mask['num_heads']}) must divide "
+                f"`mask_decoder_config['hidden_size']` ({mask['hidden_size']})."
+            )
+        if mask["hidden_size"] % 4:
+            raise ValueError(f"`mask_decoder_config['hidden_size']` must be divisible by 4, got {mask['hidden_size']}.")
+        decoder = self.decoder_config
+        check_float("decoder_config['condition_dropout']", decoder["condition_dropout"], minimum=0.0, maximum=1.0)
+        check_choice("decoder_config['unet_trainable']", decoder["unet_trainable"], UNET_TRAINABLE)
+        mapper = decoder["feature_mapper"]
+        if mapper["hidden_size"] % mapper["num_heads"]:
+            raise ValueError(
+                f"`decoder_config['feature_mapper']['num_heads']` ({mapper['num_heads']}) must divide its "
+                f"`hidden_size` ({mapper['hidden_size']})."
+            )
+        if mapper["cross_attention_dim"] != decoder["unet"].get("cross_attention_dim", 1280):
+            raise ValueError(
+                "`decoder_config['feature_mapper']['cross_attention_dim']` "
+                f"({mapper['cross_attention_dim']}) must equal `decoder_config['unet']['cross_attention_dim']` "
+                f"({decoder['unet'].get('cross_attention_dim')})."
+            )
+        vae = decoder["vae"]
+        expected_channels = vae["latent_channels"] if vae is not None else self.num_channels
+        for key in ("in_channels", "out_channels"):
+            if decoder["unet"].get(key, 4) != expected_channels:
+                raise ValueError(
+                    f"`decoder_config['unet']['{key}']` must be {expected_channels} "
+                    f"({'VAE latent channels' if vae is not None else 'pixel channels, no VAE'}), "
+                    f"got {decoder['unet'].get(key, 4)}."
+                )
+
+    # ----------------------------------------------------------------------------------------------------
+    # Attributes of the shared tokenizer API (derived, never stored).
+    @property
+    def num_visual_tokens(self) -> int:
+        """Most tokens per image: ``max_clusters`` seeded clusters plus the remainder mask (paper rule)."""
+        return self.max_clusters + (1 if self.center_rule == "paper" else 0)
+
+    @property
+    def codebook_size(self) -> None:
+        return None
+
+    @property
+    def token_order(self) -> str:
+        """Clusters in the order they were selected (descending seed score), the remainder mask last."""
+        return "cluster_scan"
+
+    @property
+    def num_channels(self) -> int:
+        return getattr(self.vision_config, "num_channels", 3)
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_config.image_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        return (side, side)
+
+    @property
+    def num_patches(self) -> int:
+        height, width = self.grid_size
+        return height * width
+
+    @property
+    def feature_dim(self) -> int:
+        return self.vision_config.hidden_size
+
+    def clustering_kwargs(self) -> dict:
+        """Keyword arguments of :func:`density_peak_clustering` taken from this config."""
+        return {
+            "knn_size": self.knn_size,
+            "kernel_scale": self.kernel_scale,
+            "max_clusters": self.max_clusters,
+            "min_clusters": self.min_clusters,
+            "score_threshold": self.score_threshold,
+            "scope_threshold": self.scope_threshold,
+            "hard_assignment": self.hard_assignment,
+            "center_rule": self.center_rule,
+            "released_fallback_clusters": self.released_fallback_clusters,
+            "distance_scale": self.distance_scale,
+            "density": self.density,
+            "delta_distance": self.delta_distance,
+            "densest_delta": self.densest_delta,
+            "chunk_size": self.clustering_chunk_size,
+        }
+
+    @classmethod
+    def tiny(cls, **overrides) -> SeTokConfig:
+        """A CPU-trainable preset for tests and demos: 64 px images, 8 x 8 patches of width 32, pixel-space UNet."""
+        kwargs = {
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "patch_size": 8,
+                "image_size": 64,
+                "projection_dim": 32,
+            },
+            "knn_size": 8,
+            "max_clusters": 16,
+            "distance_scale": "sqrt_dim",
+            # phi >= 1/2 within mean squared per-channel distance 1/4: flat regions of a random-init tiny
+            # encoder become one cluster each, so the token count follows the number of objects.
+            "kernel_scale": 4.0,
+            "mask_decoder_config": {
+                "hidden_size": 32,
+                "num_layers": 2,
+                "num_heads": 2,
+                "intermediate_size": 64,
+                "num_upsample_layers": 1,
+            },
+            "decoder_config": {
+                "feature_mapper": {
+                    "hidden_size": 32,
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "intermediate_size": 64,
+                    "num_queries": 8,
+                    "cross_attention_dim": 32,
+                },
+                "unet": {
+                    "sample_size": 32,
+                    "in_channels": 3,
+                    "out_channels": 3,
+                    # attention only at 16 x 16 keeps a CPU training step fast
+                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                    "block_out_channels": [16, 32],
+                    "layers_per_block": 1,
+                    "cross_attention_dim": 32,
+                    "attention_head_dim": 8,
+                    "norm_num_groups": 8,
+                },
+                "vae": None,
+                "scheduler": {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "clip_sample": True},
+                "unet_trainable": "all",
+            },
+        }
+        for key, value in overrides.items():
+            if key == "decoder_config" and isinstance(value, dict):
+                merged = copy.deepcopy(kwargs["decoder_config"])
+                for sub_key, sub_value in value.items():
+                    if isinstance(sub_value, dict) and isinstance(merged.get(sub_key), dict):
+                        merged[sub_key] = {**merged[sub_key], **sub_value}
+                    else:
+                        merged[sub_key] = sub_value
+                kwargs[key] = merged
+            elif key in ("vision_config", "mask_decoder_config") and isinstance(value, dict):
+                kwargs[key] = {**kwargs[key], **value}
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+__all__ = ["DEFAULT_DECODER_CONFIG", "DEFAULT_MASK_DECODER_CONFIG", "SeTokConfig"]

@@ -1,0 +1,659 @@
+"""SeTok: semantic-equivalent vision tokenizer (Wu et al., Sec. 2.1-2.2, Appendix C-D).
+
+Frozen vision encoder → density-peak clustering of the patch features (``clustering_setok``) → cluster merger
+(2D position embedding, L self-attention blocks inside each cluster, average pooling) → one continuous token
+per cluster, a *variable* number per image.
+
+* :class:`SeTokModel` is the tokenizer: ``encode(pixel_values) -> VisualTokens`` with ``embeddings``
+  ``[B, N_max, D]``, ``attention_mask`` marking each image's real tokens and ``assignments`` = the cluster
+  masks ``[B, N_max, num_patches]``. ``N_max`` is the longest image of the batch (at most
+  ``config.num_visual_tokens``). Tokens come in ``cluster_scan`` order: clusters in the order Algorithm 1 selected
+  their seeds (descending seed score), the remainder mask last.
+* :class:`SeTokForPreTraining` adds what stage I trains: the feature mapper + UNet image decoder (ε-prediction,
+  eq. 3) and the mask decoder (BCE + Dice on matched object masks plus KL(M ‖ sg(π)), eq. 4).
+
+The merger runs every cluster of a chunk of images in one pass. With hard masks all patches of an image form
+one sequence and attention is restricted to patches of the same cluster (a block-diagonal mask after sorting —
+here expressed directly as ``label_i == label_j``); this costs one ViT-layer's attention per image but keeps the
+linear layers on large matrices, which is where the time goes (the alternative, padded per-cluster sequences,
+pads every cluster to the largest one, often the background). Soft masks use padded per-cluster sequences
+because every patch belongs to every cluster with some weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from hf_vtok.modeling_utils import (
+    Attention,
+    FeedForward,
+    TransformerBlock,
+    VisualTokenizerMixin,
+    VisualTokens,
+    sinusoidal_embedding_2d,
+)
+from hf_vtok.validation import check_choice, check_tensor, describe
+
+from .clustering_setok import SeTokClusteringOutput, density_peak_clustering
+from .configuration_setok import SeTokConfig
+from .modeling_setok_decoder import SeTokFeatureMapper
+
+_MERGER_CHUNK_TOKENS = 1024  # patches per merger pass (one 24 x 24 image): the speed is the same for larger chunks
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cluster merger
+
+
+class SeTokMergerBlock(nn.Module):
+    """Self-attention and feed-forward with residuals; "Add & Norm" after each (``post``) or pre-norm (``pre``)."""
+
+    def __init__(self, dim: int, num_heads: int, intermediate_size: int, norm: str, eps: float):
+        super().__init__()
+        self.attention = Attention(dim, num_heads)
+        self.attention_norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = FeedForward(dim, intermediate_size)
+        self.mlp_norm = nn.LayerNorm(dim, eps=eps)
+        self.post_norm = norm == "post"
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.post_norm:
+            hidden_states = self.attention_norm(hidden_states + self.attention(hidden_states, attention_mask=attention_mask))
+            return self.mlp_norm(hidden_states + self.mlp(hidden_states))
+        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask=attention_mask)
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+class SeTokClusterMerger(nn.Module):
+    """u_i = Avg(Merger(PE(X) ⊙ M_i + X ⊙ M_i)) for every cluster i of every image (Sec. 2.1), batched."""
+
+    def __init__(self, config: SeTokConfig):
+        super().__init__()
+        dim = config.feature_dim
+        self.dim = dim
+        self.grid_size = config.grid_size
+        self.hard_assignment = config.hard_assignment
+        self.chunk_size = config.merger_chunk_size
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(config.num_patches, dim)) if config.merger_position_embedding == "learned" else None
+        )
+        self.layers = nn.ModuleList(
+            SeTokMergerBlock(dim, config.merger_num_heads, config.merger_intermediate_size, config.merger_norm,
+                             config.layer_norm_eps)
+            for _ in range(config.merger_num_layers)
+        )
+        self.inter_cluster_layers = nn.ModuleList(
+            SeTokMergerBlock(dim, config.merger_num_heads, config.merger_intermediate_size, config.merger_norm,
+                             config.layer_norm_eps)
+            for _ in range(config.inter_cluster_layers)
+        )
+        self.output_projection = (
+            nn.Linear(dim, config.token_embedding_dim) if config.token_embedding_dim != dim else None
+        )
+
+    def position_embeddings(self, grid_size: tuple[int, int], device, dtype) -> torch.Tensor:
+        """PE(X) for a ``height x width`` grid, row-major: ``[height * width, dim]``."""
+        height, width = grid_size
+        if self.position_embedding is not None:
+            if height * width != self.position_embedding.shape[0]:
+                raise ValueError(
+                    f"Learned position embeddings cover {self.position_embedding.shape[0]} patches, got a "
+                    f"{height}x{width} grid."
+                )
+            return self.position_embedding.to(dtype)
+        return sinusoidal_embedding_2d(height, width, self.dim, device=device).to(dtype)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        masks: torch.Tensor,
+        attention_mask: torch.Tensor,
+        grid_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Tokens ``[B, T, token_dim]`` from features ``[B, N, C]``, masks ``[B, T, N]``, attention mask ``[B, T]``."""
+        features = check_tensor("features", features, ndim=3, floating=True)
+        masks = check_tensor("masks", masks, ndim=3, floating=True)
+        batch, num, dim = features.shape
+        if dim != self.dim:
+            raise ValueError(f"`features` must have width {self.dim}, got shape {tuple(features.shape)}.")
+        if masks.shape[0] != batch or masks.shape[2] != num:
+            raise ValueError(
+                f"`masks` must have shape [{batch}, num_tokens, {num}] to match `features` {tuple(features.shape)}, "
+                f"got {tuple(masks.shape)}."
+            )
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(masks.shape[:2]):
+            raise ValueError(
+                f"`attention_mask` must be a tensor of shape {tuple(masks.shape[:2])}, got {describe(attention_mask)}."
+            )
+        grid_size = self.grid_size if grid_size is None else tuple(grid_size)
+        if grid_size[0] * grid_size[1] != num:
+            raise ValueError(f"`grid_size` {grid_size} does not hold the {num} patches of `features`.")
+        token_mask = attention_mask.bool()
+        position = self.position_embeddings(grid_size, features.device, features.dtype)
+        masks = masks.to(features.dtype)
+        if self.hard_assignment:
+            pooled = self._merge_hard(features, position, masks)
+        else:
+            pooled = self._merge_soft(features, position, masks, token_mask)
+        for layer in self.inter_cluster_layers:
+            pooled = layer(pooled, attention_mask=token_mask)
+        if self.output_projection is not None:
+            pooled = self.output_projection(pooled)
+        return pooled * token_mask[..., None].to(pooled.dtype)
+
+    def _chunk(self, num_per_item: int) -> int:
+        return self.chunk_size or max(1, _MERGER_CHUNK_TOKENS // max(num_per_item, 1))
+
+    def _merge_hard(self, features: torch.Tensor, position: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # One-hot masks: X̂_i = (PE(X) + X) on cluster i, so all clusters of an image are one sequence whose
+        # attention is restricted to the same cluster; each patch goes through the blocks exactly once.
+        labels = masks.detach().argmax(dim=1)  # [B, N]
+        chunk = self._chunk(features.shape[1])
+        pooled = []
+        for start in range(0, features.shape[0], chunk):
+            hidden = features[start : start + chunk] + position
+            chunk_labels = labels[start : start + chunk]
+            chunk_masks = masks[start : start + chunk]
+            same_cluster = chunk_labels[:, :, None] == chunk_labels[:, None, :]
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask=same_cluster)
+            # Average pooling per cluster (straight-through masks carry the gradient to the clustering).
+            pooled.append(torch.bmm(chunk_masks, hidden) / chunk_masks.sum(dim=-1, keepdim=True).clamp_min(1e-6))
+        return torch.cat(pooled, dim=0)
+
+    def _merge_soft(self, features, position, masks, token_mask) -> torch.Tensor:
+        # Soft masks: one padded sequence per real cluster, X̂_i = (PE(X) + X) ⊙ M_i over the patches with M_i > 0,
+        # pooled with the mask weights.
+        batch, slots, num = masks.shape
+        image_index, slot_index = token_mask.nonzero(as_tuple=True)
+        pooled = features.new_zeros(batch, slots, features.shape[-1])
+        chunk = self._chunk(num)
+        for start in range(0, image_index.shape[0], chunk):
+            images, clusters = image_index[start : start + chunk], slot_index[start : start + chunk]
+            weights = masks[images, clusters]  # [R, N]
+            hidden = (features[images] + position) * weights[..., None]
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask=weights > 0)
+            values = (weights[..., None] * hidden).sum(dim=1) / weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+            pooled = pooled.index_put((images, clusters), values)
+        return pooled
+
+
+def _reference_cluster_merger(
+    merger: SeTokClusterMerger,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    attention_mask: torch.Tensor,
+    grid_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The merger one image and one cluster at a time (the released code's loop), for tests and benchmarks."""
+    grid_size = merger.grid_size if grid_size is None else grid_size
+    position = merger.position_embeddings(grid_size, features.device, features.dtype)
+    out = features.new_zeros(masks.shape[0], masks.shape[1], merger.output_projection.out_features
+                             if merger.output_projection is not None else merger.dim)
+    for image in range(features.shape[0]):
+        count = int(attention_mask[image].sum())
+        tokens = []
+        for cluster in range(count):
+            weights = masks[image, cluster].to(features.dtype)
+            members = (weights > 0).nonzero(as_tuple=True)[0]  # raster-scan order
+            sequence = ((features[image, members] + position[members]) * weights[members, None])[None]
+            for layer in merger.layers:
+                sequence = layer(sequence)
+            tokens.append((weights[members, None] * sequence[0]).sum(0) / weights[members].sum())
+        tokens = torch.stack(tokens)[None]
+        for layer in merger.inter_cluster_layers:
+            tokens = layer(tokens)
+        if merger.output_projection is not None:
+            tokens = merger.output_projection(tokens)
+        out[image, :count] = tokens[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Models
+
+
+class SeTokPreTrainedModel(PreTrainedModel):
+    config_class = SeTokConfig
+    base_model_prefix = "tokenizer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _no_split_modules: ClassVar[list[str]] = ["SeTokMergerBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SeTokClusterMerger) and module.position_embedding is not None:
+            init.normal_(module.position_embedding, mean=0.0, std=std)
+
+
+class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
+    """The SeTok tokenizer: vision encoder → density-peak clustering → cluster merger → variable-length tokens."""
+
+    # Loading the tokenizer from a SeTokForPreTraining checkpoint skips the decoders quietly.
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^(feature_mapper|unet|vae|mask_decoder)\."]
+
+    def __init__(self, config: SeTokConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.merger = SeTokClusterMerger(config)
+        self.post_init()
+        self.set_vision_encoder_trainable(not config.freeze_vision_encoder)
+
+    def set_vision_encoder_trainable(self, trainable: bool) -> None:
+        """Freeze (paper, sub-phase 1) or unfreeze the vision encoder."""
+        self.vision_model.requires_grad_(bool(trainable))
+
+    def get_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch features ``[B, num_patches, C]`` of the vision encoder (CLS/register tokens dropped)."""
+        layer = self.config.vision_feature_layer
+        trainable = any(parameter.requires_grad for parameter in self.vision_model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=layer != -1)
+        hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+        num = self.config.num_patches
+        if hidden.ndim != 3 or hidden.shape[1] < num:
+            raise ValueError(
+                f"The vision encoder returned hidden states of shape {tuple(hidden.shape)}; expected at least "
+                f"{num} patch tokens ({self.config.grid_size[0]}x{self.config.grid_size[1]}). Check `vision_config`."
+            )
+        return hidden[:, -num:]
+
+    def _resolve_grid(self, num: int, grid_size) -> tuple[int, int]:
+        if grid_size is not None:
+            if (
+                not isinstance(grid_size, (tuple, list))
+                or len(grid_size) != 2
+                or not all(isinstance(side, int) and side > 0 for side in grid_size)
+            ):
+                raise ValueError(f"`grid_size` must be a (height, width) pair of positive ints, got {grid_size!r}.")
+            if grid_size[0] * grid_size[1] != num:
+                raise ValueError(f"`grid_size` {tuple(grid_size)} does not hold the {num} patches of `features`.")
+            return tuple(grid_size)
+        if num == self.config.num_patches:
+            return self.config.grid_size
+        side = round(num**0.5)
+        if side * side != num:
+            raise ValueError(
+                f"`features` has {num} patches, which is not a square grid: pass `grid_size=(height, width)`."
+            )
+        return (side, side)
+
+    def cluster(self, features: torch.Tensor, grid_size=None) -> SeTokClusteringOutput:
+        """Density-peak clustering of patch features ``[B, N, C]`` with the config's settings."""
+        features = check_tensor("features", features, ndim=3, floating=True)  # NaN/Inf raise in the clustering
+        grid = self._resolve_grid(features.shape[1], grid_size)
+        if self.config.position_before_clustering:  # released code: positions influence the distances
+            features = features + sinusoidal_embedding_2d(*grid, features.shape[-1], device=features.device).to(
+                features.dtype
+            )
+        return density_peak_clustering(features, **self.config.clustering_kwargs())
+
+    def _tokenize(self, features, grid_size=None) -> tuple[VisualTokens, SeTokClusteringOutput]:
+        features = check_tensor("features", features, ndim=3, floating=True)
+        if features.shape[-1] != self.config.feature_dim:
+            raise ValueError(
+                f"`features` must have width {self.config.feature_dim} (vision_config.hidden_size), "
+                f"got shape {tuple(features.shape)}."
+            )
+        grid = self._resolve_grid(features.shape[1], grid_size)
+        clusters = self.cluster(features, grid_size=grid)
+        embeddings = self.merger(features, clusters.masks.to(features.dtype), clusters.attention_mask, grid_size=grid)
+        tokens = VisualTokens(
+            ids=None, embeddings=embeddings, attention_mask=clusters.attention_mask, assignments=clusters.masks
+        )
+        return tokens, clusters
+
+    def tokenize_features(self, features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> VisualTokens:
+        """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid)."""
+        return self._tokenize(features, grid_size)[0]
+
+    def encode(self, pixel_values: torch.Tensor) -> VisualTokens:
+        """Images ``[B, C, H, W]`` (normalised by :class:`SeTokImageProcessor`) → :class:`VisualTokens`."""
+        pixel_values = self._check_pixel_values(pixel_values)
+        pixel_values = pixel_values.to(self.dtype)
+        return self._tokenize(self.get_patch_features(pixel_values))[0]
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> VisualTokens | tuple:
+        tokens = self.encode(pixel_values)
+        return tokens if return_dict is not False else tokens.to_tuple()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Mask decoder and losses (stage I, sub-phase 2)
+
+
+class SeTokMaskDecoder(nn.Module):
+    """OMG-Seg / Mask2Former-style mask head: one mask per token.
+
+    The tokens are the queries; transformer layers let them attend to each other (padding masked) and to the
+    projected patch features (with a 2D position embedding); each query's mask embedding is dot-multiplied with
+    per-pixel embeddings upsampled from the patch grid (``num_upsample_layers`` transposed convolutions, x2 each).
+    """
+
+    def __init__(self, config: SeTokConfig):
+        super().__init__()
+        sizes = config.mask_decoder_config
+        hidden = sizes["hidden_size"]
+        self.hidden_size = hidden
+        self.grid_size = config.grid_size
+        self.upsample_factor = 2 ** sizes["num_upsample_layers"]
+        self.token_projection = nn.Sequential(
+            nn.LayerNorm(config.token_embedding_dim, eps=config.layer_norm_eps),
+            nn.Linear(config.token_embedding_dim, hidden),
+        )
+        self.pixel_projection = nn.Sequential(
+            nn.LayerNorm(config.feature_dim, eps=config.layer_norm_eps), nn.Linear(config.feature_dim, hidden)
+        )
+        self.layers = nn.ModuleList(
+            TransformerBlock(hidden, sizes["num_heads"], mlp_ratio=sizes["intermediate_size"] / hidden,
+                             cross_attention=True)
+            for _ in range(sizes["num_layers"])
+        )
+        self.query_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.mask_embedding = FeedForward(hidden, hidden, hidden)
+        upsampling = []
+        for _ in range(sizes["num_upsample_layers"]):
+            upsampling += [
+                nn.ConvTranspose2d(hidden, hidden, kernel_size=2, stride=2),
+                nn.GroupNorm(8 if hidden % 8 == 0 else 1, hidden),
+                nn.GELU(),
+            ]
+        upsampling.append(nn.Conv2d(hidden, hidden, kernel_size=1))
+        self.pixel_decoder = nn.Sequential(*upsampling)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``[B, T, h * s, w * s]`` for tokens ``[B, T, D]`` over patch features ``[B, h*w, C]``."""
+        batch = tokens.shape[0]
+        height, width = self.grid_size
+        token_mask = attention_mask.bool()
+        queries = self.token_projection(tokens)
+        pixels = self.pixel_projection(features)
+        context = pixels + sinusoidal_embedding_2d(height, width, self.hidden_size, device=pixels.device).to(
+            pixels.dtype
+        )
+        for layer in self.layers:
+            queries = layer(queries, attention_mask=token_mask, context=context)
+        queries = self.mask_embedding(self.query_norm(queries))
+        pixel_map = self.pixel_decoder(pixels.transpose(1, 2).reshape(batch, self.hidden_size, height, width))
+        return torch.einsum("btc,bchw->bthw", queries, pixel_map)
+
+
+def _instance_targets(instance_mask: torch.Tensor, size: tuple[int, int], include_background: bool):
+    """One binary target per region of the instance-id map, at ``size``: ``[B, G, P]`` and validity ``[B, G]``."""
+    resized = F.interpolate(instance_mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    num_ids = int(resized.max()) + 1
+    targets = F.one_hot(resized.flatten(1), num_ids).transpose(1, 2).float()
+    valid = targets.sum(dim=-1) > 0
+    if not include_background:
+        valid[:, 0] = False
+    return targets, valid
+
+
+def _mask_losses(mask_logits, token_mask, targets, valid):
+    """π = softmax over an image's tokens; Hungarian matching of tokens to regions on BCE + Dice; matched means.
+
+    Returns the BCE and Dice losses of the matched pairs and log π (``[B, T, P]``).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    batch, _slots = token_mask.shape
+    logits = mask_logits.flatten(2).float().masked_fill(~token_mask[..., None], float("-inf"))
+    log_pi = torch.log_softmax(logits, dim=1)
+    pi = log_pi.exp()
+    log_pi_clamped = log_pi.clamp_min(-100.0)  # as torch's BCE
+    log_one_minus = torch.log1p(-pi.clamp(max=1.0 - 1e-6)).clamp_min(-100.0)
+    num_pixels = targets.shape[-1]
+    bce = -(log_pi_clamped @ targets.transpose(1, 2) + log_one_minus @ (1.0 - targets).transpose(1, 2)) / num_pixels
+    intersection = pi @ targets.transpose(1, 2)
+    dice = 1.0 - (2.0 * intersection + 1.0) / (pi.sum(-1)[:, :, None] + targets.sum(-1)[:, None, :] + 1.0)
+    cost = (bce + dice).detach().cpu()
+    batch_index, token_index, region_index = [], [], []
+    for image in range(batch):
+        tokens = token_mask[image].nonzero(as_tuple=True)[0].cpu()
+        regions = valid[image].nonzero(as_tuple=True)[0].cpu()
+        if len(tokens) == 0 or len(regions) == 0:
+            continue
+        rows, cols = linear_sum_assignment(cost[image][tokens][:, regions].numpy())
+        batch_index += [image] * len(rows)
+        token_index += tokens[rows].tolist()
+        region_index += regions[cols].tolist()
+    if not batch_index:
+        zero = mask_logits.sum() * 0.0
+        return zero, zero, log_pi
+    index = (torch.tensor(batch_index), torch.tensor(token_index), torch.tensor(region_index))
+    index = tuple(i.to(mask_logits.device) for i in index)
+    return bce[index].mean(), dice[index].mean(), log_pi
+
+
+def _consistency_kl(cluster_masks, log_pi, factor: int, grid_size, eps: float = 1e-8):
+    """KL(M ‖ sg(π)) per patch (distributions over the tokens), averaged over patches and images."""
+    batch, slots, _ = cluster_masks.shape
+    height, width = grid_size
+    pi = log_pi.detach().exp().reshape(batch, slots, height * factor, width * factor)
+    pi_patch = F.avg_pool2d(pi, kernel_size=factor).flatten(2) if factor > 1 else pi.flatten(2)
+    masks = cluster_masks.float()
+    kl = masks * (torch.log(masks + eps) - torch.log(pi_patch + eps))
+    return kl.sum(dim=1).mean()
+
+
+@dataclass
+class SeTokForPreTrainingOutput(ModelOutput):
+    """Losses of :class:`SeTokForPreTraining` (``loss`` is the weighted sum that the Trainer optimises).
+
+    Args:
+        loss: ``diffusion_loss_weight * diffusion_loss`` (+ mask terms in stage 2).
+        diffusion_loss: ε-prediction MSE of the UNet (eq. 3).
+        mask_loss: ``kl + bce + dice`` with their weights (eq. 4), stage 2 only.
+        mask_bce_loss, mask_dice_loss, mask_kl_loss: its components.
+        num_tokens: mean number of tokens per image of the batch.
+        mask_logits: per-token mask logits ``[B, T, H_m, W_m]`` (stage 2).
+    """
+
+    loss: torch.FloatTensor | None = None
+    diffusion_loss: torch.FloatTensor | None = None
+    mask_loss: torch.FloatTensor | None = None
+    mask_bce_loss: torch.FloatTensor | None = None
+    mask_dice_loss: torch.FloatTensor | None = None
+    mask_kl_loss: torch.FloatTensor | None = None
+    num_tokens: torch.FloatTensor | None = None
+    mask_logits: torch.FloatTensor | None = None
+
+
+class SeTokForPreTraining(SeTokPreTrainedModel):
+    """SeTok with its stage-I training heads, trainable by ``transformers.Trainer``.
+
+    Submodules: ``tokenizer`` (:class:`SeTokModel`), ``feature_mapper`` (:class:`SeTokFeatureMapper`), ``unet``
+    (diffusers ``UNet2DConditionModel``), ``vae`` (``AutoencoderKL`` or `None` = pixel space) and
+    ``mask_decoder``. The noise schedule comes from ``config.decoder_config["scheduler"]``.
+
+    Batch keys (what a collator must produce):
+        * ``pixel_values`` ``[B, 3, H, W]``: images normalised by :class:`SeTokImageProcessor`.
+        * ``instance_mask`` ``[B, H', W']`` (integer; stage 2 only): instance-id map, 0 = background, any
+          resolution (nearest-resized to the mask decoder's); e.g. the shapes world's ``mask`` column through
+          ``SeTokImageProcessor.preprocess_instance_masks``.
+
+    Stages (the two sub-phases of stage I, Sec. 2.2): ``set_stage(1)`` trains merger + feature mapper + the UNet
+    parts named by ``decoder_config["unet_trainable"]`` with the diffusion loss; ``set_stage(2)`` adds the mask
+    decoder and its losses and (``train_vision_encoder_in_stage2``) unfreezes the encoder.
+    """
+
+    def __init__(self, config: SeTokConfig):
+        super().__init__(config)
+        decoder = config.decoder_config
+        self.tokenizer = SeTokModel(config)
+        self.feature_mapper = SeTokFeatureMapper(token_dim=config.token_embedding_dim, **decoder["feature_mapper"])
+        self.unet = UNet2DConditionModel(**decoder["unet"])
+        self.vae = AutoencoderKL(**decoder["vae"]) if decoder["vae"] is not None else None
+        self.mask_decoder = SeTokMaskDecoder(config)
+        # The diffusers parts initialise themselves; keep transformers' init away from them.
+        for part in (self.feature_mapper, self.unet, self.vae):
+            if part is not None:
+                for module in part.modules():
+                    module._is_hf_initialized = True
+        self._noise_scheduler = None
+        self.post_init()
+        self.set_stage(config.stage)
+
+    @property
+    def noise_scheduler(self) -> DDPMScheduler:
+        """Training noise schedule (built lazily on CPU, so that meta-device construction does not touch it)."""
+        if self._noise_scheduler is None:
+            with torch.device("cpu"):
+                self._noise_scheduler = DDPMScheduler.from_config(self.config.decoder_config["scheduler"])
+        return self._noise_scheduler
+
+    def set_stage(self, stage: int) -> None:
+        """Select the sub-phase of tokenizer pre-training and freeze/unfreeze the matching parameters."""
+        check_choice("stage", stage, (1, 2))
+        self.config.stage = stage
+        encoder_trainable = (not self.config.freeze_vision_encoder) or (
+            stage == 2 and self.config.train_vision_encoder_in_stage2
+        )
+        self.tokenizer.set_vision_encoder_trainable(encoder_trainable)
+        self.tokenizer.merger.requires_grad_(True)
+        self.feature_mapper.requires_grad_(True)
+        rule = self.config.decoder_config["unet_trainable"]
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(
+                rule == "all" or (rule == "cross_attention_kv" and (".attn2.to_k." in name or ".attn2.to_v." in name))
+            )
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+        self.mask_decoder.requires_grad_(stage == 2)
+
+    def save_tokenizer(self, save_directory, **kwargs) -> None:
+        """Save only the tokenizer (``SeTokModel``), loadable with ``AutoModel.from_pretrained``."""
+        self.tokenizer.save_pretrained(save_directory, **kwargs)
+
+    def get_decoder_pipeline(self):
+        """The :class:`SeTokDecoderPipeline` made of this model's own modules (DDIM sampling, same schedule)."""
+        from .pipeline_setok import SeTokDecoderPipeline
+
+        return SeTokDecoderPipeline(
+            tokenizer=self.tokenizer,
+            feature_mapper=self.feature_mapper,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            vae=self.vae,
+        )
+
+    def _diffusion_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] at the decoder's resolution, encoded to latents when there is a VAE."""
+        mean = torch.tensor(self.config.image_mean, device=pixel_values.device)
+        std = torch.tensor(self.config.image_std, device=pixel_values.device)
+        images = (pixel_values.float() * std[:, None, None] + mean[:, None, None]).clamp(0, 1) * 2.0 - 1.0
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        size = self.unet.config.sample_size * scale
+        if tuple(images.shape[-2:]) != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if self.vae is None:
+            return images.to(self.unet.dtype)
+        with torch.no_grad():
+            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
+        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        instance_mask: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SeTokForPreTrainingOutput | tuple:
+        """Stage-I losses for a batch (see the class docstring for the keys); ``noise``/``timesteps`` are optional."""
+        pixel_values = self.tokenizer._check_pixel_values(pixel_values).to(self.dtype)
+        batch = pixel_values.shape[0]
+        stage = self.config.stage
+        if stage == 2:
+            instance_mask = check_tensor("instance_mask", instance_mask, ndim=3, integer=True)
+            if instance_mask.shape[0] != batch:
+                raise ValueError(
+                    f"`instance_mask` must hold one map per image ({batch}), got shape {tuple(instance_mask.shape)}."
+                )
+            if int(instance_mask.min()) < 0:
+                raise ValueError("`instance_mask` must hold non-negative instance ids (0 = background).")
+        features = self.tokenizer.get_patch_features(pixel_values)
+        tokens, clusters = self.tokenizer._tokenize(features)
+
+        # Image decoder: ε-prediction (eq. 3) with condition dropout for classifier-free guidance.
+        condition = self.feature_mapper(tokens.embeddings, tokens.attention_mask)
+        dropout = self.config.decoder_config["condition_dropout"]
+        if self.training and dropout > 0:
+            drop = torch.rand(batch, device=condition.device) < dropout
+            condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
+        clean = self._diffusion_inputs(pixel_values)
+        if noise is None:
+            noise = torch.randn_like(clean)
+        elif tuple(noise.shape) != tuple(clean.shape):
+            raise ValueError(f"`noise` must have shape {tuple(clean.shape)}, got {describe(noise)}.")
+        scheduler = self.noise_scheduler
+        if timesteps is None:
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=clean.device)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)).sample
+        if scheduler.config.prediction_type == "epsilon":
+            target = noise
+        elif scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(clean, noise, timesteps)
+        else:
+            target = clean
+        diffusion_loss = F.mse_loss(prediction.float(), target.float())
+        loss = self.config.diffusion_loss_weight * diffusion_loss
+
+        mask_loss = bce_loss = dice_loss = kl_loss = mask_logits = None
+        if stage == 2:
+            mask_logits = self.mask_decoder(tokens.embeddings, tokens.attention_mask, features)
+            targets, valid = _instance_targets(
+                instance_mask.to(mask_logits.device), tuple(mask_logits.shape[-2:]), self.config.mask_include_background
+            )
+            bce_loss, dice_loss, log_pi = _mask_losses(mask_logits, tokens.attention_mask.bool(), targets, valid)
+            kl_loss = _consistency_kl(
+                clusters.masks, log_pi, self.mask_decoder.upsample_factor, self.config.grid_size
+            )
+            mask_loss = (
+                self.config.mask_kl_weight * kl_loss
+                + self.config.mask_bce_weight * bce_loss
+                + self.config.mask_dice_weight * dice_loss
+            )
+            loss = loss + mask_loss
+
+        output = SeTokForPreTrainingOutput(
+            loss=loss,
+            diffusion_loss=diffusion_loss,
+            mask_loss=mask_loss,
+            mask_bce_loss=bce_loss,
+            mask_dice_loss=dice_loss,
+            mask_kl_loss=kl_loss,
+            num_tokens=tokens.attention_mask.sum(-1).float().mean(),
+            mask_logits=mask_logits,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = [
+    "SeTokClusterMerger",
+    "SeTokForPreTraining",
+    "SeTokForPreTrainingOutput",
+    "SeTokMaskDecoder",
+    "SeTokModel",
+    "SeTokPreTrainedModel",
+]

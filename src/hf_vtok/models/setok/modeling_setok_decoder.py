@@ -1,0 +1,117 @@
+"""SeTok decoder conditioning: the feature mapper between the variable-length tokens and the UNet.
+
+Sec. 2.2 (stage I): "the vision tokens obtained from the tokenizer are fed into a learnable feature mapper
+(i.e. Q-former) module as the inputs of the U-Net ... the learnable module consists of four cross-attention
+layers", initialised from BERT-base (Appendix D.1). :class:`SeTokFeatureMapper` is that module: a fixed set of
+learned queries, each layer BERT-style (post-norm) self-attention among the queries, cross-attention to the
+tokens (padding tokens masked out) and a feed-forward layer, then a projection to the UNet's
+``cross_attention_dim``. Whatever the number of tokens of an image, the UNet sees ``num_queries`` context vectors.
+
+It also holds the learned null condition used for classifier-free guidance: training replaces the condition by
+it with probability ``decoder_config["condition_dropout"]``, and the pipeline uses it as the unconditional branch.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from hf_vtok.modeling_utils import Attention, FeedForward
+from hf_vtok.validation import check_tensor, describe
+
+
+class SeTokFeatureMapperLayer(nn.Module):
+    """Q-Former layer: query self-attention, cross-attention to the tokens, feed-forward (Add & Norm after each)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, token_dim: int, eps: float):
+        super().__init__()
+        self.self_attention = Attention(hidden_size, num_heads)
+        self.self_attention_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.cross_attention = Attention(hidden_size, num_heads, context_dim=token_dim)
+        self.cross_attention_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.mlp = FeedForward(hidden_size, intermediate_size)
+        self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        queries = self.self_attention_norm(queries + self.self_attention(queries))
+        queries = self.cross_attention_norm(
+            queries + self.cross_attention(queries, context=tokens, attention_mask=token_mask)
+        )
+        return self.mlp_norm(queries + self.mlp(queries))
+
+
+class SeTokFeatureMapper(ModelMixin, ConfigMixin):
+    """Maps a variable number of SeTok tokens ``[B, T, token_dim]`` to ``[B, num_queries, cross_attention_dim]``.
+
+    Args:
+        token_dim: width of the SeTok tokens (``SeTokConfig.token_embedding_dim``).
+        hidden_size, num_layers, num_heads, intermediate_size: BERT-base sizes by default (768, 4, 12, 3072).
+        num_queries: learned queries, i.e. the length of the UNet's context.
+        cross_attention_dim: the UNet's ``cross_attention_dim`` (768 for SD v1.5).
+        layer_norm_eps: BERT's 1e-12.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        token_dim: int = 1408,
+        hidden_size: int = 768,
+        num_layers: int = 4,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        num_queries: int = 32,
+        cross_attention_dim: int = 768,
+        layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.token_norm = nn.LayerNorm(token_dim, eps=layer_norm_eps)
+        self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * 0.02)
+        self.query_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.layers = nn.ModuleList(
+            SeTokFeatureMapperLayer(hidden_size, num_heads, intermediate_size, token_dim, layer_norm_eps)
+            for _ in range(num_layers)
+        )
+        self.output_projection = nn.Linear(hidden_size, cross_attention_dim)
+        # Learned unconditional context for classifier-free guidance.
+        self.null_condition = nn.Parameter(torch.zeros(num_queries, cross_attention_dim))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def null_embeddings(self, batch_size: int) -> torch.Tensor:
+        """The unconditional context ``[batch_size, num_queries, cross_attention_dim]``."""
+        return self.null_condition[None].expand(batch_size, -1, -1)
+
+    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Context for the UNet from tokens ``[B, T, token_dim]`` and their mask ``[B, T]`` (1 = real token)."""
+        token_embeddings = check_tensor("token_embeddings", token_embeddings, ndim=3, floating=True)
+        batch, length, width = token_embeddings.shape
+        if width != self.config.token_dim:
+            raise ValueError(
+                f"`token_embeddings` must have width {self.config.token_dim} (the tokenizer's token_embedding_dim), "
+                f"got shape {tuple(token_embeddings.shape)}."
+            )
+        if attention_mask is None:
+            token_mask = torch.ones(batch, length, dtype=torch.bool, device=token_embeddings.device)
+        else:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise TypeError(f"`attention_mask` must be a torch.Tensor, got {describe(attention_mask)}.")
+            if tuple(attention_mask.shape) != (batch, length):
+                raise ValueError(
+                    f"`attention_mask` must have shape {(batch, length)} to match `token_embeddings`, "
+                    f"got {tuple(attention_mask.shape)}."
+                )
+            token_mask = attention_mask.to(token_embeddings.device).bool()
+            if token_mask.device.type != "meta" and not bool(token_mask.any(dim=-1).all()):
+                raise ValueError("`attention_mask` must mark at least one real token in every row.")
+        tokens = self.token_norm(token_embeddings)
+        queries = self.query_norm(self.queries)[None].expand(batch, -1, -1).to(tokens.dtype)
+        for layer in self.layers:
+            queries = layer(queries, tokens, token_mask)
+        return self.output_projection(queries)
+
+
+__all__ = ["SeTokFeatureMapper"]
