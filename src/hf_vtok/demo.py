@@ -10,6 +10,7 @@ Everything runs on CPU in minutes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +31,106 @@ class DemoContext:
     metrics: dict = field(default_factory=dict)
 
 
-# name -> function(context) run for each family; families add themselves in `_family_sections`.
+# The recipes (hf_vtok/recipes/*.json) that produce each shipped checkpoint, stage by stage.
+DEMO_RECIPES: dict[str, list[str]] = {
+    "ddt": ["ddt_tiny"],
+    "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
+    "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
+}
+NATURAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
 def _family_sections() -> dict[str, Callable[[DemoContext], dict]]:
-    return {}
+    return {family: functools.partial(_tokenizer_section, family) for family in DEMO_RECIPES}
+
+
+def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
+    """The shipped checkpoint, or a freshly trained one with ``--train``; None when neither exists."""
+    if not context.train:
+        folder = CHECKPOINTS_DIR / family
+        return folder if (folder / "decoder" / "model_index.json").is_file() else None
+    from .training import TokenizerTrainingRecipe, train_tokenizer
+
+    previous = None
+    for name in DEMO_RECIPES[family]:
+        recipe = TokenizerTrainingRecipe.from_name(name)
+        if previous is not None:
+            recipe.init_from = str(previous)
+        previous = context.out_dir / "checkpoints" / name
+        print(f"[{family}] training {name} ({recipe.max_steps} steps) -> {previous}")
+        train_tokenizer(recipe, previous)
+    return previous
+
+
+def _natural_photos() -> list:
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    photos = []
+    for name in NATURAL_PHOTOS:
+        array = getattr(skimage_data, name)()
+        photos.append(Image.fromarray(array).convert("RGB"))
+    return photos
+
+
+def _tokenizer_section(family: str, context: DemoContext) -> dict:
+    """Reconstructions, token maps and metrics of one family on the demo scenes."""
+    from .evaluation.tokenizers import assignment_maps, evaluate_tokenizer, load_tokenizer_folder, upsample_labels
+    from .visualization import make_grid, overlay_masks, save_png
+
+    folder = _checkpoint_folder(family, context)
+    if folder is None:
+        print(f"[{family}] no checkpoint ships with this install; run `hf-vtok demo --train` to train one")
+        return {"skipped": "no checkpoint"}
+    started = time.perf_counter()
+    loaded = load_tokenizer_folder(folder)
+    evaluation = evaluate_tokenizer(loaded, context.dataset, num_inference_steps=25, seed=context.seed)
+    metrics = evaluation.summary()
+    count = len(evaluation.originals)
+    tiles = list(evaluation.originals) + list(evaluation.reconstructions)
+    captions = ["input"] * count + [f"{value:.1f} dB" for value in evaluation.psnr[:count]]
+    if evaluation.group_maps:
+        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(evaluation.originals, evaluation.group_maps)]
+        captions += [f"{len(set(labels.ravel().tolist()))} groups" for labels in evaluation.group_maps]
+    path = save_png(make_grid(tiles, ncols=count, captions=captions, tile_size=96), context.out_dir / f"{family}_reconstructions.png")
+    print(f"[{family}] inputs / reconstructions / token maps -> {path}")
+    if evaluation.group_maps:
+        photos = _natural_photos()
+        pixel_values = loaded.image_processor(photos, return_tensors="pt").pixel_values
+        tokens = loaded.model.encode(pixel_values)
+        maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), loaded.image_size)
+        shown = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
+        overlays = [overlay_masks(image, labels, background_id=None) for image, labels in zip(shown, maps)]
+        counts = tokens.attention_mask.sum(-1).tolist()
+        path = save_png(
+            make_grid(list(shown) + overlays, ncols=len(photos), captions=list(NATURAL_PHOTOS) + [f"{n} tokens" for n in counts], tile_size=128),
+            context.out_dir / f"{family}_token_maps_photos.png",
+        )
+        print(f"[{family}] token maps on natural photos -> {path}")
+    if family == "ddt":
+        _ddt_analyses(loaded, context)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"[{family}] " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
+    return metrics
+
+
+def _ddt_analyses(loaded, context: DemoContext) -> None:
+    """The DDT paper's section 5.4: prefix decoding and counterfactual interpolation."""
+    from .models.ddt import counterfactual_interpolation, prefix_decoding_strip
+    from .visualization import save_png
+
+    image = context.dataset[0]["image"].convert("RGB")
+    strip = prefix_decoding_strip(loaded.pipeline, image, seed=context.seed)
+    print(f"[ddt] prefix decoding strip -> {save_png(strip, context.out_dir / 'ddt_prefix_strip.png')}")
+    pixel_values = loaded.image_processor(
+        [context.dataset[i]["image"].convert("RGB") for i in (0, 1)], return_tensors="pt"
+    ).pixel_values
+    ids = loaded.model.encode(pixel_values).ids
+    total = ids.shape[1]
+    strip = counterfactual_interpolation(
+        loaded.pipeline, ids[0], ids[1], span=[(0, total // 2), (total // 2, total)], seed=context.seed, return_strip=True
+    )
+    print(f"[ddt] counterfactual interpolation (A, A+B[:T/2], A+B[T/2:], B) -> {save_png(strip, context.out_dir / 'ddt_counterfactual.png')}")
 
 
 def _shapes_section(context: DemoContext, flat_dataset) -> None:

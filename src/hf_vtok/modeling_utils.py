@@ -100,7 +100,7 @@ class VisualTokenizerMixin:
 
     def _check_ids(self, ids, name: str = "ids") -> torch.LongTensor:
         if not self.is_discrete:
-            return self.embed_ids(ids)  # raises the TypeError above
+            raise TypeError(f"{type(self).__name__} produces continuous tokens: `{name}` (codebook ids) are not accepted.")
         return check_token_ids(ids, codebook_size=self.codebook_size, num_tokens=self.num_visual_tokens, name=name)
 
 
@@ -201,3 +201,110 @@ class TransformerBlock(torch.nn.Module):
                 self.norm_cross(hidden_states), context=context, attention_mask=context_mask
             )
         return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading checks (issue 8: bad inputs). transformers' own errors for a folder that cannot be this model
+# are unclear (an AttributeError for a config of another model type, a SafetensorError that does not name
+# the file, a RuntimeError pointing at a log report), and `ignore_mismatched_sizes=True` would silently
+# re-initialise a codebook whose size disagrees with config.json. Each family's `XPreTrainedModel` lists
+# `CheckedLoadingMixin` first among its bases.
+# --------------------------------------------------------------------------------------------------
+
+
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """A saved folder does not fit the class or config loading it (also a ``RuntimeError``, the type
+    transformers raises for a size mismatch, so existing handlers keep working)."""
+
+
+def _local_folder(path, subfolder: str | None) -> str | None:
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    folder = os.path.join(os.fspath(path), subfolder or "")
+    return folder if os.path.isdir(folder) else None
+
+
+def check_pretrained_folder(path, model_class, *, subfolder: str | None = None, check_model_type: bool = True) -> None:
+    """Raise a clear error before ``from_pretrained`` reads a local folder that cannot hold ``model_class``.
+
+    Checks ``config.json`` (valid JSON, ``model_type`` equal to the class's) and every ``model*.safetensors``
+    file (a readable header covering the whole file: truncated or garbage files fail here). Hub ids and
+    missing folders are left to transformers.
+    """
+    import glob
+    import json
+    import os
+
+    folder = _local_folder(path, subfolder)
+    if folder is None:
+        return
+    config_file = os.path.join(folder, "config.json")
+    if check_model_type and os.path.isfile(config_file):
+        try:
+            with open(config_file, encoding="utf-8") as handle:
+                saved = json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointMismatchError(
+                f"`pretrained_model_name_or_path`: {config_file!r} is not a valid JSON config ({error})."
+            ) from None
+        expected = getattr(getattr(model_class, "config_class", None), "model_type", None)
+        found = saved.get("model_type") if isinstance(saved, dict) else None
+        if expected and found != expected:
+            raise CheckpointMismatchError(
+                f"`pretrained_model_name_or_path` {os.fspath(path)!r} holds a {found!r} checkpoint (model_type in "
+                f"config.json), but {model_class.__name__} loads {expected!r} checkpoints; load it with "
+                "`AutoModel.from_pretrained` or the class of that model type."
+            )
+    from safetensors import safe_open
+
+    for weights in sorted(glob.glob(os.path.join(folder, "model*.safetensors"))):
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own SafetensorError (and OSError for I/O)
+            raise CheckpointMismatchError(
+                f"`pretrained_model_name_or_path`: {weights!r} is not a readable safetensors file "
+                f"({type(error).__name__}: {error}); it is truncated or corrupt, save or download it again."
+            ) from None
+
+
+class CheckedLoadingMixin:
+    """``from_pretrained`` with the checks of :func:`check_pretrained_folder`, and strict codebooks.
+
+    A weight whose saved shape differs from the one the config builds raises a
+    :class:`CheckpointMismatchError` naming the tensor and both shapes; for codebooks (any tensor under a
+    module named ``codebook``/``codebooks``) it raises even with ``ignore_mismatched_sizes=True``, since a
+    re-initialised codebook gives every id a random meaning.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # an explicit `config=` means the caller chose the model type (the Auto classes pass one)
+        check_pretrained_folder(
+            pretrained_model_name_or_path, cls, subfolder=kwargs.get("subfolder"), check_model_type="config" not in kwargs
+        )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @staticmethod
+    def _finalize_model_loading(model, load_config, loading_info):
+        from transformers import PreTrainedModel
+
+        mismatched = sorted(getattr(loading_info, "mismatched_keys", None) or (), key=lambda item: item[0])
+        strict = [item for item in mismatched if "codebook" in item[0]]
+        if mismatched and (strict or not load_config.ignore_mismatched_sizes):
+            shown = strict or mismatched
+            details = "; ".join(f"`{key}` is {tuple(saved)} in the checkpoint but {tuple(built)} in the model" for key, saved, built in shown[:5])
+            more = f" (and {len(shown) - 5} more)" if len(shown) > 5 else ""
+            hint = (
+                " A codebook is never re-initialised, even with `ignore_mismatched_sizes=True`: every id would lose its "
+                "meaning; make `codebook_size`/`code_dim` in config.json match the saved weights."
+                if strict
+                else " config.json does not describe these weights; fix it (or pass `ignore_mismatched_sizes=True` to "
+                "re-initialise those tensors on purpose)."
+            )
+            raise CheckpointMismatchError(
+                f"{type(model).__name__}.from_pretrained({str(load_config.pretrained_model_name_or_path)!r}): {details}{more}.{hint}"
+            )
+        return PreTrainedModel._finalize_model_loading(model, load_config, loading_info)

@@ -30,6 +30,7 @@ from .image_processing_utils import images_to_list
 from .validation import check_choice, check_float, check_int, describe
 
 FAMILIES = ("slot_qformer", "setok", "ddt")
+RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 def family_classes(family: str) -> dict[str, Any]:
@@ -163,6 +164,15 @@ class TokenizerTrainingRecipe:
         return self
 
     @classmethod
+    def from_name(cls, name: str, **overrides) -> TokenizerTrainingRecipe:
+        """A recipe shipped in ``hf_vtok/recipes/`` by name (e.g. ``"ddt_tiny"``)."""
+        path = RECIPES_DIR / f"{name}.json"
+        if not path.is_file():
+            available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+            raise ValueError(f"`name` must be a shipped recipe, one of {available}, got {name!r}.")
+        return cls.from_file(path, **overrides)
+
+    @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> TokenizerTrainingRecipe:
         """Read a JSON recipe (see ``training/recipes/``); keyword arguments override its fields."""
         data = json.loads(Path(path).read_text())
@@ -172,6 +182,34 @@ class TokenizerTrainingRecipe:
         data = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
         data.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**data).validate()
+
+
+def load_image_dataset(source: str, *, split: str = "train", streaming: bool = False):
+    """Any ``datasets`` source with an image column: ``imagefolder:DIR``, ``parquet:GLOB``,
+    ``webdataset:GLOB``, ``arrow:DIR`` (``save_to_disk`` output) or a Hub dataset name.
+
+    Webdataset shards name the image ``jpg``/``png`` and the caption ``txt``; they are renamed to
+    ``image``/``caption`` so that every source gives the same columns.
+    """
+    import datasets
+
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"`source` must be a non-empty string, got {describe(source)}.")
+    kind, _, location = source.partition(":")
+    if kind == "arrow":
+        dataset = datasets.load_from_disk(location)
+        return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+    if kind == "imagefolder":
+        dataset = datasets.load_dataset("imagefolder", data_dir=location, split=split, streaming=streaming)
+    elif kind in ("parquet", "webdataset"):
+        dataset = datasets.load_dataset(kind, data_files={split: location}, split=split, streaming=streaming)
+    else:
+        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    renames = {old: new for old, new in (("jpg", "image"), ("png", "image"), ("txt", "caption")) if old in (dataset.column_names or [])}
+    for old, new in renames.items():
+        if new not in dataset.column_names:
+            dataset = dataset.rename_column(old, new)
+    return dataset
 
 
 def build_training_model(recipe: TokenizerTrainingRecipe):

@@ -1,0 +1,213 @@
+"""Quality of any tokenizer on a dataset with the same code: reconstruction and object discovery.
+
+Works through the common API only (``encode`` → ``VisualTokens``, the family's decoder pipeline), so
+the demo, ``hf-vtok eval`` and the benchmarks never branch on the family.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..validation import check_int, describe
+from .metrics import foreground_ari, mean_iou_matched, psnr, ssim
+
+
+@dataclass
+class LoadedTokenizer:
+    """A tokenizer model, its image processor and its decoder pipeline, loaded from one folder."""
+
+    model: object
+    image_processor: object
+    pipeline: object
+    path: Path | None = None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.image_size)
+
+
+def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
+    """Load ``path/tokenizer`` (model + image processor) and ``path/decoder`` (pipeline) with the Auto classes.
+
+    The pipeline class is read from ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any
+    family's folder loads the same way.
+    """
+    import json
+
+    import hf_vtok
+    from transformers import AutoImageProcessor, AutoModel
+
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"`path` must be a folder path, got {describe(path)}.")
+    path = Path(path)
+    for sub in ("tokenizer", "decoder"):
+        if not (path / sub).is_dir():
+            raise ValueError(f"`path` must hold `tokenizer/` and `decoder/` folders, missing {str(path / sub)!r}.")
+    for required in ("tokenizer/config.json", "tokenizer/preprocessor_config.json", "decoder/model_index.json"):
+        if not (path / required).is_file():
+            raise ValueError(
+                f"`path` {str(path)!r} is not a complete tokenizer folder: {required} is missing "
+                "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.training.export_tokenizer`)."
+            )
+    model = AutoModel.from_pretrained(path / "tokenizer").eval()
+    image_processor = AutoImageProcessor.from_pretrained(path / "tokenizer")
+    try:
+        class_name = json.loads((path / "decoder" / "model_index.json").read_text())["_class_name"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"`path`: {str(path / 'decoder' / 'model_index.json')!r} is not a valid pipeline index ({error}).") from None
+    pipeline_class = getattr(hf_vtok, class_name, None)
+    if pipeline_class is None:
+        raise ValueError(f"Unknown decoder pipeline class {class_name!r} in {str(path / 'decoder')!r}.")
+    pipeline = pipeline_class.from_pretrained(path / "decoder")
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedTokenizer(model=model, image_processor=image_processor, pipeline=pipeline, path=path)
+
+
+def assignment_maps(assignments: torch.Tensor, attention_mask: torch.Tensor | None = None) -> np.ndarray:
+    """Hard per-patch group maps ``[B, h, w]`` from soft or hard ``assignments`` ``[B, groups, patches]``."""
+    if assignments.ndim != 3:
+        raise ValueError(f"`assignments` must be [B, groups, patches], got {describe(assignments)}.")
+    scores = assignments.float()
+    # the mask marks padded groups when there is one token per group (SeTok's clusters); SlotQFormer has
+    # several ids per slot, so its (all-ones) token mask does not line up with the slots and is not needed
+    if attention_mask is not None and attention_mask.shape[-1] == scores.shape[1]:
+        scores = scores.masked_fill(~attention_mask.bool()[:, :, None], -math.inf)
+    labels = scores.argmax(dim=1)
+    side = int(round(math.sqrt(labels.shape[-1])))
+    if side * side != labels.shape[-1]:
+        raise ValueError(f"`assignments` must cover a square grid of patches, got {labels.shape[-1]} patches.")
+    return labels.reshape(-1, side, side).cpu().numpy()
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a ``[B, H, W, C]`` float batch to ``size`` = (height, width), bilinear with antialiasing.
+
+    Decoders may render at another resolution than the tokenizer's input (the tiny SlotQFormer and SeTok
+    decoders render 32 px from 64 px inputs, and are trained against the input downsampled the same way):
+    reconstructions are compared with the input resized to the decoder's resolution.
+    """
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    tensor = torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return tensor.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy().astype(np.float64)
+
+
+def upsample_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upsampling of ``[B, h, w]`` label maps to ``[B, size, size]``."""
+    return np.stack(
+        [np.asarray(Image.fromarray(m.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST)) for m in labels]
+    )
+
+
+@dataclass
+class TokenizerEvaluation:
+    """Per-image numbers, with means in :meth:`summary`."""
+
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    fg_ari: list = field(default_factory=list)
+    miou: list = field(default_factory=list)
+    num_tokens: list = field(default_factory=list)
+    num_objects: list = field(default_factory=list)
+    reconstructions: list = field(default_factory=list)
+    originals: list = field(default_factory=list)
+    group_maps: list = field(default_factory=list)
+    perceptual: list = field(default_factory=list)
+    clip_i: list = field(default_factory=list)
+    clip_t: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        def mean(values):
+            values = [v for v in values if v is not None and np.isfinite(v)]
+            return round(float(np.mean(values)), 4) if values else None
+
+        result = {"psnr": mean(self.psnr), "ssim": mean(self.ssim), "perceptual": mean(self.perceptual),
+                  "clip_i": mean(self.clip_i), "clip_t": mean(self.clip_t), "fg_ari": mean(self.fg_ari), "miou": mean(self.miou)}
+        if self.num_tokens:
+            result["mean_tokens"] = mean(self.num_tokens)
+            if len(set(self.num_tokens)) > 1 and len(set(self.num_objects)) > 1:
+                result["tokens_objects_correlation"] = round(float(np.corrcoef(self.num_tokens, self.num_objects)[0, 1]), 4)
+        return {key: value for key, value in result.items() if value is not None}
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    loaded: LoadedTokenizer,
+    dataset,
+    *,
+    batch_size: int = 16,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    reconstruct: bool = True,
+    keep_images: int = 16,
+    perceptual_backbone: str | Path | None = None,
+    clip_path: str | Path | None = None,
+    caption_column: str = "caption",
+    guidance_scale: float | None = None,
+) -> TokenizerEvaluation:
+    """Encode every image of ``dataset`` (``image`` column; ``mask`` and ``objects`` when present).
+
+    Measures PSNR/SSIM of the pipeline's reconstruction against the processed input (resized to the decoder's
+    resolution, see :func:`resize_images`), FG-ARI and matched mIoU of the token assignments (slot attention,
+    clusters) against the true masks, and the real token count per image against the object count.
+
+    With ``perceptual_backbone`` (a local transformers vision model folder) also the LPIPS-style
+    :func:`~hf_vtok.evaluation.perceptual.perceptual_distance`; with ``clip_path`` (a local CLIP folder) CLIP-I
+    between input and reconstruction and, when the dataset has ``caption_column``, the CLIP score of the
+    reconstruction against the caption. ``guidance_scale`` overrides the pipeline's default.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    check_int("num_inference_steps", num_inference_steps, minimum=1)
+    if len(dataset) == 0:
+        raise ValueError("`dataset` must contain at least one image, got an empty dataset.")
+    size = loaded.image_size
+    result = TokenizerEvaluation()
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        images = [image.convert("RGB") for image in rows["image"]]
+        pixel_values = loaded.image_processor(images, return_tensors="pt").pixel_values
+        tokens = loaded.model.encode(pixel_values)
+        result.num_tokens += tokens.attention_mask.sum(-1).tolist()
+        if "objects" in rows:
+            result.num_objects += [len(objects) for objects in rows["objects"]]
+        originals = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
+        if reconstruct:
+            extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+            out = loaded.pipeline(
+                images=images, num_inference_steps=num_inference_steps, generator=generator, output_type="np", **extra
+            )
+            reconstructions = np.asarray(out.images, dtype=np.float64)
+            targets = resize_images(originals, reconstructions.shape[1:3])
+            result.psnr += list(np.atleast_1d(psnr(targets, reconstructions)))
+            result.ssim += list(np.atleast_1d(ssim(targets, reconstructions)))
+            if perceptual_backbone is not None:
+                from .perceptual import perceptual_distance
+
+                result.perceptual += list(np.atleast_1d(perceptual_distance(targets, reconstructions, perceptual_backbone)))
+            if clip_path is not None:
+                from .perceptual import clip_image_similarity, clip_score
+
+                result.clip_i += list(np.atleast_1d(clip_image_similarity(targets, reconstructions, clip_path)))
+                if caption_column in rows:
+                    result.clip_t += list(np.atleast_1d(clip_score(reconstructions, list(rows[caption_column]), clip_path)))
+            if len(result.reconstructions) < keep_images:
+                result.reconstructions += list(reconstructions[: keep_images - len(result.reconstructions)])
+        if len(result.originals) < keep_images:
+            result.originals += list(originals[: keep_images - len(result.originals)])
+        if tokens.assignments is not None:
+            maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), size)
+            if len(result.group_maps) < keep_images:
+                result.group_maps += list(maps[: keep_images - len(result.group_maps)])
+            if "mask" in rows:
+                true = np.stack([np.asarray(m.resize((size, size), Image.Resampling.NEAREST)) for m in rows["mask"]])
+                result.fg_ari += list(np.atleast_1d(foreground_ari(true, maps)))
+                result.miou += list(np.atleast_1d(mean_iou_matched(true, maps)))
+    return result
