@@ -85,3 +85,5 @@ __all__ = [
     "VisualTokens",
     "add_visual_tokens",
 ]
+
+from .pipelines_registry import register_pipelines_with_diffusers; register_pipelines_with_diffusers()  # noqa: E402,E702  [issue 7: diffusers.DiffusionPipeline.from_pretrained finds our pipeline classes]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .validation import check_pixel_values, check_token_ids
+from .validation import check_pixel_values, check_safetensors_file, check_token_ids
 
 TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 
@@ -257,17 +257,11 @@ def check_pretrained_folder(path, model_class, *, subfolder: str | None = None, 
                 f"config.json), but {model_class.__name__} loads {expected!r} checkpoints; load it with "
                 "`AutoModel.from_pretrained` or the class of that model type."
             )
-    from safetensors import safe_open
-
     for weights in sorted(glob.glob(os.path.join(folder, "model*.safetensors"))):
         try:
-            with safe_open(weights, framework="pt"):
-                pass
-        except Exception as error:  # safetensors raises its own SafetensorError (and OSError for I/O)
-            raise CheckpointMismatchError(
-                f"`pretrained_model_name_or_path`: {weights!r} is not a readable safetensors file "
-                f"({type(error).__name__}: {error}); it is truncated or corrupt, save or download it again."
-            ) from None
+            check_safetensors_file(weights, name="pretrained_model_name_or_path")
+        except ValueError as error:
+            raise CheckpointMismatchError(str(error)) from None
 
 
 class CheckedLoadingMixin:

@@ -331,7 +331,7 @@ class VectorQuantizer(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.LongTensor:
         """Code index of each vector of ``x`` (`[..., dim]` → `[...]`), without any update."""
-        check_tensor("x", x, floating=True)
+        check_tensor("x", x, floating=True, finite=True)  # NaN distances would silently pick code 0
         if x.shape[-1] != self.dim:
             raise ValueError(f"`x` must have last dimension {self.dim}, got shape {tuple(x.shape)}.")
         self.codebook._float32()

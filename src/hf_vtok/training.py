@@ -327,3 +327,7 @@ def loss_dropped(log_history, ratio: float = 0.9) -> bool:
         return False
     quarter = max(1, len(losses) // 4)
     return sum(losses[-quarter:]) / quarter < ratio * sum(losses[:quarter]) / quarter
+
+
+# Memory of a training configuration, computed from the config (see hf_vtok/memory.py and docs/training.md).
+from .memory import MemoryEstimate, estimate_memory  # noqa: F401

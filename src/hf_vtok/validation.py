@@ -171,6 +171,11 @@ def load_image(image: Any, *, name: str = "image") -> Image.Image:
         image = _array_to_image(image, name)
     elif not isinstance(image, Image.Image):
         raise TypeError(f"`{name}` must be a PIL.Image, numpy array, bytes or file path, got {describe(image)}.")
+    _check_image_size(image, name)
+    return to_rgb(image, name=name)
+
+
+def _check_image_size(image: Image.Image, name: str) -> None:
     width, height = image.size
     if width < 1 or height < 1:
         raise ValueError(f"`{name}` must have a positive size, got {width}x{height}.")
@@ -179,7 +184,6 @@ def load_image(image: Any, *, name: str = "image") -> Image.Image:
             f"`{name}` is {width}x{height} pixels, above the {MAX_IMAGE_PIXELS}-pixel limit that guards "
             "against decompression bombs."
         )
-    return to_rgb(image)
 
 
 def _decode_image_bytes(data: bytes, name: str) -> Image.Image:
@@ -188,12 +192,19 @@ def _decode_image_bytes(data: bytes, name: str) -> Image.Image:
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"`{name}` is too large to decode safely: {error}") from error
-    except Exception as error:  # PIL raises many types for corrupt input (OSError, SyntaxError, ...)
-        raise ValueError(f"`{name}` could not be decoded as an image ({type(error).__name__}: {error}).") from error
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"`{name}` is too large to decode safely: {error}") from error
+        except Exception as error:  # PIL raises many types for corrupt input (OSError, SyntaxError, ...)
+            raise ValueError(f"`{name}` could not be decoded as an image ({type(error).__name__}: {error}).") from error
+        # Refuse oversized images BEFORE decoding the pixels: PIL itself only refuses above twice its limit
+        # and merely warns in between.
+        _check_image_size(image, name)
+        try:
+            image.load()
+        except Exception as error:  # truncated or corrupt pixel data
+            raise ValueError(f"`{name}` could not be decoded as an image ({type(error).__name__}: {error}).") from error
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
     return image
@@ -225,12 +236,22 @@ def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(array)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, *, name: str = "image") -> Image.Image:
     """Convert any PIL mode to RGB: alpha is composited on white, 16/32-bit modes are rescaled."""
-    if image.mode == "RGB":
-        return image
+    try:
+        image.load()  # a lazily opened file (``Image.open``) is decoded here, so a truncated one fails here
+        return image if image.mode == "RGB" else _to_rgb(image)
+    except (ValueError, OSError, SyntaxError) as error:  # a mode PIL cannot convert, or undecodable pixels
+        raise ValueError(f"`{name}` (PIL mode {image.mode!r}) could not be converted to RGB: {error}") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha: PIL converts these only to their plain-alpha mode
+        image = image.convert("LA" if image.mode == "La" else "RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the image contains NaN or Inf values")
         low, high = float(array.min()), float(array.max())
         scale = 255.0 / (high - low) if high > low else 0.0
         array = ((array - low) * scale).astype(np.uint8)
@@ -240,3 +261,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def check_generator(generator: Any, *, batch_size: int | None = None, name: str = "generator"):
+    """``None``, a ``torch.Generator``, or a non-empty list of them (one per image when ``batch_size`` is given)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        if batch_size is not None and len(generator) != batch_size:
+            raise ValueError(f"`{name}` must be one generator or a list of {batch_size} (one per image), got {len(generator)}.")
+        return list(generator)
+    raise TypeError(f"`{name}` must be a torch.Generator or a list of them (one per image), got {describe(generator)}.")
+
+
+def check_safetensors_file(path: str | os.PathLike, *, name: str = "path") -> None:
+    """Raise a ``ValueError`` naming the file when ``path`` is not a readable safetensors file (truncated,
+    empty or garbage: the header must parse and cover the whole file). Reads only the header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt"):
+            pass
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own SafetensorError, and OSError for I/O)
+        raise ValueError(
+            f"`{name}`: {os.fspath(path)!r} is not a readable safetensors file ({type(error).__name__}: {error}); "
+            "it is truncated or corrupt, save or download it again."
+        ) from None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..validation import check_int, describe
+from ..validation import check_int, check_safetensors_file, describe
 from .metrics import foreground_ari, mean_iou_matched, psnr, ssim
 
 
@@ -55,6 +55,8 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
                 f"`path` {str(path)!r} is not a complete tokenizer folder: {required} is missing "
                 "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.training.export_tokenizer`)."
             )
+    for weights in sorted(path.glob("**/*.safetensors")):  # diffusers' own error for a broken file is vaguer
+        check_safetensors_file(weights, name="path")
     model = AutoModel.from_pretrained(path / "tokenizer").eval()
     image_processor = AutoImageProcessor.from_pretrained(path / "tokenizer")
     try:

@@ -24,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ...modeling_utils import (
+    CheckedLoadingMixin,
     VisualTokenizerMixin,
     VisualTokens,
     sinusoidal_embedding_1d,
@@ -41,7 +42,7 @@ from .modeling_ddt_decoder import (
 )
 
 
-class DDTPreTrainedModel(PreTrainedModel):
+class DDTPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config_class = DDTTokenizerConfig
     config: DDTTokenizerConfig
     base_model_prefix = "tokenizer"

@@ -17,7 +17,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...validation import check_float, check_int, check_tensor, describe
+from ...validation import check_float, check_generator, check_int, check_tensor, describe
 from .image_processing_ddt import DDTImageProcessor
 from .modeling_ddt_decoder import DDTDecoderTransformer, DDTTokenConditioner
 
@@ -180,6 +180,7 @@ class DDTDecoderPipeline(DiffusionPipeline):
         guidance_scale = check_float("guidance_scale", guidance_scale, minimum=0.0)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        check_generator(generator)  # a wrong type would fail deep inside randn_tensor (issue 8)
         device = self._execution_device
         dtype = self.transformer.dtype
 

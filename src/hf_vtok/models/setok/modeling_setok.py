@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from hf_vtok.modeling_utils import (
     Attention,
+    CheckedLoadingMixin,
     FeedForward,
     TransformerBlock,
     VisualTokenizerMixin,
@@ -223,7 +224,7 @@ def _reference_cluster_merger(
 # Models
 
 
-class SeTokPreTrainedModel(PreTrainedModel):
+class SeTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config_class = SeTokConfig
     base_model_prefix = "tokenizer"
     main_input_name = "pixel_values"

@@ -16,7 +16,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from hf_vtok.validation import check_float, check_int, check_tensor, describe
+from hf_vtok.validation import check_float, check_generator, check_int, check_tensor, describe
 
 from .image_processing_setok import SeTokImageProcessor
 
@@ -123,6 +123,7 @@ class SeTokDecoderPipeline(DiffusionPipeline):
         guidance_scale = check_float("guidance_scale", guidance_scale, minimum=0.0)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        check_generator(generator)  # a wrong type would fail deep inside randn_tensor (issue 8)
         if pixel_values is not None:
             pixel_values = check_tensor("pixel_values", pixel_values, ndim=4, floating=True, finite=True)
         if token_embeddings is None:

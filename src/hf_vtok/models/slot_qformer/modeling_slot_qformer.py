@@ -32,7 +32,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...modeling_utils import Attention, FeedForward, TransformerBlock, VisualTokenizerMixin, VisualTokens
+from ...modeling_utils import Attention, CheckedLoadingMixin, FeedForward, TransformerBlock, VisualTokenizerMixin, VisualTokens
 from ...quantizers import QuantizerOutput, ResidualVectorQuantizer
 from ...validation import check_choice, check_tensor, describe
 from .configuration_slot_qformer import SlotQFormerConfig
@@ -291,7 +291,7 @@ class SlotRebuilder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- models
-class SlotQFormerPreTrainedModel(PreTrainedModel):
+class SlotQFormerPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config: SlotQFormerConfig
     config_class = SlotQFormerConfig
     base_model_prefix = "tokenizer"
@@ -709,7 +709,9 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         self.vae = AutoencoderKL(**decoder["vae"]) if decoder.get("vae") else None
         if self.vae is not None:
             self.vae.requires_grad_(False)
-        self.noise_scheduler = DDPMScheduler(**decoder["scheduler"])
+        # the schedule's tensors must be real even when from_pretrained builds the model on meta
+        with torch.device("cpu"):
+            self.noise_scheduler = DDPMScheduler(**decoder["scheduler"])
         # diffusers modules keep PyTorch's default initialisation (see `_init_weights`)
         for module in [self.conditioner, self.unet] + ([self.vae] if self.vae is not None else []):
             for child in module.modules():

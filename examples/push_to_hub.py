@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Share a trained tokenizer or MLLM on the Hub with a filled model card (use --dry-run to see what would go up).
+
+    python examples/push_to_hub.py runs/ddt --repo-id my-org/ddt-tokenizer --dry-run
+    python examples/push_to_hub.py runs/ddt --repo-id my-org/ddt-tokenizer            # needs `huggingface-cli login`
+    python examples/push_to_hub.py --tiny --repo-id me/tiny-ddt --dry-run              # a random tiny tokenizer folder
+
+The staged folder holds safetensors and configs only (no checkpoints, optimizer states or pickles) plus README.md.
+This example also loads the staged folder back the way a user of the Hub repository would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def tiny_folder(family: str) -> Path:
+    """A tokenizer folder as `hf-vtok train-tokenizer` writes it, from a random tiny model."""
+    from hf_vtok.mllm_training import MLLMTrainingRecipe, build_visual_tokenizer
+
+    tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer=f"random:{family}"))
+    folder = Path(tempfile.mkdtemp(prefix="hf_vtok_tiny_"))
+    tokenizer.save_pretrained(folder / "tokenizer")
+    image_processor.save_pretrained(folder / "tokenizer")
+    decoder.save_pretrained(folder / "decoder")
+    return folder
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", nargs="?", default=None, help="train-tokenizer / train-mllm output folder")
+    parser.add_argument("--repo-id", required=True)
+    parser.add_argument("--tiny", action="store_true", help="stage a random tiny tokenizer folder")
+    parser.add_argument("--family", default="ddt", choices=("ddt", "slot_qformer", "setok"))
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--staging-dir", default=None)
+    args = parser.parse_args(argv)
+
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import ModelCard
+    from transformers import AutoModel
+
+    import hf_vtok  # noqa: F401
+    from hf_vtok.hub import push_folder
+
+    folder = tiny_folder(args.family) if args.tiny or args.folder is None else Path(args.folder)
+    plan = push_folder(folder, args.repo_id, private=args.private, dry_run=args.dry_run, staging_dir=args.staging_dir)
+    print(f"{'would upload' if args.dry_run else 'uploaded'} to {plan.repo_id}: {', '.join(plan.files)}")
+    card = ModelCard.load(plan.staging_dir / "README.md")
+    print(f"model card metadata: {card.data.to_dict()}")
+    if args.dry_run and (plan.staging_dir / "tokenizer").is_dir():
+        AutoModel.from_pretrained(plan.staging_dir / "tokenizer")  # what a user of the repository does
+        DiffusionPipeline.from_pretrained(plan.staging_dir / "decoder")
+        print("the staged folder loads with AutoModel and DiffusionPipeline (no trust_remote_code)")
+    return {"plan": plan, "card": card}
+
+
+if __name__ == "__main__":
+    main()

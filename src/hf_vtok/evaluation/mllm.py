@@ -1,0 +1,351 @@
+"""MLLM quality on the shapes world: captions, visual QA, text-to-image and editing, with checkable answers.
+
+Every scene of the shapes world comes with its object list, so each task can be scored without a judge model:
+
+* :func:`caption_attribute_accuracy` — the generated caption must name the scene's (colour, shape) pairs
+  ("red circle"); recall, precision and exact set match of the pairs.
+* :func:`qa_accuracy` — generated answers to the dataset's questions (count, colour, shape, size, existence,
+  position), compared word for word after normalisation; overall and per question type.
+* :func:`text_to_image_accuracy` — images generated from the captions, checked with
+  :func:`hf_vtok.data.check_attributes` (colour found, shape correct, object count); meant for ``style="flat"``
+  scenes, the style the attribute checker reads.
+* :func:`editing_accuracy` — the source image plus the edit instruction; the edited picture is checked against the
+  edit's target objects, plus pixel L1 (and CLIP-I with ``clip_path``) against the target image — the MagicBrush
+  metrics of Slot-MLLM.
+
+Each function takes ``mllm`` as a folder (``model.save_pretrained`` + ``processor.save_pretrained``, optionally
+with the decoder pipeline in ``decoder/``; or a text-to-image pipeline folder with ``mllm/`` and ``decoder/``) or as
+a loaded :class:`~hf_vtok.mllm.VTokMLLMForConditionalGeneration` with its ``processor``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..validation import check_int, describe
+
+__all__ = [
+    "CAPTION_PROMPT",
+    "QA_PROMPT",
+    "LoadedMLLM",
+    "caption_attribute_accuracy",
+    "editing_accuracy",
+    "load_mllm_folder",
+    "mentioned_pairs",
+    "qa_accuracy",
+    "text_to_image_accuracy",
+]
+
+CAPTION_PROMPT = "<image> Describe the image."
+QA_PROMPT = "<image> {question}"
+
+
+@dataclass
+class LoadedMLLM:
+    model: Any
+    processor: Any
+    decoder: Any = None
+    path: Path | None = None
+
+
+def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> LoadedMLLM:
+    """Load an MLLM folder: ``path`` itself (config.json + processor files, optional ``decoder/``) or a
+    text-to-image pipeline folder holding ``mllm/`` (and ``decoder/``)."""
+    import json
+
+    from ..mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
+    from ..mllm.pipeline_mllm import load_decoder_pipeline
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`mllm` must be a folder path or a loaded model, got {describe(path)}.")
+    root = Path(path)
+    folder = root / "mllm" if (root / "mllm" / "config.json").is_file() else root
+    for required in ("config.json", "processor_config.json"):
+        if not (folder / required).is_file():
+            raise ValueError(
+                f"`mllm` {str(root)!r} is not an MLLM folder: {required} is missing (save the model and its processor "
+                "with save_pretrained)."
+            )
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type != VTokMLLMForConditionalGeneration.config_class.model_type:
+        raise ValueError(f"`mllm` {str(folder)!r} holds a {model_type!r} model, not a hf_vtok MLLM.")
+    from ..validation import check_safetensors_file
+
+    for weights in sorted(root.glob("**/*.safetensors")):
+        check_safetensors_file(weights, name="mllm")
+    model = VTokMLLMForConditionalGeneration.from_pretrained(folder).eval()
+    processor = VTokMLLMProcessor.from_pretrained(folder)
+    decoder = None
+    if load_decoder:
+        for candidate in (root / "decoder", folder / "decoder"):
+            if (candidate / "model_index.json").is_file():
+                decoder = load_decoder_pipeline(candidate)
+                decoder.set_progress_bar_config(disable=True)
+                break
+    return LoadedMLLM(model=model, processor=processor, decoder=decoder, path=root)
+
+
+def _resolve(mllm: Any, processor: Any, decoder: Any = None, *, need_decoder: bool = False) -> LoadedMLLM:
+    if isinstance(mllm, LoadedMLLM):
+        loaded = mllm
+    elif isinstance(mllm, (str, os.PathLike)):
+        loaded = load_mllm_folder(mllm, load_decoder=decoder is None)
+    else:
+        from ..mllm import VTokMLLMForConditionalGeneration
+
+        if not isinstance(mllm, VTokMLLMForConditionalGeneration):
+            raise TypeError(f"`mllm` must be a folder path or a VTokMLLMForConditionalGeneration, got {describe(mllm)}.")
+        if processor is None:
+            raise ValueError("`processor` is required when `mllm` is a loaded model (pass its VTokMLLMProcessor).")
+        loaded = LoadedMLLM(model=mllm, processor=processor)
+    if processor is not None:
+        loaded.processor = processor
+    if decoder is not None:
+        if isinstance(decoder, (str, os.PathLike)):
+            from ..mllm.pipeline_mllm import load_decoder_pipeline
+
+            decoder = load_decoder_pipeline(decoder)
+        loaded.decoder = decoder
+    if need_decoder and loaded.decoder is None:
+        raise ValueError("`decoder` is required to render generated tokens: pass the tokenizer family's pipeline or a "
+                         "folder with `decoder/`.")
+    if loaded.decoder is not None and hasattr(loaded.decoder, "set_progress_bar_config"):
+        loaded.decoder.set_progress_bar_config(disable=True)
+    return loaded
+
+
+def _rows(dataset, num_examples: int | None, required: tuple[str, ...]):
+    if dataset is None or not hasattr(dataset, "column_names") or not hasattr(dataset, "__len__"):
+        raise TypeError(f"`dataset` must be a datasets.Dataset of the shapes world, got {describe(dataset)}.")
+    missing = [column for column in required if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"`dataset` must have the columns {list(required)} (the shapes world), missing {missing}.")
+    count = len(dataset) if num_examples is None else min(len(dataset), check_int("num_examples", num_examples, minimum=1))
+    if count == 0:
+        raise ValueError("`dataset` must contain at least one example, got an empty dataset.")
+    return dataset.select(range(count))
+
+
+# ------------------------------------------------------------------------------------------------ text generation
+def mentioned_pairs(text: str) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a text names, e.g. "a large red circle left of a blue square" →
+    {("red", "circle"), ("blue", "square")} (plurals count; sizes may stand in between: "red large circle")."""
+    from ..data.shapes import COLORS, SHAPES, SIZES
+
+    if not isinstance(text, str):
+        raise TypeError(f"`text` must be a string, got {describe(text)}.")
+    colors, shapes, sizes = "|".join(COLORS), "|".join(SHAPES), "|".join(SIZES)
+    pattern = re.compile(rf"\b({colors})\s+(?:(?:{sizes})\s+)?({shapes})s?\b")
+    return {(m.group(1), m.group(2)) for m in pattern.finditer(text.lower())}
+
+
+def _normalise_answer(text: str) -> str:
+    words = text.lower().translate(str.maketrans("", "", string.punctuation)).split()
+    return words[0] if words else ""
+
+
+@torch.no_grad()
+def _generate_text(loaded: LoadedMLLM, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    model, processor = loaded.model, loaded.processor
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk_images, chunk_prompts = images[start : start + batch_size], prompts[start : start + batch_size]
+        extra = {}
+        if not model.config.is_discrete:  # continuous tokenizers: per-image placeholder counts
+            pixel_values = processor.image_processor(chunk_images, return_tensors="pt")["pixel_values"]
+            extra["num_image_tokens"] = model.count_image_tokens(pixel_values.to(model.device))
+        batch = processor(images=chunk_images, text=chunk_prompts, use_chat_template=True, padding_side="left", **extra)
+        batch = {k: (v.to(model.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else processor.tokenizer.eos_token_id
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        outputs += processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return outputs
+
+
+def caption_attribute_accuracy(
+    mllm: Any,
+    dataset,
+    processor: Any = None,
+    *,
+    prompt: str = CAPTION_PROMPT,
+    num_examples: int | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+) -> dict:
+    """Caption each scene and check that the caption names its (colour, shape) pairs.
+
+    Returns ``{"pair_recall", "pair_precision", "exact_match", "num_examples", "examples": [...]}``: recall is the
+    share of the scene's pairs that the caption names (the attribute accuracy), precision the share of named pairs
+    that are in the scene (1 when nothing is named and nothing should be), exact match the share of captions
+    naming exactly the scene's pairs.
+    """
+    loaded = _resolve(mllm, processor)
+    if not isinstance(prompt, str) or loaded.processor.image_token not in prompt:
+        raise ValueError(f"`prompt` must be a string with one {loaded.processor.image_token} marker, got {prompt!r}.")
+    rows = _rows(dataset, num_examples, ("image", "objects"))
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    captions = _generate_text(loaded, [r.convert("RGB") for r in rows["image"]], [prompt] * len(rows), max_new_tokens, batch_size)
+    recall, precision, exact, examples = [], [], [], []
+    for caption, objects in zip(captions, rows["objects"]):
+        truth = {(o["color"], o["shape"]) for o in objects}
+        named = mentioned_pairs(caption)
+        hit = len(truth & named)
+        recall.append(hit / len(truth) if truth else 1.0)
+        precision.append(hit / len(named) if named else float(not truth))
+        exact.append(float(named == truth))
+        examples.append({"caption": caption, "expected": sorted(truth), "named": sorted(named)})
+    return {"pair_recall": float(np.mean(recall)), "pair_precision": float(np.mean(precision)),
+            "exact_match": float(np.mean(exact)), "num_examples": len(rows), "examples": examples}
+
+
+def qa_accuracy(
+    mllm: Any,
+    dataset,
+    processor: Any = None,
+    *,
+    prompt: str = QA_PROMPT,
+    num_examples: int | None = None,
+    max_new_tokens: int = 4,
+    batch_size: int = 8,
+) -> dict:
+    """Answer every question of the first ``num_examples`` scenes; an answer is right when its first word
+    (lower-cased, punctuation removed) equals the reference answer.
+
+    Returns ``{"accuracy", "by_type": {type: accuracy}, "num_questions", "examples": [...]}``.
+    """
+    loaded = _resolve(mllm, processor)
+    if not isinstance(prompt, str) or "{question}" not in prompt or loaded.processor.image_token not in prompt:
+        raise ValueError(f"`prompt` must contain `{{question}}` and one {loaded.processor.image_token} marker, got {prompt!r}.")
+    rows = _rows(dataset, num_examples, ("image", "questions"))
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    images, prompts, references = [], [], []
+    for image, questions in zip(rows["image"], rows["questions"]):
+        for qa in questions:
+            images.append(image.convert("RGB"))
+            prompts.append(prompt.format(question=qa["question"]))
+            references.append(qa)
+    if not prompts:
+        raise ValueError("`dataset` holds no questions.")
+    answers = _generate_text(loaded, images, prompts, max_new_tokens, batch_size)
+    by_type: dict[str, list[float]] = defaultdict(list)
+    examples = []
+    for answer, qa in zip(answers, references):
+        correct = float(_normalise_answer(answer) == _normalise_answer(qa["answer"]))
+        by_type[qa["type"]].append(correct)
+        examples.append({"question": qa["question"], "answer": qa["answer"], "generated": answer, "correct": bool(correct)})
+    everything = [v for values in by_type.values() for v in values]
+    return {"accuracy": float(np.mean(everything)), "by_type": {k: float(np.mean(v)) for k, v in sorted(by_type.items())},
+            "num_questions": len(everything), "examples": examples}
+
+
+# ----------------------------------------------------------------------------------------------- image generation
+def _attribute_scores(images: list, expected: list[list[dict]]) -> dict:
+    from ..data.shapes import check_attributes
+
+    color, shape, count, correct = [], [], [], []
+    for image, objects in zip(images, expected):
+        report = check_attributes(image, [{"color": o["color"], "shape": o["shape"], "x": o["x"], "y": o["y"]} for o in objects])
+        color.append(report.color_accuracy)
+        shape.append(report.shape_accuracy)
+        count.append(float(report.count_correct))
+        correct.append(float(report.all_correct))
+    return {"color_accuracy": float(np.mean(color)), "shape_accuracy": float(np.mean(shape)),
+            "count_accuracy": float(np.mean(count)), "all_correct": float(np.mean(correct))}
+
+
+def _generation_kwargs(seed: int, guidance_scale: float, num_inference_steps: int, extra: dict | None) -> dict:
+    kwargs = {"seed": check_int("seed", seed, minimum=0), "guidance_scale": guidance_scale, "progress": False,
+              "decoder_kwargs": {"num_inference_steps": check_int("num_inference_steps", num_inference_steps, minimum=1),
+                                 "output_type": "pil"}}
+    kwargs.update(extra or {})
+    return kwargs
+
+
+def text_to_image_accuracy(
+    mllm: Any,
+    dataset,
+    processor: Any = None,
+    decoder: Any = None,
+    *,
+    num_examples: int | None = None,
+    guidance_scale: float = 8.0,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    batch_size: int = 8,
+    return_images: bool = False,
+    **generate_kwargs,
+) -> dict:
+    """Generate one image per caption and check the objects with :func:`hf_vtok.data.check_attributes`.
+
+    Returns ``{"color_accuracy", "shape_accuracy", "count_accuracy", "all_correct", "num_examples"}`` (means over
+    images; see :class:`hf_vtok.data.AttributeReport`), plus ``"images"`` with ``return_images``.
+    """
+    loaded = _resolve(mllm, processor, decoder, need_decoder=True)
+    rows = _rows(dataset, num_examples, ("caption", "objects"))
+    kwargs = _generation_kwargs(seed, guidance_scale, num_inference_steps, generate_kwargs)
+    out = loaded.model.generate_images(list(rows["caption"]), loaded.processor, decoder=loaded.decoder,
+                                       batch_size=check_int("batch_size", batch_size, minimum=1), **kwargs)
+    result = _attribute_scores(list(out.images), list(rows["objects"]))
+    result["num_examples"] = len(rows)
+    if return_images:
+        result["images"] = list(out.images)
+    return result
+
+
+def editing_accuracy(
+    mllm: Any,
+    dataset,
+    processor: Any = None,
+    decoder: Any = None,
+    *,
+    num_examples: int | None = None,
+    guidance_scale: float = 8.0,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    batch_size: int = 8,
+    clip_path: str | os.PathLike | None = None,
+    return_images: bool = False,
+    **generate_kwargs,
+) -> dict:
+    """Edit each scene's image with its instruction and check the result against the edit's target.
+
+    Returns the attribute scores of :func:`text_to_image_accuracy` against ``edit_objects``, ``"l1"`` (mean
+    absolute pixel difference to ``edit_image`` in [0, 1], at the generated resolution) and, with ``clip_path``,
+    ``"clip_i"`` (CLIP image similarity to the target, ×100).
+    """
+    from PIL import Image
+
+    loaded = _resolve(mllm, processor, decoder, need_decoder=True)
+    rows = _rows(dataset, num_examples, ("image", "edit_instruction", "edit_image", "edit_objects"))
+    keep = [i for i, instruction in enumerate(rows["edit_instruction"]) if instruction]
+    if not keep:
+        raise ValueError("`dataset` holds no edit pairs (generate it with with_edits=True).")
+    rows = rows.select(keep)
+    kwargs = _generation_kwargs(seed, guidance_scale, num_inference_steps, generate_kwargs)
+    sources = [image.convert("RGB") for image in rows["image"]]
+    out = loaded.model.generate_images(list(rows["edit_instruction"]), loaded.processor, images=sources,
+                                       decoder=loaded.decoder, batch_size=check_int("batch_size", batch_size, minimum=1), **kwargs)
+    edited = [image.convert("RGB") for image in out.images]
+    result = _attribute_scores(edited, list(rows["edit_objects"]))
+    targets = [t.convert("RGB").resize(e.size, Image.Resampling.BILINEAR) for t, e in zip(rows["edit_image"], edited)]
+    result["l1"] = float(np.mean([np.abs(np.asarray(t, np.float64) - np.asarray(e, np.float64)).mean() / 255.0 for t, e in zip(targets, edited)]))
+    if clip_path is not None:
+        from .perceptual import clip_image_similarity
+
+        result["clip_i"] = float(np.mean(clip_image_similarity(list(targets), list(edited), clip_path)))
+    result["num_examples"] = len(rows)
+    if return_images:
+        result["images"] = edited
+    return result

@@ -1,0 +1,333 @@
+"""Share trained tokenizers, decoders and MLLMs on the Hugging Face Hub, with a filled model card.
+
+``push_folder(folder, repo_id)`` (``hf-vtok push FOLDER --repo-id ORG/NAME [--private] [--dry-run]``) takes the output
+of ``hf-vtok train-tokenizer`` (``tokenizer/``, ``decoder/``, ``recipe.json``), of ``hf-vtok train-mllm`` (``mllm/``,
+``processor/``, ``decoder/``, ``model_index.json``, ``adapter/``, ``recipe.json``) or a single ``save_pretrained``
+folder, stages exactly what will be uploaded and writes ``README.md`` from the templates in ``model_cards/``
+(license, the paper's BibTeX, training data and recipe, the metrics of the run, intended use and limits, how to load).
+
+Only safetensors weights and JSON / text files are staged: pickled files (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``),
+Trainer checkpoints (optimizer states, RNG states) and the pre-tokenised data stay local. ``dry_run=True`` stops after
+staging and returns the staged folder, so what would be uploaded can be inspected (and loaded) without network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .validation import describe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+NEVER_UPLOADED = ("checkpoints", "pretokenized", ".cache", "runs", "__pycache__")
+
+PAPERS = {
+    "slot_qformer": {
+        "title": "Slot-MLLM: Object-Centric Visual Tokenization for Multimodal LLM",
+        "family_title": "SlotQFormer (Slot Q-Former)",
+        "arxiv": "2505.17726",
+        "bibtex": (
+            "@article{chi2025slotmllm,\n"
+            "  title   = {Slot-MLLM: Object-Centric Visual Tokenization for Multimodal LLM},\n"
+            "  author  = {Chi, Donghwan and Kim, Hyomin and Oh, Yoonjin and Kim, Yongjin and Lee, Donghoon and Jo, Daejin\n"
+            "             and Kim, Jongmin and Baek, Junyeob and Ahn, Sungjin and Kim, Sungwoong},\n"
+            "  journal = {arXiv preprint arXiv:2505.17726},\n"
+            "  year    = {2025}\n"
+            "}"
+        ),
+    },
+    "setok": {
+        "title": "Towards Semantic Equivalence of Tokenization in Multimodal LLM",
+        "family_title": "SeTok",
+        "arxiv": "2406.05127",
+        "bibtex": (
+            "@article{wu2024setok,\n"
+            "  title   = {Towards Semantic Equivalence of Tokenization in Multimodal LLM},\n"
+            "  author  = {Wu, Shengqiong and Fei, Hao and Li, Xiangtai and Ji, Jiayi and Zhang, Hanwang and Chua, Tat-Seng\n"
+            "             and Yan, Shuicheng},\n"
+            "  journal = {arXiv preprint arXiv:2406.05127},\n"
+            "  year    = {2024}\n"
+            "}"
+        ),
+    },
+    "ddt": {
+        "title": "Generative Multimodal Pretraining with Discrete Diffusion Timestep Tokens",
+        "family_title": "DDTTokenizer (Discrete Diffusion Timestep tokens)",
+        "arxiv": "2504.14666",
+        "bibtex": (
+            "@article{pan2025ddt,\n"
+            "  title   = {Generative Multimodal Pretraining with Discrete Diffusion Timestep Tokens},\n"
+            "  author  = {Pan, Kaihang and Lin, Wang and Yue, Zhongqi and Ao, Tenglong and Jia, Liyu and Zhao, Wei\n"
+            "             and Li, Juncheng and Tang, Siliang and Zhang, Hanwang},\n"
+            "  journal = {arXiv preprint arXiv:2504.14666},\n"
+            "  year    = {2025}\n"
+            "}"
+        ),
+    },
+}
+MODEL_TYPE_TO_FAMILY = {"slot_qformer": "slot_qformer", "setok": "setok", "ddt_tokenizer": "ddt"}
+FAMILY_CLASSES = {
+    "slot_qformer": ("SlotQFormerModel", "SlotQFormerDecoderPipeline", "SlotQFormerForPreTraining", "token_ids=tokens.ids"),
+    "setok": ("SeTokModel", "SeTokDecoderPipeline", "SeTokForPreTraining",
+              "token_embeddings=tokens.embeddings, attention_mask=tokens.attention_mask"),
+    "ddt": ("DDTTokenizerModel", "DDTDecoderPipeline", "DDTTokenizerForPreTraining", "token_ids=tokens.ids"),
+}
+
+
+@dataclass
+class UploadPlan:
+    """What :func:`push_folder` uploads (or, with ``dry_run``, would upload)."""
+
+    repo_id: str
+    kind: str  # "tokenizer" or "mllm"
+    staging_dir: Path
+    files: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    uploaded: bool = False
+    url: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- inspection
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def describe_folder(folder: str | os.PathLike) -> dict:
+    """What a folder holds: ``kind`` ("tokenizer" / "mllm"), ``family``, ``config`` (the tokenizer's), ``recipe``
+    (``recipe.json``), ``metrics`` (``metrics.json``), and which optional parts exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"`folder` must be an existing folder, got {str(folder)!r}.")
+    recipe = _read_json(folder / "recipe.json")
+    metrics = _read_json(folder / "metrics.json")
+    info = {"folder": folder, "recipe": recipe, "metrics": metrics}
+    mllm_config = None
+    for candidate in (folder / "mllm" / "config.json", folder / "config.json"):
+        data = _read_json(candidate)
+        if data.get("model_type") == "vtok_mllm":
+            mllm_config = data
+            break
+    if mllm_config is not None:
+        visual = mllm_config.get("visual_tokenizer_config") or {}
+        info.update(kind="mllm", config=visual, mllm_config=mllm_config,
+                    has_decoder=(folder / "decoder" / "model_index.json").is_file(),
+                    has_adapter=(folder / "adapter" / "adapter_config.json").is_file())
+    else:
+        tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer" / "config.json").is_file() else folder
+        config = _read_json(tokenizer_dir / "config.json")
+        if config.get("model_type") not in MODEL_TYPE_TO_FAMILY:
+            raise ValueError(
+                f"`folder` {str(folder)!r} holds neither a hf_vtok tokenizer (tokenizer/config.json with model_type in "
+                f"{sorted(MODEL_TYPE_TO_FAMILY)}) nor an MLLM (mllm/config.json with model_type 'vtok_mllm')."
+            )
+        info.update(kind="tokenizer", config=config,
+                    has_decoder=(folder / "decoder" / "model_index.json").is_file(),
+                    has_text_tokenizer=(folder / "text_tokenizer").is_dir(),
+                    has_training_model=(folder / "training_model" / "config.json").is_file())
+    info["family"] = MODEL_TYPE_TO_FAMILY.get(info["config"].get("model_type"))
+    return info
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value)
+        return text if len(text) < 120 else text[:117] + "..."
+    return str(value)
+
+
+def _recipe_rows(recipe: dict) -> list[tuple[str, str]]:
+    fields = recipe.get("recipe", recipe)
+    skip = {"prompt_templates", "description"}
+    return [(key, _format_value(value).replace("|", "\\|")) for key, value in fields.items() if key not in skip and value is not None]
+
+
+def _metric_rows(recipe: dict, metrics: dict) -> list[tuple[str, str]]:
+    rows = []
+    names = {"first_loss": "training loss, first logged", "last_loss": "training loss, last logged",
+             "train_loss": "training loss, mean over the run", "global_step": "optimizer steps",
+             "train_seconds": "training time (s)", "trainable_parameters": "trainable parameters",
+             "total_parameters": "parameters"}
+    for key, label in names.items():
+        if recipe.get(key) is not None:
+            rows.append((label, _format_value(recipe[key])))
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, (int, float, str)):
+            rows.append((key, _format_value(value)))
+    return rows
+
+
+def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = "apache-2.0", template_dir=None):
+    """The filled ``huggingface_hub.ModelCard`` of a tokenizer or MLLM folder."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    info = describe_folder(folder)
+    family = info["family"]
+    paper = PAPERS.get(family, {"title": "", "family_title": str(family), "arxiv": "", "bibtex": ""})
+    config = info["config"]
+    recipe = info["recipe"]
+    fields = recipe.get("recipe", {})
+    template_dir = Path(template_dir) if template_dir else MODEL_CARDS_DIR
+    template = template_dir / ("mllm.md" if info["kind"] == "mllm" else "tokenizer.md")
+    if not template.is_file():
+        raise ValueError(f"Model card template {str(template)!r} not found (set `template_dir`).")
+    name = repo_id.split("/")[-1]
+    is_tiny = fields.get("preset") == "tiny" or fields.get("base_model") == "tiny-llama" or int(config.get("image_size") or 0) <= 64
+    tags = ["hf_vtok", "visual-tokenizer", family or "visual-tokenizer"]
+    if info["kind"] == "mllm":
+        base = fields.get("base_model") or info["mllm_config"].get("text_config", {}).get("_name_or_path") or "unknown"
+        card_data = ModelCardData(
+            license=license, library_name="transformers", pipeline_tag="image-text-to-text", tags=tags + ["multimodal-llm", "text-to-image"],
+            base_model=None if base in ("tiny-llama", "unknown", "") or os.path.isdir(str(base)) else base, model_name=name,
+        )
+        summary = (f"Stage `{fields.get('stage', '?')}` of the MLLM recipe, {fields.get('finetuning', '?')} fine-tuning"
+                   f"{' (LoRA rank ' + str(fields.get('lora_rank')) + ')' if fields.get('finetuning') == 'lora' else ''}.")
+        data = fields.get("dataset", "?")
+        training_data = (f"Dataset: `{data}`" + (" (the built-in synthetic shapes world: 64 px scenes of coloured shapes with "
+                         "captions, questions and edit pairs)" if data == "shapes" else "") +
+                         f"; task mix {json.dumps(fields.get('task_mix', {}))}; {recipe.get('num_examples', '?')} examples.")
+        kwargs = {"base_model": base, "has_decoder": info["has_decoder"], "has_adapter": info["has_adapter"],
+                      "finetuning": fields.get("finetuning", "?")}
+    else:
+        card_data = ModelCardData(
+            license=license, library_name="transformers", pipeline_tag="image-feature-extraction", tags=tags + ["diffusers"],
+            model_name=name,
+        )
+        summary = f"{paper['family_title']} tokenizer, training stage {fields.get('stage', '?')} ({fields.get('preset', 'custom')} preset)."
+        training_data = (
+            "The built-in synthetic shapes world (64 px scenes of coloured shapes, generated by "
+            f"`hf_vtok.data.generate_shapes_dataset`, {fields.get('num_train_images', '?')} images, style "
+            f"`{fields.get('dataset_style', '?')}`, seed {fields.get('dataset_seed', '?')})."
+            if fields else "Not recorded (no recipe.json in the uploaded folder)."
+        )
+        kwargs = {"has_text_tokenizer": info["has_text_tokenizer"], "has_training_model": info["has_training_model"],
+                  "has_decoder": info["has_decoder"]}
+    model_class, pipeline_class, pretraining_class, decode_argument = FAMILY_CLASSES.get(family, ("?", "?", "?", "token_ids=tokens.ids"))
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=name,
+        repo_id=repo_id,
+        summary=summary,
+        family_title=paper["family_title"],
+        paper_title=paper["title"],
+        arxiv_id=paper["arxiv"],
+        citation=paper["bibtex"],
+        license=license,
+        model_class=model_class,
+        pipeline_class=pipeline_class,
+        pretraining_class=pretraining_class,
+        decode_argument=decode_argument,
+        num_visual_tokens=_num_visual_tokens(config),
+        codebook_size=config.get("codebook_size"),
+        token_order=config.get("token_order", "?"),
+        token_embedding_dim=config.get("token_embedding_dim") or config.get("hidden_size", "?"),
+        image_size=config.get("image_size", "?"),
+        training_data=training_data,
+        recipe_rows=_recipe_rows(recipe),
+        metric_rows=_metric_rows(recipe, info["metrics"]),
+        is_tiny=is_tiny,
+        **kwargs,
+    )
+
+
+def _num_visual_tokens(config: dict):
+    if config.get("num_visual_tokens"):
+        return config["num_visual_tokens"]
+    if config.get("num_slots") and config.get("rvq_depths"):
+        return config["num_slots"] * config["rvq_depths"]
+    if config.get("max_clusters"):
+        return f"up to {config['max_clusters']}"
+    return "?"
+
+
+# ------------------------------------------------------------------------------------------- staging / upload
+def stage_folder(folder: str | os.PathLike, staging_dir: str | os.PathLike, *, include_training_model: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Copy what may be uploaded from ``folder`` to ``staging_dir``; returns ``(files, skipped)`` (relative paths)."""
+    folder, staging_dir = Path(folder), Path(staging_dir)
+    files, skipped = [], []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(folder)
+        top = relative.parts[0]
+        reason = None
+        if top in NEVER_UPLOADED or any(part.startswith(".") for part in relative.parts):
+            reason = "training-only (checkpoints, pre-tokenised data, caches)"
+        elif path.suffix in PICKLE_SUFFIXES:
+            reason = "pickle file (only safetensors are uploaded)"
+        elif top == "training_model" and not include_training_model:
+            reason = "training model excluded"
+        elif relative.name == "README.md" and len(relative.parts) == 1:
+            reason = "replaced by the generated model card"
+        if reason:
+            skipped.append((str(relative), reason))
+            continue
+        target = staging_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        files.append(str(relative))
+    return files, skipped
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    staging_dir: str | os.PathLike | None = None,
+    license: str = "apache-2.0",
+    include_training_model: bool = True,
+    commit_message: str | None = None,
+) -> UploadPlan:
+    """Stage ``folder`` with a model card and upload it to ``repo_id`` (a model repository).
+
+    Args:
+        folder: a ``train-tokenizer`` / ``train-mllm`` output or a single tokenizer / MLLM ``save_pretrained`` folder.
+        repo_id: ``ORG/NAME`` (or ``NAME`` under your account).
+        private: create the repository as private.
+        dry_run: stage only (no network); the returned plan's ``staging_dir`` is exactly what would be uploaded.
+        token: a Hub token (default: the logged-in one).
+        staging_dir: where to stage (default: a temporary folder, removed after a real upload).
+        include_training_model: also upload ``training_model/`` (to continue training elsewhere).
+    """
+    if not isinstance(repo_id, str) or not repo_id or repo_id.count("/") > 1 or " " in repo_id:
+        raise ValueError(f"`repo_id` must look like 'ORG/NAME' or 'NAME', got {describe(repo_id)}.")
+    info = describe_folder(folder)
+    temporary = staging_dir is None
+    staging = Path(staging_dir) if staging_dir else Path(tempfile.mkdtemp(prefix="hf_vtok_push_"))
+    if staging.exists() and any(staging.iterdir()):
+        raise ValueError(f"`staging_dir` {str(staging)!r} must be empty.")
+    staging.mkdir(parents=True, exist_ok=True)
+    files, skipped = stage_folder(folder, staging, include_training_model=include_training_model)
+    card = build_model_card(folder, repo_id, license=license)
+    card.save(staging / "README.md")
+    files.append("README.md")
+    plan = UploadPlan(repo_id=repo_id, kind=info["kind"], staging_dir=staging, files=sorted(files), skipped=skipped)
+    if dry_run:
+        return plan
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        folder_path=str(staging), repo_id=repo_id, repo_type="model",
+        commit_message=commit_message or f"Upload {info['kind']} trained with hf_vtok",
+    )  # fmt: skip
+    plan.uploaded, plan.url = True, str(url)
+    if temporary:
+        shutil.rmtree(staging, ignore_errors=True)
+    return plan
+
+
+__all__ = ["PAPERS", "UploadPlan", "build_model_card", "describe_folder", "push_folder", "stage_folder"]

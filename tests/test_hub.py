@@ -1,0 +1,162 @@
+"""Sharing on the Hub without network: the exact staged folder, its model card, and loading it back.
+
+Properties checked: a tokenizer run and an MLLM run stage only safetensors + configs (no Trainer checkpoints, no
+pickles, no pre-tokenised data) plus a README whose metadata parses with ``huggingface_hub.ModelCard`` and whose
+text carries the license, the paper's BibTeX, the recipe and the run's metrics; the staged folders load with the
+Auto classes and the generic ``DiffusionPipeline.from_pretrained`` after ``import hf_vtok`` (no
+``trust_remote_code``) and give identical outputs; a real push calls ``create_repo`` / ``upload_folder`` on the staged
+folder; diffusers registration is idempotent and never shadows a diffusers class; bad arguments name themselves.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hf_vtok
+from hf_vtok.hub import PAPERS, describe_folder, push_folder
+from hf_vtok.mllm_training import MLLMTrainingRecipe, build_mllm, export_mllm
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    """A folder laid out like `hf-vtok train-tokenizer` writes it, plus the clutter a run leaves behind."""
+    from hf_vtok.mllm.processing_mllm import image_processor_for
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+    from hf_vtok.training import TokenizerTrainingRecipe, export_tokenizer
+
+    torch.manual_seed(0)
+    model = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny()).eval()
+    folder = tmp_path_factory.mktemp("tokenizer_run")
+    recipe = TokenizerTrainingRecipe.from_name("ddt_tiny", max_steps=3)
+    history = [{"loss": 1.5, "step": 1}, {"loss": 1.2, "step": 3}]
+    export_tokenizer(model, image_processor_for(model.config), folder, recipe, log_history=history)
+    (folder / "metrics.json").write_text(json.dumps({"psnr": 21.5, "ssim": 0.61}))
+    (folder / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"pickle")
+    (folder / "stray_weights.bin").write_bytes(b"pickle")
+    return folder, model
+
+
+def test_tokenizer_folder_is_staged_with_a_card_and_loads_back(tokenizer_run, tmp_path):
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import ModelCard
+    from transformers import AutoImageProcessor, AutoModel
+
+    folder, model = tokenizer_run
+    plan = push_folder(folder, "me/ddt-tiny", dry_run=True, staging_dir=tmp_path / "staged")
+    staged = plan.staging_dir
+    assert plan.kind == "tokenizer" and not plan.uploaded
+    assert {"README.md", "recipe.json", "metrics.json", "tokenizer/config.json", "tokenizer/model.safetensors",
+            "tokenizer/preprocessor_config.json", "decoder/model_index.json", "training_model/model.safetensors"} <= set(plan.files)
+    assert not any(name.endswith((".bin", ".pt", ".pth")) or name.startswith("checkpoints") for name in plan.files)
+    assert {name for name, _ in plan.skipped} == {"checkpoints/checkpoint-2/optimizer.pt", "stray_weights.bin"}
+    assert sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file()) == plan.files
+
+    card = ModelCard.load(staged / "README.md")
+    meta = card.data.to_dict()
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "transformers" and "ddt" in meta["tags"]
+    text = card.text
+    assert PAPERS["ddt"]["bibtex"] in text and "arXiv:2504.14666" in text
+    assert "| `max_steps` | 3 |" in text and "| psnr | 21.5 |" in text and "training loss, last logged | 1.2" in text
+    assert "tiny demonstration model" in text and "## Intended use and limits" in text and "snapshot_download" in text
+
+    # what a user of the repository does: Auto classes and the generic pipeline loader, no remote code
+    tokenizer = AutoModel.from_pretrained(staged / "tokenizer")
+    processor = AutoImageProcessor.from_pretrained(staged / "tokenizer")
+    pixel_values = processor([np.full((64, 64, 3), 200, np.uint8)], return_tensors="pt").pixel_values
+    assert torch.equal(tokenizer.encode(pixel_values).ids, model.tokenizer.encode(pixel_values).ids)
+    pipe = DiffusionPipeline.from_pretrained(staged / "decoder")
+    ids = model.tokenizer.encode(pixel_values).ids
+    call = {"token_ids": ids, "num_inference_steps": 2, "output_type": "np"}
+    reference = model.get_decoder_pipeline()(generator=torch.Generator().manual_seed(0), **call).images
+    assert type(pipe).__name__ == "DDTDecoderPipeline"
+    assert np.array_equal(pipe(generator=torch.Generator().manual_seed(0), **call).images, reference)
+
+
+def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    recipe = MLLMTrainingRecipe(visual_tokenizer="random:slot_qformer", finetuning="lora")
+    model, processor, decoder = build_mllm(recipe)
+    summary = {"recipe": {**recipe.__dict__}, "first_loss": 5.0, "last_loss": 4.0, "num_examples": 12}
+    export_mllm(model.eval(), processor, decoder, tmp_path / "run", summary)
+    (tmp_path / "run" / "pretokenized").mkdir()
+    (tmp_path / "run" / "pretokenized" / "shard-00000.parquet").write_bytes(b"data")
+    plan = push_folder(tmp_path / "run", "me/slot-mllm-tiny", dry_run=True, staging_dir=tmp_path / "staged")
+    assert plan.kind == "mllm" and "model_index.json" in plan.files and "mllm/model.safetensors" in plan.files
+    assert "processor/processor_config.json" in plan.files and not any(n.startswith("pretokenized") for n in plan.files)
+    card = ModelCard.load(plan.staging_dir / "README.md")
+    assert card.data.pipeline_tag == "image-text-to-text" and PAPERS["slot_qformer"]["bibtex"] in card.text
+    assert "AutoModelForImageTextToText" in card.text and "| `finetuning` | lora |" in card.text
+
+    staged = plan.staging_dir
+    loaded = AutoModelForImageTextToText.from_pretrained(staged / "mllm")
+    assert type(AutoProcessor.from_pretrained(staged / "mllm")).__name__ == "VTokMLLMProcessor"
+    batch = processor(text=["a red circle"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-5)
+    pipe = DiffusionPipeline.from_pretrained(staged)
+    assert type(pipe).__name__ == "VTokTextToImagePipeline"
+    first = pipe("a red circle", seed=0, num_inference_steps=1, output_type="np")
+    from hf_vtok.mllm import VTokTextToImagePipeline
+
+    second = VTokTextToImagePipeline(mllm=model, processor=processor, decoder=decoder)("a red circle", seed=0, num_inference_steps=1, output_type="np")
+    assert torch.equal(first.token_ids, second.token_ids) and np.array_equal(first.images, second.images)
+
+
+def test_real_push_uploads_the_staged_folder(tokenizer_run, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok, repo_type):
+            calls["create"] = (repo_id, private, exist_ok, repo_type)
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+            from pathlib import Path
+
+            calls["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            calls["upload"] = (repo_id, repo_type)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    plan = push_folder(tokenizer_run[0], "org/ddt-tiny", private=True, token="hf_x")
+    assert calls["create"] == ("org/ddt-tiny", True, True, "model") and calls["upload"] == ("org/ddt-tiny", "model")
+    assert calls["files"] == plan.files and plan.uploaded and not plan.staging_dir.exists()
+
+
+def test_diffusers_registration_and_bad_arguments(tokenizer_run, tmp_path, monkeypatch):
+    import diffusers
+
+    from hf_vtok import pipelines_registry
+
+    registered = pipelines_registry.register_pipelines_with_diffusers()
+    assert registered == pipelines_registry.register_pipelines_with_diffusers()  # idempotent
+    assert diffusers.SeTokDecoderPipeline is hf_vtok.SeTokDecoderPipeline
+    monkeypatch.setattr(pipelines_registry, "PIPELINE_CLASSES", (("hf_vtok.models.ddt", "DDTDecoderPipeline"),))
+    monkeypatch.setattr(diffusers, "DDTDecoderPipeline", diffusers.StableDiffusionPipeline, raising=False)
+    with pytest.raises(ValueError, match="shadow"):
+        pipelines_registry.register_pipelines_with_diffusers()
+    monkeypatch.undo()
+
+    with pytest.raises(ValueError, match="repo_id"):
+        push_folder(tokenizer_run[0], "a/b/c", dry_run=True)
+    with pytest.raises(ValueError, match="folder"):
+        push_folder(tmp_path, "me/x", dry_run=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="staging_dir"):
+        push_folder(tokenizer_run[0], "me/x", dry_run=True, staging_dir=tmp_path / "full")
+    assert describe_folder(tokenizer_run[0])["family"] == "ddt"

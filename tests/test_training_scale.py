@@ -1,0 +1,358 @@
+"""Training at scale (issue 7): recipes, memory estimates, pre-tokenisation, MLLM training with TRL/PEFT, CLI.
+
+Properties checked: every shipped recipe loads and carries the papers' optimiser/schedule/batch/precision values
+(with a tiny twin per paper stage); ``estimate_memory`` equals a hand count on small configs and counts the paper
+sizes; pre-tokenisation is batched, parallel (``num_proc``), identical to a direct ``encode``, resumable shard by
+shard and refuses to mix runs; LoRA MLLM training packs text sequences, trains only the adapters and the new
+visual rows (text rows bit-identical), and exports a folder that loads with the Auto classes and the generic
+``DiffusionPipeline``; SeTok's continuous path trains its regression loss from pre-tokenised embeddings; the
+``pretokenize`` / ``train-mllm`` CLI subcommands run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hf_vtok
+from hf_vtok.mllm_training import (
+    PAPER_PROMPTS,
+    ContinuousMLLMCollator,
+    MLLMTrainingRecipe,
+    build_language_model,
+    build_task_dataset,
+    list_recipes,
+    train_mllm,
+)
+from hf_vtok.pretokenize import load_pretokenized, pretokenize_dataset
+from hf_vtok.training import TokenizerTrainingRecipe, estimate_memory
+
+torch.set_num_threads(1)
+
+TINY_PROMPTS = {
+    "captioning": ["{image} describe the image", "{caption}"],
+    "qa": ["{image} {question}", "{answer}"],
+    "text_to_image": ["{caption} generate an image", "{image}"],
+    "editing": ["{image} {instruction}", "{target}"],
+}
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    from hf_vtok.data import generate_shapes_dataset
+
+    return generate_shapes_dataset(10, image_size=64, style="flat", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ddt_folder(tmp_path_factory):
+    """A tiny DDT tokenizer saved like `train-tokenizer` saves it (tokenizer/ with its image processor)."""
+    from hf_vtok.mllm_training import build_visual_tokenizer
+
+    tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:ddt"))
+    folder = tmp_path_factory.mktemp("ddt_run")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    image_processor.save_pretrained(folder / "tokenizer")
+    decoder.save_pretrained(folder / "decoder")
+    return folder, tokenizer, image_processor
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def test_every_recipe_loads_with_the_papers_values():
+    tokenizer_names, mllm_names = list_recipes("tokenizer"), list_recipes("mllm")
+    for name in tokenizer_names:
+        TokenizerTrainingRecipe.from_name(name)
+    recipes = {name: MLLMTrainingRecipe.from_name(name) for name in mllm_names}
+    # one tiny twin per paper stage, same stage and fine-tuning mode
+    for name, recipe in recipes.items():
+        if name.endswith("_paper"):
+            twin = recipes[name.replace("_paper", "_tiny")]
+            assert (twin.stage, twin.finetuning) == (recipe.stage, recipe.finetuning)
+            assert twin.base_model == "tiny-llama" and twin.visual_tokenizer.startswith("random:")
+            assert recipe.bf16 and not twin.bf16
+    # Slot-MLLM appendix A.2, Table 6
+    pretrain, instruct = recipes["slot_mllm_pretrain_paper"], recipes["slot_mllm_instruct_paper"]
+    assert (pretrain.finetuning, pretrain.lora_rank, pretrain.learning_rate) == ("lora", 64, 3e-4)
+    assert (pretrain.adam_beta1, pretrain.adam_beta2, pretrain.adam_epsilon, pretrain.weight_decay) == (0.9, 0.98, 1e-6, 0.05)
+    assert (pretrain.warmup_ratio, pretrain.max_steps, pretrain.gradient_accumulation_steps) == (0.03, 50000, 4)
+    assert pretrain.per_device_train_batch_size == 20 + 20 + 5 and pretrain.stage == "pretraining"
+    assert (instruct.lora_rank, instruct.learning_rate, instruct.adam_beta2, instruct.adam_epsilon) == (32, 1e-4, 0.95, 1e-5)
+    assert (instruct.warmup_ratio, instruct.max_steps, instruct.gradient_accumulation_steps) == (0.05, 50000, 1)
+    # DDT-LLaMA Table 5: full fine-tuning, global batch 1280 / 256
+    ddt_pt, ddt_ft = recipes["ddt_llama_pretrain_paper"], recipes["ddt_llama_sft_paper"]
+    assert ddt_pt.finetuning == ddt_ft.finetuning == "full"
+    assert (ddt_pt.learning_rate, ddt_pt.warmup_steps, ddt_pt.max_steps, ddt_pt.prompt_dropout_prob) == (1e-4, 5000, 360000, 0.1)
+    assert ddt_pt.per_device_train_batch_size * ddt_pt.gradient_accumulation_steps * 8 == 1280
+    assert (ddt_ft.learning_rate, ddt_ft.warmup_steps, ddt_ft.max_steps) == (1e-5, 2000, 160000)
+    assert ddt_ft.per_device_train_batch_size * ddt_ft.gradient_accumulation_steps * 8 == 256
+    assert (ddt_pt.adam_beta2, ddt_pt.adam_epsilon, ddt_pt.weight_decay, ddt_pt.max_grad_norm) == (0.95, 1e-6, 0.05, 1.0)
+    # SETOKIM Table 7
+    stage2, stage3 = recipes["setok_mllm_stage2_paper"], recipes["setok_mllm_stage3_paper"]
+    assert (stage2.learning_rate, stage2.weight_decay, stage2.warmup_ratio, stage2.num_train_epochs, stage2.max_steps) == (4e-3, 1e-3, 0.1, 1.0, -1)
+    assert (stage3.learning_rate, stage3.finetuning, stage3.per_device_train_batch_size, stage3.max_length) == (5e-4, "lora", 32, 2048)
+    assert stage2.finetuning == "partial"
+
+    with pytest.raises(ValueError, match="finetuning"):
+        MLLMTrainingRecipe(finetuning="qlora").validate()
+    with pytest.raises(ValueError, match="task_mix"):
+        MLLMTrainingRecipe(stage="pretraining", task_mix={"qa": 1.0}).validate()
+    with pytest.raises(ValueError, match="visual_tokenizer"):
+        MLLMTrainingRecipe(visual_tokenizer="random:vqgan").validate()
+    with pytest.raises(ValueError, match="not an MLLM recipe"):
+        MLLMTrainingRecipe.from_file(hf_vtok.training.RECIPES_DIR / "ddt_tiny.json")
+    with pytest.raises(ValueError, match="name"):
+        MLLMTrainingRecipe.from_name("no_such_recipe")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def test_estimate_memory_equals_a_hand_count():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_vtok.memory import TransformerStack
+
+    # one layer, 4 tokens, h = kv = 8, f = 32: per token 6h + 2kv + 2f = 128 (GELU) or + 4f = 192 (gated)
+    assert TransformerStack("t", 1, 4, 8, 32).elements_per_layer() == 4 * 128
+    assert TransformerStack("t", 1, 4, 8, 32, gated=True).elements_per_layer() == 4 * 192
+    # cross-attention: + 4h per query token + 2 kv_ctx per context token
+    assert TransformerStack("t", 1, 4, 8, 32, context_tokens=5).elements_per_layer() == 4 * 128 + 4 * 8 * 4 + 2 * 8 * 5
+
+    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=False)
+    per_layer = 16 * 16 + 16 * 8 + 16 * 8 + 16 * 16 + 3 * 16 * 32 + 2 * 16  # q k v o, gate up down, two RMSNorms
+    parameters = 100 * 16 + 2 * per_layer + 16 + 100 * 16  # embeddings, layers, final norm, untied head
+    buffers = sum(b.numel() * b.element_size() for b in LlamaForCausalLM(config).buffers())
+    estimate = estimate_memory(config, batch_size=3, precision="bf16", sequence_length=10)
+    assert estimate.parameters == estimate.trainable_parameters == parameters == 7888
+    assert estimate.weights_bytes == 2 * parameters + buffers
+    assert (estimate.gradients_bytes, estimate.optimizer_bytes) == (2 * parameters, 12 * parameters)
+    per_token = 6 * 16 + 2 * 8 + 4 * 32  # SwiGLU
+    activations = 3 * (2 * 10 * per_token * 2 + 10 * 100 * (2 + 4))  # layers in bf16 + logits (bf16 + fp32 copy)
+    assert estimate.activations_bytes == activations
+    assert estimate.total_bytes == estimate.weights_bytes + 14 * parameters + activations
+    fp32 = estimate_memory(config, batch_size=3, precision="fp32", sequence_length=10)
+    assert (fp32.weights_bytes - buffers, fp32.gradients_bytes, fp32.optimizer_bytes) == (4 * parameters, 4 * parameters, 8 * parameters)
+    # LoRA rank 2 on q and v, plus 5 new rows of the embedding and the untied head
+    lora = estimate_memory(config, 1, "bf16", sequence_length=10, finetuning="lora", lora_rank=2,
+                           lora_target_modules=("q_proj", "v_proj"), new_token_rows=5)
+    adapters = 2 * (2 * (16 + 16) + 2 * (16 + 8))
+    assert lora.trainable_parameters == adapters + 5 * 16 * 2 and lora.parameters == parameters + adapters
+    assert lora.optimizer_bytes == 12 * (adapters + 160)
+    checkpointed = estimate_memory(config, 3, "bf16", sequence_length=10, activation_checkpointing=True)
+    assert checkpointed.activations_bytes < estimate.activations_bytes
+    with pytest.raises(ValueError, match="precision"):
+        estimate_memory(config, 1, "int4")
+
+
+def _saved_tensor_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward (unique storages, parameters and buffers excluded)."""
+    own = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    storages = {}
+
+    def pack(tensor):
+        if tensor.data_ptr() not in own:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**batch)
+    return sum(storages.values())
+
+
+def test_activation_estimate_matches_what_autograd_keeps(shapes):
+    """The activation formula against the tensors autograd really saves (fp32, CPU): within -20 % / +50 %."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_vtok.models.ddt import DDTImageProcessorPil, DDTTokenizerConfig, DDTTokenizerForPreTraining
+    from hf_vtok.training import image_processor_for
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    ids = torch.randint(0, 1000, (2, 64))
+    measured = _saved_tensor_bytes(LlamaForCausalLM(config), {"input_ids": ids, "labels": ids})
+    ratio = measured / estimate_memory(config, 2, "fp32", sequence_length=64).activations_bytes
+    assert 0.8 < ratio < 1.5, ratio
+    ddt = DDTTokenizerConfig.tiny()
+    model = DDTTokenizerForPreTraining(ddt).train()
+    processor = image_processor_for(ddt, DDTImageProcessorPil)
+    pixel_values = processor([shapes[i]["image"] for i in range(4)], return_tensors="pt").pixel_values
+    measured = _saved_tensor_bytes(model, {"pixel_values": pixel_values})
+    ratio = measured / estimate_memory(ddt, 4, "fp32").activations_bytes
+    assert 0.8 < ratio < 1.5, ratio
+
+
+def test_estimate_memory_at_paper_size():
+    from hf_vtok.memory import paper_language_model_config
+    from hf_vtok.models.ddt import DDTTokenizerConfig
+    from hf_vtok.models.setok import SeTokConfig
+    from hf_vtok.models.slot_qformer import SlotQFormerConfig
+
+    ddt = estimate_memory(DDTTokenizerConfig(), 32, "bf16")
+    assert ddt.parameters == 2_048_777_040  # docs/ddt.md
+    assert ddt.trainable_parameters == ddt.parameters - 65536 * 16  # the EMA codebook takes no gradient
+    assert set(ddt.activations_per_component) and ddt.activations_bytes > 0
+    setok1, setok2 = estimate_memory(SeTokConfig(), 32, "bf16", stage=1), estimate_memory(SeTokConfig(), 32, "bf16", stage=2)
+    assert setok1.parameters == 2_060_487_851 and setok2.trainable_parameters > setok1.trainable_parameters
+    assert any("vision encoder" in name for name in setok2.activations_per_component)
+    slot1 = estimate_memory(SlotQFormerConfig(), 128, "bf16", stage=1)
+    slot2 = estimate_memory(SlotQFormerConfig(), 128, "bf16", stage=2)
+    assert slot2.trainable_parameters < slot1.trainable_parameters < slot1.parameters
+    llama = paper_language_model_config("llama-3-8b")
+    llama.vocab_size = 128256 + 65539
+    full = estimate_memory(llama, 20, "bf16", sequence_length=2048, activation_checkpointing=True)
+    assert 8.5e9 < full.parameters < 8.6e9 and full.states_bytes == 16 * full.parameters + (full.weights_bytes - 2 * full.parameters)
+    assert full.sharded(8, stage=3) < full.gib()
+
+
+# ------------------------------------------------------------------------------------------------ pre-tokenisation
+def test_pretokenize_is_batched_parallel_and_resumable(ddt_folder, shapes, tmp_path):
+    folder, tokenizer, image_processor = ddt_folder
+    out = tmp_path / "ids"
+    result = pretokenize_dataset(folder, shapes, out, batch_size=3, shard_size=4, progress=False)
+    assert (result.num_shards, result.shards_written, result.shards_skipped) == (3, [0, 1, 2], [])
+    data = load_pretokenized(out)
+    expected = tokenizer.encode(image_processor([shapes[i]["image"] for i in range(10)], return_tensors="pt").pixel_values).ids
+    assert torch.equal(torch.tensor(data["image_ids"]), expected)
+    assert "image" not in data.column_names and "mask" not in data.column_names and data[0]["caption"] == shapes[0]["caption"]
+    assert len(data[0]["edit_image_ids"]) == 16 or data[0]["edit_image_ids"] is None
+
+    # killed after shard 0: the rerun writes only the missing shards
+    (out / "shard-00001.parquet").unlink()
+    (out / "shard-00002.parquet").unlink()
+    manifest = json.loads((out / "pretokenize.json").read_text())
+    (out / "pretokenize.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(ValueError, match="unfinished"):
+        load_pretokenized(out)
+    again = pretokenize_dataset(folder, shapes, out, batch_size=3, shard_size=4, progress=False)
+    assert (again.shards_written, again.shards_skipped) == ([1, 2], [0])
+    assert load_pretokenized(out)["image_ids"] == data["image_ids"]
+
+    # two worker processes give the same ids
+    parallel = pretokenize_dataset(tokenizer, shapes.select(range(6)), tmp_path / "parallel", image_processor=image_processor,
+                                   num_proc=2, batch_size=2, shard_size=6, progress=False)
+    assert parallel.shards_written == [0]
+    assert load_pretokenized(tmp_path / "parallel")["image_ids"] == data["image_ids"][:6]
+
+    # another tokenizer's run in the same folder is refused
+    other = type(tokenizer)(tokenizer.config)
+    with pytest.raises(ValueError, match="out_dir"):
+        pretokenize_dataset(other, shapes, out, image_processor=image_processor, shard_size=4, progress=False)
+    with pytest.raises(ValueError, match="image_columns"):
+        pretokenize_dataset(tokenizer, shapes, tmp_path / "bad", image_columns=["photo"], progress=False)
+    with pytest.raises(TypeError, match="tokenizer"):
+        pretokenize_dataset(42, shapes, tmp_path / "bad", progress=False)
+
+
+def test_continuous_tokens_are_stored_as_embeddings(shapes, tmp_path):
+    from hf_vtok.mllm_training import build_visual_tokenizer
+
+    tokenizer, image_processor, _ = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:setok"))
+    pretokenize_dataset(tokenizer, shapes.select(range(3)), tmp_path, image_processor=image_processor, image_columns=["image"],
+                        progress=False)
+    data = load_pretokenized(tmp_path)
+    tokens = tokenizer.encode(image_processor([shapes[i]["image"] for i in range(3)], return_tensors="pt").pixel_values)
+    assert data["image_num_tokens"] == tokens.attention_mask.sum(-1).tolist()
+    first = torch.tensor(data[0]["image_embeddings"])
+    assert torch.allclose(first, tokens.embeddings[0, : first.shape[0]], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ MLLM training
+def _tiny_recipe(**overrides) -> MLLMTrainingRecipe:
+    values = {
+        "stage": "instruction", "visual_tokenizer": "random:ddt", "num_train_images": 24, "max_steps": 8, "per_device_train_batch_size": 4,
+        "learning_rate": 3e-3, "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0, "logging_steps": 1, "max_length": 256,
+        "prompt_templates": TINY_PROMPTS, "warmup_steps": 0,
+    }  # fmt: skip
+    values.update(overrides)
+    return MLLMTrainingRecipe(**values).validate()
+
+
+def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes):
+    from diffusers import DiffusionPipeline
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    recipe = _tiny_recipe()
+    base, text_tokenizer = build_language_model(recipe)  # the same seeded LM train_mllm starts from
+    offset = len(text_tokenizer)
+    _, trainer, summary = train_mllm(recipe, tmp_path)
+    assert summary["last_loss"] < 0.95 * summary["first_loss"], summary
+    assert set(summary["task_counts"]) == {"captioning", "qa", "text_to_image", "editing"}
+    # packing: several short examples per row of max_length tokens
+    assert len(trainer.train_dataset) < summary["num_examples"] and "seq_lengths" in trainer.train_dataset.column_names
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["trainable_token_indices"]) == {"embed_tokens", "lm_head"}
+    # the merged export: text rows bit-identical to the base LM, visual rows trained
+    exported = AutoModelForImageTextToText.from_pretrained(tmp_path / "mllm")
+    embeddings = exported.get_input_embeddings().weight
+    assert torch.equal(embeddings[:offset], base.get_input_embeddings().weight)
+    assert torch.equal(exported.lm_head.weight[:offset], base.lm_head.weight)
+    processor = AutoProcessor.from_pretrained(tmp_path / "mllm")
+    assert processor.visual_token_offset == offset
+    recipe_json = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe_json["recipe"]["lora_rank"] == 4 and recipe_json["global_step"] == 8
+    # the folder is a text-to-image pipeline for the generic loader (no remote code)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path)
+    out = pipe("a red circle", seed=0, num_inference_steps=1, output_type="np")
+    assert type(pipe).__name__ == "VTokTextToImagePipeline" and out.images.shape == (1, 64, 64, 3)
+
+
+def test_task_dataset_templates_and_caption_dropout(shapes, ddt_folder, tmp_path):
+    from hf_vtok.mllm_training import build_mllm
+
+    _, processor, _ = build_mllm(_tiny_recipe())
+    pretokenize_dataset(ddt_folder[1], shapes, tmp_path, image_processor=processor.image_processor, progress=False)
+    data = load_pretokenized(tmp_path)
+    recipe = _tiny_recipe(stage="pretraining", task_mix={"text_to_image": 1.0}, prompt_dropout_prob=0.5,
+                          randomize_modality_order=False, num_examples=40)
+    examples = build_task_dataset(recipe, data, processor)
+    texts = examples["text"]
+    dropped = [t for t in texts if t.startswith(processor.boi_token)]
+    assert 8 < len(dropped) < 32  # about half lose their caption: the unconditional sequences of guidance
+    kept = next(t for t in texts if not t.startswith(processor.boi_token))
+    assert kept.endswith(processor.eoi_token) and len(processor.text_to_ids(kept)[0]) == 16
+    instruction = build_task_dataset(_tiny_recipe(prompt_templates=PAPER_PROMPTS, num_examples=12), data, processor)
+    assert all(p.startswith("USER:") and p.rstrip().endswith("ASSISTANT:") for p in instruction["prompt"])
+    assert "Please generate an image." in " ".join(instruction["prompt"])
+
+
+def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):
+    recipe = _tiny_recipe(visual_tokenizer="random:setok", stage="pretraining", finetuning="partial", num_train_images=8,
+                          max_steps=2, task_mix={"captioning": 1.0, "text_to_image": 1.0})
+    model, trainer, summary = train_mllm(recipe, tmp_path)
+    rows = 3 * 64 * 2  # <boi>, <eoi>, <image> rows of the embedding and the untied head
+    projector = sum(p.numel() for p in model.base_model.model.model.projector.parameters())
+    head = sum(p.numel() for p in model.base_model.model.regression_head.parameters())
+    assert summary["trainable_parameters"] == rows + projector + head
+    collator = trainer.data_collator
+    assert isinstance(collator, ContinuousMLLMCollator)
+    generation = [row for row in trainer.train_dataset if row["task"] == "text_to_image"][:2]
+    batch = collator(generation)
+    assert batch["visual_embeddings"].shape[-1] == 32 and int(batch["visual_attention_mask"].sum()) == sum(
+        len(row["embeddings"][0]) for row in generation)
+    from hf_vtok.modeling_utils import VisualTokens
+
+    visual = VisualTokens(embeddings=batch.pop("visual_embeddings"), attention_mask=batch.pop("visual_attention_mask"))
+    out = model(**batch, visual_tokens=visual)
+    assert out.regression_loss is not None and torch.isfinite(out.loss)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
+    from hf_vtok.cli import main
+
+    folder = ddt_folder[0]
+    assert main(["pretokenize", "--tokenizer", str(folder), "--dataset", "shapes:6", "--out", str(tmp_path / "ids"),
+                 "--shard-size", "4", "--batch-size", "3"]) == 0
+    assert "6 rows in 2 shard(s)" in capsys.readouterr().out
+    assert main(["train-mllm", "--recipe", "ddt_llama_pretrain_tiny", "--output-dir", str(tmp_path / "run"),
+                 "--visual-tokenizer", str(folder), "--dataset", str(tmp_path / "ids"), "--max-steps", "2",
+                 "--batch-size", "2"]) == 0
+    assert (tmp_path / "run" / "mllm" / "model.safetensors").is_file() and (tmp_path / "run" / "decoder").is_dir()
+    assert main(["push", str(tmp_path / "run"), "--repo-id", "me/tiny-ddt-llama", "--dry-run",
+                 "--staging-dir", str(tmp_path / "staged")]) == 0
+    printed = capsys.readouterr().out
+    assert "would upload" in printed and "mllm/model.safetensors" in printed and "checkpoints" not in printed.split("kept local")[0]
+    assert main(["pretokenize", "--tokenizer", str(tmp_path), "--dataset", "shapes:2", "--out", str(tmp_path / "x")]) == 2
