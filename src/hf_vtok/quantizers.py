@@ -239,6 +239,12 @@ def _usage_statistics(ids: torch.LongTensor, codebook_size: int) -> tuple[torch.
     return entropy.exp(), (counts > 0).float().mean()
 
 
+def _output_dtype(project_out: nn.Module) -> torch.dtype:
+    """dtype of the model around the quantizer (the output projection's), float32 without one."""
+    weight = getattr(project_out, "weight", None)
+    return weight.dtype if weight is not None else torch.float32
+
+
 def _lookup(codebook: Codebook, ids: torch.LongTensor, l2_normalize: bool) -> torch.Tensor:
     codes = codebook.lookup(ids)
     return F.normalize(codes, dim=-1) if l2_normalize else codes
@@ -350,8 +356,7 @@ class VectorQuantizer(nn.Module):
         return self.project_out(self._codes_for(ids.long()).to(self._out_dtype()))
 
     def _out_dtype(self) -> torch.dtype:
-        weight = getattr(self.project_out, "weight", None)
-        return weight.dtype if weight is not None else torch.float32
+        return _output_dtype(self.project_out)
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         """Quantize ``x`` (`[..., dim]`); EMA updates happen only in training mode."""
@@ -444,8 +449,7 @@ class ResidualVectorQuantizer(nn.Module):
             codebook._float32()
 
     def _out_dtype(self) -> torch.dtype:
-        weight = getattr(self.project_out, "weight", None)
-        return weight.dtype if weight is not None else torch.float32
+        return _output_dtype(self.project_out)
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         """Quantize ``x`` (`[..., dim]`) at every depth; EMA updates happen only in training mode."""
