@@ -109,7 +109,9 @@ def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
     from hf_vtok.mllm import VTokTextToImagePipeline
 
     second = VTokTextToImagePipeline(mllm=model, processor=processor, decoder=decoder)("a red circle", seed=0, num_inference_steps=1, output_type="np")
-    assert torch.equal(first.token_ids, second.token_ids) and np.array_equal(first.images, second.images)
+    # ids are identical; pixels agree to float rounding (a reloaded UNet's kernels may round differently,
+    # which the clipped-DDIM step of the pixel-space SlotQFormer decoder passes through at ~1e-7)
+    assert torch.equal(first.token_ids, second.token_ids) and np.allclose(first.images, second.images, atol=1e-6)
 
 
 def test_real_push_uploads_the_staged_folder(tokenizer_run, monkeypatch):

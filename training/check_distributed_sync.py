@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check that data-parallel processes stay in sync (run it on a new cluster before a long training).
 
-    accelerate launch --config_file training/accelerate/cpu_2proc.yaml training/check_distributed_sync.py --out sync_check
+    accelerate launch --multi_gpu --num_processes 2 training/check_distributed_sync.py --out sync_check   # 2 CPU processes (gloo) without GPUs
     accelerate launch --num_processes 8 training/check_distributed_sync.py --out sync_check --device cuda
 
 A tiny SlotQFormer trains with ``transformers.Trainer`` on every process, each on its own shard of the shapes world:
