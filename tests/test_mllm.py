@@ -227,6 +227,43 @@ def test_processor_chat_templates_and_round_trip(ddt_mllm, shapes, tmp_path):
         assert torch.equal(first[key], second[key])
 
 
+def test_trained_task_prompts_are_saved_and_used_by_generation_and_evaluation(ddt_parts, shapes, tmp_path):
+    """A model is asked the way it was trained: the processor records the recipe's prompt phrasing."""
+    from hf_vtok.evaluation.mllm import _task_prompt, LoadedMLLM
+    from hf_vtok.mllm_training import MLLMTrainingRecipe
+
+    model, plain = build_mllm(ddt_parts[0])
+    recipe = MLLMTrainingRecipe.from_name("ddt_llama_sft_tiny")
+    prompts = recipe.task_prompts()
+    assert prompts["text_to_image"] == "{caption} generate an image" and prompts["qa"] == "{image} {question}"
+    assert MLLMTrainingRecipe.from_name("ddt_llama_pretrain_tiny").task_prompts() is None
+    processor = VTokMLLMProcessor.from_visual_tokenizer(plain.tokenizer, ddt_parts[0], task_prompts=prompts)
+    assert processor.task_prompt("captioning") == "<image> describe the image"
+    assert processor.task_prompt("qa", question="what colour?") == "<image> what colour?"
+    assert plain.task_prompt("text_to_image", caption="a red circle") == "a red circle"  # no phrasing: as given
+    processor.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).task_prompts == prompts
+
+    # generation wraps captions in the trained phrasing: same ids as spelling it out by hand
+    kwargs = {"seed": 3, "temperature": 0.0, "guidance_scale": 3.0, "progress": False}
+    wrapped = model.generate_images("a red circle", processor, **kwargs)
+    by_hand = model.generate_images("a red circle generate an image", plain, **kwargs)
+    raw = model.generate_images("a red circle", processor, use_task_prompts=False, **kwargs)
+    assert torch.equal(wrapped.ids, by_hand.ids)
+    assert torch.equal(raw.ids, model.generate_images("a red circle", plain, **kwargs).ids)
+    # the evaluation asks the trained captioning / QA phrasing unless told otherwise
+    loaded = LoadedMLLM(model=model, processor=processor)
+    assert _task_prompt(loaded, "captioning", None, "<image> Describe the image.") == "<image> describe the image"
+    assert _task_prompt(loaded, "qa", None, "<image> {question}") == "<image> {question}"
+    assert _task_prompt(LoadedMLLM(model=model, processor=plain), "captioning", None, "<image> Describe the image.") == "<image> Describe the image."
+    with pytest.raises(ValueError, match="task_prompts.*caption"):
+        VTokMLLMProcessor.from_visual_tokenizer(plain.tokenizer, ddt_parts[0], task_prompts={"text_to_image": "draw"})
+    with pytest.raises(ValueError, match="task_prompts.*keys"):
+        VTokMLLMProcessor.from_visual_tokenizer(plain.tokenizer, ddt_parts[0], task_prompts={"poetry": "{image}"})
+    with pytest.raises(ValueError, match="task"):
+        processor.task_prompt("poetry")
+
+
 # ------------------------------------------------------------------------------------------------- model round trip
 def test_model_and_config_round_trip_through_auto_classes(ddt_mllm, shapes, tmp_path):
     model, processor = ddt_mllm

@@ -73,7 +73,7 @@ class MLLMTrainingRecipe:
     base_model: str = TINY_LM  # "tiny-llama", a local causal-LM folder or a Hub id (loaded with AutoModelForCausalLM)
     base_model_overrides: dict = field(default_factory=dict)  # LlamaConfig fields of the tiny preset
     text_tokenizer: str | None = None  # default: the base model's own tokenizer (the shapes tokenizer for tiny-llama)
-    visual_tokenizer: str = "random:ddt"  # tokenizer folder / train-tokenizer output, or "random:<family>"
+    visual_tokenizer: str = "random:ddt"  # tokenizer folder / train-tokenizer output, "random:<family>" or "shipped:<family>"
     decoder: str | None = None  # decoder pipeline folder; default: `decoder/` beside the visual tokenizer
     init_from: str | None = None  # output folder of the previous MLLM stage (its merged mllm/ is loaded)
     pad_to_multiple_of: int | None = None
@@ -178,6 +178,13 @@ class MLLMTrainingRecipe:
             raise ValueError("`hub_model_id` (ORG/NAME) is required when `push_to_hub` is true.")
         return self
 
+    def task_prompts(self) -> dict[str, str] | None:
+        """The prompt halves of the instruction templates, recorded in the processor (``task_prompts``) so that
+        generation and evaluation ask the trained model in its own phrasing; None for pre-training."""
+        if self.stage != "instruction":
+            return None
+        return {task: prompt for task, (prompt, _) in {**PAPER_PROMPTS, **self.prompt_templates}.items()}
+
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> MLLMTrainingRecipe:
         """Read a JSON recipe; keyword arguments (not None) override its fields."""
@@ -253,16 +260,16 @@ def build_language_model(recipe: MLLMTrainingRecipe):
 def build_visual_tokenizer(recipe: MLLMTrainingRecipe):
     """``(visual tokenizer, image processor, decoder pipeline or None)``.
 
-    ``"random:<family>"`` builds the family's tiny ``ForPreTraining`` with the recipe seed and returns its tokenizer and
+    ``"shipped:<family>"`` is the checkpoint shipped with the package (the demo's). ``"random:<family>"`` builds the family's tiny ``ForPreTraining`` with the recipe seed and returns its tokenizer and
     its decoder pipeline (random, but the whole pipeline runs); a folder is loaded with the Auto classes, and the
     decoder from ``recipe.decoder`` or the sibling ``decoder/`` folder of a ``train-tokenizer`` output.
     """
     from .mllm.pipeline_mllm import load_decoder_pipeline
     from .mllm.processing_mllm import image_processor_for
-    from .pretokenize import load_visual_tokenizer
+    from .pretokenize import load_visual_tokenizer, resolve_tokenizer_source
     from .training import family_classes
 
-    source = recipe.visual_tokenizer
+    source = resolve_tokenizer_source(recipe.visual_tokenizer)
     if source.startswith("random:"):
         classes = family_classes(source.split(":", 1)[1])
         torch.manual_seed(recipe.seed)
@@ -298,6 +305,7 @@ def build_mllm(recipe: MLLMTrainingRecipe):
             raise ValueError(f"`init_from` must be a train-mllm output (with mllm/) or an MLLM folder, got {recipe.init_from!r}.")
         model = AutoModelForImageTextToText.from_pretrained(mllm_dir)
         processor = AutoProcessor.from_pretrained(mllm_dir)
+        processor.task_prompts = recipe.task_prompts() or processor.task_prompts
         decoder = load_decoder_pipeline(folder / "decoder") if (folder / "decoder" / "model_index.json").is_file() else None
         return model, processor, decoder
     language_model, text_tokenizer = build_language_model(recipe)
@@ -306,7 +314,8 @@ def build_mllm(recipe: MLLMTrainingRecipe):
         language_model, visual, text_tokenizer, pad_to_multiple_of=recipe.pad_to_multiple_of
     )
     processor = VTokMLLMProcessor.from_visual_tokenizer(
-        text_tokenizer, visual, image_processor=image_processor, chat_template=recipe.chat_template
+        text_tokenizer, visual, image_processor=image_processor, chat_template=recipe.chat_template,
+        task_prompts=recipe.task_prompts(),
     )
     return model, processor, decoder
 

@@ -52,6 +52,22 @@ class PretokenizeResult:
 
 
 # ------------------------------------------------------------------------------------------- loading
+#: The small trained checkpoints shipped inside the package (one folder per family: tokenizer/, decoder/).
+SHIPPED_CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+
+
+def resolve_tokenizer_source(source: str | os.PathLike) -> str | os.PathLike:
+    """``"shipped:<family>"`` → the folder of the checkpoint shipped with the package; anything else unchanged."""
+    if isinstance(source, str) and source.startswith("shipped:"):
+        family = source.split(":", 1)[1]
+        folder = SHIPPED_CHECKPOINTS_DIR / family
+        if not (folder / "tokenizer" / "config.json").is_file():
+            available = sorted(p.name for p in SHIPPED_CHECKPOINTS_DIR.glob("*") if (p / "tokenizer").is_dir())
+            raise ValueError(f"`visual_tokenizer` {source!r}: no shipped checkpoint {family!r}; shipped: {available}.")
+        return str(folder)
+    return source
+
+
 def load_visual_tokenizer(path: str | os.PathLike):
     """``(model, image_processor)`` from a tokenizer folder (``config.json`` + weights + image processor) or from a
     training run folder holding ``tokenizer/`` (what ``hf-vtok train-tokenizer`` writes). Needs no remote code."""
@@ -59,6 +75,7 @@ def load_visual_tokenizer(path: str | os.PathLike):
 
     import hf_vtok  # noqa: F401  (registers the Auto classes)
 
+    path = resolve_tokenizer_source(path)
     folder = Path(path)
     if (folder / "tokenizer" / "config.json").is_file():
         folder = folder / "tokenizer"

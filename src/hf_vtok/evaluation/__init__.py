@@ -25,6 +25,7 @@ from .metrics import (
 from .mllm import (
     caption_attribute_accuracy,
     editing_accuracy,
+    evaluate_mllm,
     load_mllm_folder,
     mentioned_pairs,
     qa_accuracy,
@@ -51,6 +52,7 @@ __all__ = [
     "clip_score",
     "color_kmeans_segmentation",
     "editing_accuracy",
+    "evaluate_mllm",
     "evaluate_tokenizer",
     "foreground_ari",
     "format_table",

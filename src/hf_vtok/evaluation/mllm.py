@@ -39,14 +39,28 @@ __all__ = [
     "LoadedMLLM",
     "caption_attribute_accuracy",
     "editing_accuracy",
+    "evaluate_mllm",
     "load_mllm_folder",
     "mentioned_pairs",
     "qa_accuracy",
     "text_to_image_accuracy",
 ]
 
+# Used when the processor records no trained phrasing (``VTokMLLMProcessor.task_prompts``).
 CAPTION_PROMPT = "<image> Describe the image."
 QA_PROMPT = "<image> {question}"
+
+
+def _task_prompt(loaded: LoadedMLLM, task: str, given: str | None, fallback: str) -> str:
+    """The prompt to ask: ``given``, else the model's trained phrasing for ``task``, else ``fallback``."""
+    if given is not None:
+        return given
+    processor = loaded.processor
+    if (getattr(processor, "task_prompts", None) or {}).get(task) is None:
+        return fallback.replace("<image>", processor.image_token)
+    if task == "qa":  # keep {question} for per-question formatting
+        return processor.task_prompt("qa", question="{question}")
+    return processor.task_prompt(task)
 
 
 @dataclass
@@ -177,7 +191,7 @@ def caption_attribute_accuracy(
     dataset,
     processor: Any = None,
     *,
-    prompt: str = CAPTION_PROMPT,
+    prompt: str | None = None,
     num_examples: int | None = None,
     max_new_tokens: int = 48,
     batch_size: int = 8,
@@ -187,9 +201,11 @@ def caption_attribute_accuracy(
     Returns ``{"pair_recall", "pair_precision", "exact_match", "num_examples", "examples": [...]}``: recall is the
     share of the scene's pairs that the caption names (the attribute accuracy), precision the share of named pairs
     that are in the scene (1 when nothing is named and nothing should be), exact match the share of captions
-    naming exactly the scene's pairs.
+    naming exactly the scene's pairs. ``prompt`` defaults to the model's trained captioning phrasing
+    (``processor.task_prompts``), else :data:`CAPTION_PROMPT`.
     """
     loaded = _resolve(mllm, processor)
+    prompt = _task_prompt(loaded, "captioning", prompt, CAPTION_PROMPT)
     if not isinstance(prompt, str) or loaded.processor.image_token not in prompt:
         raise ValueError(f"`prompt` must be a string with one {loaded.processor.image_token} marker, got {prompt!r}.")
     rows = _rows(dataset, num_examples, ("image", "objects"))
@@ -214,17 +230,19 @@ def qa_accuracy(
     dataset,
     processor: Any = None,
     *,
-    prompt: str = QA_PROMPT,
+    prompt: str | None = None,
     num_examples: int | None = None,
     max_new_tokens: int = 4,
     batch_size: int = 8,
 ) -> dict:
     """Answer every question of the first ``num_examples`` scenes; an answer is right when its first word
-    (lower-cased, punctuation removed) equals the reference answer.
+    (lower-cased, punctuation removed) equals the reference answer. ``prompt`` (with ``{question}``) defaults
+    to the model's trained QA phrasing, else :data:`QA_PROMPT`.
 
     Returns ``{"accuracy", "by_type": {type: accuracy}, "num_questions", "examples": [...]}``.
     """
     loaded = _resolve(mllm, processor)
+    prompt = _task_prompt(loaded, "qa", prompt, QA_PROMPT)
     if not isinstance(prompt, str) or "{question}" not in prompt or loaded.processor.image_token not in prompt:
         raise ValueError(f"`prompt` must contain `{{question}}` and one {loaded.processor.image_token} marker, got {prompt!r}.")
     rows = _rows(dataset, num_examples, ("image", "questions"))
@@ -348,4 +366,54 @@ def editing_accuracy(
     result["num_examples"] = len(rows)
     if return_images:
         result["images"] = edited
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ all tasks
+def evaluate_mllm(
+    mllm: Any,
+    dataset,
+    processor: Any = None,
+    decoder: Any = None,
+    *,
+    num_examples: int | None = None,
+    guidance_scale: float = 3.0,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    batch_size: int = 16,
+    editing: bool = False,
+) -> dict:
+    """Every shapes-world score of an MLLM in one call (what ``hf-vtok demo`` and the shipped card report).
+
+    Returns ``{"caption_pair_recall", "caption_pair_precision", "caption_exact_match", "qa_accuracy",
+    "qa_by_type", "t2i_color_accuracy", "t2i_shape_accuracy", "t2i_count_accuracy", "t2i_all_correct",
+    "num_examples"}`` (plus ``"editing_*"`` with ``editing``), and under ``"samples"`` the captions, QA examples
+    and generated images for pictures. Text-to-image needs a decoder; without one those keys are absent.
+    """
+    loaded = _resolve(mllm, processor, decoder)
+    rows = _rows(dataset, num_examples, ("image", "objects", "caption"))
+    captions = caption_attribute_accuracy(loaded, rows, batch_size=batch_size)
+    result: dict = {
+        "caption_pair_recall": captions["pair_recall"],
+        "caption_pair_precision": captions["pair_precision"],
+        "caption_exact_match": captions["exact_match"],
+        "num_examples": len(rows),
+    }
+    samples: dict = {"captions": captions["examples"]}
+    if "questions" in rows.column_names:
+        qa = qa_accuracy(loaded, rows, batch_size=batch_size)
+        result["qa_accuracy"], result["qa_by_type"] = qa["accuracy"], qa["by_type"]
+        samples["qa"] = qa["examples"]
+    if loaded.decoder is not None:
+        t2i = text_to_image_accuracy(loaded, rows, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                     seed=seed, batch_size=batch_size, return_images=True)
+        samples["images"] = t2i.pop("images")
+        t2i.pop("num_examples")
+        result.update({f"t2i_{key}": value for key, value in t2i.items()})
+        if editing and "edit_instruction" in rows.column_names:
+            edits = editing_accuracy(loaded, rows, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                     seed=seed, batch_size=batch_size, return_images=True)
+            samples["edited"] = edits.pop("images")
+            result.update({f"editing_{key}": value for key, value in edits.items()})
+    result["samples"] = samples
     return result

@@ -490,6 +490,7 @@ def generate_images(
     seed: int | None = None,
     batch_size: int | None = None,
     use_chat_template: bool = True,
+    use_task_prompts: bool = True,
     visual_logits_only: bool = True,
     decoder=None,
     decoder_kwargs: dict | None = None,
@@ -515,6 +516,9 @@ def generate_images(
             sizes through float rounding of batched products); the decoder noise uses ``generator`` itself.
         batch_size: rows per forward pass (default: everything at once).
         use_chat_template: format prompts with the processor's chat template.
+        use_task_prompts: phrase each prompt the way the model was trained (the processor's
+            ``task_prompts``: ``text_to_image`` for captions, ``editing`` for instructions whose image marker
+            is not already placed); no effect when the processor has none.
         visual_logits_only: compute logits for the visual rows only (fast path).
         decoder: the tokenizer family's decoder pipeline; when given, ``images`` of the output hold its images.
         decoder_kwargs: extra arguments for the decoder (``num_inference_steps``, ``output_type``, ...).
@@ -535,6 +539,11 @@ def generate_images(
         raise ValueError("`model` has no visual vocabulary / tokenizer: build it with `from_text_model_and_tokenizer`.")
     image_lists = _image_lists(images, len(prompts))
     token = processor.image_token
+    if use_task_prompts and getattr(processor, "task_prompts", None):
+        if image_lists is None:
+            prompts = [processor.task_prompt("text_to_image", caption=p) for p in prompts]
+        elif all(len(imgs) == 1 for imgs in image_lists):
+            prompts = [p if token in p else processor.task_prompt("editing", instruction=p) for p in prompts]
     if image_lists is not None:
         prompts = [p if token in p else " ".join([token] * len(imgs) + [p]) for p, imgs in zip(prompts, image_lists)]
         for index, (p, imgs) in enumerate(zip(prompts, image_lists)):

@@ -70,6 +70,33 @@ CHAT_TEMPLATES: dict[str, str] = {
 }
 DEFAULT_CHAT_TEMPLATE = "user_assistant"
 
+#: The fields each task prompt must hold (``{image}`` becomes the processor's image marker).
+TASK_PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
+    "captioning": ("image",),
+    "qa": ("image", "question"),
+    "text_to_image": ("caption",),
+    "editing": ("image", "instruction"),
+}
+
+
+def check_task_prompts(task_prompts) -> dict[str, str] | None:
+    """Validate ``{task: prompt}`` (the phrasing a model was trained with, e.g. ``"{caption} generate an image"``)."""
+    if task_prompts is None:
+        return None
+    if not isinstance(task_prompts, dict):
+        raise TypeError(f"`task_prompts` must be a dict {{task: prompt}}, got {describe(task_prompts)}.")
+    checked = {}
+    for task, prompt in task_prompts.items():
+        if task not in TASK_PROMPT_FIELDS:
+            raise ValueError(f"`task_prompts` keys must be among {sorted(TASK_PROMPT_FIELDS)}, got {task!r}.")
+        if not isinstance(prompt, str):
+            raise TypeError(f"`task_prompts[{task!r}]` must be a string, got {describe(prompt)}.")
+        missing = [name for name in TASK_PROMPT_FIELDS[task] if "{" + name + "}" not in prompt]
+        if missing:
+            raise ValueError(f"`task_prompts[{task!r}]` must contain {['{' + m + '}' for m in missing]}, got {prompt!r}.")
+        checked[task] = prompt
+    return checked
+
 
 def _jinja():
     try:
@@ -162,11 +189,24 @@ class VTokMLLMProcessor(ProcessorMixin):
             ``bos_token`` and ``image_token``.
         num_visual_tokens (`int`): placeholders per image (the maximum for variable-length tokenizers).
         codebook_size (`int`, *optional*): the visual codebook size; ``None`` for continuous tokenizers.
+        task_prompts (`dict`, *optional*): the prompt phrasing the model was trained with, per task
+            (``captioning``, ``qa``, ``text_to_image``, ``editing``; e.g. ``"{caption} generate an image"``).
+            Training writes it; :meth:`task_prompt`, the generation pipelines and the evaluation use it so
+            that a trained model is asked the way it learned. ``None``: prompts are used as given.
 
     Build one from the parts with :meth:`from_visual_tokenizer`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, num_visual_tokens=None, codebook_size=None, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        num_visual_tokens=None,
+        codebook_size=None,
+        task_prompts=None,
+        **kwargs,
+    ):
         if image_processor is None or tokenizer is None:
             raise ValueError(
                 f"`image_processor` and `tokenizer` are both required, got image_processor={describe(image_processor)} "
@@ -179,6 +219,7 @@ class VTokMLLMProcessor(ProcessorMixin):
         if self.num_visual_tokens is None:
             raise ValueError("`num_visual_tokens` is required (tokens per image, from the visual tokenizer config).")
         self.codebook_size = None if codebook_size is None else check_int("codebook_size", codebook_size, minimum=1)
+        self.task_prompts = check_task_prompts(task_prompts)
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
         for name, default in (("image_token", IMAGE_TOKEN), ("boi_token", BOI_TOKEN), ("eoi_token", EOI_TOKEN)):
             token = getattr(tokenizer, name, None) or default
@@ -203,7 +244,7 @@ class VTokMLLMProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_visual_tokenizer(cls, tokenizer, visual_tokenizer, image_processor=None, chat_template=None):
+    def from_visual_tokenizer(cls, tokenizer, visual_tokenizer, image_processor=None, chat_template=None, task_prompts=None):
         """Processor for ``visual_tokenizer`` (a VisualTokenizerMixin model or its config) and a text tokenizer
         already grown by ``add_visual_tokens``."""
         config = getattr(visual_tokenizer, "config", visual_tokenizer)
@@ -217,6 +258,7 @@ class VTokMLLMProcessor(ProcessorMixin):
             chat_template=chat_template,
             num_visual_tokens=config.num_visual_tokens,
             codebook_size=getattr(config, "codebook_size", None),
+            task_prompts=task_prompts,
         )
 
     @property
@@ -261,6 +303,27 @@ class VTokMLLMProcessor(ProcessorMixin):
             else:
                 raise ValueError(f"Unsupported message part {describe(part)}: expected type 'image' or 'text'.")
         return {**message, "content": " ".join(p for p in pieces if p)}
+
+    def task_prompt(self, task: str, **values: str) -> str:
+        """The prompt for ``task`` in the phrasing of :attr:`task_prompts`, e.g.
+        ``task_prompt("qa", question="what colour is the circle?")`` → ``"<image> what colour is the circle?"``.
+
+        ``{image}`` becomes the image marker. Without a trained phrasing for ``task`` the prompt is the
+        task's main value (the caption, the instruction, the question) after the image marker, if any.
+        """
+        if task not in TASK_PROMPT_FIELDS:
+            raise ValueError(f"`task` must be one of {sorted(TASK_PROMPT_FIELDS)}, got {task!r}.")
+        values = {"image": self.image_token, **values}
+        missing = [name for name in TASK_PROMPT_FIELDS[task] if name not in values]
+        if missing:
+            raise ValueError(f"`task_prompt({task!r})` needs the value(s) {missing}.")
+        template = (self.task_prompts or {}).get(task)
+        if template is None:
+            template = " ".join("{" + name + "}" for name in TASK_PROMPT_FIELDS[task])
+        try:
+            return template.format(**values)
+        except KeyError as error:
+            raise ValueError(f"`task_prompts[{task!r}]` uses the field {error}, which was not given.") from None
 
     def format_prompt(self, prompt: str, chat_template: str | None = None) -> str:
         """One user turn followed by the generation prompt, e.g. ``"USER: <prompt> ASSISTANT:"``."""
@@ -610,4 +673,12 @@ class VTokMLLMProcessor(ProcessorMixin):
         return images
 
 
-__all__ = ["CHAT_TEMPLATES", "DEFAULT_CHAT_TEMPLATE", "VTokMLLMProcessor", "image_processor_for", "resolve_chat_template"]
+__all__ = [
+    "CHAT_TEMPLATES",
+    "DEFAULT_CHAT_TEMPLATE",
+    "TASK_PROMPT_FIELDS",
+    "VTokMLLMProcessor",
+    "check_task_prompts",
+    "image_processor_for",
+    "resolve_chat_template",
+]

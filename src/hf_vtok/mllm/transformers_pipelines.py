@@ -36,6 +36,7 @@ GENERATION_ARGUMENTS = (
     "seed",
     "batch_size",
     "use_chat_template",
+    "use_task_prompts",
 )
 DECODER_ARGUMENTS = ("num_inference_steps", "decoder_guidance_scale", "output_type")
 
