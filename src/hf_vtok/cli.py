@@ -85,7 +85,7 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
         num_train_images=args.num_train_images,
     )
     if args.recipe:
-        recipe = TokenizerTrainingRecipe.from_file(args.recipe, **overrides)
+        recipe = TokenizerTrainingRecipe.from_name(args.recipe, **overrides)
     else:
         defaults = {key: value for key, value in overrides.items() if value is not None}
         recipe = TokenizerTrainingRecipe(**defaults).validate()
@@ -176,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train-tokenizer",
         help="train one stage of a tokenizer with transformers.Trainer",
         description="Train a tokenizer family (one stage) with transformers.Trainer on the shapes world, from a "
-        "recipe file (training/recipes/*.json) or from the options below. Launch it with `accelerate launch "
+        "recipe (a name from hf_vtok/recipes/ or a JSON file) or from the options below. Launch it with `accelerate launch "
         "-m hf_vtok.cli train-tokenizer ...` for several devices.",
     )
     train.add_argument("family", choices=("slot_qformer", "setok", "ddt"))
-    train.add_argument("--recipe", help="JSON recipe; the options below override its fields")
+    train.add_argument("--recipe", help="recipe name (hf_vtok/recipes/*.json) or JSON path; the options below override its fields")
     train.add_argument("--stage", type=_positive_int, default=None, help="training stage (SlotQFormer: 1 or 2)")
     train.add_argument("--output-dir", required=True)
     train.add_argument("--max-steps", type=_positive_int, default=None)

@@ -165,7 +165,9 @@ class TokenizerTrainingRecipe:
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> TokenizerTrainingRecipe:
-        """A recipe shipped in ``hf_vtok/recipes/`` by name (e.g. ``"ddt_tiny"``)."""
+        """A recipe shipped in ``hf_vtok/recipes/`` by name (e.g. ``"ddt_tiny"``) or a JSON path."""
+        if str(name).endswith(".json"):
+            return cls.from_file(name, **overrides)
         path = RECIPES_DIR / f"{name}.json"
         if not path.is_file():
             available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
@@ -174,7 +176,7 @@ class TokenizerTrainingRecipe:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> TokenizerTrainingRecipe:
-        """Read a JSON recipe (see ``training/recipes/``); keyword arguments override its fields."""
+        """Read a JSON recipe (see ``hf_vtok/recipes/``); keyword arguments override its fields."""
         data = json.loads(Path(path).read_text())
         unknown = set(data) - set(cls.__dataclass_fields__) - {"description", "paper"}
         if unknown:
