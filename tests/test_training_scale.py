@@ -356,3 +356,20 @@ def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "would upload" in printed and "mllm/model.safetensors" in printed and "checkpoints" not in printed.split("kept local")[0]
     assert main(["pretokenize", "--tokenizer", str(tmp_path), "--dataset", "shapes:2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_held_out_token_maps_are_logged_while_a_tokenizer_trains(tmp_path, capsys):
+    """--eval-steps: FG-ARI / mIoU / token counts of held-out scenes land in the log and in recipe.json."""
+    from hf_vtok.cli import main
+
+    code = main(["train-tokenizer", "setok", "--recipe", "setok_stage1_tiny", "--max-steps", "4", "--num-train-images", "16",
+                 "--batch-size", "8", "--eval-steps", "2", "--output-dir", str(tmp_path)])
+    assert code == 0
+    held_out = json.loads((tmp_path / "recipe.json").read_text())["held_out"]
+    assert [entry["step"] for entry in held_out] == [2, 4]
+    for entry in held_out:
+        assert 0.0 <= entry["eval_fg_ari"] <= 1.0 and 0.0 <= entry["eval_miou"] <= 1.0
+        assert 1.0 <= entry["eval_mean_tokens"] <= 17.0  # varies per image: up to 16 clusters + the remainder
+    assert "[held-out, step 4]" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="eval_steps"):
+        TokenizerTrainingRecipe.from_name("setok_stage1_tiny", eval_steps=-1)

@@ -83,6 +83,7 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_from=args.init_from,
         num_train_images=args.num_train_images,
+        eval_steps=args.eval_steps,
     )
     if args.recipe:
         recipe = TokenizerTrainingRecipe.from_name(args.recipe, **overrides)
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-train-images", type=_positive_int, default=None)
     train.add_argument("--seed", type=_non_negative_int, default=None)
     train.add_argument("--init-from", default=None, help="output folder of the previous stage")
+    train.add_argument(
+        "--eval-steps", type=_non_negative_int, default=None,
+        help="log FG-ARI / mIoU / tokens per image of the token maps on 64 held-out scenes every N steps (0: never)",
+    )
     train.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
     train.set_defaults(handler=_cmd_train_tokenizer)
 

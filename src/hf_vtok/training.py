@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from .image_processing_utils import images_to_list
 from .validation import check_choice, check_float, check_int, describe
@@ -146,6 +147,10 @@ class TokenizerTrainingRecipe:
     seed: int = 0
     bf16: bool = False
     logging_steps: int = 25
+    # every eval_steps optimizer steps: token maps of eval_num_images held-out shapes scenes (seed 998, the
+    # recipe's style) against their true masks — FG-ARI, mIoU, tokens per image — in the log; 0: never
+    eval_steps: int = 0
+    eval_num_images: int = 64
     save_steps: int = 0  # 0: only at the end
     dataloader_num_workers: int = 0
     report_to: str = "none"
@@ -159,6 +164,8 @@ class TokenizerTrainingRecipe:
         check_int("per_device_train_batch_size", self.per_device_train_batch_size, minimum=1)
         check_float("learning_rate", self.learning_rate, minimum=0.0, strict_minimum=True)
         check_choice("dataset_style", self.dataset_style, ("textured", "flat"))
+        check_int("eval_steps", self.eval_steps, minimum=0)
+        check_int("eval_num_images", self.eval_num_images, minimum=1)
         if not isinstance(self.config_overrides, dict):
             raise TypeError(f"`config_overrides` must be a dict, got {describe(self.config_overrides)}.")
         return self
@@ -299,11 +306,53 @@ def train_tokenizer(
         report_to=recipe.report_to,
         disable_tqdm=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
+    callbacks = []
+    if recipe.eval_steps:
+        callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, recipe.eval_steps,
+                                                  recipe.eval_num_images, recipe.dataset_style))
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if trainer.is_world_process_zero():
         export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer, trainer.state.log_history)
     return model, trainer
+
+
+class HeldOutTokenMapsCallback(TrainerCallback):
+    """Every ``eval_steps`` steps, encode held-out shapes scenes with the tokenizer being trained and log how its
+    token maps match the true object masks (FG-ARI, mIoU) and how many tokens an image gets — the numbers that
+    show object-centric learning while it happens (or slots collapsing onto one or two groups). No decoding, so
+    it costs one encode of ``num_images`` images. Runs on the main process; the scenes use seed 998 (the shipped
+    checkpoints are measured on seed 999)."""
+
+    def __init__(self, image_processor, image_size: int, eval_steps: int, num_images: int = 64, style: str = "textured",
+                 seed: int = 998):
+        from .data.shapes import generate_shapes_dataset
+
+        self.image_processor = image_processor
+        self.eval_steps = check_int("eval_steps", eval_steps, minimum=1)
+        self.dataset = generate_shapes_dataset(
+            check_int("num_images", num_images, minimum=1), image_size=check_int("image_size", image_size, minimum=8),
+            style=style, seed=seed, with_edits=False, progress=False,
+        )
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is None or not state.is_world_process_zero:
+            return
+        if state.global_step % self.eval_steps and state.global_step != state.max_steps:
+            return
+        from .evaluation.tokenizers import LoadedTokenizer, evaluate_tokenizer
+
+        tokenizer = getattr(model, "module", model).tokenizer
+        was_training = tokenizer.training
+        tokenizer.eval()
+        try:
+            summary = evaluate_tokenizer(LoadedTokenizer(tokenizer, self.image_processor, None), self.dataset, reconstruct=False, keep_images=0).summary()
+        finally:
+            tokenizer.train(was_training)
+        entry = {f"eval_{key}": value for key, value in summary.items()}
+        entry["step"] = state.global_step
+        state.log_history.append(entry)
+        print(f"[held-out, step {state.global_step}] " + ", ".join(f"{key[5:]} {value}" for key, value in entry.items() if key != "step"))
 
 
 def export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer=None, log_history=()):
@@ -318,6 +367,9 @@ def export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer=
         model.get_decoder_pipeline().save_pretrained(output_dir / "decoder")
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     summary = {"recipe": asdict(recipe), "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    held_out = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
+    if held_out:
+        summary["held_out"] = held_out
     (output_dir / "recipe.json").write_text(json.dumps(summary, indent=2, default=str))
     return output_dir
 
