@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_vtok.demo import CHECKPOINTS_DIR, DEMO_RECIPES, run_demo
+from hf_vtok.demo import CHECKPOINTS_DIR, DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
 
 
 def test_every_family_ships_a_checkpoint_with_its_card():
@@ -21,6 +21,24 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
 
 
+def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
+    folder = CHECKPOINTS_DIR / "mllm"
+    for required in ("model_index.json", "mllm/config.json", "mllm/processor_config.json", "decoder/model_index.json", "README.md"):
+        assert (folder / required).is_file(), required
+    recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
+    shipped_recipe = json.loads((CHECKPOINTS_DIR.parent / "recipes" / f"{DEMO_MLLM_RECIPES[-1]}.json").read_text())
+    assert recipe["max_steps"] == shipped_recipe["max_steps"] and recipe["seed"] == shipped_recipe["seed"]
+    assert recipe["visual_tokenizer"].endswith(DEMO_MLLM_RECIPES[0])  # the flat DDT tokenizer trained first
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("caption_pair_recall", "qa_accuracy", "t2i_color_accuracy", "t2i_shape_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # the processor asks in the words the model was trained with
+    processor = json.loads((folder / "mllm" / "processor_config.json").read_text())
+    assert processor["task_prompts"]["text_to_image"] == "{caption} generate an image"
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
+
+
 def test_demo_writes_pictures_and_metrics(tmp_path):
     metrics = run_demo(tmp_path, num_images=2, seed=7)
     assert (tmp_path / "shapes_world.png").is_file()
@@ -30,6 +48,12 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
     assert (tmp_path / "ddt_prefix_strip.png").is_file() and (tmp_path / "ddt_counterfactual.png").is_file()
     assert 0.0 <= metrics["slot_qformer"]["fg_ari"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["ddt"]["mean_tokens"] == 16
+    assert (tmp_path / "mllm_captions.png").is_file() and (tmp_path / "mllm_text_to_image.png").is_file()
+    for key in ("caption_pair_recall", "qa_accuracy", "t2i_color_accuracy", "t2i_shape_accuracy", "reference_qa_majority",
+                "reference_t2i_color_tokenizer", "reference_t2i_color_chance"):
+        assert 0.0 <= metrics["mllm"][key] <= 1.0, key
+    # the attribute checker that judges generated images is right on the true scenes
+    assert metrics["mllm"]["reference_t2i_color_real"] == 1.0 and metrics["mllm"]["reference_t2i_shape_real"] >= 0.5
 
 
 def test_demo_rejects_unknown_families(tmp_path):

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Copy a trained tokenizer run into the package as a shipped demo checkpoint, with metrics and a model card.
+"""Copy a trained run into the package as a shipped demo checkpoint, with metrics and a model card.
 
     python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64]
+    python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64]
 
-Keeps `tokenizer/`, `decoder/` and `recipe.json` of RUN_DIR (the output of `hf-vtok train-tokenizer`),
-measures the checkpoint on held-out shapes scenes (seed 999, not seen in training) with the same
-evaluation as `hf-vtok eval`, writes `metrics.json` and a filled `README.md` model card.
+A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `tokenizer/`, `decoder/` and `recipe.json`
+and is measured on held-out textured shapes scenes with the same evaluation as `hf-vtok eval`. An MLLM run
+(the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/`,
+`processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
+`hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image). Held-out scenes use seed 999, not seen
+in training. Writes `metrics.json` and a filled `README.md` model card.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from hf_vtok.data import generate_shapes_dataset
+from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
 from hf_vtok.hub import build_model_card
 
@@ -25,21 +30,36 @@ PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
-    parser.add_argument("family", choices=("slot_qformer", "setok", "ddt"))
+    parser.add_argument("family", choices=("slot_qformer", "setok", "ddt", "mllm"))
     parser.add_argument("--num-images", type=int, default=64)
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / args.family
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for name in ("tokenizer", "decoder"):
-        shutil.copytree(Path(args.run_dir) / name, target / name)
-    shutil.copy(Path(args.run_dir) / "recipe.json", target / "recipe.json")
-    dataset = generate_shapes_dataset(args.num_images, seed=999, with_edits=False, progress=False)
-    summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
-    summary["evaluation"] = f"{args.num_images} held-out textured shapes scenes (seed 999), 25 sampling steps"
+    run_dir = Path(args.run_dir)
+    if args.family == "mllm":
+        for name in ("mllm", "processor", "decoder"):
+            shutil.copytree(run_dir / name, target / name)
+        for name in ("model_index.json", "recipe.json"):
+            shutil.copy(run_dir / name, target / name)
+        recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
+        dataset = generate_shapes_dataset(args.num_images, seed=999, style=recipe.get("dataset_style", "flat"), progress=False)
+        summary = evaluate_mllm(load_mllm_folder(target), dataset, seed=0)
+        summary.pop("samples")
+        summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes (seed 999); "
+                                 "text-to-image with guidance 3, 25 decoder steps, seed 0")
+        repo_id = "hf-vtok/ddt-llama-tiny-shapes"
+    else:
+        for name in ("tokenizer", "decoder"):
+            shutil.copytree(run_dir / name, target / name)
+        shutil.copy(run_dir / "recipe.json", target / "recipe.json")
+        dataset = generate_shapes_dataset(args.num_images, seed=999, with_edits=False, progress=False)
+        summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
+        summary["evaluation"] = f"{args.num_images} held-out textured shapes scenes (seed 999), 25 sampling steps"
+        repo_id = f"hf-vtok/{args.family}-tiny-shapes"
     (target / "metrics.json").write_text(json.dumps(summary, indent=2))
-    build_model_card(target, f"hf-vtok/{args.family}-tiny-shapes").save(target / "README.md")
+    build_model_card(target, repo_id).save(target / "README.md")
     print(json.dumps(summary, indent=2))
 
 

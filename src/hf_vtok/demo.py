@@ -4,6 +4,9 @@
 2. For every tokenizer family with a small trained checkpoint shipped inside the package
    (``hf_vtok/checkpoints/<family>``), or retrained with ``--train``: tokenizes the scenes, writes
    reconstructions and token maps as PNG, and prints the family's metrics.
+3. The shipped MLLM (``hf_vtok/checkpoints/mllm``: a small LM reading and writing DDT tokens), or one retrained
+   with ``--train``: captions and answers questions about the flat scenes, draws them from their captions, and
+   prints caption/QA accuracy and the share of drawn objects with the requested colours and shapes.
 
 Everything runs on CPU in minutes.
 """
@@ -17,9 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .pretokenize import SHIPPED_CHECKPOINTS_DIR
 from .validation import check_int, describe
 
-CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+CHECKPOINTS_DIR = SHIPPED_CHECKPOINTS_DIR
 
 
 @dataclass
@@ -28,6 +32,7 @@ class DemoContext:
     dataset: object  # datasets.Dataset of demo scenes (textured)
     train: bool
     seed: int
+    flat_dataset: object = None  # the same scenes in flat colours (the MLLM's world)
     metrics: dict = field(default_factory=dict)
 
 
@@ -37,11 +42,16 @@ DEMO_RECIPES: dict[str, list[str]] = {
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
 }
+# The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
+# MLLM's world), then the MLLM reading and writing its tokens.
+DEMO_MLLM_RECIPES = ("ddt_tiny_flat", "ddt_llama_shapes_demo")
 NATURAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 def _family_sections() -> dict[str, Callable[[DemoContext], dict]]:
-    return {family: functools.partial(_tokenizer_section, family) for family in DEMO_RECIPES}
+    sections = {family: functools.partial(_tokenizer_section, family) for family in DEMO_RECIPES}
+    sections["mllm"] = _mllm_section
+    return sections
 
 
 def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
@@ -60,6 +70,75 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
         print(f"[{family}] training {name} ({recipe.max_steps} steps) -> {previous}")
         train_tokenizer(recipe, previous)
     return previous
+
+
+def _mllm_folder(context: DemoContext) -> Path | None:
+    """The shipped MLLM, or one trained now with ``--train`` (its DDT tokenizer first, then the MLLM)."""
+    if not context.train:
+        folder = CHECKPOINTS_DIR / "mllm"
+        return folder if (folder / "mllm" / "config.json").is_file() else None
+    from .mllm_training import MLLMTrainingRecipe, train_mllm
+    from .training import TokenizerTrainingRecipe, train_tokenizer
+
+    tokenizer_name, mllm_name = DEMO_MLLM_RECIPES
+    tokenizer_recipe = TokenizerTrainingRecipe.from_name(tokenizer_name)
+    tokenizer_folder = context.out_dir / "checkpoints" / tokenizer_name
+    print(f"[mllm] training {tokenizer_name} ({tokenizer_recipe.max_steps} steps) -> {tokenizer_folder}")
+    train_tokenizer(tokenizer_recipe, tokenizer_folder)
+    recipe = MLLMTrainingRecipe.from_name(mllm_name, visual_tokenizer=str(tokenizer_folder))
+    folder = context.out_dir / "checkpoints" / mllm_name
+    print(f"[mllm] training {mllm_name} ({recipe.max_steps} steps) -> {folder}")
+    train_mllm(recipe, folder)
+    return folder
+
+
+def _mllm_section(context: DemoContext) -> dict:
+    """Captioning, QA and text-to-image of the shipped MLLM on the flat demo scenes."""
+    from .evaluation.mllm import evaluate_mllm, load_mllm_folder
+    from .visualization import make_grid, save_png
+
+    folder = _mllm_folder(context)
+    if folder is None:
+        print("[mllm] no MLLM checkpoint ships with this install; run `hf-vtok demo --train` to train one")
+        return {"skipped": "no checkpoint"}
+    started = time.perf_counter()
+    loaded = load_mllm_folder(folder)
+    result = evaluate_mllm(loaded, context.flat_dataset, seed=context.seed)
+    samples = result.pop("samples")
+    scenes = [image.convert("RGB") for image in context.flat_dataset["image"]]
+    captions = [example["caption"] for example in samples["captions"]]
+    path = save_png(make_grid(scenes, ncols=4, captions=captions, tile_size=160), context.out_dir / "mllm_captions.png")
+    print(f"[mllm] scenes with the captions it wrote -> {path}")
+    if "images" in samples:
+        prompts = list(context.flat_dataset["caption"])
+        redrawn = samples.get("reconstructions", [None] * len(scenes))
+        tiles, labels = [], []
+        for scene, again, generated, prompt in zip(scenes, redrawn, samples["images"], prompts):
+            tiles += [scene] + ([again] if again is not None else []) + [generated]
+            labels += [prompt] + (["tokenizer redraws it"] if again is not None else []) + ["generated from the caption"]
+        per_row = 3 if redrawn[0] is not None else 2
+        path = save_png(make_grid(tiles, ncols=per_row * 2, captions=labels, tile_size=160), context.out_dir / "mllm_text_to_image.png")
+        print(f"[mllm] caption -> image (true scene, its tokens redrawn, generated) -> {path}")
+    for example in samples.get("qa", [])[:4]:
+        print(f"[mllm] Q: {example['question']}  A: {example['generated']!r} (expected {example['answer']!r})")
+    result["seconds"] = round(time.perf_counter() - started, 1)
+
+    def percent(key: str) -> str:
+        return f"{100 * result[key]:.0f}%" if key in result else "n/a"
+
+    print(f"[mllm] captions name {percent('caption_pair_recall')} of each scene's (colour, shape) pairs "
+          f"(another scene's caption: {percent('reference_caption_chance')})")
+    if "qa_accuracy" in result:
+        print(f"[mllm] QA accuracy {percent('qa_accuracy')} (the commonest answer per question type: "
+              f"{percent('reference_qa_majority')})")
+    if "t2i_color_accuracy" in result:
+        print(f"[mllm] text-to-image: {percent('t2i_color_accuracy')} of requested objects with the right colour, "
+              f"{percent('t2i_shape_accuracy')} with the right shape (the tokenizer redrawing the true scene: "
+              f"{percent('reference_t2i_color_tokenizer')} / {percent('reference_t2i_shape_tokenizer')}; another "
+              f"scene: {percent('reference_t2i_color_chance')} / {percent('reference_t2i_shape_chance')}; the true "
+              f"scenes: {percent('reference_t2i_color_real')} / {percent('reference_t2i_shape_real')})")
+    print(f"[mllm] done in {result['seconds']} s")
+    return result
 
 
 def _natural_photos() -> list:
@@ -173,8 +252,8 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     dataset = generate_shapes_dataset(num_images, seed=seed, style="textured", progress=False)
-    flat = generate_shapes_dataset(num_images, seed=seed, style="flat", with_edits=False, progress=False)
-    context = DemoContext(out_dir=out_dir, dataset=dataset, train=train, seed=seed)
+    flat = generate_shapes_dataset(num_images, seed=seed, style="flat", progress=False)
+    context = DemoContext(out_dir=out_dir, dataset=dataset, train=train, seed=seed, flat_dataset=flat)
     _shapes_section(context, flat)
     for name, section in sections.items():
         context.metrics[name] = section(context)

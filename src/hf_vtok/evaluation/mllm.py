@@ -382,6 +382,7 @@ def evaluate_mllm(
     seed: int = 0,
     batch_size: int = 16,
     editing: bool = False,
+    references: bool = True,
 ) -> dict:
     """Every shapes-world score of an MLLM in one call (what ``hf-vtok demo`` and the shipped card report).
 
@@ -389,6 +390,12 @@ def evaluate_mllm(
     "qa_by_type", "t2i_color_accuracy", "t2i_shape_accuracy", "t2i_count_accuracy", "t2i_all_correct",
     "num_examples"}`` (plus ``"editing_*"`` with ``editing``), and under ``"samples"`` the captions, QA examples
     and generated images for pictures. Text-to-image needs a decoder; without one those keys are absent.
+
+    With ``references`` the numbers that say what a score means, all cheap: ``reference_caption_chance`` (pair recall
+    of each scene's neighbour's caption), ``reference_qa_majority`` (always answering the commonest answer of the
+    question type), and for the attribute checker ``reference_t2i_{color,shape}_real`` (the true scenes),
+    ``…_chance`` (the neighbour scene: right world, wrong prompt) and ``…_tokenizer`` (the decoder
+    reconstructing the true scene from its own tokens: the best an MLLM writing these tokens can draw).
     """
     loaded = _resolve(mllm, processor, decoder)
     rows = _rows(dataset, num_examples, ("image", "objects", "caption"))
@@ -415,5 +422,42 @@ def evaluate_mllm(
                                      seed=seed, batch_size=batch_size, return_images=True)
             samples["edited"] = edits.pop("images")
             result.update({f"editing_{key}": value for key, value in edits.items()})
+    if references:
+        result.update(_reference_scores(loaded, rows, samples, num_inference_steps, seed, batch_size))
     result["samples"] = samples
     return result
+
+
+def _reference_scores(loaded: LoadedMLLM, rows, samples: dict, num_inference_steps: int, seed: int, batch_size: int) -> dict:
+    """Chance levels and ceilings for :func:`evaluate_mllm` (see there)."""
+    objects = list(rows["objects"])
+
+    def neighbour(items: list) -> list:  # scene i+1 for scene i: the same world, the wrong content
+        return items[1:] + items[:1]
+
+    truth = [{(o["color"], o["shape"]) for o in scene} for scene in objects]
+    named = [mentioned_pairs(caption) for caption in neighbour(list(rows["caption"]))]
+    out = {"reference_caption_chance": float(np.mean([len(t & n) / len(t) if t else 1.0 for t, n in zip(truth, named)]))}
+    if "qa" in samples:
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for questions in rows["questions"]:
+            for qa in questions:
+                by_type[qa["type"]].append(_normalise_answer(qa["answer"]))
+        majority = {kind: max(sorted(set(answers)), key=answers.count) for kind, answers in by_type.items()}
+        hits = [answer == majority[kind] for kind, answers in by_type.items() for answer in answers]
+        out["reference_qa_majority"] = float(np.mean(hits))
+    if loaded.decoder is not None:
+        images = [image.convert("RGB") for image in rows["image"]]
+        real = _attribute_scores(images, objects)
+        chance = _attribute_scores(neighbour(images), objects)
+        reconstructed = []
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(images), batch_size):
+            reconstructed += list(loaded.decoder(images=images[start : start + batch_size], num_inference_steps=num_inference_steps,
+                                                 generator=generator, output_type="pil").images)
+        ceiling = _attribute_scores(reconstructed, objects)
+        for name, scores in (("real", real), ("chance", chance), ("tokenizer", ceiling)):
+            out[f"reference_t2i_color_{name}"] = scores["color_accuracy"]
+            out[f"reference_t2i_shape_{name}"] = scores["shape_accuracy"]
+        samples["reconstructions"] = reconstructed
+    return out
