@@ -282,6 +282,18 @@ def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes
     assert set(summary["task_counts"]) == {"captioning", "qa", "text_to_image", "editing"}
     # packing: several short examples per row of max_length tokens
     assert len(trainer.train_dataset) < summary["num_examples"] and "seq_lengths" in trainer.train_dataset.column_names
+    # ... and the packed examples do not see each other: TRL's padding-free batches restart position_ids and carry
+    # no attention mask, and the model (in train mode, as the Trainer runs it) then masks attention per example
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert "position_ids" in batch and batch.get("attention_mask") is None
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2
+    model = trainer.model.train()
+    second = slice(starts[1], starts[2] if len(starts) > 2 else None)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, second]
+        alone = model(input_ids=batch["input_ids"][:, second]).logits[0]
+    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["trainable_token_indices"]) == {"embed_tokens", "lm_head"}
     # the merged export: text rows bit-identical to the base LM, visual rows trained

@@ -263,6 +263,10 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
                     "`pixel_values` were passed."
                 )
         kwargs.pop("return_dict", None)
+        if use_cache is None and self.training:
+            # A cache is useless in training and, once created, makes transformers skip the packed-sequence mask
+            # that it builds from restarting position_ids: TRL-packed examples would attend to each other.
+            use_cache = False
         outputs = self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
