@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from hf_vtok.demo import CHECKPOINTS_DIR, DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
+from hf_vtok.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
+from hf_vtok.pretokenize import SHIPPED_CHECKPOINTS_DIR
 
 
 def test_every_family_ships_a_checkpoint_with_its_card():
     for family in DEMO_RECIPES:
-        folder = CHECKPOINTS_DIR / family
+        folder = SHIPPED_CHECKPOINTS_DIR / family
         assert (folder / "decoder" / "model_index.json").is_file(), family
         assert (folder / "tokenizer" / "config.json").is_file(), family
         recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
@@ -22,11 +23,11 @@ def test_every_family_ships_a_checkpoint_with_its_card():
 
 
 def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
-    folder = CHECKPOINTS_DIR / "mllm"
+    folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
     for required in ("model_index.json", "mllm/config.json", "mllm/processor_config.json", "decoder/model_index.json", "README.md"):
         assert (folder / required).is_file(), required
     recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
-    shipped_recipe = json.loads((CHECKPOINTS_DIR.parent / "recipes" / f"{DEMO_MLLM_RECIPES[-1]}.json").read_text())
+    shipped_recipe = json.loads((SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / f"{DEMO_MLLM_RECIPES[-1]}.json").read_text())
     assert recipe["max_steps"] == shipped_recipe["max_steps"] and recipe["seed"] == shipped_recipe["seed"]
     assert recipe["visual_tokenizer"].endswith(DEMO_MLLM_RECIPES[0])  # the flat DDT tokenizer trained first
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -23,8 +23,6 @@ from pathlib import Path
 from .pretokenize import SHIPPED_CHECKPOINTS_DIR
 from .validation import check_int, describe
 
-CHECKPOINTS_DIR = SHIPPED_CHECKPOINTS_DIR
-
 
 @dataclass
 class DemoContext:
@@ -57,7 +55,7 @@ def _family_sections() -> dict[str, Callable[[DemoContext], dict]]:
 def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     """The shipped checkpoint, or a freshly trained one with ``--train``; None when neither exists."""
     if not context.train:
-        folder = CHECKPOINTS_DIR / family
+        folder = SHIPPED_CHECKPOINTS_DIR / family
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
     from .training import TokenizerTrainingRecipe, train_tokenizer
 
@@ -75,7 +73,7 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
 def _mllm_folder(context: DemoContext) -> Path | None:
     """The shipped MLLM, or one trained now with ``--train`` (its DDT tokenizer first, then the MLLM)."""
     if not context.train:
-        folder = CHECKPOINTS_DIR / "mllm"
+        folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
         return folder if (folder / "mllm" / "config.json").is_file() else None
     from .mllm_training import MLLMTrainingRecipe, train_mllm
     from .training import TokenizerTrainingRecipe, train_tokenizer
@@ -212,7 +210,7 @@ def _ddt_analyses(loaded, context: DemoContext) -> None:
     print(f"[ddt] counterfactual interpolation (A, A+B[:T/2], A+B[T/2:], B) -> {save_png(strip, context.out_dir / 'ddt_counterfactual.png')}")
 
 
-def _shapes_section(context: DemoContext, flat_dataset) -> None:
+def _shapes_section(context: DemoContext) -> None:
     from .visualization import make_grid, overlay_masks, save_png
 
     tiles, captions = [], []
@@ -221,7 +219,7 @@ def _shapes_section(context: DemoContext, flat_dataset) -> None:
         count = len(row["objects"])
         captions += [row["caption"], f"{count} object{'' if count == 1 else 's'}"]
     path = save_png(make_grid(tiles, ncols=8, captions=captions, tile_size=128), context.out_dir / "shapes_world.png")
-    flat = [row["image"] for row in flat_dataset]
+    flat = [row["image"] for row in context.flat_dataset]
     save_png(make_grid(flat, ncols=8, tile_size=96), context.out_dir / "shapes_world_flat.png")
     print(f"[shapes] {len(context.dataset)} textured scenes with masks and captions -> {path}")
 
@@ -254,7 +252,7 @@ def run_demo(
     dataset = generate_shapes_dataset(num_images, seed=seed, style="textured", progress=False)
     flat = generate_shapes_dataset(num_images, seed=seed, style="flat", progress=False)
     context = DemoContext(out_dir=out_dir, dataset=dataset, train=train, seed=seed, flat_dataset=flat)
-    _shapes_section(context, flat)
+    _shapes_section(context)
     for name, section in sections.items():
         context.metrics[name] = section(context)
     context.metrics["seconds"] = round(time.perf_counter() - start, 1)

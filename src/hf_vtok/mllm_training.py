@@ -297,6 +297,7 @@ def build_mllm(recipe: MLLMTrainingRecipe):
 
     from .mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
     from .mllm.pipeline_mllm import load_decoder_pipeline
+    from .mllm.processing_mllm import check_task_prompts
 
     if recipe.init_from:
         folder = Path(recipe.init_from)
@@ -305,7 +306,7 @@ def build_mllm(recipe: MLLMTrainingRecipe):
             raise ValueError(f"`init_from` must be a train-mllm output (with mllm/) or an MLLM folder, got {recipe.init_from!r}.")
         model = AutoModelForImageTextToText.from_pretrained(mllm_dir)
         processor = AutoProcessor.from_pretrained(mllm_dir)
-        processor.task_prompts = recipe.task_prompts() or processor.task_prompts
+        processor.task_prompts = check_task_prompts(recipe.task_prompts()) or processor.task_prompts
         decoder = load_decoder_pipeline(folder / "decoder") if (folder / "decoder" / "model_index.json").is_file() else None
         return model, processor, decoder
     language_model, text_tokenizer = build_language_model(recipe)

@@ -57,7 +57,8 @@ TABLE_COLUMNS = (
 
 def default_tokenizer_folders() -> list[Path]:
     """Every shipped checkpoint: ``hf_vtok/checkpoints/<name>`` folders with ``tokenizer/`` and ``decoder/``."""
-    root = Path(__file__).resolve().parent.parent / "checkpoints"
+    from ..pretokenize import SHIPPED_CHECKPOINTS_DIR as root
+
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if (p / "tokenizer" / "config.json").is_file() and (p / "decoder" / "model_index.json").is_file())
