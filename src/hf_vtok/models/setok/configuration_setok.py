@@ -29,6 +29,7 @@ from typing import ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from hf_vtok.validation import check_choice, check_float, check_int, describe
 
@@ -49,8 +50,7 @@ PAPER_VISION_CONFIG = {
 }
 
 # OpenAI-CLIP normalisation, also used by EVA-CLIP.
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+CLIP_MEAN, CLIP_STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
 # Mask decoder (Sec. 2.2, stage I sub-phase 2, following OMG-Seg / Mask2Former): token queries refined by
 # transformer layers that cross-attend to the patch features, dot product with upsampled pixel embeddings.

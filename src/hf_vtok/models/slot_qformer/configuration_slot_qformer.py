@@ -24,6 +24,12 @@ from typing import Any, ClassVar
 
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
 
 from ...validation import check_choice, check_float, check_int
 
@@ -33,10 +39,8 @@ SLOT_SOFTMAXES = ("slots", "heads_and_slots")
 SLOT_TOKEN_ORDERS = ("slot_major", "depth_major")
 UNET_TRAINABLE = ("cross_attention", "all", "none")
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN, IMAGENET_STD = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+CLIP_MEAN, CLIP_STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
 # DINOv2-L/14 (facebook/dinov2-large): 24 layers, width 1024, 16 heads, patch 14.
 DINOV2_LARGE = {
