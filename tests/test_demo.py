@@ -22,6 +22,17 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
 
 
+def test_shipped_tokenizer_cards_fill_every_token_field():
+    from hf_vtok.hub import build_model_card
+
+    for family in DEMO_RECIPES:
+        card = str(build_model_card(SHIPPED_CHECKPOINTS_DIR / family, f"hf-vtok/{family}-tiny-shapes"))
+        token_line = next(line for line in card.splitlines() if line.startswith("* Tokens per image:"))
+        input_line = next(line for line in card.splitlines() if line.startswith("* Input:"))
+        assert "?" not in token_line and "?" not in input_line, (family, token_line, input_line)
+        assert "64 × 64" in input_line
+
+
 def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
     folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
     for required in ("model_index.json", "mllm/config.json", "mllm/processor_config.json", "decoder/model_index.json", "README.md"):

@@ -228,9 +228,10 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         decode_argument=decode_argument,
         num_visual_tokens=_num_visual_tokens(config),
         codebook_size=config.get("codebook_size"),
-        token_order=config.get("token_order", "?"),
+        # SeTok has no id order: its tokens come in the order the clusters were found (highest score first)
+        token_order=config.get("token_order") or ("cluster discovery" if config.get("max_clusters") else "?"),
         token_embedding_dim=config.get("token_embedding_dim") or config.get("hidden_size", "?"),
-        image_size=config.get("image_size", "?"),
+        image_size=config.get("image_size") or (config.get("vision_config") or {}).get("image_size", "?"),
         training_data=training_data,
         recipe_rows=_recipe_rows(recipe),
         metric_rows=_metric_rows(recipe, info["metrics"]),
