@@ -184,11 +184,49 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
             context.out_dir / f"{family}_token_maps_photos.png",
         )
         print(f"[{family}] token maps on natural photos -> {path}")
+    if len(set(evaluation.num_tokens)) > 1:  # a variable token count (SeTok): does it follow the objects?
+        metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context)
     if family == "ddt":
         _ddt_analyses(loaded, context)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"[{family}] " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
+    print(f"[{family}] " + ", ".join(f"{key} {value}" for key, value in metrics.items() if not isinstance(value, dict)))
     return metrics
+
+
+def _token_count_statistics(family: str, loaded, context: DemoContext, num_scenes: int = 128) -> dict:
+    """Mean token count per object count on flat and textured scenes, and the cluster maps of the flat demo scenes."""
+    import numpy as np
+
+    from .data.shapes import generate_shapes_dataset
+    from .evaluation.tokenizers import evaluate_tokenizer
+    from .visualization import make_grid, overlay_masks, save_png
+
+    statistics = {}
+    for style in ("flat", "textured"):
+        scenes = generate_shapes_dataset(num_scenes, seed=context.seed + 1, style=style, with_edits=False, progress=False)
+        evaluation = evaluate_tokenizer(loaded, scenes, reconstruct=False, keep_images=0)
+        tokens, objects = np.asarray(evaluation.num_tokens, dtype=float), np.asarray(evaluation.num_objects)
+        means = {int(k): round(float(tokens[objects == k].mean()), 2) for k in np.unique(objects)}
+        correlation = float(np.corrcoef(tokens, objects)[0, 1]) if tokens.std() > 0 else float("nan")
+        statistics[style] = {"mean_tokens": means, "correlation": round(correlation, 3)}
+        table = ", ".join(f"{k} object{'' if k == 1 else 's'}: {v:.1f}" for k, v in means.items())
+        print(f"[{family}] tokens per image on {num_scenes} {style} scenes by object count: {table} (r = {correlation:.2f})")
+    flat = context.flat_dataset
+    evaluation = evaluate_tokenizer(loaded, flat, reconstruct=False)
+    if evaluation.group_maps:
+        tiles = list(evaluation.originals) + [
+            overlay_masks(image, labels, background_id=None)
+            for image, labels in zip(evaluation.originals, evaluation.group_maps)
+        ]
+        captions = ["input"] * len(evaluation.originals) + [
+            f"{n} tokens, {k} obj." for n, k in zip(evaluation.num_tokens, evaluation.num_objects)
+        ]
+        path = save_png(
+            make_grid(tiles, ncols=len(evaluation.originals), captions=captions, tile_size=96),
+            context.out_dir / f"{family}_token_maps_flat.png",
+        )
+        print(f"[{family}] token maps on flat scenes -> {path}")
+    return statistics
 
 
 def _ddt_analyses(loaded, context: DemoContext) -> None:
