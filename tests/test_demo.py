@@ -59,6 +59,12 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
         assert metrics[family]["psnr"] > 0
     assert (tmp_path / "ddt_prefix_strip.png").is_file() and (tmp_path / "ddt_counterfactual.png").is_file()
     assert 0.0 <= metrics["slot_qformer"]["fg_ari"] <= 1.0
+    # SeTok's variable token count against the object count, on flat and textured scenes
+    assert (tmp_path / "setok_token_maps_flat.png").is_file()
+    for style in ("flat", "textured"):
+        counts = metrics["setok"]["tokens_by_object_count"][style]["mean_tokens"]
+        assert set(counts) == {1, 2, 3, 4} and all(1 <= value <= 16 for value in counts.values())
+    assert "tokens_by_object_count" not in metrics["slot_qformer"]
     assert json.loads((tmp_path / "metrics.json").read_text())["ddt"]["mean_tokens"] == 16
     assert (tmp_path / "mllm_captions.png").is_file() and (tmp_path / "mllm_text_to_image.png").is_file()
     for key in ("caption_pair_recall", "qa_accuracy", "t2i_color_accuracy", "t2i_shape_accuracy", "reference_qa_majority",

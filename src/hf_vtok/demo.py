@@ -184,7 +184,7 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
             context.out_dir / f"{family}_token_maps_photos.png",
         )
         print(f"[{family}] token maps on natural photos -> {path}")
-    if len(set(evaluation.num_tokens)) > 1:  # a variable token count (SeTok): does it follow the objects?
+    if loaded.model.has_variable_token_count:  # SeTok: does the token count follow the objects?
         metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context)
     if family == "ddt":
         _ddt_analyses(loaded, context)

@@ -78,6 +78,9 @@ class VisualTokenizerMixin:
     def is_discrete(self) -> bool:
         return self.codebook_size is not None
 
+    # True where the number of tokens depends on the image (SeTok); ``attention_mask`` then marks the real ones.
+    has_variable_token_count: bool = False
+
     @property
     def visual_token_dim(self) -> int:
         """Width of ``VisualTokens.embeddings``."""

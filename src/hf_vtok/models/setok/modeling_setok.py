@@ -249,6 +249,7 @@ class SeTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loadi
 class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
     """The SeTok tokenizer: vision encoder → density-peak clustering → cluster merger → variable-length tokens."""
 
+    has_variable_token_count = True  # one token per cluster
     # Loading the tokenizer from a SeTokForPreTraining checkpoint skips the decoders quietly.
     _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^(feature_mapper|unet|vae|mask_decoder)\."]
 
