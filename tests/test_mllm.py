@@ -288,6 +288,29 @@ def test_model_and_config_round_trip_through_auto_classes(ddt_mllm, shapes, tmp_
 
 
 # ----------------------------------------------------------------------------------------------------- generation
+def test_the_key_value_cache_reaches_the_language_model(ddt_mllm, shapes):
+    """Incremental decoding through the cache (``generate`` and the image sampler's prefill/step) gives the logits
+    of a full forward pass; the cache name changed in transformers 5.24 (``past_key_values`` -> ``cache``)."""
+    from hf_vtok.mllm.generation import _prefill, _step
+
+    model, processor = ddt_mllm
+    model.eval()
+    batch = processor(images=[shapes[0]["image"]], text=["<image> what colour is the circle?"])
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        full = model(input_ids=generated, pixel_values=batch["pixel_values"], attention_mask=torch.ones_like(generated))
+        prompt_length = batch["input_ids"].shape[1]
+        assert torch.equal(generated[0, prompt_length:], full.logits[0, prompt_length - 1 : -1].argmax(-1))
+        hidden, cache, mask, position = _prefill(model, batch, "cpu")
+        assert cache is not None and cache.get_seq_length() == prompt_length
+        next_id = generated[:, prompt_length : prompt_length + 1]
+        stepped, cache, mask, position = _step(model, cache, mask, position, input_ids=next_id)
+        assert cache.get_seq_length() == prompt_length + 1
+        torch.testing.assert_close(model.compute_logits(stepped), full.logits[:, prompt_length], rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="not both"):
+            model(input_ids=next_id, cache=cache, past_key_values=cache)
+
+
 def test_image_generation_yields_exactly_n_valid_ids(ddt_mllm):
     model, processor = ddt_mllm
     N, K = processor.num_visual_tokens, processor.codebook_size

@@ -28,6 +28,7 @@ from transformers import LogitsProcessor
 from transformers.utils import ModelOutput
 
 from ..validation import check_float, check_int, describe
+from .modeling_mllm import CACHE_NAME
 
 try:  # tqdm ships with transformers
     from tqdm.auto import tqdm
@@ -236,7 +237,7 @@ def _prefill(model, batch: dict, device):
         position_ids=position_ids,
         use_cache=True,
     )
-    return outputs.last_hidden_state[:, -1], outputs.past_key_values, attention_mask, position_ids[:, -1]
+    return outputs.last_hidden_state[:, -1], getattr(outputs, CACHE_NAME), attention_mask, position_ids[:, -1]
 
 
 def _step(model, cache, attention_mask, last_position, input_ids=None, inputs_embeds=None):
@@ -247,10 +248,10 @@ def _step(model, cache, attention_mask, last_position, input_ids=None, inputs_em
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=last_position[:, None],
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
-    return outputs.last_hidden_state[:, -1], outputs.past_key_values, attention_mask, last_position
+    return outputs.last_hidden_state[:, -1], getattr(outputs, CACHE_NAME), attention_mask, last_position
 
 
 @torch.no_grad()

@@ -35,12 +35,21 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..modeling_utils import VisualTokens
 from ..validation import check_tensor, describe
 from .configuration_mllm import VTokMLLMConfig
+
+# transformers 5.24 renamed the key/value cache argument and output field from `past_key_values` to `cache`; the
+# models accept either name and pass the language model the one its version uses.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _resolve_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the key/value cache as `cache` or as `past_key_values`, not both.")
+    return cache if cache is not None else past_key_values
 
 
 @dataclass
@@ -60,18 +69,13 @@ class VTokMLLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class VTokMLLMCausalLMOutputWithPast(ModelOutput):
-    """Output of :class:`VTokMLLMForConditionalGeneration`.
+class VTokMLLMCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Output of :class:`VTokMLLMForConditionalGeneration`: ``CausalLMOutputWithPast`` plus the two loss terms.
 
     ``loss`` = ``text_loss`` (cross-entropy over text and visual ids) + ``regression_loss_weight`` x
     ``regression_loss`` (continuous tokenizers only).
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     text_loss: torch.FloatTensor | None = None
     regression_loss: torch.FloatTensor | None = None
 
@@ -108,7 +112,7 @@ class VTokMLLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -243,8 +247,10 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
         use_cache: bool | None = None,
         num_image_tokens: torch.Tensor | None = None,
         visual_tokens: VisualTokens | None = None,
+        cache=None,
         **kwargs,
     ) -> VTokMLLMModelOutputWithPast:
+        past_key_values = _resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         merged, image_mask, visual = None, None, None
@@ -271,15 +277,15 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_dict=True,
+            **{CACHE_NAME: past_key_values},
             **kwargs,
         )
         return VTokMLLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             merged_input_ids=merged,
@@ -472,6 +478,7 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
         logits_to_keep: int | torch.Tensor = 0,
         num_image_tokens: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | None = None,
+        cache=None,
         **kwargs,
     ) -> VTokMLLMCausalLMOutputWithPast:
         """Causal LM forward; with ``labels`` returns ``loss`` (see the class and module docstrings)."""
@@ -480,7 +487,7 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             num_image_tokens=num_image_tokens,
@@ -521,7 +528,7 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
         return VTokMLLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             text_loss=text_loss,
