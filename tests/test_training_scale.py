@@ -385,3 +385,21 @@ def test_held_out_token_maps_are_logged_while_a_tokenizer_trains(tmp_path, capsy
     assert "[held-out, step 4]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="eval_steps"):
         TokenizerTrainingRecipe.from_name("setok_stage1_tiny", eval_steps=-1)
+
+
+def test_held_out_callback_builds_its_scenes_only_on_the_main_process():
+    """Other ranks of a multi-process run never render the held-out scenes; bad settings fail at construction."""
+    from types import SimpleNamespace
+
+    from hf_vtok.models.setok import SeTokImageProcessor
+    from hf_vtok.training import HeldOutTokenMapsCallback
+
+    callback = HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=1, num_images=2)
+    other_rank = SimpleNamespace(is_world_process_zero=False, global_step=1, max_steps=1)
+    callback.on_step_end(None, other_rank, None, model=torch.nn.Module())
+    assert callback._dataset is None
+    assert len(callback.dataset) == 2 and callback.dataset[0]["image"].size == (32, 32)
+    with pytest.raises(ValueError, match="style"):
+        HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=1, style="photo")
+    with pytest.raises(ValueError, match="eval_steps"):
+        HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=0)

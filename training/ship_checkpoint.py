@@ -27,11 +27,20 @@ from hf_vtok.hub import build_model_card
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
 
+def _tokenizer_family(mllm_folder: Path) -> str:
+    """The visual tokenizer family an MLLM folder decodes with (its decoder pipeline's tokenizer config)."""
+    config = json.loads((mllm_folder / "decoder" / "tokenizer" / "config.json").read_text())
+    return {"slot_qformer": "slot", "ddt_tokenizer": "ddt"}.get(config["model_type"], config["model_type"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("family", choices=("slot_qformer", "setok", "ddt", "mllm"))
     parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--repo-id", default=None,
+                        help="Hub id written into the model card (default: the recipe's hub_model_id, else "
+                             "hf-vtok/<family>-tiny-shapes; for an MLLM hf-vtok/<tokenizer family>-llama-tiny-shapes)")
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / args.family
     if target.exists():
@@ -49,7 +58,7 @@ def main() -> None:
         summary.pop("samples")
         summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes (seed 999); "
                                  "text-to-image with guidance 3, 25 decoder steps, seed 0")
-        repo_id = "hf-vtok/ddt-llama-tiny-shapes"
+        repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
     else:
         for name in ("tokenizer", "decoder"):
             shutil.copytree(run_dir / name, target / name)
@@ -57,7 +66,7 @@ def main() -> None:
         dataset = generate_shapes_dataset(args.num_images, seed=999, with_edits=False, progress=False)
         summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
         summary["evaluation"] = f"{args.num_images} held-out textured shapes scenes (seed 999), 25 sampling steps"
-        repo_id = f"hf-vtok/{args.family}-tiny-shapes"
+        repo_id = args.repo_id or f"hf-vtok/{args.family}-tiny-shapes"
     (target / "metrics.json").write_text(json.dumps(summary, indent=2))
     build_model_card(target, repo_id).save(target / "README.md")
     print(json.dumps(summary, indent=2))

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "push",
         help="upload a tokenizer / MLLM folder to the Hub with a model card",
         description="Stage a train-tokenizer or train-mllm output (safetensors and configs only; no checkpoints or "
-        "pickles), write README.md from model_cards/, and upload it. --dry-run stops after staging.",
+        "pickles), write README.md from the hf_vtok/model_cards/ templates, and upload it. --dry-run stops after staging.",
     )
     push.add_argument("folder")
     push.add_argument("--repo-id", required=True, help="ORG/NAME")

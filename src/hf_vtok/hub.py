@@ -3,7 +3,7 @@
 ``push_folder(folder, repo_id)`` (``hf-vtok push FOLDER --repo-id ORG/NAME [--private] [--dry-run]``) takes the output
 of ``hf-vtok train-tokenizer`` (``tokenizer/``, ``decoder/``, ``recipe.json``), of ``hf-vtok train-mllm`` (``mllm/``,
 ``processor/``, ``decoder/``, ``model_index.json``, ``adapter/``, ``recipe.json``) or a single ``save_pretrained``
-folder, stages exactly what will be uploaded and writes ``README.md`` from the templates in ``model_cards/``
+folder, stages exactly what will be uploaded and writes ``README.md`` from the templates in ``hf_vtok/model_cards/``
 (license, the paper's BibTeX, training data and recipe, the metrics of the run, intended use and limits, how to load).
 
 Only safetensors weights and JSON / text files are staged: pickled files (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``),
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .validation import describe
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
+# Package data (not the repository root) so that `hf-vtok push` works from an installed wheel too.
+MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NEVER_UPLOADED = ("checkpoints", "pretokenized", ".cache", "runs", "__pycache__")

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training import FAMILIES, RECIPES_DIR
+from .training import FAMILIES, RECIPES_DIR, accelerator_available
 from .validation import check_choice, check_float, check_int, describe
 
 FINETUNING_MODES = ("lora", "full", "partial")
@@ -629,10 +629,6 @@ def training_arguments(recipe: MLLMTrainingRecipe, output_dir: Path, sft: bool):
     from trl import SFTConfig
 
     warmup = recipe.warmup_steps if recipe.warmup_steps else recipe.warmup_ratio
-    # transformers runs data-parallel CPU processes (a GPU-less `accelerate launch`) only with use_cpu=True
-    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available()
-    )
     common = {
         "output_dir": str(output_dir / "checkpoints"),
         "max_steps": recipe.max_steps,
@@ -659,7 +655,7 @@ def training_arguments(recipe: MLLMTrainingRecipe, output_dir: Path, sft: bool):
         "report_to": recipe.report_to,
         "remove_unused_columns": sft,  # the continuous collator reads the raw prompt/completion/embeddings columns
         "disable_tqdm": False,
-        "use_cpu": not accelerated,
+        "use_cpu": not accelerator_available(),
     }  # fmt: skip
     if not sft:
         return TrainingArguments(**common)

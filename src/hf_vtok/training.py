@@ -34,6 +34,14 @@ FAMILIES = ("slot_qformer", "setok", "ddt")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU-like device. Without one, training arguments set ``use_cpu=True``: transformers
+    runs data-parallel CPU processes (a GPU-less ``accelerate launch``) only then."""
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available()
+    )
+
+
 def family_classes(family: str) -> dict[str, Any]:
     """Config, training-model, inference-model and image-processor classes of a family."""
     check_choice("family", family, FAMILIES)
@@ -305,6 +313,7 @@ def train_tokenizer(
         remove_unused_columns=False,
         report_to=recipe.report_to,
         disable_tqdm=False,
+        use_cpu=not accelerator_available(),
     )
     callbacks = []
     if recipe.eval_steps:
@@ -326,14 +335,26 @@ class HeldOutTokenMapsCallback(TrainerCallback):
 
     def __init__(self, image_processor, image_size: int, eval_steps: int, num_images: int = 64, style: str = "textured",
                  seed: int = 998):
-        from .data.shapes import generate_shapes_dataset
-
         self.image_processor = image_processor
         self.eval_steps = check_int("eval_steps", eval_steps, minimum=1)
-        self.dataset = generate_shapes_dataset(
-            check_int("num_images", num_images, minimum=1), image_size=check_int("image_size", image_size, minimum=8),
-            style=style, seed=seed, with_edits=False, progress=False,
-        )
+        from .data.shapes import STYLES
+
+        self._scenes = {
+            "num_images": check_int("num_images", num_images, minimum=1),
+            "image_size": check_int("image_size", image_size, minimum=8),
+            "style": check_choice("style", style, STYLES),
+            "seed": seed,
+        }
+        self._dataset = None
+
+    @property
+    def dataset(self):
+        """The held-out scenes, generated on first use so that only the main process builds them."""
+        if self._dataset is None:
+            from .data.shapes import generate_shapes_dataset
+
+            self._dataset = generate_shapes_dataset(with_edits=False, progress=False, **self._scenes)
+        return self._dataset
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero:
