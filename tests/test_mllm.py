@@ -301,7 +301,7 @@ def test_the_key_value_cache_reaches_the_language_model(ddt_mllm, shapes):
         full = model(input_ids=generated, pixel_values=batch["pixel_values"], attention_mask=torch.ones_like(generated))
         prompt_length = batch["input_ids"].shape[1]
         assert torch.equal(generated[0, prompt_length:], full.logits[0, prompt_length - 1 : -1].argmax(-1))
-        hidden, cache, mask, position = _prefill(model, batch, "cpu")
+        _, cache, mask, position = _prefill(model, batch, "cpu")
         assert cache is not None and cache.get_seq_length() == prompt_length
         next_id = generated[:, prompt_length : prompt_length + 1]
         stepped, cache, mask, position = _step(model, cache, mask, position, input_ids=next_id)

@@ -152,7 +152,12 @@ def _natural_photos() -> list:
 
 def _tokenizer_section(family: str, context: DemoContext) -> dict:
     """Reconstructions, token maps and metrics of one family on the demo scenes."""
-    from .evaluation.tokenizers import assignment_maps, evaluate_tokenizer, load_tokenizer_folder, upsample_labels
+    from .evaluation.tokenizers import (
+        assignment_maps,
+        evaluate_tokenizer,
+        load_tokenizer_folder,
+        upsample_labels,
+    )
     from .visualization import make_grid, overlay_masks, save_png
 
     folder = _checkpoint_folder(family, context)

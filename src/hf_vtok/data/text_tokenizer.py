@@ -58,7 +58,7 @@ def build_text_tokenizer(texts: Iterable[str] | None = None, *, model_max_length
     # Special tokens first, in a fixed order, so their ids are stable (pad=0, unk=1, bos=2, eos=3).
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS.values()), min_frequency=1)
     tokenizer.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    bos, eos = SPECIAL_TOKENS["bos_token"], SPECIAL_TOKENS["eos_token"]
+    bos = SPECIAL_TOKENS["bos_token"]  # no EOS appended: captions end where the completion ends
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
     )

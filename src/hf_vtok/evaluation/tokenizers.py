@@ -40,8 +40,9 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
     """
     import json
 
-    import hf_vtok
     from transformers import AutoImageProcessor, AutoModel
+
+    import hf_vtok
 
     if not isinstance(path, (str, Path)):
         raise TypeError(f"`path` must be a folder path, got {describe(path)}.")

@@ -32,7 +32,14 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...modeling_utils import Attention, CheckedLoadingMixin, FeedForward, TransformerBlock, VisualTokenizerMixin, VisualTokens
+from ...modeling_utils import (
+    Attention,
+    CheckedLoadingMixin,
+    FeedForward,
+    TransformerBlock,
+    VisualTokenizerMixin,
+    VisualTokens,
+)
 from ...quantizers import QuantizerOutput, ResidualVectorQuantizer
 from ...validation import check_choice, check_tensor, describe
 from .configuration_slot_qformer import SlotQFormerConfig
