@@ -125,7 +125,7 @@ class TokenizerTrainingCollator:
             for row in rows:
                 mask = row[self.mask_column]
                 mask = mask.resize((size, size), resample=0) if hasattr(mask, "resize") else mask
-                masks.append(torch.as_tensor(np.asarray(mask), dtype=torch.long))
+                masks.append(torch.as_tensor(np.array(mask), dtype=torch.long))  # a copy: PIL arrays are read-only
             batch["instance_mask"] = torch.stack(masks)
         return batch
 
