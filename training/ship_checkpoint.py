@@ -22,7 +22,7 @@ from pathlib import Path
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
-from hf_vtok.hub import build_model_card
+from hf_vtok.hub import MODEL_TYPE_TO_FAMILY, build_model_card
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
@@ -30,7 +30,7 @@ PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / 
 def _tokenizer_family(mllm_folder: Path) -> str:
     """The visual tokenizer family an MLLM folder decodes with (its decoder pipeline's tokenizer config)."""
     config = json.loads((mllm_folder / "decoder" / "tokenizer" / "config.json").read_text())
-    return {"slot_qformer": "slot", "ddt_tokenizer": "ddt"}.get(config["model_type"], config["model_type"])
+    return MODEL_TYPE_TO_FAMILY[config["model_type"]]
 
 
 def main() -> None:
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("family", choices=("slot_qformer", "setok", "ddt", "mllm"))
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repo-id", default=None,
-                        help="Hub id written into the model card (default: the recipe's hub_model_id, else "
-                             "hf-vtok/<family>-tiny-shapes; for an MLLM hf-vtok/<tokenizer family>-llama-tiny-shapes)")
+                        help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
+                             "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / args.family
     if target.exists():

@@ -20,6 +20,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -345,16 +346,13 @@ class HeldOutTokenMapsCallback(TrainerCallback):
             "style": check_choice("style", style, STYLES),
             "seed": seed,
         }
-        self._dataset = None
 
-    @property
+    @cached_property
     def dataset(self):
         """The held-out scenes, generated on first use so that only the main process builds them."""
-        if self._dataset is None:
-            from .data.shapes import generate_shapes_dataset
+        from .data.shapes import generate_shapes_dataset
 
-            self._dataset = generate_shapes_dataset(with_edits=False, progress=False, **self._scenes)
-        return self._dataset
+        return generate_shapes_dataset(with_edits=False, progress=False, **self._scenes)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero:
