@@ -35,7 +35,7 @@ def build(case: dict, seed: int = 0):
     """Both quantizers with the same projections and codebook, plus one input batch."""
     from vector_quantize_pytorch import ResidualVQ, VectorQuantize
 
-    from hf_vtok.quantizers import ResidualVectorQuantizer, VectorQuantizer
+    from hf_vtok.utils.quantizers import ResidualVectorQuantizer, VectorQuantizer
 
     torch.manual_seed(seed)
     if case["depths"] > 1:
@@ -81,7 +81,7 @@ def encode_ours(ours, x):
 def max_tie_gap(ours, x, ref_ids, our_ids) -> float:
     """Where the two disagree at the first depth, how far apart (in float64) the two chosen codes are
     from the vector, relative to its distance: ~1e-7 means a float tie, not a different answer."""
-    from hf_vtok.quantizers import ResidualVectorQuantizer
+    from hf_vtok.utils.quantizers import ResidualVectorQuantizer
 
     if isinstance(ours, ResidualVectorQuantizer):
         z, codes, ref_ids, our_ids = ours.project_in(x), ours.codebooks[0].codes, ref_ids[..., 0], our_ids[..., 0]

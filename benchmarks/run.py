@@ -132,7 +132,7 @@ def worker(args) -> dict:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    from hf_vtok.training import family_classes, image_processor_for
+    from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
 
     classes = family_classes(args.family)
     config = classes["config"].tiny() if args.scale == "tiny" else classes["config"]()

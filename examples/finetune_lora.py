@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from hf_vtok.mllm_training import MLLMTrainingRecipe, train_mllm
+    from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, train_mllm
 
     overrides = {"visual_tokenizer": args.visual_tokenizer, "max_steps": args.max_steps}
     if args.tiny:

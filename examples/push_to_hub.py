@@ -18,7 +18,7 @@ from pathlib import Path
 
 def tiny_folder(family: str) -> Path:
     """A tokenizer folder as `hf-vtok train-tokenizer` writes it, from a random tiny model."""
-    from hf_vtok.mllm_training import MLLMTrainingRecipe, build_visual_tokenizer
+    from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_visual_tokenizer
 
     tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer=f"random:{family}"))
     folder = Path(tempfile.mkdtemp(prefix="hf_vtok_tiny_"))
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModel
 
     import hf_vtok  # noqa: F401
-    from hf_vtok.hub import push_folder
+    from hf_vtok.trainer.hub import push_folder
 
     folder = tiny_folder(args.family) if args.tiny or args.folder is None else Path(args.folder)
     plan = push_folder(folder, args.repo_id, private=args.private, dry_run=args.dry_run, staging_dir=args.staging_dir)

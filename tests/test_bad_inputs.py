@@ -28,9 +28,9 @@ from PIL import Image
 
 import hf_vtok
 from hf_vtok.evaluation import foreground_ari, load_tokenizer_folder, perceptual_distance, psnr, ssim
-from hf_vtok.modeling_utils import CheckpointMismatchError
-from hf_vtok.training import family_classes, image_processor_for
-from hf_vtok.validation import MAX_IMAGE_PIXELS, load_image
+from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
+from hf_vtok.utils.modeling_utils import CheckpointMismatchError
+from hf_vtok.utils.validation import MAX_IMAGE_PIXELS, load_image
 
 torch.set_num_threads(1)
 FAMILIES = ("slot_qformer", "setok", "ddt")
@@ -141,7 +141,7 @@ def test_image_sizes_zero_tiny_extreme_and_decompression_bombs(parts, monkeypatc
         processor(png_header_only(20000, 20000), return_tensors="pt")
     with pytest.raises(ValueError, match="too large to decode safely"):
         processor(png_header_only(100000, 100000), return_tensors="pt")
-    monkeypatch.setattr(hf_vtok.validation, "MAX_IMAGE_PIXELS", 100)  # the guard reads the module constant
+    monkeypatch.setattr(hf_vtok.utils.validation, "MAX_IMAGE_PIXELS", 100)  # the guard reads the module constant
     with pytest.raises(ValueError, match="decompression bombs"):
         load_image(Image.new("RGB", (11, 10)))
     assert MAX_IMAGE_PIXELS == 16384 * 16384
@@ -516,7 +516,7 @@ def test_metric_inputs(tmp_path):
 def test_cli_arguments(tmp_path, capsys):
     """Kinds: non-positive counts, unknown families and choices (argparse: exit 2), a tokenizer folder that does
     not exist and one without a decoder (one clear line on stderr, exit code 2)."""
-    from hf_vtok.cli import main
+    from hf_vtok.commands.cli import main
 
     for argv in (["data", "shapes", "--out", str(tmp_path), "--num-images", "0"], ["train-tokenizer", "vqgan", "--output-dir", "x"],
                  ["data", "shapes", "--out", str(tmp_path), "--style", "fancy"], ["eval", "--steps", "-1"]):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hf_vtok.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
-from hf_vtok.pretokenize import SHIPPED_CHECKPOINTS_DIR
+from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
+from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
 
 
 def test_every_family_ships_a_checkpoint_with_its_card():
@@ -23,7 +23,7 @@ def test_every_family_ships_a_checkpoint_with_its_card():
 
 
 def test_shipped_tokenizer_cards_fill_every_token_field():
-    from hf_vtok.hub import build_model_card
+    from hf_vtok.trainer.hub import build_model_card
 
     for family in DEMO_RECIPES:
         card = str(build_model_card(SHIPPED_CHECKPOINTS_DIR / family, f"hf-vtok/{family}-tiny-shapes"))

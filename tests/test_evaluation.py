@@ -39,7 +39,7 @@ from hf_vtok.evaluation import (
     text_to_image_accuracy,
     tokens_by_object_count,
 )
-from hf_vtok.training import family_classes, image_processor_for
+from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
 
 REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -322,7 +322,7 @@ def test_evaluate_metric_modules_load_offline_from_local_paths(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------- hf-vtok eval
 def test_cli_eval_writes_the_table_pictures_and_json(folders, tmp_path, capsys):
-    from hf_vtok.cli import main
+    from hf_vtok.commands.cli import main
 
     out = tmp_path / "eval"
     code = main(["eval", "--tokenizer", str(folders["ddt"]), str(folders["setok"]), str(folders["slot_qformer"]),
@@ -341,7 +341,7 @@ def test_cli_eval_writes_the_table_pictures_and_json(folders, tmp_path, capsys):
 
 
 def test_cli_eval_reports_bad_arguments(tmp_path, capsys, monkeypatch):
-    from hf_vtok.cli import main
+    from hf_vtok.commands.cli import main
     from hf_vtok.evaluation import report
 
     assert main(["eval", "--tokenizer", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

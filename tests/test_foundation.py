@@ -10,10 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_vtok.cli import build_parser, main
-from hf_vtok.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch, images_to_list
-from hf_vtok.modeling_utils import TransformerBlock, sinusoidal_embedding_2d
-from hf_vtok.validation import check_pixel_values, check_token_ids, load_image
+from hf_vtok.commands.cli import build_parser, main
+from hf_vtok.utils.image_processing_utils import (
+    VTokImageProcessorPil,
+    VTokImageProcessorTorch,
+    images_to_list,
+)
+from hf_vtok.utils.modeling_utils import TransformerBlock, sinusoidal_embedding_2d
+from hf_vtok.utils.validation import check_pixel_values, check_token_ids, load_image
 
 
 class TinyPil(VTokImageProcessorPil):

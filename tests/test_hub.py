@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import hf_vtok
-from hf_vtok.hub import PAPERS, describe_folder, push_folder
-from hf_vtok.mllm_training import MLLMTrainingRecipe, build_mllm, export_mllm
+from hf_vtok.trainer.hub import PAPERS, describe_folder, push_folder
+from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_mllm, export_mllm
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def tokenizer_run(tmp_path_factory):
     """A folder laid out like `hf-vtok train-tokenizer` writes it, plus the clutter a run leaves behind."""
     from hf_vtok.mllm.processing_mllm import image_processor_for
     from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
-    from hf_vtok.training import TokenizerTrainingRecipe, export_tokenizer
+    from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe, export_tokenizer
 
     torch.manual_seed(0)
     model = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny()).eval()
@@ -142,15 +142,12 @@ def test_real_push_uploads_the_staged_folder(tokenizer_run, monkeypatch):
 def test_diffusers_registration_and_bad_arguments(tokenizer_run, tmp_path, monkeypatch):
     import diffusers
 
-    from hf_vtok import pipelines_registry
-
-    registered = pipelines_registry.register_pipelines_with_diffusers()
-    assert registered == pipelines_registry.register_pipelines_with_diffusers()  # idempotent
+    hf_vtok.register_pipelines_with_diffusers()
+    hf_vtok.register_pipelines_with_diffusers()  # idempotent
     assert diffusers.SeTokDecoderPipeline is hf_vtok.SeTokDecoderPipeline
-    monkeypatch.setattr(pipelines_registry, "PIPELINE_CLASSES", (("hf_vtok.models.ddt", "DDTDecoderPipeline"),))
     monkeypatch.setattr(diffusers, "DDTDecoderPipeline", diffusers.StableDiffusionPipeline, raising=False)
     with pytest.raises(ValueError, match="shadow"):
-        pipelines_registry.register_pipelines_with_diffusers()
+        hf_vtok.register_pipelines_with_diffusers()
     monkeypatch.undo()
 
     with pytest.raises(ValueError, match="repo_id"):

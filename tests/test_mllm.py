@@ -230,7 +230,7 @@ def test_processor_chat_templates_and_round_trip(ddt_mllm, shapes, tmp_path):
 def test_trained_task_prompts_are_saved_and_used_by_generation_and_evaluation(ddt_parts, shapes, tmp_path):
     """A model is asked the way it was trained: the processor records the recipe's prompt phrasing."""
     from hf_vtok.evaluation.mllm import LoadedMLLM, _task_prompt
-    from hf_vtok.mllm_training import MLLMTrainingRecipe
+    from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe
 
     model, plain = build_mllm(ddt_parts[0])
     recipe = MLLMTrainingRecipe.from_name("ddt_llama_sft_tiny")

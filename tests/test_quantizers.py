@@ -1,10 +1,10 @@
-"""Properties of the shared vector quantizers (hf_vtok.quantizers)."""
+"""Properties of the shared vector quantizers (hf_vtok.utils.quantizers)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_vtok.quantizers import Codebook, ResidualVectorQuantizer, VectorQuantizer
+from hf_vtok.utils.quantizers import Codebook, ResidualVectorQuantizer, VectorQuantizer
 
 
 @pytest.fixture(autouse=True)

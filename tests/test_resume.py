@@ -44,7 +44,7 @@ if os.environ.get("SLOW_STEP"):
         time.sleep(float(os.environ["SLOW_STEP"]))
         return step(self, *a, **k)
     transformers.Trainer.training_step = slow
-from hf_vtok.training import TokenizerTrainingRecipe, train_tokenizer
+from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
 recipe = TokenizerTrainingRecipe.from_name("ddt_tiny", max_steps=8, save_steps=2, num_train_images=32,
                                            per_device_train_batch_size=4, logging_steps=1, warmup_steps=2)
 train_tokenizer(recipe, sys.argv[1], resume_from_checkpoint=True if sys.argv[2] == "resume" else None)

@@ -1,4 +1,4 @@
-"""The shapes world (hf_vtok.data.shapes) and the picture helpers (hf_vtok.visualization)."""
+"""The shapes world (hf_vtok.data.shapes) and the picture helpers (hf_vtok.evaluation.visualization)."""
 
 import itertools
 import re
@@ -23,7 +23,7 @@ from hf_vtok.data import (
     write_shapes_dataset,
 )
 from hf_vtok.evaluation import color_kmeans_segmentation, foreground_ari
-from hf_vtok.visualization import make_grid, mask_to_color, overlay_masks, save_png, to_pil_image
+from hf_vtok.evaluation.visualization import make_grid, mask_to_color, overlay_masks, save_png, to_pil_image
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import hf_vtok
-from hf_vtok.mllm_training import (
+from hf_vtok.data.pretokenize import load_pretokenized, pretokenize_dataset
+from hf_vtok.trainer.mllm_trainer import (
     PAPER_PROMPTS,
     ContinuousMLLMCollator,
     MLLMTrainingRecipe,
@@ -26,8 +27,8 @@ from hf_vtok.mllm_training import (
     list_recipes,
     train_mllm,
 )
-from hf_vtok.pretokenize import load_pretokenized, pretokenize_dataset
-from hf_vtok.training import TokenizerTrainingRecipe, estimate_memory
+from hf_vtok.trainer.memory import estimate_memory
+from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe
 
 torch.set_num_threads(1)
 
@@ -49,7 +50,7 @@ def shapes():
 @pytest.fixture(scope="module")
 def ddt_folder(tmp_path_factory):
     """A tiny DDT tokenizer saved like `train-tokenizer` saves it (tokenizer/ with its image processor)."""
-    from hf_vtok.mllm_training import build_visual_tokenizer
+    from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
     tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:ddt"))
     folder = tmp_path_factory.mktemp("ddt_run")
@@ -101,7 +102,7 @@ def test_every_recipe_loads_with_the_papers_values():
     with pytest.raises(ValueError, match="visual_tokenizer"):
         MLLMTrainingRecipe(visual_tokenizer="random:vqgan").validate()
     with pytest.raises(ValueError, match="not an MLLM recipe"):
-        MLLMTrainingRecipe.from_file(hf_vtok.training.RECIPES_DIR / "ddt_tiny.json")
+        MLLMTrainingRecipe.from_file(hf_vtok.trainer.tokenizer_trainer.RECIPES_DIR / "ddt_tiny.json")
     with pytest.raises(ValueError, match="name"):
         MLLMTrainingRecipe.from_name("no_such_recipe")
 
@@ -110,7 +111,7 @@ def test_every_recipe_loads_with_the_papers_values():
 def test_estimate_memory_equals_a_hand_count():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hf_vtok.memory import TransformerStack
+    from hf_vtok.trainer.memory import TransformerStack
 
     # one layer, 4 tokens, h = kv = 8, f = 32: per token 6h + 2kv + 2f = 128 (GELU) or + 4f = 192 (gated)
     assert TransformerStack("t", 1, 4, 8, 32).elements_per_layer() == 4 * 128
@@ -166,7 +167,7 @@ def test_activation_estimate_matches_what_autograd_keeps(shapes):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_vtok.models.ddt import DDTImageProcessorPil, DDTTokenizerConfig, DDTTokenizerForPreTraining
-    from hf_vtok.training import image_processor_for
+    from hf_vtok.trainer.tokenizer_trainer import image_processor_for
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
@@ -185,10 +186,10 @@ def test_activation_estimate_matches_what_autograd_keeps(shapes):
 
 
 def test_estimate_memory_at_paper_size():
-    from hf_vtok.memory import paper_language_model_config
     from hf_vtok.models.ddt import DDTTokenizerConfig
     from hf_vtok.models.setok import SeTokConfig
     from hf_vtok.models.slot_qformer import SlotQFormerConfig
+    from hf_vtok.trainer.memory import paper_language_model_config
 
     ddt = estimate_memory(DDTTokenizerConfig(), 32, "bf16")
     assert ddt.parameters == 2_048_777_040  # docs/ddt.md
@@ -247,7 +248,7 @@ def test_pretokenize_is_batched_parallel_and_resumable(ddt_folder, shapes, tmp_p
 
 
 def test_continuous_tokens_are_stored_as_embeddings(shapes, tmp_path):
-    from hf_vtok.mllm_training import build_visual_tokenizer
+    from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
     tokenizer, image_processor, _ = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:setok"))
     pretokenize_dataset(tokenizer, shapes.select(range(3)), tmp_path, image_processor=image_processor, image_columns=["image"],
@@ -312,7 +313,7 @@ def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes
 
 
 def test_task_dataset_templates_and_caption_dropout(shapes, ddt_folder, tmp_path):
-    from hf_vtok.mllm_training import build_mllm
+    from hf_vtok.trainer.mllm_trainer import build_mllm
 
     _, processor, _ = build_mllm(_tiny_recipe())
     pretokenize_dataset(ddt_folder[1], shapes, tmp_path, image_processor=processor.image_processor, progress=False)
@@ -344,7 +345,7 @@ def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):
     batch = collator(generation)
     assert batch["visual_embeddings"].shape[-1] == 32 and int(batch["visual_attention_mask"].sum()) == sum(
         len(row["embeddings"][0]) for row in generation)
-    from hf_vtok.modeling_utils import VisualTokens
+    from hf_vtok.utils.modeling_utils import VisualTokens
 
     visual = VisualTokens(embeddings=batch.pop("visual_embeddings"), attention_mask=batch.pop("visual_attention_mask"))
     out = model(**batch, visual_tokens=visual)
@@ -353,7 +354,7 @@ def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
-    from hf_vtok.cli import main
+    from hf_vtok.commands.cli import main
 
     folder = ddt_folder[0]
     assert main(["pretokenize", "--tokenizer", str(folder), "--dataset", "shapes:6", "--out", str(tmp_path / "ids"),
@@ -372,7 +373,7 @@ def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
 
 def test_held_out_token_maps_are_logged_while_a_tokenizer_trains(tmp_path, capsys):
     """--eval-steps: FG-ARI / mIoU / token counts of held-out scenes land in the log and in recipe.json."""
-    from hf_vtok.cli import main
+    from hf_vtok.commands.cli import main
 
     code = main(["train-tokenizer", "setok", "--recipe", "setok_stage1_tiny", "--max-steps", "4", "--num-train-images", "16",
                  "--batch-size", "8", "--eval-steps", "2", "--output-dir", str(tmp_path)])
@@ -392,7 +393,7 @@ def test_held_out_callback_builds_its_scenes_only_on_the_main_process():
     from types import SimpleNamespace
 
     from hf_vtok.models.setok import SeTokImageProcessor
-    from hf_vtok.training import HeldOutTokenMapsCallback
+    from hf_vtok.trainer.tokenizer_trainer import HeldOutTokenMapsCallback
 
     callback = HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=1, num_images=2)
     other_rank = SimpleNamespace(is_world_process_zero=False, global_step=1, max_steps=1)

@@ -43,7 +43,7 @@ def build(seed: int = 0):
         SlotQFormerForPreTraining,
         SlotQFormerImageProcessorPil,
     )
-    from hf_vtok.training import TokenizerTrainingCollator, image_processor_for
+    from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingCollator, image_processor_for
 
     torch.manual_seed(seed)
     model = SlotQFormerForPreTraining(SlotQFormerConfig.tiny())

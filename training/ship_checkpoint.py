@@ -22,7 +22,7 @@ from pathlib import Path
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
-from hf_vtok.hub import MODEL_TYPE_TO_FAMILY, build_model_card
+from hf_vtok.trainer.hub import MODEL_TYPE_TO_FAMILY, build_model_card
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from hf_vtok.mllm_training import MLLMTrainingRecipe, list_recipes, loss_fell, train_mllm
+from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, list_recipes, loss_fell, train_mllm
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_vtok.training import TokenizerTrainingRecipe, load_image_dataset, train_tokenizer
+from hf_vtok.data.pretokenize import load_image_dataset
+from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
 
 
 def main() -> None:

@@ -8,9 +8,16 @@ transformers Auto classes (idempotent), so that saved folders load with ``AutoMo
 
 __version__ = "0.1.0"
 
-from .modeling_utils import VisualTokenizerMixin, VisualTokens  # noqa: E402
-from .quantizers import Codebook, QuantizerOutput, ResidualVectorQuantizer, VectorQuantizer  # noqa: E402
-from .models.ddt import (  # noqa: E402
+from .mllm import (
+    VTokImageEditingPipeline,
+    VTokMLLMConfig,
+    VTokMLLMForConditionalGeneration,
+    VTokMLLMModel,
+    VTokMLLMProcessor,
+    VTokTextToImagePipeline,
+    add_visual_tokens,
+)
+from .models.ddt import (
     DDTDecoderPipeline,
     DDTDecoderTransformer,
     DDTImageProcessor,
@@ -20,7 +27,7 @@ from .models.ddt import (  # noqa: E402
     DDTTokenizerForPreTraining,
     DDTTokenizerModel,
 )
-from .models.setok import (  # noqa: E402
+from .models.setok import (
     SeTokConfig,
     SeTokDecoderPipeline,
     SeTokFeatureMapper,
@@ -29,7 +36,7 @@ from .models.setok import (  # noqa: E402
     SeTokImageProcessorPil,
     SeTokModel,
 )
-from .models.slot_qformer import (  # noqa: E402
+from .models.slot_qformer import (
     SlotQFormerConfig,
     SlotQFormerDecoderConditioner,
     SlotQFormerDecoderPipeline,
@@ -38,15 +45,8 @@ from .models.slot_qformer import (  # noqa: E402
     SlotQFormerImageProcessorPil,
     SlotQFormerModel,
 )
-from .mllm import (  # noqa: E402
-    VTokImageEditingPipeline,
-    VTokMLLMConfig,
-    VTokMLLMForConditionalGeneration,
-    VTokMLLMModel,
-    VTokMLLMProcessor,
-    VTokTextToImagePipeline,
-    add_visual_tokens,
-)
+from .utils.modeling_utils import VisualTokenizerMixin, VisualTokens
+from .utils.quantizers import Codebook, QuantizerOutput, ResidualVectorQuantizer, VectorQuantizer
 
 __all__ = [
     "Codebook",
@@ -84,6 +84,27 @@ __all__ = [
     "VisualTokenizerMixin",
     "VisualTokens",
     "add_visual_tokens",
+    "register_pipelines_with_diffusers",
 ]
 
-from .pipelines_registry import register_pipelines_with_diffusers; register_pipelines_with_diffusers()  # noqa: E402,E702  [issue 7: diffusers.DiffusionPipeline.from_pretrained finds our pipeline classes]
+
+
+def register_pipelines_with_diffusers() -> None:
+    """Expose hf_vtok's pipeline classes as ``diffusers.<ClassName>`` (idempotent).
+
+    ``diffusers.DiffusionPipeline.from_pretrained(folder)`` looks the ``_class_name`` of ``model_index.json`` up as
+    an attribute of the ``diffusers`` module; anything else counts as remote code. Registering our classes there
+    lets saved decoders and MLLM pipelines load with the generic entry point and no ``trust_remote_code``. A
+    name that diffusers itself defines with another class is never shadowed.
+    """
+    import diffusers
+
+    for cls in (SlotQFormerDecoderPipeline, SeTokDecoderPipeline, DDTDecoderPipeline, VTokTextToImagePipeline,
+                VTokImageEditingPipeline):
+        existing = diffusers.__dict__.get(cls.__name__)
+        if existing is not None and existing is not cls and not getattr(existing, "__module__", "").startswith("hf_vtok"):
+            raise ValueError(f"`diffusers.{cls.__name__}` already names {existing!r}; hf_vtok will not shadow a diffusers class.")
+        setattr(diffusers, cls.__name__, cls)
+
+
+register_pipelines_with_diffusers()

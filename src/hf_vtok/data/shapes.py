@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..validation import check_choice, check_float, check_int, describe, load_image
+from ..utils.validation import check_choice, check_float, check_int, describe, load_image
 
 __all__ = [
     "COLORS",
@@ -1050,7 +1050,7 @@ def detect_objects(
     style, whose shading moves pixels away from the palette.
 
     Args:
-        image: PIL image, numpy array, bytes or path (anything :func:`hf_vtok.validation.load_image` takes).
+        image: PIL image, numpy array, bytes or path (anything :func:`hf_vtok.utils.validation.load_image` takes).
         colors, shapes: the palette colours and shape kinds to look for.
         background: RGB (0-255) of the background; default: the median of the border pixels.
         min_area: smallest region kept, in pixels; default: 0.3% of the image (12 pixels at 64 px).

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..validation import check_float, check_int, describe
+from ..utils.validation import check_float, check_int, describe
 from .metrics import psnr, ssim
 from .tokenizers import LoadedTokenizer, resize_images
 

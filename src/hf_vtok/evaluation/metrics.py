@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..validation import check_float, check_int, describe
+from ..utils.validation import check_float, check_int, describe
 
 __all__ = [
     "adjusted_rand_index",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..validation import check_int, describe
+from ..utils.validation import check_int, describe
 
 __all__ = [
     "CAPTION_PROMPT",
@@ -92,7 +92,7 @@ def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> L
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     if model_type != VTokMLLMForConditionalGeneration.config_class.model_type:
         raise ValueError(f"`mllm` {str(folder)!r} holds a {model_type!r} model, not a hf_vtok MLLM.")
-    from ..validation import check_safetensors_file
+    from ..utils.validation import check_safetensors_file
 
     for weights in sorted(root.glob("**/*.safetensors")):
         check_safetensors_file(weights, name="mllm")

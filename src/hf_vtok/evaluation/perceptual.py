@@ -39,7 +39,7 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 
-from ..validation import check_int, describe
+from ..utils.validation import check_int, describe
 from .metrics import _image_batch, _output
 
 __all__ = ["clip_image_similarity", "clip_score", "load_vision_backbone", "perceptual_distance"]

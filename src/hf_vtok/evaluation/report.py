@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..validation import check_int, describe
+from ..utils.validation import check_int, describe
 from .analysis import (
     line_chart,
     natural_photos,
@@ -57,7 +57,7 @@ TABLE_COLUMNS = (
 
 def default_tokenizer_folders() -> list[Path]:
     """Every shipped checkpoint: ``hf_vtok/checkpoints/<name>`` folders with ``tokenizer/`` and ``decoder/``."""
-    from ..pretokenize import SHIPPED_CHECKPOINTS_DIR as root
+    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR as root
 
     if not root.is_dir():
         return []
@@ -93,13 +93,13 @@ def _photo_dataset(num_photos: int | None):
 
 
 def _save(image, path: Path, written: list) -> None:
-    from ..visualization import save_png
+    from .visualization import save_png
 
     written.append(str(save_png(image, path)))
 
 
 def _evaluate_one(name: str, folder: Path, shapes, photos, photo_names, out_dir: Path, options: dict) -> dict:
-    from ..visualization import make_grid, overlay_masks
+    from .visualization import make_grid, overlay_masks
 
     started = time.perf_counter()
     loaded = load_tokenizer_folder(folder)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..validation import check_int, check_safetensors_file, describe
+from ..utils.validation import check_int, check_safetensors_file, describe
 from .metrics import foreground_ari, mean_iou_matched, psnr, ssim
 
 
@@ -54,7 +54,7 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
         if not (path / required).is_file():
             raise ValueError(
                 f"`path` {str(path)!r} is not a complete tokenizer folder: {required} is missing "
-                "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.training.export_tokenizer`)."
+                "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.trainer.tokenizer_trainer.export_tokenizer`)."
             )
     for weights in sorted(path.glob("**/*.safetensors")):  # diffusers' own error for a broken file is vaguer
         check_safetensors_file(weights, name="path")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..validation import check_float, describe
+from ..utils.validation import check_float, describe
 from .processing_mllm import VTokMLLMProcessor
 
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..validation import check_choice, check_float, check_int, describe
+from ..utils.validation import check_choice, check_float, check_int, describe
 
 PROJECTOR_ACTIVATIONS = ("gelu", "silu", "relu")
 

@@ -25,10 +25,13 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
-from ..validation import check_float, check_int, describe
-from .modeling_mllm import CACHE_NAME
+from ..utils.validation import check_float, check_int, describe
+
+# transformers 5.24 renamed the key/value cache `past_key_values` -> `cache` (argument and output field)
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 try:  # tqdm ships with transformers
     from tqdm.auto import tqdm

@@ -37,13 +37,13 @@ from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..modeling_utils import VisualTokens
-from ..validation import check_tensor, describe
+from ..utils.modeling_utils import VisualTokens
+from ..utils.validation import check_tensor, describe
 from .configuration_mllm import VTokMLLMConfig
+from .generation import CACHE_NAME, generate_images
 
 # transformers 5.24 renamed the key/value cache argument and output field from `past_key_values` to `cache`; the
 # models accept either name and pass the language model the one its version uses.
-CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _resolve_cache(cache, past_key_values):
@@ -549,7 +549,6 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
 
         See :func:`hf_vtok.mllm.generation.generate_images` for the arguments.
         """
-        from .generation import generate_images
 
         return generate_images(self, processor, prompt, **kwargs)
 

@@ -25,7 +25,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..validation import check_choice, describe
+from ..utils.validation import check_choice, describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
 from .processing_mllm import VTokMLLMProcessor

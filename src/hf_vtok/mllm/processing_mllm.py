@@ -33,7 +33,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.processing_utils import ProcessorMixin
 
-from ..validation import check_int, describe
+from ..utils.validation import check_int, describe
 from .vocabulary import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, code_token
 
 _CONTENT_MACRO = (

@@ -21,7 +21,7 @@ import os
 
 from transformers import Pipeline
 
-from ..validation import describe
+from ..utils.validation import describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
 

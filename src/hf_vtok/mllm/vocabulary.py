@@ -21,7 +21,7 @@ from tokenizers import AddedToken
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from ..validation import check_int, describe
+from ..utils.validation import check_int, describe
 
 IMAGE_TOKEN = "<image>"
 BOI_TOKEN = "<boi>"

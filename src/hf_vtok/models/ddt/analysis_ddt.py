@@ -13,7 +13,7 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
-from ...validation import check_int, describe
+from ...utils.validation import check_int, describe
 
 
 def _as_ids(pipe, value, name: str) -> torch.LongTensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
-from ...validation import describe
+from ...utils.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
+from ...utils.validation import describe
 
 DDT_IMAGE_MEAN = [0.5, 0.5, 0.5]
 DDT_IMAGE_STD = [0.5, 0.5, 0.5]

@@ -23,15 +23,15 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from ...modeling_utils import (
+from ...utils.modeling_utils import (
     CheckedLoadingMixin,
     VisualTokenizerMixin,
     VisualTokens,
     sinusoidal_embedding_1d,
     sinusoidal_embedding_2d,
 )
-from ...quantizers import VectorQuantizer
-from ...validation import check_tensor, describe
+from ...utils.quantizers import VectorQuantizer
+from ...utils.validation import check_tensor, describe
 from .configuration_ddt import DDTTokenizerConfig
 from .modeling_ddt_decoder import (
     MLP,

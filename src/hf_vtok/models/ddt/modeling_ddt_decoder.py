@@ -25,8 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import initialization as init
 
-from ...modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
-from ...validation import check_choice, check_float, check_int, check_tensor, describe
+from ...utils.modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
+from ...utils.validation import check_choice, check_float, check_int, check_tensor, describe
 
 TOKEN_SCHEDULES = ("uniform", "staged")
 HIDDEN_TOKEN_MODES = ("mask", "zero")

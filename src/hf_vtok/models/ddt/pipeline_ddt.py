@@ -17,7 +17,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...validation import check_float, check_generator, check_int, check_tensor, describe
+from ...utils.validation import check_float, check_generator, check_int, check_tensor, describe
 from .image_processing_ddt import DDTImageProcessor
 from .modeling_ddt_decoder import DDTDecoderTransformer, DDTTokenConditioner
 

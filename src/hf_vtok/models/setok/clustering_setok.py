@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from hf_vtok.validation import check_choice, check_float, check_int, check_tensor, describe
+from hf_vtok.utils.validation import check_choice, check_float, check_int, check_tensor, describe
 
 _NEG_LARGE = -1.0e30  # finite stand-in for log(0) so that ties among zero scores still break by index
 _DELTA_ROW_BLOCK = 128  # rows of the N x N matrix handled at once when searching the nearest denser patch

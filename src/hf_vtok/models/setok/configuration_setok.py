@@ -31,7 +31,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from hf_vtok.validation import check_choice, check_float, check_int, describe
+from hf_vtok.utils.validation import check_choice, check_float, check_int, describe
 
 # EVA-CLIP ViT-g/14 (the "ViT-G/14" of BLIP-2, SEED and LaVIT) at 336 px, the paper's encoder
 # (appendix D.1: "Vit-G/14-336"), written as a transformers CLIP vision config so that it builds and loads

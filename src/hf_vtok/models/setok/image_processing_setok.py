@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_utils import PILImageResampling
 
-from hf_vtok.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
-from hf_vtok.validation import describe
+from hf_vtok.utils.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
+from hf_vtok.utils.validation import describe
 
 from .configuration_setok import CLIP_MEAN, CLIP_STD
 

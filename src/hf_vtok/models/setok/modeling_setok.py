@@ -33,7 +33,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from hf_vtok.modeling_utils import (
+from hf_vtok.utils.modeling_utils import (
     Attention,
     CheckedLoadingMixin,
     FeedForward,
@@ -42,7 +42,7 @@ from hf_vtok.modeling_utils import (
     VisualTokens,
     sinusoidal_embedding_2d,
 )
-from hf_vtok.validation import check_choice, check_tensor, describe
+from hf_vtok.utils.validation import check_choice, check_tensor, describe
 
 from .clustering_setok import SeTokClusteringOutput, density_peak_clustering
 from .configuration_setok import SeTokConfig

@@ -18,8 +18,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from hf_vtok.modeling_utils import Attention, FeedForward
-from hf_vtok.validation import check_tensor, describe
+from hf_vtok.utils.modeling_utils import Attention, FeedForward
+from hf_vtok.utils.validation import check_tensor, describe
 
 
 class SeTokFeatureMapperLayer(nn.Module):

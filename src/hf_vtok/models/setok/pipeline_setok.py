@@ -16,7 +16,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from hf_vtok.validation import check_float, check_generator, check_int, check_tensor, describe
+from hf_vtok.utils.validation import check_float, check_generator, check_int, check_tensor, describe
 
 from .image_processing_setok import SeTokImageProcessor
 

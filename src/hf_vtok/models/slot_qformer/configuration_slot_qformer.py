@@ -31,7 +31,7 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 
-from ...validation import check_choice, check_float, check_int
+from ...utils.validation import check_choice, check_float, check_int
 
 SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
 SLOT_INITS = ("gaussian", "queries")

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from transformers.image_utils import PILImageResampling
 
-from ...image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
-from ...validation import check_int, describe
+from ...utils.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
+from ...utils.validation import check_int, describe
 from .configuration_slot_qformer import IMAGENET_MEAN, IMAGENET_STD, SlotQFormerConfig
 
 

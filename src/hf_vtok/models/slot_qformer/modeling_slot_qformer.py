@@ -32,7 +32,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...modeling_utils import (
+from ...utils.modeling_utils import (
     Attention,
     CheckedLoadingMixin,
     FeedForward,
@@ -40,8 +40,8 @@ from ...modeling_utils import (
     VisualTokenizerMixin,
     VisualTokens,
 )
-from ...quantizers import QuantizerOutput, ResidualVectorQuantizer
-from ...validation import check_choice, check_tensor, describe
+from ...utils.quantizers import QuantizerOutput, ResidualVectorQuantizer
+from ...utils.validation import check_choice, check_tensor, describe
 from .configuration_slot_qformer import SlotQFormerConfig
 from .modeling_slot_qformer_decoder import SlotQFormerDecoderConditioner
 

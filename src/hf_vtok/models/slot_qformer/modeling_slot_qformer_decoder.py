@@ -21,8 +21,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ...modeling_utils import TransformerBlock
-from ...validation import check_int, check_tensor
+from ...utils.modeling_utils import TransformerBlock
+from ...utils.validation import check_int, check_tensor
 
 
 @dataclass

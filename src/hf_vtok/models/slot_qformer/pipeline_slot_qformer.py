@@ -21,7 +21,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...validation import check_choice, check_float, check_int, check_tensor, describe
+from ...utils.validation import check_choice, check_float, check_int, check_tensor, describe
 from .image_processing_slot_qformer import SlotQFormerImageProcessorPil
 
 OUTPUT_TYPES = ("pil", "np", "pt")

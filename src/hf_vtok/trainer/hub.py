@@ -20,10 +20,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .validation import describe
+from ..utils.validation import describe
 
 # Package data (not the repository root) so that `hf-vtok push` works from an installed wheel too.
-MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
+MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NEVER_UPLOADED = ("checkpoints", "pretokenized", ".cache", "runs", "__pycache__")

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .image_processing_utils import images_to_list
-from .validation import check_choice, check_float, check_int, describe
+from ..utils.image_processing_utils import images_to_list
+from ..utils.validation import check_choice, check_float, check_int, describe
 
 FAMILIES = ("slot_qformer", "setok", "ddt")
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 
 
 def accelerator_available() -> bool:
@@ -47,15 +47,15 @@ def family_classes(family: str) -> dict[str, Any]:
     """Config, training-model, inference-model and image-processor classes of a family."""
     check_choice("family", family, FAMILIES)
     if family == "slot_qformer":
-        from .models import slot_qformer as module
+        from ..models import slot_qformer as module
 
         prefix, tokenizer_name = "SlotQFormer", "SlotQFormer"
     elif family == "setok":
-        from .models import setok as module
+        from ..models import setok as module
 
         prefix, tokenizer_name = "SeTok", "SeTok"
     else:
-        from .models import ddt as module
+        from ..models import ddt as module
 
         prefix, tokenizer_name = "DDT", "DDTTokenizer"
     return {
@@ -202,34 +202,6 @@ class TokenizerTrainingRecipe:
         return cls(**data).validate()
 
 
-def load_image_dataset(source: str, *, split: str = "train", streaming: bool = False):
-    """Any ``datasets`` source with an image column: ``imagefolder:DIR``, ``parquet:GLOB``,
-    ``webdataset:GLOB``, ``arrow:DIR`` (``save_to_disk`` output) or a Hub dataset name.
-
-    Webdataset shards name the image ``jpg``/``png`` and the caption ``txt``; they are renamed to
-    ``image``/``caption`` so that every source gives the same columns.
-    """
-    import datasets
-
-    if not isinstance(source, str) or not source:
-        raise TypeError(f"`source` must be a non-empty string, got {describe(source)}.")
-    kind, _, location = source.partition(":")
-    if kind == "arrow":
-        dataset = datasets.load_from_disk(location)
-        return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
-    if kind == "imagefolder":
-        dataset = datasets.load_dataset("imagefolder", data_dir=location, split=split, streaming=streaming)
-    elif kind in ("parquet", "webdataset"):
-        dataset = datasets.load_dataset(kind, data_files={split: location}, split=split, streaming=streaming)
-    else:
-        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
-    renames = {old: new for old, new in (("jpg", "image"), ("png", "image"), ("txt", "caption")) if old in (dataset.column_names or [])}
-    for old, new in renames.items():
-        if new not in dataset.column_names:
-            dataset = dataset.rename_column(old, new)
-    return dataset
-
-
 def build_training_model(recipe: TokenizerTrainingRecipe):
     """The family's ``ForPreTraining`` model for the recipe (fresh, or continued from ``init_from``)."""
     classes = family_classes(recipe.family)
@@ -279,14 +251,14 @@ def train_tokenizer(
     model = build_training_model(recipe)
     parameters = _forward_parameters(model)
     if train_dataset is None:
-        from .data.shapes import generate_shapes_dataset
+        from ..data.shapes import generate_shapes_dataset
 
         train_dataset = generate_shapes_dataset(
             recipe.num_train_images, image_size=model.config.image_size, style=recipe.dataset_style,
             seed=recipe.dataset_seed, with_edits=False,
         )
     if "input_ids" in parameters and text_tokenizer is None:
-        from .data.text_tokenizer import build_text_tokenizer
+        from ..data.text_tokenizer import build_text_tokenizer
 
         text_tokenizer = build_text_tokenizer()
     classes = family_classes(recipe.family)
@@ -338,7 +310,7 @@ class HeldOutTokenMapsCallback(TrainerCallback):
                  seed: int = 998):
         self.image_processor = image_processor
         self.eval_steps = check_int("eval_steps", eval_steps, minimum=1)
-        from .data.shapes import STYLES
+        from ..data.shapes import STYLES
 
         self._scenes = {
             "num_images": check_int("num_images", num_images, minimum=1),
@@ -350,7 +322,7 @@ class HeldOutTokenMapsCallback(TrainerCallback):
     @cached_property
     def dataset(self):
         """The held-out scenes, generated on first use so that only the main process builds them."""
-        from .data.shapes import generate_shapes_dataset
+        from ..data.shapes import generate_shapes_dataset
 
         return generate_shapes_dataset(with_edits=False, progress=False, **self._scenes)
 
@@ -359,7 +331,7 @@ class HeldOutTokenMapsCallback(TrainerCallback):
             return
         if state.global_step % self.eval_steps and state.global_step != state.max_steps:
             return
-        from .evaluation.tokenizers import LoadedTokenizer, evaluate_tokenizer
+        from ..evaluation.tokenizers import LoadedTokenizer, evaluate_tokenizer
 
         tokenizer = getattr(model, "module", model).tokenizer
         was_training = tokenizer.training
@@ -401,6 +373,3 @@ def loss_dropped(log_history, ratio: float = 0.9) -> bool:
     quarter = max(1, len(losses) // 4)
     return sum(losses[-quarter:]) / quarter < ratio * sum(losses[:quarter]) / quarter
 
-
-# Memory of a training configuration, computed from the config (see hf_vtok/memory.py and docs/training.md).
-from .memory import MemoryEstimate, estimate_memory  # noqa: F401

@@ -8,7 +8,7 @@ One code path serves ``training/train_mllm.py``, ``hf-vtok train-mllm`` and the 
   fly), the fine-tuning mode (``lora`` with rank/alpha/targets, ``full``, or ``partial``: only the new rows and
   the projector), the task mix (captioning, QA, text-to-image, editing), the caption dropout used by
   classifier-free guidance, and the ``SFTConfig`` fields (optimiser, schedule, batch, precision, packing).
-* :func:`build_task_dataset` — rows of a *pre-tokenised* dataset (:mod:`hf_vtok.pretokenize`) → plain-text
+* :func:`build_task_dataset` — rows of a *pre-tokenised* dataset (:mod:`hf_vtok.data.pretokenize`) → plain-text
   examples. Discrete tokenizers write images as ``"<boi><v_00012>…<eoi>"`` text (the LM reads an image through
   its embedding rows exactly as if ``pixel_values`` had been passed), so every task — understanding and
   generation — is ordinary text and TRL packs it. Pre-training data are ``text`` rows (next-token loss on
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training import FAMILIES, RECIPES_DIR, accelerator_available
-from .validation import check_choice, check_float, check_int, describe
+from ..utils.validation import check_choice, check_float, check_int, describe
+from .tokenizer_trainer import FAMILIES, RECIPES_DIR, accelerator_available
 
 FINETUNING_MODES = ("lora", "full", "partial")
 TASKS = ("captioning", "qa", "text_to_image", "editing")
@@ -192,7 +192,7 @@ class MLLMTrainingRecipe:
         if data.get("recipe_type") != "mllm":
             raise ValueError(
                 f"Recipe {str(path)!r} is not an MLLM recipe (recipe_type={data.get('recipe_type')!r}); tokenizer "
-                "recipes are read by hf_vtok.training.TokenizerTrainingRecipe."
+                "recipes are read by hf_vtok.trainer.tokenizer_trainer.TokenizerTrainingRecipe."
             )
         unknown = set(data) - set(cls.__dataclass_fields__) - {"description", "paper"}
         if unknown:
@@ -243,7 +243,7 @@ def build_language_model(recipe: MLLMTrainingRecipe):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if recipe.base_model == TINY_LM:
-        from .data.text_tokenizer import build_text_tokenizer
+        from ..data.text_tokenizer import build_text_tokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(recipe.text_tokenizer) if recipe.text_tokenizer else build_text_tokenizer()
         return tiny_language_model(tokenizer, recipe.seed, **recipe.base_model_overrides), tokenizer
@@ -264,10 +264,10 @@ def build_visual_tokenizer(recipe: MLLMTrainingRecipe):
     its decoder pipeline (random, but the whole pipeline runs); a folder is loaded with the Auto classes, and the
     decoder from ``recipe.decoder`` or the sibling ``decoder/`` folder of a ``train-tokenizer`` output.
     """
-    from .mllm.pipeline_mllm import load_decoder_pipeline
-    from .mllm.processing_mllm import image_processor_for
-    from .pretokenize import load_visual_tokenizer, resolve_tokenizer_source
-    from .training import family_classes
+    from ..data.pretokenize import load_visual_tokenizer, resolve_tokenizer_source
+    from ..mllm.pipeline_mllm import load_decoder_pipeline
+    from ..mllm.processing_mllm import image_processor_for
+    from .tokenizer_trainer import family_classes
 
     source = resolve_tokenizer_source(recipe.visual_tokenizer)
     if source.startswith("random:"):
@@ -295,9 +295,9 @@ def build_mllm(recipe: MLLMTrainingRecipe):
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
-    from .mllm.pipeline_mllm import load_decoder_pipeline
-    from .mllm.processing_mllm import check_task_prompts
+    from ..mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
+    from ..mllm.pipeline_mllm import load_decoder_pipeline
+    from ..mllm.processing_mllm import check_task_prompts
 
     if recipe.init_from:
         folder = Path(recipe.init_from)
@@ -490,7 +490,7 @@ def build_task_dataset(recipe: MLLMTrainingRecipe, pretokenized, processor):
 
 def prepare_pretokenized(recipe: MLLMTrainingRecipe, visual_tokenizer, image_processor, output_dir: Path, train_dataset=None):
     """The pre-tokenised dataset the recipe trains on (written once under ``output_dir/pretokenized`` if needed)."""
-    from .pretokenize import dataset_from_source, load_pretokenized, pretokenize_dataset, read_manifest
+    from ..data.pretokenize import dataset_from_source, load_pretokenized, pretokenize_dataset, read_manifest
 
     if train_dataset is None and Path(recipe.dataset).is_dir() and (Path(recipe.dataset) / "pretokenize.json").is_file():
         manifest = read_manifest(recipe.dataset)
@@ -605,7 +605,7 @@ def _sft_trainer_class():
 def _continuous_trainer_class():
     from transformers import Trainer
 
-    from .modeling_utils import VisualTokens
+    from ..utils.modeling_utils import VisualTokens
 
     class ContinuousMLLMTrainer(Trainer):
         """``Trainer`` that hands pre-tokenised continuous embeddings to the MLLM as ``visual_tokens``."""
@@ -750,7 +750,7 @@ def export_mllm(model, processor, decoder, output_dir: str | os.PathLike, summar
     (``model_index.json``, ``mllm/``, ``processor/``, ``decoder/``; just ``mllm/`` without a decoder) and ``recipe.json``."""
     from peft import PeftModel
 
-    from .mllm import VTokTextToImagePipeline
+    from ..mllm import VTokTextToImagePipeline
 
     output_dir = Path(output_dir)
     merged = model

@@ -1,4 +1,4 @@
-"""Training memory of a configuration, computed from the config (exported as ``hf_vtok.training.estimate_memory``).
+"""Training memory of a configuration, computed from the config (exported as ``hf_vtok.trainer.memory.estimate_memory``).
 
 The estimate is a sum of four terms, each counted, none guessed:
 
@@ -24,7 +24,7 @@ The estimate is a sum of four terms, each counted, none guessed:
   checkpointing only each layer's input (``s·h``) is kept, plus one layer's activations during its recomputation.
 
 Not counted: the CUDA context and allocator fragmentation (budget 1–3 GiB per GPU), temporary buffers of single
-kernels, the data pipeline. Use ``hf_vtok.training.estimate_memory(config, batch_size, precision)``.
+kernels, the data pipeline. Use ``hf_vtok.trainer.memory.estimate_memory(config, batch_size, precision)``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .validation import check_choice, check_int, describe
+from ..utils.validation import check_choice, check_int, describe
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 GIB = 1024**3
@@ -154,23 +154,18 @@ def count_state_bytes(model: torch.nn.Module, precision: str) -> tuple[int, int,
 
 
 def _meta_model(config, stage: int | None):
-    """The training model of a family config (``XForPreTraining``) or a causal LM / MLLM, built on the meta device."""
-    from .training import family_classes
+    """The training model of a config, built on the meta device: a tokenizer family's ``XForPreTraining``
+    (the Auto class each family registers), else the MLLM / causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForPreTraining
 
-    model_type = getattr(config, "model_type", None)
-    families = {"slot_qformer": "slot_qformer", "setok": "setok", "ddt_tokenizer": "ddt"}
+    from ..models import TOKENIZER_CONFIG_CLASSES
+
     with torch.device("meta"):
-        if model_type in families:
-            model = family_classes(families[model_type])["pretraining"](config)
-            if stage is not None and hasattr(model, "set_stage"):
+        if isinstance(config, TOKENIZER_CONFIG_CLASSES):
+            model = AutoModelForPreTraining.from_config(config)
+            if stage is not None:
                 model.set_stage(stage)
             return model
-        if model_type == "vtok_mllm":
-            from .mllm import VTokMLLMForConditionalGeneration
-
-            return VTokMLLMForConditionalGeneration(config)
-        from transformers import AutoModelForCausalLM
-
         return AutoModelForCausalLM.from_config(config)
 
 
@@ -427,11 +422,11 @@ __all__ = [
 
 
 def paper_memory_table() -> list[dict]:
-    """The per-device memory of every paper stage (the table of docs/training.md); ``python -m hf_vtok.memory``."""
-    from .mllm import VTokMLLMConfig
-    from .models.ddt import DDTTokenizerConfig
-    from .models.setok import SeTokConfig
-    from .models.slot_qformer import SlotQFormerConfig
+    """The per-device memory of every paper stage (the table of docs/training.md); ``python -m hf_vtok.trainer.memory``."""
+    from ..mllm import VTokMLLMConfig
+    from ..models.ddt import DDTTokenizerConfig
+    from ..models.setok import SeTokConfig
+    from ..models.slot_qformer import SlotQFormerConfig
 
     def mllm(base: str, visual, extra_rows: int):
         # the MLLM holds its frozen visual tokenizer (counted as weights; with pre-tokenised data it never runs)

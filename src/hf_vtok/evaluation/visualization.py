@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .validation import check_float, check_int, describe, load_image
+from ..utils.validation import check_float, check_int, describe, load_image
 
 __all__ = ["make_grid", "mask_to_color", "overlay_masks", "save_png", "to_pil_image"]
 

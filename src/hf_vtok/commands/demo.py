@@ -13,6 +13,7 @@ Everything runs on CPU in minutes.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import time
@@ -20,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pretokenize import SHIPPED_CHECKPOINTS_DIR
-from .validation import check_int, describe
+from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+from ..utils.validation import check_int, describe
+from .arguments import non_negative_int, positive_int
 
 
 @dataclass
@@ -57,7 +59,7 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
-    from .training import TokenizerTrainingRecipe, train_tokenizer
+    from ..trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
 
     previous = None
     for name in DEMO_RECIPES[family]:
@@ -75,8 +77,8 @@ def _mllm_folder(context: DemoContext) -> Path | None:
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
         return folder if (folder / "mllm" / "config.json").is_file() else None
-    from .mllm_training import MLLMTrainingRecipe, train_mllm
-    from .training import TokenizerTrainingRecipe, train_tokenizer
+    from ..trainer.mllm_trainer import MLLMTrainingRecipe, train_mllm
+    from ..trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
 
     tokenizer_name, mllm_name = DEMO_MLLM_RECIPES
     tokenizer_recipe = TokenizerTrainingRecipe.from_name(tokenizer_name)
@@ -92,8 +94,8 @@ def _mllm_folder(context: DemoContext) -> Path | None:
 
 def _mllm_section(context: DemoContext) -> dict:
     """Captioning, QA and text-to-image of the shipped MLLM on the flat demo scenes."""
-    from .evaluation.mllm import evaluate_mllm, load_mllm_folder
-    from .visualization import make_grid, save_png
+    from ..evaluation.mllm import evaluate_mllm, load_mllm_folder
+    from ..evaluation.visualization import make_grid, save_png
 
     folder = _mllm_folder(context)
     if folder is None:
@@ -152,13 +154,13 @@ def _natural_photos() -> list:
 
 def _tokenizer_section(family: str, context: DemoContext) -> dict:
     """Reconstructions, token maps and metrics of one family on the demo scenes."""
-    from .evaluation.tokenizers import (
+    from ..evaluation.tokenizers import (
         assignment_maps,
         evaluate_tokenizer,
         load_tokenizer_folder,
         upsample_labels,
     )
-    from .visualization import make_grid, overlay_masks, save_png
+    from ..evaluation.visualization import make_grid, overlay_masks, save_png
 
     folder = _checkpoint_folder(family, context)
     if folder is None:
@@ -202,9 +204,9 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
     """Mean token count per object count on flat and textured scenes, and the cluster maps of the flat demo scenes."""
     import numpy as np
 
-    from .data.shapes import generate_shapes_dataset
-    from .evaluation.tokenizers import evaluate_tokenizer
-    from .visualization import make_grid, overlay_masks, save_png
+    from ..data.shapes import generate_shapes_dataset
+    from ..evaluation.tokenizers import evaluate_tokenizer
+    from ..evaluation.visualization import make_grid, overlay_masks, save_png
 
     statistics = {}
     for style in ("flat", "textured"):
@@ -236,8 +238,8 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
 
 def _ddt_analyses(loaded, context: DemoContext) -> None:
     """The DDT paper's section 5.4: prefix decoding and counterfactual interpolation."""
-    from .models.ddt import counterfactual_interpolation, prefix_decoding_strip
-    from .visualization import save_png
+    from ..evaluation.visualization import save_png
+    from ..models.ddt import counterfactual_interpolation, prefix_decoding_strip
 
     image = context.dataset[0]["image"].convert("RGB")
     strip = prefix_decoding_strip(loaded.pipeline, image, seed=context.seed)
@@ -254,7 +256,7 @@ def _ddt_analyses(loaded, context: DemoContext) -> None:
 
 
 def _shapes_section(context: DemoContext) -> None:
-    from .visualization import make_grid, overlay_masks, save_png
+    from ..evaluation.visualization import make_grid, overlay_masks, save_png
 
     tiles, captions = [], []
     for row in context.dataset:
@@ -276,7 +278,7 @@ def run_demo(
     families: Sequence[str] | None = None,
 ) -> dict:
     """Run the demo and return the metrics it printed (also written to ``out_dir/metrics.json``)."""
-    from .data.shapes import generate_shapes_dataset
+    from ..data.shapes import generate_shapes_dataset
 
     if not isinstance(out_dir, (str, Path)):
         raise TypeError(f"`out_dir` must be a path, got {describe(out_dir)}.")
@@ -302,3 +304,27 @@ def run_demo(
     (out_dir / "metrics.json").write_text(json.dumps(context.metrics, indent=2))
     print(f"[demo] done in {context.metrics['seconds']} s; pictures and metrics.json in {out_dir}")
     return context.metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(args.out, train=args.train, num_images=args.num_images, seed=args.seed, families=args.families)
+    return 0
+
+
+def register(commands) -> None:
+    """Add the subcommand to the ``hf-vtok`` parser's subparsers."""
+    demo = commands.add_parser(
+        "demo",
+        help="run the end-to-end demo on the built-in shapes world and write PNGs",
+        description="Generate the shapes world, tokenize and reconstruct it with every tokenizer whose small "
+        "trained checkpoint ships with the package (or retrain them with --train), and write PNG pictures and "
+        "metrics to --out.",
+    )
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--train", action="store_true", help="retrain the tiny checkpoints from scratch first")
+    demo.add_argument("--num-images", type=positive_int, default=16, help="scenes to show (default: 16)")
+    demo.add_argument("--seed", type=non_negative_int, default=1234, help="seed of the demo scenes")
+    demo.add_argument(
+        "--families", nargs="*", default=None, help="tokenizer families to include (default: all that are available)"
+    )
+    demo.set_defaults(handler=run)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .validation import check_int, describe
+from ..utils.validation import check_int, describe
 
 MANIFEST_NAME = "pretokenize.json"
 FORMAT = "hf_vtok.pretokenized/1"
@@ -53,7 +53,7 @@ class PretokenizeResult:
 
 # ------------------------------------------------------------------------------------------- loading
 #: The small trained checkpoints shipped inside the package (one folder per family: tokenizer/, decoder/).
-SHIPPED_CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+SHIPPED_CHECKPOINTS_DIR = Path(__file__).parents[1] / "checkpoints"
 
 
 def resolve_tokenizer_source(source: str | os.PathLike) -> str | os.PathLike:
@@ -90,7 +90,7 @@ def load_visual_tokenizer(path: str | os.PathLike):
     try:
         image_processor = AutoImageProcessor.from_pretrained(folder)
     except (OSError, ValueError):
-        from .mllm.processing_mllm import image_processor_for
+        from ..mllm.processing_mllm import image_processor_for
 
         image_processor = image_processor_for(model.config)
     return model, image_processor
@@ -199,7 +199,7 @@ def pretokenize_dataset(
     Args:
         tokenizer: a tokenizer folder / training output folder, or a loaded ``VisualTokenizerMixin`` model (then pass
             ``image_processor`` too, or the family's default sized from the config is used).
-        dataset: a ``datasets.Dataset`` or a source string for :func:`hf_vtok.training.load_image_dataset`
+        dataset: a ``datasets.Dataset`` or a source string for :func:`load_image_dataset`
             (``imagefolder:DIR``, ``parquet:GLOB``, ``webdataset:GLOB``, ``arrow:DIR``, a Hub name) or ``shapes:N``
             (the built-in shapes world with N scenes and their edits).
         out_dir: output folder (created).
@@ -222,7 +222,7 @@ def pretokenize_dataset(
     elif hasattr(tokenizer, "encode") and hasattr(tokenizer, "config"):
         model = tokenizer.eval()
         if image_processor is None:
-            from .mllm.processing_mllm import image_processor_for
+            from ..mllm.processing_mllm import image_processor_for
 
             image_processor = image_processor_for(model.config)
     else:
@@ -352,10 +352,38 @@ def load_pretokenized(out_dir: str | os.PathLike, *, require_complete: bool = Tr
     return dataset
 
 
+def load_image_dataset(source: str, *, split: str = "train", streaming: bool = False):
+    """Any ``datasets`` source with an image column: ``imagefolder:DIR``, ``parquet:GLOB``,
+    ``webdataset:GLOB``, ``arrow:DIR`` (``save_to_disk`` output) or a Hub dataset name.
+
+    Webdataset shards name the image ``jpg``/``png`` and the caption ``txt``; they are renamed to
+    ``image``/``caption`` so that every source gives the same columns.
+    """
+    import datasets
+
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"`source` must be a non-empty string, got {describe(source)}.")
+    kind, _, location = source.partition(":")
+    if kind == "arrow":
+        dataset = datasets.load_from_disk(location)
+        return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+    if kind == "imagefolder":
+        dataset = datasets.load_dataset("imagefolder", data_dir=location, split=split, streaming=streaming)
+    elif kind in ("parquet", "webdataset"):
+        dataset = datasets.load_dataset(kind, data_files={split: location}, split=split, streaming=streaming)
+    else:
+        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    renames = {old: new for old, new in (("jpg", "image"), ("png", "image"), ("txt", "caption")) if old in (dataset.column_names or [])}
+    for old, new in renames.items():
+        if new not in dataset.column_names:
+            dataset = dataset.rename_column(old, new)
+    return dataset
+
+
 def dataset_from_source(source: str, *, split: str = "train"):
     """``shapes:N[:style[:seed]]`` (the built-in shapes world with edits) or any :func:`load_image_dataset` source."""
     if source.startswith("shapes"):
-        from .data.shapes import generate_shapes_dataset
+        from .shapes import generate_shapes_dataset
 
         parts = source.split(":")
         try:
@@ -365,8 +393,6 @@ def dataset_from_source(source: str, *, split: str = "train"):
         except ValueError:
             raise ValueError(f"`dataset` must look like 'shapes:N[:style[:seed]]', got {source!r}.") from None
         return generate_shapes_dataset(count, image_size=64, style=style, seed=seed, progress=False)
-    from .training import load_image_dataset
-
     return load_image_dataset(source, split=split)
 
 
@@ -374,6 +400,7 @@ __all__ = [
     "MANIFEST_NAME",
     "PretokenizeResult",
     "dataset_from_source",
+    "load_image_dataset",
     "load_pretokenized",
     "load_visual_tokenizer",
     "pretokenize_dataset",

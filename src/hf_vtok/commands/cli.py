@@ -1,0 +1,44 @@
+"""The ``hf-vtok`` command line: one module per subcommand in ``hf_vtok.commands``; this one only dispatches.
+
+Every subcommand has ``--help``. Heavy imports (torch models, datasets) happen inside the handlers so that
+``hf-vtok --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import data, demo, evaluate, pretokenize, push, train_mllm, train_tokenizer
+
+SUBCOMMANDS = (demo, train_tokenizer, evaluate, train_mllm, pretokenize, push, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-vtok",
+        description="Visual tokenizers for multimodal LLMs (SlotQFormer, SeTok, DDTTokenizer) on the Hugging Face stack.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('hf_vtok').__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    for module in SUBCOMMANDS:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError) as error:
+        # Argument problems found by the library: one clear line, not a traceback.
+        print(f"hf-vtok {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
