@@ -211,6 +211,8 @@ def test_tiny_config_round_trips_through_save_pretrained(tmp_path):
     [
         (torch.zeros(1, 4, 64, 64), "x", "3 channels"),
         (torch.zeros(1, 3, 60, 64), "x", "multiples of 8"),
+        (torch.zeros(0, 3, 64, 64), "x", "non-empty batch"),
+        (torch.zeros(1, 3, 64, 0), "x", "positive multiples of 8"),
         (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "x", "floating-point"),
         (torch.zeros(3, 64, 64), "x", "shape (batch, 3, height, width)"),
         (torch.zeros(1, 16, 8, 8), "z", "32 channels"),
