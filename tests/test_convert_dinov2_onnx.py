@@ -346,7 +346,17 @@ def _add(name, value):
 @pytest.mark.parametrize(
     "make_edit, message",
     [
-        (lambda g: _remove("backbone.encoder.layer.1.norm2.bias"), r"lacks 1 weight.*'backbone\.encoder\.layer\.1\.norm2\.bias'"),
+        (
+            lambda g: _remove("backbone.encoder.layer.1.norm2.bias"),
+            r"lacks 1 weight.*'encoder\.layer\.1\.norm2\.bias' \(expected as 'backbone\.encoder\.layer\.1\.norm2\.bias'\)",
+        ),
+        (
+            lambda g: _remove(_anonymous_for(g, "/backbone/encoder/layer.1/attention/attention/query/MatMul")),
+            (
+                r"'encoder\.layer\.1\.attention\.q_proj\.weight' \(expected as an onnx::MatMul_\* initializer "
+                r"used by /backbone/encoder/layer\.1/attention/attention/query/MatMul\)"
+            ),
+        ),
         (
             lambda g: _replace(_anonymous_for(g, "/backbone/encoder/layer.1/mlp/fc2/MatMul"), np.zeros((64, 31))),
             r"'encoder\.layer\.1\.mlp\.fc2\.weight' \(from 'onnx::MatMul_\d+'\) has shape \[31, 64\], expected \[32, 64\]",
@@ -363,13 +373,20 @@ def _add(name, value):
             r"'layernorm\.bias'.*NaN",
         ),
     ],
-    ids=["missing", "wrong-matmul-shape", "wrong-named-shape", "extra", "no-class-position", "no-cls-token", "nan"],
+    ids=["missing", "missing-matmul", "wrong-matmul-shape", "wrong-named-shape", "extra", "no-class-position", "no-cls-token", "nan"],
 )
 def test_corrupted_graph_names_the_weight(graph, tmp_path, make_edit, message):
     path = _save(_corrupted(graph, make_edit(graph)), tmp_path / "broken.onnx")
     with pytest.raises(ValueError, match=message):
         conv.convert_dinov2_onnx(path, tmp_path / "model", verify=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_verification_skipped_without_onnxruntime(graph, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    out = conv.convert_dinov2_onnx(_save(graph, tmp_path / "tiny.onnx"), tmp_path / "model", verify=True)
+    assert "verification skipped: onnxruntime is not installed" in capsys.readouterr().out
+    assert "not checked" in (out / "README.md").read_text()
 
 
 def test_head_count_checked_and_overridable(graph, tmp_path):

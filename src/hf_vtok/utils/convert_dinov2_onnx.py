@@ -396,6 +396,20 @@ def _to_target_names(
     return renamed, renamed_sources
 
 
+def _where_expected(key: str) -> str:
+    """Where the graph would hold the ``Dinov2Model`` weight ``key``, for error messages."""
+    graph_key = key
+    for old, new in _ATTENTION_RENAMES:
+        graph_key = graph_key.replace(new, old)
+    if key == "embeddings.position_embeddings":
+        return "expected as 'backbone.embeddings.position_embeddings' or as class and patch parts"
+    linear = re.fullmatch(r"(encoder\.layer\.\d+\..+)\.weight", graph_key)
+    if linear and (".attention." in graph_key or ".mlp." in graph_key) and "layer_scale" not in graph_key:
+        scope = "/backbone/" + linear.group(1).replace(".", "/").replace("layer/", "layer.")
+        return f"expected as an onnx::MatMul_* initializer used by {scope}/MatMul"
+    return f"expected as {BACKBONE_PREFIX + graph_key!r}"
+
+
 def _build_model(graph: _Graph, num_attention_heads: int | None):
     """The ``Dinov2Model`` holding the graph's backbone weights, with the conversion notes."""
     from transformers import Dinov2Model
@@ -414,7 +428,7 @@ def _build_model(graph: _Graph, num_attention_heads: int | None):
     if missing:
         raise ValueError(
             f"the ONNX graph lacks {len(missing)} weight(s) of the Dinov2Model: "
-            + ", ".join(repr(BACKBONE_PREFIX + key) for key in missing[:8])
+            + ", ".join(f"{key!r} ({_where_expected(key)})" for key in missing[:8])
             + (" ..." if len(missing) > 8 else "")
         )
     unexpected = sorted(set(weights) - set(target))
