@@ -30,13 +30,15 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import Trainer
+from trl import SFTTrainer
 
+from ..utils.modeling_utils import VisualTokens
 from .arguments import (
     FAMILY_MODEL_TYPES,
     PAPER_PROMPTS,
@@ -409,43 +411,29 @@ class ContinuousMLLMCollator:
         return batch
 
 
-def _sft_trainer_class():
-    from transformers import Trainer
-    from trl import SFTTrainer
+class VTokSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss is the MLLM's own ``forward(labels=...)``.
 
-    class VTokSFTTrainer(SFTTrainer):
-        """``SFTTrainer`` whose loss is the MLLM's own ``forward(labels=...)``.
+    TRL 1.x scores through a fused LM head that multiplies by ``lm_head.weight`` directly; with PEFT's
+    ``trainable_token_indices`` on an untied head that weight is the frozen base matrix (the trainable visual rows
+    live in a wrapper), so the new head rows would never be used nor trained. The model's own loss goes through
+    the wrapper (and through the MLLM's image-target handling).
+    """
 
-        TRL 1.x scores through a fused LM head that multiplies by ``lm_head.weight`` directly; with PEFT's
-        ``trainable_token_indices`` on an untied head that weight is the frozen base matrix (the trainable visual rows
-        live in a wrapper), so the new head rows would never be used nor trained. The model's own loss goes through
-        the wrapper (and through the MLLM's image-target handling).
-        """
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-
-    return VTokSFTTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
-def _continuous_trainer_class():
-    from transformers import Trainer
+class ContinuousMLLMTrainer(Trainer):
+    """``Trainer`` that hands pre-tokenised continuous embeddings to the MLLM as ``visual_tokens``."""
 
-    from ..utils.modeling_utils import VisualTokens
-
-    class ContinuousMLLMTrainer(Trainer):
-        """``Trainer`` that hands pre-tokenised continuous embeddings to the MLLM as ``visual_tokens``."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = dict(inputs)
-            embeddings = inputs.pop("visual_embeddings", None)
-            mask = inputs.pop("visual_attention_mask", None)
-            if embeddings is not None:
-                inputs["visual_tokens"] = VisualTokens(embeddings=embeddings, attention_mask=mask)
-            outputs = model(**inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    return ContinuousMLLMTrainer
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        embeddings, mask = inputs.pop("visual_embeddings", None), inputs.pop("visual_attention_mask", None)
+        if embeddings is not None:
+            inputs["visual_tokens"] = VisualTokens(embeddings=embeddings, attention_mask=mask)
+        outputs = model(**inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -491,12 +479,12 @@ def train_mllm(
     print(f"[train-mllm] {len(examples)} examples, {trainable:,} trainable of {total:,} parameters ({mode})")
     if processor.is_discrete:
         columns = ["text"] if script_args.stage == "pretraining" else ["prompt", "completion"]
-        trainer = _sft_trainer_class()(
+        trainer = VTokSFTTrainer(
             model=trainable_model, args=training_args.for_trainer(), train_dataset=examples.select_columns(columns),
             processing_class=processor.tokenizer,
         )  # fmt: skip
     else:  # the continuous collator reads the raw prompt/completion/embeddings columns
-        trainer = _continuous_trainer_class()(
+        trainer = ContinuousMLLMTrainer(
             model=trainable_model, args=training_args.for_trainer(remove_unused_columns=False), train_dataset=examples,
             data_collator=ContinuousMLLMCollator(processor, max_length=training_args.max_length),
         )  # fmt: skip
@@ -551,11 +539,6 @@ def export_mllm(model, processor, decoder, output_dir: str | os.PathLike, summar
 def loss_fell(summary: dict, ratio: float = 0.9) -> bool:
     first, last = summary.get("first_loss"), summary.get("last_loss")
     return first is not None and last is not None and math.isfinite(last) and last < ratio * first
-
-
-def remove_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Delete ``output_dir/checkpoints`` (optimizer states are large; the exported folders are what you keep)."""
-    shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
 
 
 __all__ = [
