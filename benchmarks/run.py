@@ -132,18 +132,21 @@ def worker(args) -> dict:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
+    from transformers import CONFIG_MAPPING, AutoModel, AutoModelForPreTraining
 
-    classes = family_classes(args.family)
-    config = classes["config"].tiny() if args.scale == "tiny" else classes["config"]()
+    from hf_vtok.mllm.processing_mllm import image_processor_for
+    from hf_vtok.trainer.arguments import FAMILY_MODEL_TYPES
+
+    config_class = CONFIG_MAPPING[FAMILY_MODEL_TYPES[args.family]]
+    config = config_class.tiny() if args.scale == "tiny" else config_class()
     torch.manual_seed(0)
     started = time.perf_counter()
     if args.stage == "encode":
-        model = classes["model"](config).eval().to(args.device)
+        model = AutoModel.from_config(config).eval().to(args.device)
     else:
-        model = classes["pretraining"](config).eval().to(args.device)
+        model = AutoModelForPreTraining.from_config(config).eval().to(args.device)
     build_s = time.perf_counter() - started
-    processor = image_processor_for(config, classes["image_processor"])
+    processor = image_processor_for(config)
     images = _photos(args.batch)
     result = {"family": args.family, "scale": args.scale, "batch": args.batch, "build_s": round(build_s, 2),
               "parameters": sum(p.numel() for p in model.parameters())}

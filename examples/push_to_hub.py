@@ -18,9 +18,9 @@ from pathlib import Path
 
 def tiny_folder(family: str) -> Path:
     """A tokenizer folder as `hf-vtok train-tokenizer` writes it, from a random tiny model."""
-    from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_visual_tokenizer
+    from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
-    tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer=f"random:{family}"))
+    tokenizer, image_processor, decoder = build_visual_tokenizer(f"random:{family}")
     folder = Path(tempfile.mkdtemp(prefix="hf_vtok_tiny_"))
     tokenizer.save_pretrained(folder / "tokenizer")
     image_processor.save_pretrained(folder / "tokenizer")

@@ -32,9 +32,9 @@ def main(argv=None) -> dict:
     import hf_vtok  # noqa: F401
 
     if args.tiny or args.decoder is None:
-        from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_visual_tokenizer
+        from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
-        _, _, pipe = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer=f"random:{args.family}", seed=args.seed))
+        _, _, pipe = build_visual_tokenizer(f"random:{args.family}", seed=args.seed)
     else:
         pipe = DiffusionPipeline.from_pretrained(args.decoder)  # no trust_remote_code after `import hf_vtok`
     config = pipe.tokenizer.config

@@ -23,9 +23,10 @@ def load(args):
 
     if args.tiny or args.mllm is None:
         from hf_vtok.mllm import VTokTextToImagePipeline
-        from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_mllm
+        from hf_vtok.trainer.arguments import MLLMArguments
+        from hf_vtok.trainer.mllm_trainer import build_mllm
 
-        model, processor, decoder = build_mllm(MLLMTrainingRecipe(visual_tokenizer=f"random:{args.family}", seed=args.seed))
+        model, processor, decoder = build_mllm(MLLMArguments(visual_tokenizer=f"random:{args.family}"), seed=args.seed)
         return VTokTextToImagePipeline(mllm=model.eval(), processor=processor, decoder=decoder)
     return DiffusionPipeline.from_pretrained(args.mllm)  # VTokTextToImagePipeline
 

@@ -19,9 +19,9 @@ from PIL import Image
 def load(args):
     """(tokenizer, image processor, decoder pipeline) from a checkpoint folder, or random tiny ones."""
     if args.tiny or args.checkpoint is None:
-        from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_visual_tokenizer
+        from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
-        return build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer=f"random:{args.family}", seed=args.seed))
+        return build_visual_tokenizer(f"random:{args.family}", seed=args.seed)
     from hf_vtok.evaluation.tokenizers import load_tokenizer_folder
 
     loaded = load_tokenizer_folder(args.checkpoint)

@@ -28,12 +28,21 @@ from PIL import Image
 
 import hf_vtok
 from hf_vtok.evaluation import foreground_ari, load_tokenizer_folder, perceptual_distance, psnr, ssim
-from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
+from hf_vtok.mllm.processing_mllm import image_processor_for
+from hf_vtok.trainer.arguments import FAMILY_MODEL_TYPES
 from hf_vtok.utils.modeling_utils import CheckpointMismatchError
 from hf_vtok.utils.validation import MAX_IMAGE_PIXELS, load_image
 
 torch.set_num_threads(1)
 FAMILIES = ("slot_qformer", "setok", "ddt")
+
+
+def inference_class(family: str):
+    """The inference model class ``AutoModel`` loads for a family."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return MODEL_MAPPING[CONFIG_MAPPING[FAMILY_MODEL_TYPES[family]]]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -42,9 +51,10 @@ def parts():
     """Per family: the tiny training model (random), its tokenizer, pipeline and both image processors."""
     out = {}
     for family in FAMILIES:
-        classes = family_classes(family)
+        from transformers import CONFIG_MAPPING, AutoModelForPreTraining
+
         torch.manual_seed(0)
-        model = classes["pretraining"](classes["config"].tiny()).eval()
+        model = AutoModelForPreTraining.from_config(CONFIG_MAPPING[FAMILY_MODEL_TYPES[family]].tiny()).eval()
         pipe = model.get_decoder_pipeline()
         pipe.set_progress_bar_config(disable=True)
         module = __import__(f"hf_vtok.models.{family}", fromlist=["x"])
@@ -55,7 +65,7 @@ def parts():
             "tokenizer": model.tokenizer,
             "pipe": pipe,
             "processors": [
-                image_processor_for(model.config, classes["image_processor"]),
+                image_processor_for(model.config),
                 torch_processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
             ],
         }
@@ -308,7 +318,7 @@ def test_corrupt_safetensors_raise_a_clear_error(saved, tmp_path, family):
     pipeline and load_tokenizer_folder), and missing weights."""
     from transformers import AutoModel
 
-    model_class = family_classes(family)["model"]
+    model_class = inference_class(family)
     folder = copy_of(saved[family], tmp_path)
     weights = folder / "tokenizer" / "model.safetensors"
     data = weights.read_bytes()
@@ -340,7 +350,7 @@ def test_decoder_component_and_invalid_config_files(saved, tmp_path):
     config = folder / "tokenizer" / "config.json"
     config.write_text("{ this is not json")
     with pytest.raises(CheckpointMismatchError, match="not a valid JSON config"):
-        family_classes("ddt")["model"].from_pretrained(folder / "tokenizer")
+        inference_class("ddt").from_pretrained(folder / "tokenizer")
     other = copy_of(saved["setok"], tmp_path)
     (other / "decoder" / "model_index.json").write_text("[1, 2")
     with pytest.raises(ValueError, match="not a valid pipeline index"):
@@ -353,9 +363,9 @@ def test_config_of_another_model_type(saved):
         for other in FAMILIES:
             if other == family:
                 continue
-            model_class = family_classes(other)["model"]
-            with pytest.raises(CheckpointMismatchError, match=f"holds a '.*' checkpoint.*{model_class.__name__} loads"):
-                model_class.from_pretrained(saved[family] / "tokenizer")
+            other_class = inference_class(other)
+            with pytest.raises(CheckpointMismatchError, match=f"holds a '.*' checkpoint.*{other_class.__name__} loads"):
+                other_class.from_pretrained(saved[family] / "tokenizer")
     # the Auto class reads the type and succeeds
     from transformers import AutoModel
 
@@ -370,7 +380,7 @@ def test_codebook_size_edited_in_config_json_is_refused(saved, tmp_path, family)
     config = json.loads((folder / "config.json").read_text())
     config["codebook_size"] *= 2
     (folder / "config.json").write_text(json.dumps(config))
-    model_class = family_classes(family)["model"]
+    model_class = inference_class(family)
     for kwargs in ({}, {"ignore_mismatched_sizes": True}):
         with pytest.raises(CheckpointMismatchError, match=r"codebook.*in the checkpoint but .*A codebook is never re-initialised"):
             model_class.from_pretrained(folder, **kwargs)

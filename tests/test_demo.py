@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
 from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
@@ -38,7 +39,7 @@ def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
     for required in ("model_index.json", "mllm/config.json", "mllm/processor_config.json", "decoder/model_index.json", "README.md"):
         assert (folder / required).is_file(), required
     recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
-    shipped_recipe = json.loads((SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / f"{DEMO_MLLM_RECIPES[-1]}.json").read_text())
+    shipped_recipe = yaml.safe_load((SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / "mllm" / f"{DEMO_MLLM_RECIPES[-1]}.yaml").read_text())
     assert recipe["max_steps"] == shipped_recipe["max_steps"] and recipe["seed"] == shipped_recipe["seed"]
     assert recipe["visual_tokenizer"].endswith(DEMO_MLLM_RECIPES[0])  # the flat DDT tokenizer trained first
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -29,6 +29,7 @@ SCRIPT = ROOT / "training" / "check_distributed_sync.py"
 def _load_checker():
     spec = importlib.util.spec_from_file_location("check_distributed_sync", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script defines its arguments
     spec.loader.exec_module(module)
     return module
 

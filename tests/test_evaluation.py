@@ -39,7 +39,8 @@ from hf_vtok.evaluation import (
     text_to_image_accuracy,
     tokens_by_object_count,
 )
-from hf_vtok.trainer.tokenizer_trainer import family_classes, image_processor_for
+from hf_vtok.mllm.processing_mllm import image_processor_for
+from hf_vtok.trainer.arguments import FAMILY_MODEL_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -48,15 +49,16 @@ torch.set_num_threads(1)
 # ------------------------------------------------------------------------------------------------------- fixtures
 def save_tokenizer_folder(family: str, path: Path, *, perturb: float = 0.0, seed: int = 0) -> Path:
     """A random tiny tokenizer of ``family`` saved as a trained folder (tokenizer/ + image processor + decoder/)."""
-    classes = family_classes(family)
+    from transformers import CONFIG_MAPPING, AutoModelForPreTraining
+
     torch.manual_seed(seed)
-    model = classes["pretraining"](classes["config"].tiny()).eval()
+    model = AutoModelForPreTraining.from_config(CONFIG_MAPPING[FAMILY_MODEL_TYPES[family]].tiny()).eval()
     if perturb:  # zero-initialised output layers make a fresh decoder ignore its condition; wake them up
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(perturb * torch.randn_like(parameter))
     model.tokenizer.save_pretrained(path / "tokenizer")
-    image_processor_for(model.config, classes["image_processor"]).save_pretrained(path / "tokenizer")
+    image_processor_for(model.config).save_pretrained(path / "tokenizer")
     model.get_decoder_pipeline().save_pretrained(path / "decoder")
     return path
 

@@ -40,8 +40,9 @@ def test_text_to_image_and_edit(tmp_path):
 
 def test_finetune_lora_then_generate_and_push(tmp_path):
     run = tmp_path / "run"
-    out = run_example("finetune_lora", ["--tiny", "--max-steps", "3", "--output-dir", str(run)])
+    out = run_example("finetune_lora", ["--tiny", "--max-steps", "3", "--output-dir", str(run), "--neftune_noise_alpha", "5"])
     summary = out["summary"]
+    assert out["trainer"].args.neftune_noise_alpha == 5 == summary["recipe"]["neftune_noise_alpha"]  # any SFTConfig flag
     assert summary["global_step"] == 3 and summary["trainable_parameters"] < summary["total_parameters"] / 3
     # the fine-tuned folder feeds the other examples
     generated = run_example("text_to_image_and_edit", ["--mllm", str(run), "--steps", "1", "--out", str(tmp_path / "t.png")])

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import hf_vtok
+from hf_vtok.trainer.arguments import MLLMArguments, MLLMModelConfig, recorded_arguments
 from hf_vtok.trainer.hub import PAPERS, describe_folder, push_folder
-from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe, build_mllm, export_mllm
+from hf_vtok.trainer.mllm_trainer import build_mllm, export_mllm
 
 torch.set_num_threads(1)
 
@@ -28,12 +29,13 @@ def tokenizer_run(tmp_path_factory):
     """A folder laid out like `hf-vtok train-tokenizer` writes it, plus the clutter a run leaves behind."""
     from hf_vtok.mllm.processing_mllm import image_processor_for
     from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
-    from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe, export_tokenizer
+    from hf_vtok.trainer.arguments import parse_tokenizer_arguments
+    from hf_vtok.trainer.tokenizer_trainer import export_tokenizer
 
     torch.manual_seed(0)
     model = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny()).eval()
     folder = tmp_path_factory.mktemp("tokenizer_run")
-    recipe = TokenizerTrainingRecipe.from_name("ddt_tiny", max_steps=3)
+    recipe = recorded_arguments(*parse_tokenizer_arguments(["--recipe", "ddt_tiny", "--max_steps", "3", "--output_dir", str(folder)]))
     history = [{"loss": 1.5, "step": 1}, {"loss": 1.2, "step": 3}]
     export_tokenizer(model, image_processor_for(model.config), folder, recipe, log_history=history)
     (folder / "metrics.json").write_text(json.dumps({"psnr": 21.5, "ssim": 0.61}))
@@ -84,9 +86,10 @@ def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    recipe = MLLMTrainingRecipe(visual_tokenizer="random:slot_qformer", finetuning="lora")
-    model, processor, decoder = build_mllm(recipe)
-    summary = {"recipe": {**recipe.__dict__}, "first_loss": 5.0, "last_loss": 4.0, "num_examples": 12}
+    script_args, model_args = MLLMArguments(visual_tokenizer="random:slot_qformer"), MLLMModelConfig(use_peft=True)
+    model, processor, decoder = build_mllm(script_args, model_args)
+    recipe = {**recorded_arguments(script_args, model_args), "finetuning": "lora"}
+    summary = {"recipe": recipe, "first_loss": 5.0, "last_loss": 4.0, "num_examples": 12}
     export_mllm(model.eval(), processor, decoder, tmp_path / "run", summary)
     (tmp_path / "run" / "pretokenized").mkdir()
     (tmp_path / "run" / "pretokenized" / "shard-00000.parquet").write_bytes(b"data")

@@ -230,13 +230,13 @@ def test_processor_chat_templates_and_round_trip(ddt_mllm, shapes, tmp_path):
 def test_trained_task_prompts_are_saved_and_used_by_generation_and_evaluation(ddt_parts, shapes, tmp_path):
     """A model is asked the way it was trained: the processor records the recipe's prompt phrasing."""
     from hf_vtok.evaluation.mllm import LoadedMLLM, _task_prompt
-    from hf_vtok.trainer.mllm_trainer import MLLMTrainingRecipe
+    from hf_vtok.trainer.arguments import parse_mllm_arguments
 
     model, plain = build_mllm(ddt_parts[0])
-    recipe = MLLMTrainingRecipe.from_name("ddt_llama_sft_tiny")
+    recipe = parse_mllm_arguments(["--recipe", "ddt_llama_sft_tiny", "--output_dir", "unused"])[0]
     prompts = recipe.task_prompts()
     assert prompts["text_to_image"] == "{caption} generate an image" and prompts["qa"] == "{image} {question}"
-    assert MLLMTrainingRecipe.from_name("ddt_llama_pretrain_tiny").task_prompts() is None
+    assert parse_mllm_arguments(["--recipe", "ddt_llama_pretrain_tiny", "--output_dir", "unused"])[0].task_prompts() is None
     processor = VTokMLLMProcessor.from_visual_tokenizer(plain.tokenizer, ddt_parts[0], task_prompts=prompts)
     assert processor.task_prompt("captioning") == "<image> describe the image"
     assert processor.task_prompt("qa", question="what colour?") == "<image> what colour?"

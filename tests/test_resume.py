@@ -2,7 +2,7 @@
 
 Two runs of the same tiny DDT recipe (8 steps, a checkpoint every 2) start as subprocesses: the reference runs to
 the end, the other is slowed down and SIGKILLed once ``checkpoint-4`` is complete, then resumed with
-``resume_from_checkpoint=True``. Deterministic settings: CPU, one thread, ``torch.use_deterministic_algorithms``
+``--resume`` (``resume_from_checkpoint=True``). Deterministic settings: CPU, one thread, ``torch.use_deterministic_algorithms``
 (what ``TrainingArguments(full_determinism=True)`` sets); the model's random draws (timesteps, noise, condition
 dropout, dead-code revival) come from the global torch RNG, which Trainer saves in ``rng_state.pth`` and restores.
 
@@ -44,10 +44,12 @@ if os.environ.get("SLOW_STEP"):
         time.sleep(float(os.environ["SLOW_STEP"]))
         return step(self, *a, **k)
     transformers.Trainer.training_step = slow
-from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
-recipe = TokenizerTrainingRecipe.from_name("ddt_tiny", max_steps=8, save_steps=2, num_train_images=32,
-                                           per_device_train_batch_size=4, logging_steps=1, warmup_steps=2)
-train_tokenizer(recipe, sys.argv[1], resume_from_checkpoint=True if sys.argv[2] == "resume" else None)
+from hf_vtok.trainer.arguments import parse_tokenizer_arguments
+from hf_vtok.trainer.tokenizer_trainer import train_tokenizer
+resume = ["--resume"] if sys.argv[2] == "resume" else []
+train_tokenizer(*parse_tokenizer_arguments([
+    "--recipe", "ddt_tiny", "--output_dir", sys.argv[1], "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2",
+    "--num_train_images", "32", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--warmup_steps", "2", *resume]))
 json.dump(loads, open(os.path.join(sys.argv[1], "torch_loads.json"), "w"))
 '''
 

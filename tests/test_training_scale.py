@@ -11,24 +11,32 @@ visual rows (text rows bit-identical), and exports a folder that loads with the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-import hf_vtok
 from hf_vtok.data.pretokenize import load_pretokenized, pretokenize_dataset
-from hf_vtok.trainer.mllm_trainer import (
+from hf_vtok.trainer.arguments import (
     PAPER_PROMPTS,
-    ContinuousMLLMCollator,
-    MLLMTrainingRecipe,
-    build_language_model,
-    build_task_dataset,
+    RECIPES_DIR,
+    MLLMArguments,
+    MLLMModelConfig,
+    MLLMTrainingArguments,
+    finetuning_mode,
     list_recipes,
-    train_mllm,
+    parse_mllm_arguments,
+    parse_tokenizer_arguments,
 )
 from hf_vtok.trainer.memory import estimate_memory
-from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingRecipe
+from hf_vtok.trainer.mllm_trainer import (
+    ContinuousMLLMCollator,
+    build_language_model,
+    build_task_dataset,
+    build_visual_tokenizer,
+    train_mllm,
+)
 
 torch.set_num_threads(1)
 
@@ -50,9 +58,7 @@ def shapes():
 @pytest.fixture(scope="module")
 def ddt_folder(tmp_path_factory):
     """A tiny DDT tokenizer saved like `train-tokenizer` saves it (tokenizer/ with its image processor)."""
-    from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
-
-    tokenizer, image_processor, decoder = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:ddt"))
+    tokenizer, image_processor, decoder = build_visual_tokenizer("random:ddt")
     folder = tmp_path_factory.mktemp("ddt_run")
     tokenizer.save_pretrained(folder / "tokenizer")
     image_processor.save_pretrained(folder / "tokenizer")
@@ -62,49 +68,78 @@ def ddt_folder(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ recipes
 def test_every_recipe_loads_with_the_papers_values():
-    tokenizer_names, mllm_names = list_recipes("tokenizer"), list_recipes("mllm")
-    for name in tokenizer_names:
-        TokenizerTrainingRecipe.from_name(name)
-    recipes = {name: MLLMTrainingRecipe.from_name(name) for name in mllm_names}
+    for name in list_recipes("tokenizer"):
+        parse_tokenizer_arguments(["--recipe", name, "--output_dir", "unused"])
+    recipes = {name: parse_mllm_arguments(["--recipe", name, "--output_dir", "unused"]) for name in list_recipes("mllm")}
+    mode = {name: finetuning_mode(model, script) for name, (script, _, model) in recipes.items()}
     # one tiny twin per paper stage, same stage and fine-tuning mode
-    for name, recipe in recipes.items():
+    for name, (script, training, model) in recipes.items():
         if name.endswith("_paper"):
-            twin = recipes[name.replace("_paper", "_tiny")]
-            assert (twin.stage, twin.finetuning) == (recipe.stage, recipe.finetuning)
-            assert twin.base_model == "tiny-llama" and twin.visual_tokenizer.startswith("random:")
-            assert recipe.bf16 and not twin.bf16
+            twin_name = name.replace("_paper", "_tiny")
+            twin_script, twin_training, twin_model = recipes[twin_name]
+            assert (twin_script.stage, mode[twin_name]) == (script.stage, mode[name])
+            assert twin_model.model_name_or_path == "tiny-llama" and twin_script.visual_tokenizer.startswith("random:")
+            assert training.bf16 and not twin_training.bf16
     # Slot-MLLM appendix A.2, Table 6
-    pretrain, instruct = recipes["slot_mllm_pretrain_paper"], recipes["slot_mllm_instruct_paper"]
-    assert (pretrain.finetuning, pretrain.lora_rank, pretrain.learning_rate) == ("lora", 64, 3e-4)
+    (_, pretrain, pretrain_model), (_, instruct, instruct_model) = recipes["slot_mllm_pretrain_paper"], recipes["slot_mllm_instruct_paper"]
+    assert (mode["slot_mllm_pretrain_paper"], pretrain_model.lora_r, pretrain.learning_rate) == ("lora", 64, 3e-4)
     assert (pretrain.adam_beta1, pretrain.adam_beta2, pretrain.adam_epsilon, pretrain.weight_decay) == (0.9, 0.98, 1e-6, 0.05)
-    assert (pretrain.warmup_ratio, pretrain.max_steps, pretrain.gradient_accumulation_steps) == (0.03, 50000, 4)
-    assert pretrain.per_device_train_batch_size == 20 + 20 + 5 and pretrain.stage == "pretraining"
-    assert (instruct.lora_rank, instruct.learning_rate, instruct.adam_beta2, instruct.adam_epsilon) == (32, 1e-4, 0.95, 1e-5)
-    assert (instruct.warmup_ratio, instruct.max_steps, instruct.gradient_accumulation_steps) == (0.05, 50000, 1)
+    assert (pretrain.warmup_steps, pretrain.max_steps, pretrain.gradient_accumulation_steps) == (0.03, 50000, 4)
+    assert pretrain.per_device_train_batch_size == 20 + 20 + 5 and recipes["slot_mllm_pretrain_paper"][0].stage == "pretraining"
+    assert (instruct_model.lora_r, instruct.learning_rate, instruct.adam_beta2, instruct.adam_epsilon) == (32, 1e-4, 0.95, 1e-5)
+    assert (instruct.warmup_steps, instruct.max_steps, instruct.gradient_accumulation_steps) == (0.05, 50000, 1)
     # DDT-LLaMA Table 5: full fine-tuning, global batch 1280 / 256
-    ddt_pt, ddt_ft = recipes["ddt_llama_pretrain_paper"], recipes["ddt_llama_sft_paper"]
-    assert ddt_pt.finetuning == ddt_ft.finetuning == "full"
-    assert (ddt_pt.learning_rate, ddt_pt.warmup_steps, ddt_pt.max_steps, ddt_pt.prompt_dropout_prob) == (1e-4, 5000, 360000, 0.1)
+    (_, ddt_pt, _), (_, ddt_ft, _) = recipes["ddt_llama_pretrain_paper"], recipes["ddt_llama_sft_paper"]
+    assert mode["ddt_llama_pretrain_paper"] == mode["ddt_llama_sft_paper"] == "full"
+    assert (ddt_pt.learning_rate, ddt_pt.warmup_steps, ddt_pt.max_steps) == (1e-4, 5000, 360000)
+    assert recipes["ddt_llama_pretrain_paper"][0].prompt_dropout_prob == 0.1
     assert ddt_pt.per_device_train_batch_size * ddt_pt.gradient_accumulation_steps * 8 == 1280
     assert (ddt_ft.learning_rate, ddt_ft.warmup_steps, ddt_ft.max_steps) == (1e-5, 2000, 160000)
     assert ddt_ft.per_device_train_batch_size * ddt_ft.gradient_accumulation_steps * 8 == 256
     assert (ddt_pt.adam_beta2, ddt_pt.adam_epsilon, ddt_pt.weight_decay, ddt_pt.max_grad_norm) == (0.95, 1e-6, 0.05, 1.0)
     # SETOKIM Table 7
-    stage2, stage3 = recipes["setok_mllm_stage2_paper"], recipes["setok_mllm_stage3_paper"]
-    assert (stage2.learning_rate, stage2.weight_decay, stage2.warmup_ratio, stage2.num_train_epochs, stage2.max_steps) == (4e-3, 1e-3, 0.1, 1.0, -1)
-    assert (stage3.learning_rate, stage3.finetuning, stage3.per_device_train_batch_size, stage3.max_length) == (5e-4, "lora", 32, 2048)
-    assert stage2.finetuning == "partial"
+    (_, stage2, _), (_, stage3, _) = recipes["setok_mllm_stage2_paper"], recipes["setok_mllm_stage3_paper"]
+    assert (stage2.learning_rate, stage2.weight_decay, stage2.warmup_steps, stage2.num_train_epochs, stage2.max_steps) == (4e-3, 1e-3, 0.1, 1.0, -1)
+    assert (stage3.learning_rate, mode["setok_mllm_stage3_paper"], stage3.per_device_train_batch_size, stage3.max_length) == (5e-4, "lora", 32, 2048)
+    assert mode["setok_mllm_stage2_paper"] == "partial"
 
-    with pytest.raises(ValueError, match="finetuning"):
-        MLLMTrainingRecipe(finetuning="qlora").validate()
+    with pytest.raises(SystemExit):
+        parse_mllm_arguments(["--recipe", "slot_mllm_instruct_tiny", "--output_dir", "x", "--use_peft", "qlora"])
+    with pytest.raises(ValueError, match="use_peft"):
+        finetuning_mode(MLLMModelConfig(use_peft=True), MLLMArguments(freeze_language_model=True))
     with pytest.raises(ValueError, match="task_mix"):
-        MLLMTrainingRecipe(stage="pretraining", task_mix={"qa": 1.0}).validate()
+        MLLMArguments(stage="pretraining", task_mix={"qa": 1.0})
     with pytest.raises(ValueError, match="visual_tokenizer"):
-        MLLMTrainingRecipe(visual_tokenizer="random:vqgan").validate()
-    with pytest.raises(ValueError, match="not an MLLM recipe"):
-        MLLMTrainingRecipe.from_file(hf_vtok.trainer.tokenizer_trainer.RECIPES_DIR / "ddt_tiny.json")
-    with pytest.raises(ValueError, match="name"):
-        MLLMTrainingRecipe.from_name("no_such_recipe")
+        MLLMArguments(visual_tokenizer="random:vqgan")
+    with pytest.raises(ValueError, match=r"ddt_tiny.yaml' has unknown fields \['config_overrides', 'family', 'preset'\]"):
+        parse_mllm_arguments(["--recipe", str(RECIPES_DIR / "tokenizer" / "ddt_tiny.yaml"), "--output_dir", "x"])
+    with pytest.raises(ValueError, match="recipe"):
+        parse_mllm_arguments(["--recipe", "no_such_recipe", "--output_dir", "x"])
+
+
+def test_invalid_recipes_and_flags_name_the_file_and_the_field(tmp_path, capsys):
+    """One line on stderr and exit code 2: a missing file, invalid YAML, a list, an unknown field, another family's
+    recipe, and `--max_steps -1` (which would otherwise train a whole epoch)."""
+    from hf_vtok.commands.cli import main
+
+    (tmp_path / "broken.yaml").write_text("max_steps: [1, 2\n")
+    (tmp_path / "list.yaml").write_text("- max_steps: 3\n")
+    (tmp_path / "unknown.yaml").write_text("family: ddt\nmax_stepz: 3\n")
+    cases = {
+        str(tmp_path / "missing.yaml"): "is not a file",
+        str(tmp_path / "broken.yaml"): "broken.yaml' is not valid YAML/JSON",
+        str(tmp_path / "list.yaml"): "list.yaml' must be a mapping of field names to values, got list",
+        str(tmp_path / "unknown.yaml"): "unknown.yaml' has unknown fields ['max_stepz']",
+        "setok_stage1_tiny": "setok_stage1_tiny.yaml' has `family` 'setok', but FAMILY is 'ddt'",
+    }
+    for recipe, message in cases.items():
+        assert main(["train-tokenizer", "ddt", "--recipe", recipe, "--output-dir", str(tmp_path / "run")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+    for flag in ("--max-steps", "--max_steps"):
+        assert main(["train-mllm", "--recipe", "slot_mllm_instruct_tiny", "--output-dir", str(tmp_path / "run"), flag, "-1"]) == 2
+        assert "`max_steps` must be a positive number of optimizer steps, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -166,8 +201,8 @@ def test_activation_estimate_matches_what_autograd_keeps(shapes):
     """The activation formula against the tensors autograd really saves (fp32, CPU): within -20 % / +50 %."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hf_vtok.models.ddt import DDTImageProcessorPil, DDTTokenizerConfig, DDTTokenizerForPreTraining
-    from hf_vtok.trainer.tokenizer_trainer import image_processor_for
+    from hf_vtok.mllm.processing_mllm import image_processor_for
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
@@ -178,7 +213,7 @@ def test_activation_estimate_matches_what_autograd_keeps(shapes):
     assert 0.8 < ratio < 1.5, ratio
     ddt = DDTTokenizerConfig.tiny()
     model = DDTTokenizerForPreTraining(ddt).train()
-    processor = image_processor_for(ddt, DDTImageProcessorPil)
+    processor = image_processor_for(ddt)
     pixel_values = processor([shapes[i]["image"] for i in range(4)], return_tensors="pt").pixel_values
     measured = _saved_tensor_bytes(model, {"pixel_values": pixel_values})
     ratio = measured / estimate_memory(ddt, 4, "fp32").activations_bytes
@@ -248,9 +283,7 @@ def test_pretokenize_is_batched_parallel_and_resumable(ddt_folder, shapes, tmp_p
 
 
 def test_continuous_tokens_are_stored_as_embeddings(shapes, tmp_path):
-    from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
-
-    tokenizer, image_processor, _ = build_visual_tokenizer(MLLMTrainingRecipe(visual_tokenizer="random:setok"))
+    tokenizer, image_processor, _ = build_visual_tokenizer("random:setok")
     pretokenize_dataset(tokenizer, shapes.select(range(3)), tmp_path, image_processor=image_processor, image_columns=["image"],
                         progress=False)
     data = load_pretokenized(tmp_path)
@@ -261,24 +294,27 @@ def test_continuous_tokens_are_stored_as_embeddings(shapes, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ MLLM training
-def _tiny_recipe(**overrides) -> MLLMTrainingRecipe:
+def _tiny_arguments(output_dir, **overrides):
+    """``(MLLMArguments, MLLMTrainingArguments, MLLMModelConfig)`` of a tiny LoRA run; overrides go to their class."""
     values = {
-        "stage": "instruction", "visual_tokenizer": "random:ddt", "num_train_images": 24, "max_steps": 8, "per_device_train_batch_size": 4,
-        "learning_rate": 3e-3, "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0, "logging_steps": 1, "max_length": 256,
-        "prompt_templates": TINY_PROMPTS, "warmup_steps": 0,
+        "stage": "instruction", "visual_tokenizer": "random:ddt", "num_train_images": 24, "max_steps": 8,
+        "per_device_train_batch_size": 4, "learning_rate": 3e-3, "use_peft": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_dropout": 0.0, "logging_steps": 1, "max_length": 256, "prompt_templates": TINY_PROMPTS, "warmup_steps": 0,
+        "output_dir": str(output_dir), **overrides,
     }  # fmt: skip
-    values.update(overrides)
-    return MLLMTrainingRecipe(**values).validate()
+    classes = (MLLMArguments, MLLMTrainingArguments, MLLMModelConfig)
+    names = [{f.name for f in dataclasses.fields(cls)} for cls in classes]
+    return tuple(cls(**{k: v for k, v in values.items() if k in fields}) for cls, fields in zip(classes, names))
 
 
 def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes):
     from diffusers import DiffusionPipeline
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    recipe = _tiny_recipe()
-    base, text_tokenizer = build_language_model(recipe)  # the same seeded LM train_mllm starts from
+    script_args, training_args, model_args = _tiny_arguments(tmp_path)
+    base, text_tokenizer = build_language_model(script_args, model_args, training_args.seed)  # the LM train_mllm starts from
     offset = len(text_tokenizer)
-    _, trainer, summary = train_mllm(recipe, tmp_path)
+    _, trainer, summary = train_mllm(script_args, training_args, model_args)
     assert summary["last_loss"] < 0.95 * summary["first_loss"], summary
     assert set(summary["task_counts"]) == {"captioning", "qa", "text_to_image", "editing"}
     # packing: several short examples per row of max_length tokens
@@ -305,7 +341,7 @@ def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes
     processor = AutoProcessor.from_pretrained(tmp_path / "mllm")
     assert processor.visual_token_offset == offset
     recipe_json = json.loads((tmp_path / "recipe.json").read_text())
-    assert recipe_json["recipe"]["lora_rank"] == 4 and recipe_json["global_step"] == 8
+    assert recipe_json["recipe"]["lora_r"] == 4 and recipe_json["global_step"] == 8
     # the folder is a text-to-image pipeline for the generic loader (no remote code)
     pipe = DiffusionPipeline.from_pretrained(tmp_path)
     out = pipe("a red circle", seed=0, num_inference_steps=1, output_type="np")
@@ -315,26 +351,27 @@ def test_lora_mllm_training_packs_text_and_trains_only_new_rows(tmp_path, shapes
 def test_task_dataset_templates_and_caption_dropout(shapes, ddt_folder, tmp_path):
     from hf_vtok.trainer.mllm_trainer import build_mllm
 
-    _, processor, _ = build_mllm(_tiny_recipe())
+    _, processor, _ = build_mllm(_tiny_arguments(tmp_path)[0])
     pretokenize_dataset(ddt_folder[1], shapes, tmp_path, image_processor=processor.image_processor, progress=False)
     data = load_pretokenized(tmp_path)
-    recipe = _tiny_recipe(stage="pretraining", task_mix={"text_to_image": 1.0}, prompt_dropout_prob=0.5,
-                          randomize_modality_order=False, num_examples=40)
-    examples = build_task_dataset(recipe, data, processor)
+    script_args = _tiny_arguments(tmp_path, stage="pretraining", task_mix={"text_to_image": 1.0}, prompt_dropout_prob=0.5,
+                                  randomize_modality_order=False, num_examples=40)[0]
+    examples = build_task_dataset(script_args, data, processor)
     texts = examples["text"]
     dropped = [t for t in texts if t.startswith(processor.boi_token)]
     assert 8 < len(dropped) < 32  # about half lose their caption: the unconditional sequences of guidance
     kept = next(t for t in texts if not t.startswith(processor.boi_token))
     assert kept.endswith(processor.eoi_token) and len(processor.text_to_ids(kept)[0]) == 16
-    instruction = build_task_dataset(_tiny_recipe(prompt_templates=PAPER_PROMPTS, num_examples=12), data, processor)
+    instruction = build_task_dataset(_tiny_arguments(tmp_path, prompt_templates=PAPER_PROMPTS, num_examples=12)[0], data, processor)
     assert all(p.startswith("USER:") and p.rstrip().endswith("ASSISTANT:") for p in instruction["prompt"])
     assert "Please generate an image." in " ".join(instruction["prompt"])
 
 
 def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):
-    recipe = _tiny_recipe(visual_tokenizer="random:setok", stage="pretraining", finetuning="partial", num_train_images=8,
-                          max_steps=2, task_mix={"captioning": 1.0, "text_to_image": 1.0})
-    model, trainer, summary = train_mllm(recipe, tmp_path)
+    arguments = _tiny_arguments(tmp_path, visual_tokenizer="random:setok", stage="pretraining", use_peft=False,
+                                freeze_language_model=True, num_train_images=8, max_steps=2,
+                                task_mix={"captioning": 1.0, "text_to_image": 1.0})
+    model, trainer, summary = train_mllm(*arguments)
     rows = 3 * 64 * 2  # <boi>, <eoi>, <image> rows of the embedding and the untied head
     projector = sum(p.numel() for p in model.base_model.model.model.projector.parameters())
     head = sum(p.numel() for p in model.base_model.model.regression_head.parameters())
@@ -385,7 +422,7 @@ def test_held_out_token_maps_are_logged_while_a_tokenizer_trains(tmp_path, capsy
         assert 1.0 <= entry["eval_mean_tokens"] <= 17.0  # varies per image: up to 16 clusters + the remainder
     assert "[held-out, step 4]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="eval_steps"):
-        TokenizerTrainingRecipe.from_name("setok_stage1_tiny", eval_steps=-1)
+        parse_tokenizer_arguments(["--recipe", "setok_stage1_tiny", "--output_dir", str(tmp_path), "--eval_steps", "-1"])
 
 
 def test_held_out_callback_builds_its_scenes_only_on_the_main_process():
@@ -404,3 +441,43 @@ def test_held_out_callback_builds_its_scenes_only_on_the_main_process():
         HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=1, style="photo")
     with pytest.raises(ValueError, match="eval_steps"):
         HeldOutTokenMapsCallback(SeTokImageProcessor(), 32, eval_steps=0)
+
+
+# ------------------------------------------------------------------------------------------------ any Trainer / TRL flag
+def test_a_trl_flag_nobody_mentions_works_from_a_recipe_and_the_command_line(tmp_path):
+    """`neftune_noise_alpha` (SFTConfig) is not named anywhere in hf_vtok: set in a recipe or as a flag it reaches the
+    SFTTrainer and changes training (NEFTune's embedding noise); both ways give the same run, unlike alpha unset."""
+    from hf_vtok.commands.cli import main
+
+    recipe = tmp_path / "neftune.yaml"
+    recipe.write_text((RECIPES_DIR / "mllm" / "ddt_llama_pretrain_tiny.yaml").read_text() + "neftune_noise_alpha: 5\n")
+    common = ["--num_train_images", "8", "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1"]
+    runs = {
+        "plain": ["--recipe", "ddt_llama_pretrain_tiny"],
+        "recipe": ["--recipe", str(recipe)],
+        "flag": ["--recipe", "ddt_llama_pretrain_tiny", "--neftune_noise_alpha", "5"],
+    }
+    summaries = {}
+    for name, argv in runs.items():
+        assert main(["train-mllm", *argv, *common, "--output_dir", str(tmp_path / name)]) == 0
+        summaries[name] = json.loads((tmp_path / name / "recipe.json").read_text())
+    assert "neftune_noise_alpha" not in summaries["plain"]["recipe"]
+    assert summaries["recipe"]["recipe"]["neftune_noise_alpha"] == summaries["flag"]["recipe"]["neftune_noise_alpha"] == 5
+    assert summaries["recipe"]["first_loss"] == summaries["flag"]["first_loss"]  # deterministic: same alpha, same run
+    assert summaries["flag"]["first_loss"] != summaries["plain"]["first_loss"]  # the noisy embeddings change the loss
+
+
+def test_a_training_arguments_flag_nobody_mentions_reaches_the_tokenizer_trainer(tmp_path):
+    """`--adam_beta2` (TrainingArguments) is not named anywhere in hf_vtok: it sets AdamW's beta2 and changes the weights."""
+    from hf_vtok.trainer.tokenizer_trainer import train_tokenizer
+
+    def run(name, *flags):
+        argv = ["--recipe", "ddt_tiny", "--output_dir", str(tmp_path / name), "--max_steps", "2", "--num_train_images", "8",
+                "--batch-size", "4", *flags]  # fmt: skip
+        model, trainer = train_tokenizer(*parse_tokenizer_arguments(argv))
+        return trainer.optimizer.param_groups[0]["betas"], model.state_dict()
+
+    default_betas, default_weights = run("default")
+    betas, weights = run("beta2", "--adam_beta2", "0.5")
+    assert default_betas == (0.9, 0.999) and betas == (0.9, 0.5)
+    assert any(not torch.equal(weights[name], default_weights[name]) for name in weights)

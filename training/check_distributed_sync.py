@@ -21,11 +21,12 @@ codebooks on every rank, different data, and the mean of the ranks' ITC losses e
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -38,17 +39,14 @@ def build(seed: int = 0):
     """The tiny model, its collator and a fixed dataset (identical on every process)."""
     from hf_vtok.data import generate_shapes_dataset
     from hf_vtok.data.text_tokenizer import build_text_tokenizer
-    from hf_vtok.models.slot_qformer import (
-        SlotQFormerConfig,
-        SlotQFormerForPreTraining,
-        SlotQFormerImageProcessorPil,
-    )
-    from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingCollator, image_processor_for
+    from hf_vtok.mllm.processing_mllm import image_processor_for
+    from hf_vtok.models.slot_qformer import SlotQFormerConfig, SlotQFormerForPreTraining
+    from hf_vtok.trainer.tokenizer_trainer import TokenizerTrainingCollator
 
     torch.manual_seed(seed)
     model = SlotQFormerForPreTraining(SlotQFormerConfig.tiny())
     model.set_stage(1)
-    processor = image_processor_for(model.config, SlotQFormerImageProcessorPil)
+    processor = image_processor_for(model.config)
     text_tokenizer = build_text_tokenizer()
     collator = TokenizerTrainingCollator(
         processor, ["pixel_values", "input_ids", "attention_mask"], text_tokenizer=text_tokenizer, max_text_length=16
@@ -160,13 +158,18 @@ def single_process_itc(out: Path) -> float:
         return float(model(**batch).loss_contrastive)
 
 
+@dataclass
+class SyncCheckArguments:
+    out: str = field(metadata={"help": "folder for the per-rank files"})
+    steps: int = 2
+    device: Literal["cpu", "cuda"] = "cpu"
+    compare: bool = field(default=False, metadata={"help": "only compare the files of a finished run"})
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--compare", action="store_true", help="only compare the files of a finished run")
-    args = parser.parse_args()
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(SyncCheckArguments, description=__doc__.split("\n")[0]).parse_args_into_dataclasses()
     out = Path(args.out)
     if args.compare:
         result = compare(out, world_size=len(list(out.glob("rank*.json"))))

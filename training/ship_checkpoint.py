@@ -22,7 +22,7 @@ from pathlib import Path
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
-from hf_vtok.trainer.hub import MODEL_TYPE_TO_FAMILY, build_model_card
+from hf_vtok.trainer.hub import FAMILY_OF_MODEL_TYPE, build_model_card
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
@@ -30,7 +30,7 @@ PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / 
 def _tokenizer_family(mllm_folder: Path) -> str:
     """The visual tokenizer family an MLLM folder decodes with (its decoder pipeline's tokenizer config)."""
     config = json.loads((mllm_folder / "decoder" / "tokenizer" / "config.json").read_text())
-    return MODEL_TYPE_TO_FAMILY[config["model_type"]]
+    return FAMILY_OF_MODEL_TYPE[config["model_type"]]
 
 
 def main() -> None:

@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # the training subcommands parse their own options (and --help) with the argument dataclasses
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "forwards_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.arguments = rest
     try:
         return args.handler(args)
     except (ValueError, TypeError) as error:

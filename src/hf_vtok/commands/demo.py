@@ -36,7 +36,7 @@ class DemoContext:
     metrics: dict = field(default_factory=dict)
 
 
-# The recipes (hf_vtok/recipes/*.json) that produce each shipped checkpoint, stage by stage.
+# The recipes (training/recipes/*/NAME.yaml) that produce each shipped checkpoint, stage by stage.
 DEMO_RECIPES: dict[str, list[str]] = {
     "ddt": ["ddt_tiny"],
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
@@ -59,16 +59,17 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
-    from ..trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
+    from ..trainer.arguments import parse_tokenizer_arguments
+    from ..trainer.tokenizer_trainer import train_tokenizer
 
     previous = None
     for name in DEMO_RECIPES[family]:
-        recipe = TokenizerTrainingRecipe.from_name(name)
-        if previous is not None:
-            recipe.init_from = str(previous)
-        previous = context.out_dir / "checkpoints" / name
-        print(f"[{family}] training {name} ({recipe.max_steps} steps) -> {previous}")
-        train_tokenizer(recipe, previous)
+        folder = context.out_dir / "checkpoints" / name
+        init_from = ["--init_from", str(previous)] if previous is not None else []
+        script_args, training_args = parse_tokenizer_arguments(["--recipe", name, "--output_dir", str(folder), *init_from])
+        print(f"[{family}] training {name} ({training_args.max_steps} steps) -> {folder}")
+        train_tokenizer(script_args, training_args)
+        previous = folder
     return previous
 
 
@@ -77,18 +78,18 @@ def _mllm_folder(context: DemoContext) -> Path | None:
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
         return folder if (folder / "mllm" / "config.json").is_file() else None
-    from ..trainer.mllm_trainer import MLLMTrainingRecipe, train_mllm
-    from ..trainer.tokenizer_trainer import TokenizerTrainingRecipe, train_tokenizer
+    from ..trainer.arguments import parse_mllm_arguments, parse_tokenizer_arguments
+    from ..trainer.mllm_trainer import train_mllm
+    from ..trainer.tokenizer_trainer import train_tokenizer
 
     tokenizer_name, mllm_name = DEMO_MLLM_RECIPES
-    tokenizer_recipe = TokenizerTrainingRecipe.from_name(tokenizer_name)
-    tokenizer_folder = context.out_dir / "checkpoints" / tokenizer_name
-    print(f"[mllm] training {tokenizer_name} ({tokenizer_recipe.max_steps} steps) -> {tokenizer_folder}")
-    train_tokenizer(tokenizer_recipe, tokenizer_folder)
-    recipe = MLLMTrainingRecipe.from_name(mllm_name, visual_tokenizer=str(tokenizer_folder))
-    folder = context.out_dir / "checkpoints" / mllm_name
-    print(f"[mllm] training {mllm_name} ({recipe.max_steps} steps) -> {folder}")
-    train_mllm(recipe, folder)
+    tokenizer_folder, folder = context.out_dir / "checkpoints" / tokenizer_name, context.out_dir / "checkpoints" / mllm_name
+    tokenizer_args = parse_tokenizer_arguments(["--recipe", tokenizer_name, "--output_dir", str(tokenizer_folder)])
+    print(f"[mllm] training {tokenizer_name} ({tokenizer_args[1].max_steps} steps) -> {tokenizer_folder}")
+    train_tokenizer(*tokenizer_args)
+    mllm_args = parse_mllm_arguments(["--recipe", mllm_name, "--visual_tokenizer", str(tokenizer_folder), "--output_dir", str(folder)])
+    print(f"[mllm] training {mllm_name} ({mllm_args[1].max_steps} steps) -> {folder}")
+    train_mllm(*mllm_args)
     return folder
 
 

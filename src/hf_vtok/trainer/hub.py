@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.validation import describe
+from .arguments import FAMILY_MODEL_TYPES
 
 # Package data (not the repository root) so that `hf-vtok push` works from an installed wheel too.
 MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
@@ -72,13 +73,7 @@ PAPERS = {
         ),
     },
 }
-MODEL_TYPE_TO_FAMILY = {"slot_qformer": "slot_qformer", "setok": "setok", "ddt_tokenizer": "ddt"}
-FAMILY_CLASSES = {
-    "slot_qformer": ("SlotQFormerModel", "SlotQFormerDecoderPipeline", "SlotQFormerForPreTraining", "token_ids=tokens.ids"),
-    "setok": ("SeTokModel", "SeTokDecoderPipeline", "SeTokForPreTraining",
-              "token_embeddings=tokens.embeddings, attention_mask=tokens.attention_mask"),
-    "ddt": ("DDTTokenizerModel", "DDTDecoderPipeline", "DDTTokenizerForPreTraining", "token_ids=tokens.ids"),
-}
+FAMILY_OF_MODEL_TYPE = {model_type: family for family, model_type in FAMILY_MODEL_TYPES.items()}
 
 
 @dataclass
@@ -122,16 +117,16 @@ def describe_folder(folder: str | os.PathLike) -> dict:
     else:
         tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer" / "config.json").is_file() else folder
         config = _read_json(tokenizer_dir / "config.json")
-        if config.get("model_type") not in MODEL_TYPE_TO_FAMILY:
+        if config.get("model_type") not in FAMILY_OF_MODEL_TYPE:
             raise ValueError(
                 f"`folder` {str(folder)!r} holds neither a hf_vtok tokenizer (tokenizer/config.json with model_type in "
-                f"{sorted(MODEL_TYPE_TO_FAMILY)}) nor an MLLM (mllm/config.json with model_type 'vtok_mllm')."
+                f"{sorted(FAMILY_OF_MODEL_TYPE)}) nor an MLLM (mllm/config.json with model_type 'vtok_mllm')."
             )
         info.update(kind="tokenizer", config=config,
                     has_decoder=(folder / "decoder" / "model_index.json").is_file(),
                     has_text_tokenizer=(folder / "text_tokenizer").is_dir(),
                     has_training_model=(folder / "training_model" / "config.json").is_file())
-    info["family"] = MODEL_TYPE_TO_FAMILY.get(info["config"].get("model_type"))
+    info["family"] = FAMILY_OF_MODEL_TYPE.get(info["config"].get("model_type"))
     return info
 
 
@@ -180,16 +175,16 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
     if not template.is_file():
         raise ValueError(f"Model card template {str(template)!r} not found (set `template_dir`).")
     name = repo_id.split("/")[-1]
-    is_tiny = fields.get("preset") == "tiny" or fields.get("base_model") == "tiny-llama" or int(config.get("image_size") or 0) <= 64
+    is_tiny = fields.get("preset") == "tiny" or fields.get("model_name_or_path", fields.get("base_model")) == "tiny-llama" or int(config.get("image_size") or 0) <= 64
     tags = ["hf_vtok", "visual-tokenizer", family or "visual-tokenizer"]
     if info["kind"] == "mllm":
-        base = fields.get("base_model") or info["mllm_config"].get("text_config", {}).get("_name_or_path") or "unknown"
+        base = fields.get("model_name_or_path") or fields.get("base_model") or info["mllm_config"].get("text_config", {}).get("_name_or_path") or "unknown"
         card_data = ModelCardData(
             license=license, library_name="transformers", pipeline_tag="image-text-to-text", tags=tags + ["multimodal-llm", "text-to-image"],
             base_model=None if base in ("tiny-llama", "unknown", "") or os.path.isdir(str(base)) else base, model_name=name,
         )
         summary = (f"Stage `{fields.get('stage', '?')}` of the MLLM recipe, {fields.get('finetuning', '?')} fine-tuning"
-                   f"{' (LoRA rank ' + str(fields.get('lora_rank')) + ')' if fields.get('finetuning') == 'lora' else ''}.")
+                   f"{' (LoRA rank ' + str(fields.get('lora_r', fields.get('lora_rank'))) + ')' if fields.get('finetuning') == 'lora' else ''}.")
         data = fields.get("dataset", "?")
         training_data = (f"Dataset: `{data}`" + (" (the built-in synthetic shapes world: 64 px scenes of coloured shapes with "
                          "captions, questions and edit pairs)" if data == "shapes" else "") +
@@ -210,7 +205,10 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         )
         kwargs = {"has_text_tokenizer": info["has_text_tokenizer"], "has_training_model": info["has_training_model"],
                   "has_decoder": info["has_decoder"]}
-    model_class, pipeline_class, pretraining_class, decode_argument = FAMILY_CLASSES.get(family, ("?", "?", "?", "token_ids=tokens.ids"))
+    model_class, pretraining_class = _registered_class_names(config.get("model_type"))
+    pipeline_class = _read_json(Path(folder) / "decoder" / "model_index.json").get("_class_name", "?")
+    discrete = config.get("codebook_size") is not None
+    decode_argument = "token_ids=tokens.ids" if discrete else "token_embeddings=tokens.embeddings, attention_mask=tokens.attention_mask"
     return ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -238,6 +236,17 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         is_tiny=is_tiny,
         **kwargs,
     )
+
+
+def _registered_class_names(model_type: str | None) -> tuple[str, str]:
+    """Names of the classes ``AutoModel`` and ``AutoModelForPreTraining`` load for ``model_type``."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING, MODEL_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        return "?", "?"
+    config_class = CONFIG_MAPPING[model_type]
+    return MODEL_MAPPING[config_class].__name__, MODEL_FOR_PRETRAINING_MAPPING[config_class].__name__
 
 
 def _num_visual_tokens(config: dict):

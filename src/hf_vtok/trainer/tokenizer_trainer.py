@@ -1,16 +1,16 @@
 """Training the tokenizers with ``transformers.Trainer`` (and so with ``accelerate`` on any number of devices).
 
-One code path serves the CLI (``hf-vtok train-tokenizer``), the script ``training/train_tokenizer.py``
-and the demo's ``--train``:
+One code path serves the CLI (``hf-vtok train-tokenizer``), the script ``training/train_tokenizer.py`` and the demo's
+``--train``, all parsing :class:`~hf_vtok.trainer.arguments.TokenizerArguments` + ``TrainingArguments``:
 
 * :class:`TokenizerTrainingCollator` turns dataset rows (an ``image`` column, plus ``caption`` and an
   instance ``mask`` when present) into the batch keys the family's ``XForPreTraining.forward`` takes:
   ``pixel_values`` always, ``input_ids``/``attention_mask`` (text) and ``instance_mask`` only when the
   forward signature asks for them.
-* :func:`train_tokenizer` builds the family's training model from a preset (``tiny`` or ``paper``) or
-  a saved checkpoint, trains it for one stage with ``Trainer``, and exports the inference tokenizer
-  (``tokenizer/``: config, safetensors, image processor), the decoder pipeline (``decoder/``), the
-  text tokenizer when there is one, and a model card with the recipe and seed.
+* :func:`train_tokenizer` builds the family's training model (``AutoModelForPreTraining``) from a preset (``tiny`` or
+  ``paper``) or a saved checkpoint, trains it for one stage with ``Trainer``, and exports the inference tokenizer
+  (``tokenizer/``: config, safetensors, image processor), the decoder pipeline (``decoder/``), the text tokenizer
+  when there is one, and ``recipe.json`` with the arguments and losses.
 """
 
 from __future__ import annotations
@@ -18,58 +18,16 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
 from ..utils.image_processing_utils import images_to_list
-from ..utils.validation import check_choice, check_float, check_int, describe
-
-FAMILIES = ("slot_qformer", "setok", "ddt")
-RECIPES_DIR = Path(__file__).parents[1] / "recipes"
-
-
-def accelerator_available() -> bool:
-    """Whether torch sees a GPU-like device. Without one, training arguments set ``use_cpu=True``: transformers
-    runs data-parallel CPU processes (a GPU-less ``accelerate launch``) only then."""
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available()
-    )
-
-
-def family_classes(family: str) -> dict[str, Any]:
-    """Config, training-model, inference-model and image-processor classes of a family."""
-    check_choice("family", family, FAMILIES)
-    if family == "slot_qformer":
-        from ..models import slot_qformer as module
-
-        prefix, tokenizer_name = "SlotQFormer", "SlotQFormer"
-    elif family == "setok":
-        from ..models import setok as module
-
-        prefix, tokenizer_name = "SeTok", "SeTok"
-    else:
-        from ..models import ddt as module
-
-        prefix, tokenizer_name = "DDT", "DDTTokenizer"
-    return {
-        "config": getattr(module, f"{tokenizer_name}Config"),
-        "pretraining": getattr(module, f"{tokenizer_name}ForPreTraining"),
-        "model": getattr(module, f"{tokenizer_name}Model"),
-        "image_processor": getattr(module, f"{prefix}ImageProcessorPil"),
-    }
-
-
-def image_processor_for(config, processor_class):
-    """The family's PIL image processor sized for ``config.image_size``."""
-    size = config.image_size
-    return processor_class(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+from ..utils.validation import check_choice, check_int
+from .arguments import FAMILY_MODEL_TYPES, TokenizerArguments, TokenizerTrainingArguments, recorded_arguments
 
 
 class TokenizerTrainingCollator:
@@ -131,171 +89,81 @@ class TokenizerTrainingCollator:
         return batch
 
 
-@dataclass
-class TokenizerTrainingRecipe:
-    """Everything that defines a tokenizer training run (saved with the checkpoint and in its card)."""
+def build_training_model(script_args: TokenizerArguments):
+    """The family's ``ForPreTraining`` model (fresh from the preset, or continued from ``init_from``) at its stage."""
+    from transformers import CONFIG_MAPPING, AutoModelForPreTraining
 
-    family: str = "ddt"
-    stage: int = 1
-    preset: str = "tiny"  # "tiny" or "paper"; ignored when `init_from` is given
-    config_overrides: dict = field(default_factory=dict)
-    init_from: str | None = None  # a previous stage's output folder (its `training_model/`)
-    num_train_images: int = 2000
-    dataset_style: str = "textured"
-    dataset_seed: int = 0
-    max_steps: int = 500
-    per_device_train_batch_size: int = 32
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    lr_scheduler_type: str = "cosine"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    bf16: bool = False
-    logging_steps: int = 25
-    # every eval_steps optimizer steps: token maps of eval_num_images held-out shapes scenes (seed 998, the
-    # recipe's style) against their true masks — FG-ARI, mIoU, tokens per image — in the log; 0: never
-    eval_steps: int = 0
-    eval_num_images: int = 64
-    save_steps: int = 0  # 0: only at the end
-    dataloader_num_workers: int = 0
-    report_to: str = "none"
-
-    def validate(self) -> TokenizerTrainingRecipe:
-        check_choice("family", self.family, FAMILIES)
-        check_choice("preset", self.preset, ("tiny", "paper"))
-        check_int("stage", self.stage, minimum=1, maximum=3)
-        check_int("max_steps", self.max_steps, minimum=1)
-        check_int("num_train_images", self.num_train_images, minimum=1)
-        check_int("per_device_train_batch_size", self.per_device_train_batch_size, minimum=1)
-        check_float("learning_rate", self.learning_rate, minimum=0.0, strict_minimum=True)
-        check_choice("dataset_style", self.dataset_style, ("textured", "flat"))
-        check_int("eval_steps", self.eval_steps, minimum=0)
-        check_int("eval_num_images", self.eval_num_images, minimum=1)
-        if not isinstance(self.config_overrides, dict):
-            raise TypeError(f"`config_overrides` must be a dict, got {describe(self.config_overrides)}.")
-        return self
-
-    @classmethod
-    def from_name(cls, name: str, **overrides) -> TokenizerTrainingRecipe:
-        """A recipe shipped in ``hf_vtok/recipes/`` by name (e.g. ``"ddt_tiny"``) or a JSON path."""
-        if str(name).endswith(".json"):
-            return cls.from_file(name, **overrides)
-        path = RECIPES_DIR / f"{name}.json"
-        if not path.is_file():
-            available = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
-            raise ValueError(f"`name` must be a shipped recipe, one of {available}, got {name!r}.")
-        return cls.from_file(path, **overrides)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike, **overrides) -> TokenizerTrainingRecipe:
-        """Read a JSON recipe (see ``hf_vtok/recipes/``); keyword arguments override its fields."""
-        data = json.loads(Path(path).read_text())
-        unknown = set(data) - set(cls.__dataclass_fields__) - {"description", "paper"}
-        if unknown:
-            raise ValueError(f"Recipe {str(path)!r} has unknown fields {sorted(unknown)}.")
-        data = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
-        data.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**data).validate()
-
-
-def build_training_model(recipe: TokenizerTrainingRecipe):
-    """The family's ``ForPreTraining`` model for the recipe (fresh, or continued from ``init_from``)."""
-    classes = family_classes(recipe.family)
-    if recipe.init_from:
-        model = classes["pretraining"].from_pretrained(Path(recipe.init_from) / "training_model")
+    model_type = FAMILY_MODEL_TYPES[script_args.family]
+    if script_args.init_from:
+        model = AutoModelForPreTraining.from_pretrained(Path(script_args.init_from) / "training_model")
+        if model.config.model_type != model_type:
+            raise ValueError(f"`init_from` {script_args.init_from!r} holds a {model.config.model_type!r} model, not "
+                             f"{model_type!r} (family {script_args.family!r}).")  # fmt: skip
     else:
-        config_class = classes["config"]
-        config = config_class.tiny(**recipe.config_overrides) if recipe.preset == "tiny" else config_class(**recipe.config_overrides)
-        model = classes["pretraining"](config)
+        config_class = CONFIG_MAPPING[model_type]
+        preset = config_class.tiny if script_args.preset == "tiny" else config_class
+        model = AutoModelForPreTraining.from_config(preset(**script_args.config_overrides))
     if hasattr(model, "set_stage"):
-        model.set_stage(recipe.stage)
+        model.set_stage(script_args.stage)
     return model
 
 
-def _forward_parameters(model) -> list[str]:
-    return list(inspect.signature(model.forward).parameters)
-
-
 def train_tokenizer(
-    recipe: TokenizerTrainingRecipe,
-    output_dir: str | os.PathLike,
-    *,
-    train_dataset=None,
-    text_tokenizer=None,
-    resume_from_checkpoint: str | bool | None = None,
+    script_args: TokenizerArguments, training_args: TokenizerTrainingArguments, *, train_dataset=None, text_tokenizer=None
 ):
-    """Train one stage of a tokenizer with ``transformers.Trainer`` and export it.
+    """Train one stage of a tokenizer with ``transformers.Trainer`` and export it to ``training_args.output_dir``.
 
     Args:
-        recipe: what to train (see :class:`TokenizerTrainingRecipe`).
-        output_dir: where checkpoints, ``tokenizer/``, ``decoder/``, ``training_model/`` and the model
-            card go.
-        train_dataset: any ``datasets`` dataset with an ``image`` column (plus ``caption`` / ``mask``
-            when the family trains on them); the shapes world by default.
+        script_args: the family, stage, preset or previous stage, and data (:class:`TokenizerArguments`).
+        training_args: any ``TrainingArguments``; ``output_dir`` receives ``checkpoints/``, ``tokenizer/``,
+            ``decoder/``, ``training_model/`` and ``recipe.json``. ``eval_steps`` scores held-out token maps.
+        train_dataset: any ``datasets`` dataset with an ``image`` column (plus ``caption`` / ``mask`` when the
+            family trains on them); by default ``script_args.dataset`` (the shapes world).
         text_tokenizer: a text tokenizer for families with a text branch; the shapes-world word-level
             tokenizer by default.
-        resume_from_checkpoint: passed to ``Trainer.train`` (True: the last checkpoint in output_dir).
 
     Returns:
         ``(model, trainer)``.
     """
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
-    recipe = recipe.validate()
-    output_dir = Path(output_dir)
-    set_seed(recipe.seed)
-    model = build_training_model(recipe)
-    parameters = _forward_parameters(model)
-    if train_dataset is None:
+    from ..mllm.processing_mllm import image_processor_for
+
+    set_seed(training_args.seed)
+    model = build_training_model(script_args)
+    parameters = list(inspect.signature(model.forward).parameters)
+    if train_dataset is None and script_args.dataset == "shapes":
         from ..data.shapes import generate_shapes_dataset
 
         train_dataset = generate_shapes_dataset(
-            recipe.num_train_images, image_size=model.config.image_size, style=recipe.dataset_style,
-            seed=recipe.dataset_seed, with_edits=False,
-        )
+            script_args.num_train_images, image_size=model.config.image_size, style=script_args.dataset_style,
+            seed=script_args.dataset_seed, with_edits=False,
+        )  # fmt: skip
+    elif train_dataset is None:
+        from ..data.pretokenize import load_image_dataset
+
+        train_dataset = load_image_dataset(script_args.dataset, split=script_args.dataset_split, streaming=script_args.streaming)
     if "input_ids" in parameters and text_tokenizer is None:
         from ..data.text_tokenizer import build_text_tokenizer
 
         text_tokenizer = build_text_tokenizer()
-    classes = family_classes(recipe.family)
-    image_processor = image_processor_for(model.config, classes["image_processor"])
+    image_processor = image_processor_for(model.config)
     collator = TokenizerTrainingCollator(image_processor, parameters, text_tokenizer=text_tokenizer)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
-        max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=recipe.warmup_steps,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        adam_beta1=recipe.adam_beta1,
-        adam_beta2=recipe.adam_beta2,
-        adam_epsilon=recipe.adam_epsilon,
-        max_grad_norm=recipe.max_grad_norm,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        bf16=recipe.bf16,
-        logging_steps=recipe.logging_steps,
-        save_strategy="steps" if recipe.save_steps else "no",
-        save_steps=recipe.save_steps or 500,
-        dataloader_num_workers=recipe.dataloader_num_workers,
-        remove_unused_columns=False,
-        report_to=recipe.report_to,
-        disable_tqdm=False,
-        use_cpu=not accelerator_available(),
-    )
     callbacks = []
-    if recipe.eval_steps:
-        callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, recipe.eval_steps,
-                                                  recipe.eval_num_images, recipe.dataset_style))
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if training_args.eval_steps:
+        callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, int(training_args.eval_steps),
+                                                  script_args.eval_num_images, script_args.dataset_style))  # fmt: skip
+    trainer = Trainer(model=model, args=training_args.for_trainer(), train_dataset=train_dataset, data_collator=collator,
+                      callbacks=callbacks)  # fmt: skip
+    trainer.train(resume_from_checkpoint=training_args.resume)
     if trainer.is_world_process_zero():
-        export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer, trainer.state.log_history)
+        recipe = recorded_arguments(script_args, training_args)
+        export_tokenizer(model, image_processor, training_args.output_dir, recipe, text_tokenizer, trainer.state.log_history)
+        if training_args.push_to_hub:
+            from .hub import push_folder
+
+            push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name,
+                        private=bool(training_args.hub_private_repo), token=training_args.hub_token)
     return model, trainer
 
 
@@ -346,8 +214,9 @@ class HeldOutTokenMapsCallback(TrainerCallback):
         print(f"[held-out, step {state.global_step}] " + ", ".join(f"{key[5:]} {value}" for key, value in entry.items() if key != "step"))
 
 
-def export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer=None, log_history=()):
-    """Write ``training_model/``, ``tokenizer/`` (+ image processor), ``decoder/`` and ``recipe.json``."""
+def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_tokenizer=None, log_history=()):
+    """Write ``training_model/``, ``tokenizer/`` (+ image processor), ``decoder/`` and ``recipe.json`` (``recipe``: the
+    run's arguments, see :func:`~hf_vtok.trainer.arguments.recorded_arguments`)."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir / "training_model")
     model.tokenizer.save_pretrained(output_dir / "tokenizer")
@@ -357,7 +226,7 @@ def export_tokenizer(model, image_processor, output_dir, recipe, text_tokenizer=
     if hasattr(model, "get_decoder_pipeline"):
         model.get_decoder_pipeline().save_pretrained(output_dir / "decoder")
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    summary = {"recipe": asdict(recipe), "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    summary = {"recipe": recipe, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
     held_out = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
     if held_out:
         summary["held_out"] = held_out
