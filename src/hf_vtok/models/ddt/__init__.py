@@ -4,10 +4,9 @@ Importing this package registers the config, models and image processors with th
 classes (idempotent).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
-
+from ...utils.modeling_utils import register_tokenizer_family
 from .analysis_ddt import counterfactual_interpolation, prefix_decoding_strip
-from .configuration_ddt import DDTTokenizerConfig
+from .configuration_ddt import DDTDecoderConfig, DDTTokenizerConfig
 from .image_processing_ddt import DDTImageProcessor, DDTImageProcessorPil
 from .modeling_ddt import (
     DDTPreTrainedModel,
@@ -18,34 +17,13 @@ from .modeling_ddt import (
 from .modeling_ddt_decoder import DDTDecoderTransformer, DDTTokenConditioner, visible_token_counts
 from .pipeline_ddt import DDTDecoderPipeline
 
-
-def register_auto_classes() -> None:
-    """Register the DDT classes with AutoConfig / AutoModel / AutoModelForPreTraining / AutoImageProcessor."""
-    AutoConfig.register(DDTTokenizerConfig.model_type, DDTTokenizerConfig, exist_ok=True)
-    AutoModel.register(DDTTokenizerConfig, DDTTokenizerModel, exist_ok=True)
-    AutoModelForPreTraining.register(DDTTokenizerConfig, DDTTokenizerForPreTraining, exist_ok=True)
-    AutoImageProcessor.register(
-        DDTTokenizerConfig,
-        image_processor_classes={"pil": DDTImageProcessorPil, "torch": DDTImageProcessor},
-        exist_ok=True,
-    )
-
+register_tokenizer_family(
+    DDTTokenizerConfig, DDTTokenizerModel, DDTTokenizerForPreTraining, {"pil": DDTImageProcessorPil, "torch": DDTImageProcessor}
+)
 
 __all__ = [
-    "DDTDecoderPipeline",
-    "DDTDecoderTransformer",
-    "DDTImageProcessor",
-    "DDTImageProcessorPil",
-    "DDTPreTrainedModel",
-    "DDTTokenConditioner",
-    "DDTTokenizerConfig",
-    "DDTTokenizerForPreTraining",
-    "DDTTokenizerForPreTrainingOutput",
-    "DDTTokenizerModel",
-    "counterfactual_interpolation",
-    "prefix_decoding_strip",
-    "register_auto_classes",
+    "DDTDecoderConfig", "DDTDecoderPipeline", "DDTDecoderTransformer", "DDTImageProcessor", "DDTImageProcessorPil",
+    "DDTPreTrainedModel", "DDTTokenConditioner", "DDTTokenizerConfig", "DDTTokenizerForPreTraining",
+    "DDTTokenizerForPreTrainingOutput", "DDTTokenizerModel", "counterfactual_interpolation", "prefix_decoding_strip",
     "visible_token_counts",
-]
-
-register_auto_classes()
+]  # fmt: skip
