@@ -156,6 +156,52 @@ def sinusoidal_embedding_2d(height: int, width: int, dim: int, device=None) -> t
     return torch.cat([sinusoidal_embedding_1d(rows, dim // 2), sinusoidal_embedding_1d(cols, dim // 2)], dim=-1)
 
 
+# --------------------------------------------------------------------------------------------------
+# Decoder training steps shared by the families' ``XForPreTraining`` (diffusers UNets and VAEs).
+# --------------------------------------------------------------------------------------------------
+
+
+def unnormalize(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
+    """Undo the image processor's normalisation: pixels in [0, 1]."""
+    mean = torch.tensor(mean, device=pixel_values.device, dtype=pixel_values.dtype)[:, None, None]
+    std = torch.tensor(std, device=pixel_values.device, dtype=pixel_values.dtype)[:, None, None]
+    return (pixel_values * std + mean).clamp(0.0, 1.0)
+
+
+def decoder_images(pixel_values: torch.Tensor, mean, std, size: int) -> torch.Tensor:
+    """The tokenizer's normalised input as the decoder's target: pixels in [-1, 1] at ``size`` x ``size``."""
+    images = unnormalize(pixel_values.float(), mean, std)
+    if tuple(images.shape[-2:]) != (size, size):
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return images * 2.0 - 1.0
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → scaled (and shifted, for VAEs that have a shift) latents of a frozen diffusers VAE."""
+    latents = vae.encode(images.to(next(vae.parameters()).dtype)).latent_dist.sample()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kwargs) -> torch.Tensor:
+    """MSE of ``unet`` on ``clean`` samples noised by a diffusers ``scheduler`` at random (or given) timesteps;
+    the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says."""
+    noise = torch.randn_like(clean) if noise is None else noise
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    prediction = unet(noisy, timesteps, **unet_kwargs).sample
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+
 class Attention(torch.nn.Module):
     """Multi-head attention over ``scaled_dot_product_attention`` (self- or cross-attention).
 

@@ -172,11 +172,9 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
             grid = self.vision_grid
         else:
             cfg = self.config
-            mean = torch.tensor(cfg.image_mean, device=pixel_values.device)[:, None, None]
-            std = torch.tensor(cfg.image_std, device=pixel_values.device)[:, None, None]
             vmean = torch.tensor(cfg.vision_image_mean, device=pixel_values.device)[:, None, None]
             vstd = torch.tensor(cfg.vision_image_std, device=pixel_values.device)[:, None, None]
-            vision_pixels = ((pixel_values.float() * std + mean) - vmean) / vstd
+            vision_pixels = (vtok.unnormalize(pixel_values.float(), cfg.image_mean, cfg.image_std) - vmean) / vstd
             vision_dtype = next(self.vision_model.parameters()).dtype
             with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_vision_encoder):
                 features = self.vision_model(pixel_values=vision_pixels.to(vision_dtype)).last_hidden_state
@@ -397,12 +395,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
                 f'(decoder_config["vae_scale_factor"] = {d.vae_scale_factor}); pass `latents` in the batch or '
                 "call `attach_vae(vae)`."
             )
-        with torch.no_grad():
-            vae_dtype = next(self._vae.parameters()).dtype
-            latents = self._vae.encode(pixel_values.to(vae_dtype)).latent_dist.sample()
-            shift = getattr(self._vae.config, "shift_factor", None) or 0.0
-            latents = (latents - shift) * self._vae.config.scaling_factor
-        return latents
+        return vtok.encode_latents(self._vae, pixel_values)
 
     # ------------------------------------------------------------------ training step
     def forward(

@@ -555,18 +555,10 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
 
     def _diffusion_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] at the decoder's resolution, encoded to latents when there is a VAE."""
-        mean = torch.tensor(self.config.image_mean, device=pixel_values.device)
-        std = torch.tensor(self.config.image_std, device=pixel_values.device)
-        images = (pixel_values.float() * std[:, None, None] + mean[:, None, None]).clamp(0, 1) * 2.0 - 1.0
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         size = self.unet.config.sample_size * scale
-        if tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if self.vae is None:
-            return images.to(self.unet.dtype)
-        with torch.no_grad():
-            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
-        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+        images = vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
+        return (images if self.vae is None else vtok.encode_latents(self.vae, images)).to(self.unet.dtype)
 
     def forward(
         self,
@@ -598,22 +590,11 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
         clean = self._diffusion_inputs(pixel_values)
-        if noise is None:
-            noise = torch.randn_like(clean)
-        elif tuple(noise.shape) != tuple(clean.shape):
+        if noise is not None and tuple(noise.shape) != tuple(clean.shape):
             raise ValueError(f"`noise` must have shape {tuple(clean.shape)}, got {describe(noise)}.")
-        scheduler = self.noise_scheduler
-        if timesteps is None:
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=clean.device)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)).sample
-        if scheduler.config.prediction_type == "epsilon":
-            target = noise
-        elif scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(clean, noise, timesteps)
-        else:
-            target = clean
-        diffusion_loss = F.mse_loss(prediction.float(), target.float())
+        diffusion_loss = vtok.denoising_loss(
+            self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)
+        )
         loss = self.config.diffusion_loss_weight * diffusion_loss
 
         mask_loss = bce_loss = dice_loss = kl_loss = mask_logits = None

@@ -6,28 +6,13 @@ Importing this package registers them with the transformers Auto classes (idempo
 """
 
 from ...utils.modeling_utils import register_tokenizer_family
-from .configuration_slot_qformer import SlotQFormerConfig, SlotQFormerDecoderConfig
-from .image_processing_slot_qformer import SlotQFormerImageProcessor, SlotQFormerImageProcessorPil
-from .modeling_slot_qformer import (
-                                    SlotQFormerEncoderOutput,
-                                    SlotQFormerForPreTraining,
-                                    SlotQFormerForPreTrainingOutput,
-                                    SlotQFormerModel,  # fmt: skip
-                                    SlotQFormerPreTrainedModel,
-)
-from .modeling_slot_qformer_decoder import SlotQFormerConditionOutput, SlotQFormerDecoderConditioner
-from .pipeline_slot_qformer import SlotQFormerDecoderPipeline
+from .configuration_slot_qformer import *
+from .image_processing_slot_qformer import *
+from .modeling_slot_qformer import *
+from .modeling_slot_qformer_decoder import *
+from .pipeline_slot_qformer import *
 
 register_tokenizer_family(
-    SlotQFormerConfig,
-    SlotQFormerModel,
-    SlotQFormerForPreTraining,
+    SlotQFormerConfig, SlotQFormerModel, SlotQFormerForPreTraining,
     {"pil": SlotQFormerImageProcessorPil, "torch": SlotQFormerImageProcessor},
 )
-
-__all__ = [
-    "SlotQFormerConditionOutput", "SlotQFormerConfig", "SlotQFormerDecoderConditioner", "SlotQFormerDecoderConfig",
-    "SlotQFormerDecoderPipeline", "SlotQFormerEncoderOutput", "SlotQFormerForPreTraining",
-    "SlotQFormerForPreTrainingOutput", "SlotQFormerImageProcessor", "SlotQFormerImageProcessorPil",
-    "SlotQFormerModel", "SlotQFormerPreTrainedModel",
-]  # fmt: skip

@@ -773,11 +773,6 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         return self
 
     # ------------------------------------------------------------------ pieces of the losses
-    def _unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype)
-        std = torch.tensor(self.config.image_std, device=pixel_values.device, dtype=pixel_values.dtype)
-        return (pixel_values * std[:, None, None] + mean[:, None, None]).clamp(0.0, 1.0)
-
     def decoder_targets(self, pixel_values: torch.Tensor, decoder_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] at the decoder's resolution."""
         size = self.config.decoder_config.image_size
@@ -789,10 +784,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                     f"(values in [-1, 1]), got {tuple(decoder_pixel_values.shape)}."
                 )
             return decoder_pixel_values
-        images = self._unnormalize(pixel_values.float())
-        if images.shape[-1] != size or images.shape[-2] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return images.clamp(0.0, 1.0) * 2.0 - 1.0
+        return vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
 
     @torch.no_grad()
     def teacher_embedding(self, pixel_values: torch.Tensor, teacher_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
@@ -800,7 +792,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         if teacher_pixel_values is None:
             size = self.config.teacher_config.image_size
             size = size[0] if isinstance(size, (list, tuple)) else size
-            images = self._unnormalize(pixel_values.float())
+            images = vtok.unnormalize(pixel_values.float(), self.config.image_mean, self.config.image_std)
             if images.shape[-1] != size or images.shape[-2] != size:
                 images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
             mean = torch.tensor(self.config.teacher_image_mean, device=images.device)[:, None, None]
@@ -828,31 +820,16 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         if condition_dropout and probability > 0:
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
+        latents = targets if self.vae is None else vtok.encode_latents(self.vae, targets)
         unet_dtype = self.unet.dtype
-        with torch.no_grad():
-            if self.vae is not None:
-                latents = self.vae.encode(targets.to(self.vae.dtype)).latent_dist.sample()
-                latents = latents * self.vae.config.scaling_factor
-            else:
-                latents = targets
-        latents = latents.to(unet_dtype)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), device=latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction_type = self.noise_scheduler.config.prediction_type
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = latents
-        prediction = self.unet(
-            noisy,
-            timesteps,
+        loss = vtok.denoising_loss(
+            self.unet,
+            self.noise_scheduler,
+            latents.to(unet_dtype),
             encoder_hidden_states=condition.local_embeddings.to(unet_dtype),
             class_labels=condition.class_labels.to(unet_dtype),
-        ).sample
-        return F.mse_loss(prediction.float(), target.float()), condition
+        )
+        return loss, condition
 
     def _check_text(self, input_ids, attention_mask, batch_size: int):
         input_ids = check_tensor("input_ids", input_ids, ndim=2, integer=True)
