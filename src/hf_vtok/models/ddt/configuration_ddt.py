@@ -266,47 +266,33 @@ class DDTTokenizerConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        check_int("image_size", self.image_size, minimum=1)
-        check_int("num_channels", self.num_channels, minimum=1)
-        check_int("patch_size", self.patch_size, minimum=1)
+        for name in ("image_size", "num_channels", "patch_size", "num_visual_tokens", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "codebook_dim", "codebook_kmeans_iters"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("codebook_size", self.codebook_size, minimum=2)
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})."
-            )
-        check_int("num_visual_tokens", self.num_visual_tokens, minimum=1)
-        check_int("hidden_size", self.hidden_size, minimum=1)
+            raise ValueError(f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size}).")
         if self.hidden_size % 4:
             raise ValueError(f"`hidden_size` must be divisible by 4 (2D sinusoidal positions), got {self.hidden_size}.")
-        check_int("num_hidden_layers", self.num_hidden_layers, minimum=1)
-        check_int("num_attention_heads", self.num_attention_heads, minimum=1)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` ({self.num_attention_heads})."
             )
-        check_float("mlp_ratio", self.mlp_ratio, minimum=0.0, strict_minimum=True)
-        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        for name in ("mlp_ratio", "layer_norm_eps", "entropy_temperature", "logit_std", "timestep_shift"):
+            check_float(name, getattr(self, name), minimum=0.0, strict_minimum=True)
+        for name in ("codebook_dead_code_threshold", "commitment_weight", "entropy_loss_weight", "diffusion_loss_weight",
+                     "initializer_range"):
+            check_float(name, getattr(self, name), minimum=0.0)
+        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
         for name in ("image_mean", "image_std", "vision_image_mean", "vision_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
-        check_int("codebook_size", self.codebook_size, minimum=2)
-        check_int("codebook_dim", self.codebook_dim, minimum=1)
-        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
-        check_float("codebook_dead_code_threshold", self.codebook_dead_code_threshold, minimum=0.0)
-        check_int("codebook_kmeans_iters", self.codebook_kmeans_iters, minimum=1)
-        check_float("commitment_weight", self.commitment_weight, minimum=0.0)
-        check_float("entropy_loss_weight", self.entropy_loss_weight, minimum=0.0)
-        check_float("entropy_temperature", self.entropy_temperature, minimum=0.0, strict_minimum=True)
         check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)
         self._validate_stages()
         check_choice("loss_target", self.loss_target, LOSS_TARGETS)
-        check_float("diffusion_loss_weight", self.diffusion_loss_weight, minimum=0.0)
         check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
         check_float("logit_mean", self.logit_mean)
-        check_float("logit_std", self.logit_std, minimum=0.0, strict_minimum=True)
-        check_float("timestep_shift", self.timestep_shift, minimum=0.0, strict_minimum=True)
         check_choice("stage", self.stage, (1, 2))
         check_choice("token_order", self.token_order, ("recursive",))
-        check_float("initializer_range", self.initializer_range, minimum=0.0)
         self._validate_decoder()
 
     def _validate_stages(self) -> None:
