@@ -5,6 +5,8 @@ Public classes: configuration, tokenizer (``SlotQFormerModel``), training wrappe
 Importing this package registers them with the transformers Auto classes (idempotent).
 """
 
+import sys
+
 from ...utils.modeling_utils import register_tokenizer_family
 from .configuration_slot_qformer import *
 from .image_processing_slot_qformer import *
@@ -16,3 +18,6 @@ register_tokenizer_family(
     SlotQFormerConfig, SlotQFormerModel, SlotQFormerForPreTraining,
     {"pil": SlotQFormerImageProcessorPil, "torch": SlotQFormerImageProcessor},
 )
+
+# the public names of every module of the family
+__all__ = [name for module in ("configuration_slot_qformer", "image_processing_slot_qformer", "modeling_slot_qformer", "modeling_slot_qformer_decoder", "pipeline_slot_qformer") for name in sys.modules[f"{__name__}.{module}"].__all__]
