@@ -70,9 +70,9 @@ def test_config_defaults_follow_the_paper():
     assert config.num_visual_tokens == 480 and config.token_order == "recursive"
     assert (config.hidden_size, config.num_hidden_layers, config.image_size, config.patch_size) == (256, 20, 256, 8)
     assert config.num_image_patches == 1024  # R^{1024 x 256} image tokens
-    assert (config.codebook_size, config.code_dim, config.token_embedding_dim) == (65536, 16, 16)
-    assert config.token_schedule == "uniform" and config.condition_dropout_prob == 0.1
-    assert config.kmeans_init is False and config.entropy_loss_weight == 0.0 and config.image_attends_to_queries
+    assert (config.codebook_size, config.codebook_dim, config.token_embedding_dim) == (65536, 16, 16)
+    assert config.token_schedule == "uniform" and config.decoder_config.condition_dropout_prob == 0.1
+    assert config.codebook_kmeans_init is False and config.entropy_loss_weight == 0.0 and config.image_attends_to_queries
     assert config.vision_config is None  # the paper patchifies raw pixels
     decoder = config.decoder_config
     assert (decoder["num_layers"], config.decoder_hidden_size) == (24, 1536)
@@ -91,7 +91,7 @@ def test_config_defaults_follow_the_paper():
         ({"decoder_config": {"sample_size": 32}}, "sample_size"),
         ({"decoder_config": {"in_channels": 4}}, "in_channels"),
         ({"decoder_config": {"unknown": 1}}, "decoder_config"),
-        ({"condition_dropout_prob": 1.5}, "condition_dropout_prob"),
+        ({"decoder_config": {"condition_dropout_prob": 1.5}}, "condition_dropout_prob"),
         ({"hidden_size": 66, "num_attention_heads": 4}, "hidden_size"),
     ],
 )
@@ -253,7 +253,7 @@ def test_stage_two_freezes_the_tokenizer():
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"token_schedule": "staged", "kmeans_init": True, "entropy_loss_weight": 0.1},
+        {"token_schedule": "staged", "codebook_kmeans_init": True, "entropy_loss_weight": 0.1},
         {"image_attends_to_queries": False, "query_adaptive_norm": True, "loss_target": "x0"},
         {"timestep_sampling": "logit_normal", "timestep_shift": 3.0, "decoder_config": {"hidden_token_mode": "zero", "qk_norm": True}},
     ],
@@ -287,7 +287,7 @@ def test_auto_classes_round_trip(tmp_path, tiny_model):
 
     images = _images(3, seed=7)
     tiny_model.tokenizer.save_pretrained(tmp_path / "tok")
-    DDTImageProcessorPil.from_model_config(tiny_model.config).save_pretrained(tmp_path / "tok")
+    DDTImageProcessorPil.from_tokenizer_config(tiny_model.config).save_pretrained(tmp_path / "tok")
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "tok"), DDTTokenizerConfig)
     loaded = AutoModel.from_pretrained(tmp_path / "tok")
     assert isinstance(loaded, DDTTokenizerModel)
@@ -295,9 +295,9 @@ def test_auto_classes_round_trip(tmp_path, tiny_model):
     processor = AutoImageProcessor.from_pretrained(tmp_path / "tok")
     assert isinstance(processor, DDTImageProcessorPil)
     pil = Image.fromarray((np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8))
-    expected = DDTImageProcessorPil.from_model_config(tiny_model.config)(pil, return_tensors="pt").pixel_values
+    expected = DDTImageProcessorPil.from_tokenizer_config(tiny_model.config)(pil, return_tensors="pt").pixel_values
     assert torch.equal(processor(pil, return_tensors="pt").pixel_values, expected)
-    torch_backend = DDTImageProcessor.from_model_config(tiny_model.config)(pil, return_tensors="pt").pixel_values
+    torch_backend = DDTImageProcessor.from_tokenizer_config(tiny_model.config)(pil, return_tensors="pt").pixel_values
     assert torch_backend.shape == expected.shape == (1, 3, 64, 64)
     assert (torch_backend - expected).abs().mean() < 0.02  # the two resizers agree up to interpolation details
     # bf16 loading keeps the codebook in float32 and the nearest-code search unchanged
@@ -419,8 +419,8 @@ def _encoder_parameters(c: DDTTokenizerConfig) -> dict[str, int]:
         "queries": c.num_visual_tokens * d,
         "layers": (2 * c.num_hidden_layers - 1) * stream + pre_only,
         "norm_out": 2 * d,
-        "quant_proj": d * c.code_dim + c.code_dim,
-        "quantizer": c.codebook_size * c.code_dim,
+        "quant_proj": d * c.codebook_dim + c.codebook_dim,
+        "quantizer": c.codebook_size * c.codebook_dim,
     }
 
 
@@ -431,7 +431,7 @@ def _decoder_parameters(c: DDTTokenizerConfig) -> dict[str, int]:
     full_block = 20 * w * w + 20 * w + 2 * mlp  # two adaLN-Zero (6w each), two QKV, two outputs, two MLPs
     last_block = 15 * w * w + 15 * w + mlp  # token stream pre-only: 2w modulation + QKV
     return {
-        "conditioner": c.code_dim * w + w,
+        "conditioner": c.codebook_dim * w + w,
         "pos_embed": out * w + w,
         "time_embed": 256 * w + w + w * w + w,
         "transformer_blocks": (d["num_layers"] - 1) * full_block + last_block,
@@ -470,7 +470,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     import copy
 
     torch.manual_seed(0)
-    base = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny(condition_dropout_prob=0.0)).train()
+    base = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny(decoder_config={"condition_dropout_prob": 0.0})).train()
     _perturb_(base.transformer)
     checkpointed = copy.deepcopy(base)
     checkpointed.activation_checkpointing_enable()

@@ -183,3 +183,138 @@ def test_cli_rejects_bad_numbers():
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "shapes", "--num-images", "-3", "--out", "x"])
     assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------- one API
+# The contracts every tokenizer family keeps (utils/modeling_utils.py, utils/configuration_utils.py).
+import pathlib  # noqa: E402
+
+from transformers import AutoConfig, AutoModel  # noqa: E402
+from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
+
+import hf_vtok  # noqa: E402
+from hf_vtok import (  # noqa: E402
+    DDTTokenizerConfig,
+    DDTTokenizerForPreTraining,
+    SeTokConfig,
+    SeTokForPreTraining,
+    SlotQFormerConfig,
+    SlotQFormerForPreTraining,
+)
+from hf_vtok.models.ddt import DDTDecoderConfig  # noqa: E402
+from hf_vtok.models.setok import SeTokDecoderConfig, SeTokMaskDecoderConfig  # noqa: E402
+from hf_vtok.models.slot_qformer import SlotQFormerDecoderConfig  # noqa: E402
+
+FAMILY_CONFIGS = {"slot_qformer": SlotQFormerConfig, "setok": SeTokConfig, "ddt": DDTTokenizerConfig}
+PRETRAINING_CLASSES = {"slot_qformer": SlotQFormerForPreTraining, "setok": SeTokForPreTraining, "ddt": DDTTokenizerForPreTraining}
+SHIPPED = pathlib.Path(hf_vtok.__file__).parent / "checkpoints"
+
+
+def _tiny_tokenizer(family, **overrides):
+    torch.manual_seed(0)
+    return AutoModel.from_config(FAMILY_CONFIGS[family].tiny(**overrides)).eval()
+
+
+@pytest.mark.parametrize("family, overrides", [("slot_qformer", {}), ("slot_qformer", {"token_order": "depth_major"}), ("ddt", {})])
+def test_embed_ids_of_encoded_ids_are_the_encoded_embeddings(family, overrides):
+    model = _tiny_tokenizer(family, **overrides)
+    with torch.no_grad():
+        tokens = model.encode(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+        torch.testing.assert_close(model.embed_ids(tokens.ids), tokens.embeddings)
+    # token_groups names the embedding row of every id, whatever the flattening order
+    assert tokens.token_groups.shape == tokens.ids.shape and tokens.attention_mask.shape == tokens.ids.shape
+    rows = tokens.embeddings.shape[1]
+    grouped = torch.stack([tokens.ids[:, tokens.token_groups[0] == row] for row in range(rows)], dim=1)
+    expected = model.unflatten_ids(tokens.ids) if family == "slot_qformer" else tokens.ids[..., None]
+    assert torch.equal(grouped, expected)
+
+
+def test_continuous_tokens_have_no_ids_and_no_groups():
+    with torch.no_grad():
+        tokens = _tiny_tokenizer("setok").encode(torch.randn(2, 3, 64, 64))
+    assert tokens.ids is None and tokens.token_groups is None
+    assert tokens.attention_mask.shape == tokens.embeddings.shape[:2]
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_get_image_features_returns_a_model_output_of_patch_features(family):
+    model = _tiny_tokenizer(family)
+    config = model.config
+    patch = config.vision_config.patch_size if family != "ddt" else config.patch_size
+    with torch.no_grad():
+        first, second = (model.get_image_features(torch.randn(1, 3, 64, 64)) for _ in range(2))
+    assert isinstance(first, BaseModelOutput)
+    assert first.last_hidden_state.shape[1] == (64 // patch) ** 2  # one row per patch, class tokens dropped
+    assert not torch.allclose(first.last_hidden_state, second.last_hidden_state)  # features of the image
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_set_stage_returns_the_model_and_records_the_stage(family):
+    model = PRETRAINING_CLASSES[family](FAMILY_CONFIGS[family].tiny())
+    assert model.set_stage(2) is model and model.config.stage == 2
+    assert model.set_stage(1) is model and model.config.stage == 1
+
+
+@pytest.mark.parametrize(
+    "family, sub_configs",
+    [
+        ("slot_qformer", {"decoder_config": SlotQFormerDecoderConfig}),
+        ("setok", {"decoder_config": SeTokDecoderConfig, "mask_decoder_config": SeTokMaskDecoderConfig}),
+        ("ddt", {"decoder_config": DDTDecoderConfig}),
+    ],
+)
+def test_config_round_trip_keeps_typed_sub_configs(family, sub_configs, tmp_path):
+    config = FAMILY_CONFIGS[family].tiny()
+    config.decoder_config.condition_dropout_prob = 0.25
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is type(config) and loaded.to_diff_dict() == config.to_diff_dict()
+    for key, cls in sub_configs.items():
+        assert type(getattr(loaded, key)) is cls
+    assert loaded.decoder_config.condition_dropout_prob == 0.25
+    with pytest.raises(ValueError, match="decoder_config.*unknown keys"):
+        FAMILY_CONFIGS[family].tiny(decoder_config={"condition_dropout": 0.1, "not_a_field": 1})
+
+
+# old name in config.json -> (new attribute path); the shipped checkpoints were written before the renames
+OLD_NAMES = {
+    "slot_qformer": {"loss_weight_global_mse": "global_mse_loss_weight", "loss_weight_commitment": "commitment_loss_weight",
+                     "loss_weight_diffusion_stage2": "stage2_diffusion_loss_weight"},
+    "setok": {"decoder_config.condition_dropout": "decoder_config.condition_dropout_prob"},
+    "ddt": {"code_dim": "codebook_dim", "ema_decay": "codebook_ema_decay", "kmeans_iters": "codebook_kmeans_iters",
+            "dead_code_threshold": "codebook_dead_code_threshold", "training_stage": "stage",
+            "condition_dropout_prob": "decoder_config.condition_dropout_prob"},
+}  # fmt: skip
+
+
+def _lookup(source, dotted: str):
+    for part in dotted.split("."):
+        source = source[part] if isinstance(source, dict) else getattr(source, part)
+    return source
+
+
+@pytest.mark.parametrize("family", OLD_NAMES)
+def test_old_config_json_with_old_field_names_still_loads(family, tmp_path):
+    folder = SHIPPED / family / "tokenizer"
+    saved = json.loads((folder / "config.json").read_text())
+    config = AutoConfig.from_pretrained(folder)
+    for old, new in OLD_NAMES[family].items():
+        assert _lookup(config, new) == _lookup(saved, old), (old, new)
+    model = AutoModel.from_pretrained(folder)  # weights load strictly against the old config
+    assert model.config.codebook_size == saved.get("codebook_size")
+    config.save_pretrained(tmp_path)
+    rewritten = json.loads((tmp_path / "config.json").read_text())
+    assert not {old.split(".")[0] for old in OLD_NAMES[family] if "." not in old} & set(rewritten)  # new names only
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_image_processor_is_built_from_the_tokenizer_config(family):
+    config = FAMILY_CONFIGS[family].tiny(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
+    processor = VTokImageProcessorPil.from_tokenizer_config(config)
+    assert type(processor).__name__.endswith("ImageProcessorPil") and type(processor) is not VTokImageProcessorPil
+    pixels = processor(Image.new("RGB", (80, 100), (255, 0, 128)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (config.image_size, config.image_size)
+    expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor([0.1, 0.2, 0.3])) / torch.tensor([0.4, 0.5, 0.6])
+    torch.testing.assert_close(pixels[0, :, 10, 10], expected, atol=1e-3, rtol=0)
+    with pytest.raises(TypeError, match="config"):
+        VTokImageProcessorPil.from_tokenizer_config(object())

@@ -122,7 +122,7 @@ def test_number_of_tokens_grows_with_the_number_of_objects():
 
 def test_tokens_grow_with_objects_on_the_shapes_world(tiny_model):
     shapes = pytest.importorskip("hf_vtok.data.shapes")
-    processor = SeTokImageProcessor.from_config(tiny_model.config)
+    processor = SeTokImageProcessor.from_tokenizer_config(tiny_model.config)
     counts = {}
     for objects in (1, 4):
         dataset = shapes.generate_shapes_dataset(
@@ -294,7 +294,7 @@ def test_encode_rejects_bad_pixel_values(tiny_model, value, error):
 
 def test_auto_classes_round_trip(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
-    processor = SeTokImageProcessor.from_config(tiny_model.config)
+    processor = SeTokImageProcessor.from_tokenizer_config(tiny_model.config)
     processor.save_pretrained(tmp_path)
     config = AutoConfig.from_pretrained(tmp_path)
     saved, original = config.to_dict(), tiny_model.config.to_dict()
@@ -342,7 +342,7 @@ def test_other_vision_encoders_with_register_tokens():
                           patch_size=8, image_size=64).to_dict()
     model = SeTokModel(SeTokConfig.tiny(vision_config=vision, vision_feature_layer=-2)).eval()
     with torch.no_grad():
-        features = model.get_patch_features(torch.randn(2, 3, 64, 64))
+        features = model.get_image_features(torch.randn(2, 3, 64, 64)).last_hidden_state
         tokens = model.encode(torch.randn(2, 3, 64, 64))
     assert type(model.vision_model).__name__ == "Dinov2Model" and features.shape == (2, 64, 32)
     assert tokens.assignments.shape[-1] == 64
@@ -447,7 +447,7 @@ def _scene_batch(batch: int = 4, seed: int = 0):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_loss_decreases_over_a_few_steps(stage):
     torch.manual_seed(0)
-    model = SeTokForPreTraining(SeTokConfig.tiny(stage=stage, decoder_config={"condition_dropout": 0.0}))
+    model = SeTokForPreTraining(SeTokConfig.tiny(stage=stage, decoder_config={"condition_dropout_prob": 0.0}))
     model.train()
     pixel_values, instance = _scene_batch()
     noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))

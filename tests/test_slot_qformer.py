@@ -62,7 +62,7 @@ def make_text_tokenizer(captions):
 def data():
     images, captions = make_scenes(8)
     config = SlotQFormerConfig.tiny()
-    processor = SlotQFormerImageProcessor.from_config(config)
+    processor = SlotQFormerImageProcessor.from_tokenizer_config(config)
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     tokenizer = make_text_tokenizer(captions)
     assert len(tokenizer) <= config.vocab_size
@@ -111,8 +111,8 @@ def test_config_paper_defaults():
     assert config.vision_config.model_type == "dinov2" and config.vision_config.hidden_size == 1024
     assert config.teacher_config.model_type == "clip_vision_model" and config.teacher_config.projection_dim == 1024
     assert (config.slot_attention_key_scale, config.slot_init, config.slot_softmax) == ("head_dim", "gaussian", "slots")
-    stage1 = (config.loss_weight_contrastive, config.loss_weight_text_generation, config.loss_weight_diffusion, config.loss_weight_global_mse)
-    stage2 = (config.loss_weight_reconstruction, config.loss_weight_commitment, config.loss_weight_diffusion_stage2, config.loss_weight_global_mse_stage2)
+    stage1 = (config.contrastive_loss_weight, config.text_generation_loss_weight, config.diffusion_loss_weight, config.global_mse_loss_weight)
+    stage2 = (config.reconstruction_loss_weight, config.commitment_loss_weight, config.stage2_diffusion_loss_weight, config.stage2_global_mse_loss_weight)
     assert stage1 == (0.5, 0.5, 1.0, 0.5) and stage2 == (1.0, 1.0, 0.1, 0.1)
     assert config.vocab_size == 30522 and config.token_embedding_dim == 768
 
@@ -251,14 +251,14 @@ def test_bad_inputs_name_the_argument(tokenizer_model):
     with pytest.raises(ValueError, match="ids"):
         tokenizer_model.embed_ids(good[:0])
     with pytest.raises(ValueError, match="images"):
-        SlotQFormerImageProcessorPil.from_config(config)([])
+        SlotQFormerImageProcessorPil.from_tokenizer_config(config)([])
 
 
 # ---------------------------------------------------------------------------------------- Auto round trip
 def test_auto_round_trip_gives_identical_ids(tokenizer_model, data, tmp_path):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    processor = SlotQFormerImageProcessorPil.from_config(tokenizer_model.config)
+    processor = SlotQFormerImageProcessorPil.from_tokenizer_config(tokenizer_model.config)
     tokenizer_model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SlotQFormerConfig)
@@ -285,8 +285,8 @@ def test_for_pretraining_loads_from_an_exported_tokenizer(tokenizer_model, tmp_p
 
 def test_torch_and_pil_processors_agree(data):
     config = SlotQFormerConfig.tiny()
-    pil = SlotQFormerImageProcessorPil.from_config(config)(data["images"][:2], return_tensors="pt")["pixel_values"]
-    torch_ = SlotQFormerImageProcessor.from_config(config)(data["images"][:2], return_tensors="pt")["pixel_values"]
+    pil = SlotQFormerImageProcessorPil.from_tokenizer_config(config)(data["images"][:2], return_tensors="pt")["pixel_values"]
+    torch_ = SlotQFormerImageProcessor.from_tokenizer_config(config)(data["images"][:2], return_tensors="pt")["pixel_values"]
     assert pil.shape == torch_.shape == (2, 3, 64, 64)
     assert (pil - torch_).abs().mean() < 0.05  # both already at 64 px: only rescale + normalise
     assert SlotQFormerImageProcessorPil().crop_size["height"] == 448
@@ -419,7 +419,7 @@ def test_stage1_requires_captions(data):
         model.set_stage(3)
     with pytest.raises(TypeError, match="unexpected batch keys"):
         model(pixel_values=data["pixel_values"][:2], labels=data["input_ids"][:2])
-    image_only = SlotQFormerForPreTraining(SlotQFormerConfig.tiny(loss_weight_contrastive=0.0, loss_weight_text_generation=0.0))
+    image_only = SlotQFormerForPreTraining(SlotQFormerConfig.tiny(contrastive_loss_weight=0.0, text_generation_loss_weight=0.0))
     assert image_only(pixel_values=data["pixel_values"][:2]).loss_contrastive is None
 
 
@@ -553,7 +553,7 @@ def _contrastive_worker(rank, world, init_file, result_file):
     torch.set_num_threads(1)
     images, captions = make_scenes(8)
     config = SlotQFormerConfig.tiny()
-    pixel_values = SlotQFormerImageProcessor.from_config(config)(images, return_tensors="pt")["pixel_values"]
+    pixel_values = SlotQFormerImageProcessor.from_tokenizer_config(config)(images, return_tensors="pt")["pixel_values"]
     text = make_text_tokenizer(captions)(["[DEC] " + c + " [SEP]" for c in captions], padding=True, return_tensors="pt")
     torch.manual_seed(0)
     model = SlotQFormerForPreTraining(config).eval()

@@ -5,11 +5,15 @@ project) cannot use, so the torch backend here resizes with ``torch.nn.functiona
 Both backends do the same steps: convert to RGB, resize the shortest edge to ``size``, centre-crop to
 ``crop_size``, rescale to [0, 1], normalise with ``image_mean``/``image_std``.
 
-A family subclasses both with its own defaults (size, mean, std) and registers
-``{"pil": XImageProcessorPil, "torch": XImageProcessor}`` with ``AutoImageProcessor``; the Auto class
-falls back to the PIL one when torchvision is missing. Inputs are checked first: every PIL mode is
-converted (alpha on white, 16-bit rescaled), and empty, corrupt, non-finite or oversized images raise
-a ``ValueError`` naming ``images``.
+A family sets its defaults (size, mean, std) as class attributes of ``XImageProcessorPil(VTokImageProcessorPil)``,
+adds ``XImageProcessor(VTokTorchBackend, XImageProcessorPil)`` and registers both with
+:func:`~hf_vtok.utils.modeling_utils.register_tokenizer_family`; ``AutoImageProcessor`` falls back to the PIL one
+when torchvision is missing. Inputs are checked first: every PIL mode is converted (alpha on white, 16-bit
+rescaled), and empty, corrupt, non-finite or oversized images raise a ``ValueError`` naming ``images``.
+
+There is one way to build the processor of a tokenizer: from its folder (``AutoImageProcessor.from_pretrained``) or
+from its config (``XImageProcessorPil.from_tokenizer_config(config)``; on the shared base class it picks the class
+registered for the config), which honours the config's ``image_size``, ``image_mean`` and ``image_std``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from .validation import describe, load_image
+from .validation import check_int, describe, load_image
 
 
 def images_to_list(images: Any, name: str = "images") -> list:
@@ -77,6 +81,38 @@ class VTokImageProcessorPil(PilBackend):
     do_normalize = True
     do_convert_rgb = True
 
+    @classmethod
+    def from_tokenizer_config(cls, config, **kwargs):
+        """The processor of a tokenizer config: resize and crop to ``config.image_size``, normalise with its
+        ``image_mean``/``image_std``; ``kwargs`` override any of it. Called on this shared base class, it builds the
+        (PIL) class registered with ``AutoImageProcessor`` for ``type(config)``."""
+        if cls is VTokImageProcessorPil:
+            from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+            classes = IMAGE_PROCESSOR_MAPPING.get(type(config), None)
+            if not isinstance(classes, dict) or not issubclass(classes.get("pil") or object, VTokImageProcessorPil):
+                raise TypeError(
+                    f"`config` must be the config of a registered tokenizer family (import hf_vtok), got {describe(config)}."
+                )
+            return classes["pil"].from_tokenizer_config(config, **kwargs)
+        size = getattr(config, "image_size", None)
+        if not isinstance(size, int) or not isinstance(getattr(config, "image_mean", None), (list, tuple)):
+            raise TypeError(
+                f"`config` must be a tokenizer config with an int `image_size` and `image_mean`/`image_std`, got "
+                f"{describe(config)}."
+            )
+        check_int("config.image_size", size, minimum=1)
+        values = {
+            "size": {"shortest_edge": size},
+            "crop_size": {"height": size, "width": size},
+            "image_mean": list(config.image_mean),
+            "image_std": list(config.image_std),
+        }
+        return cls(**{**values, **kwargs})
+
+    # Former spellings, kept until every caller uses `from_tokenizer_config`.
+    from_config = from_model_config = from_tokenizer_config
+
     def preprocess(self, images, *args, **kwargs) -> BatchFeature:
         return super().preprocess(images_to_list(images), *args, **kwargs)
 
@@ -87,8 +123,9 @@ class VTokImageProcessorPil(PilBackend):
         return (pixel_values * std + mean).clamp(0.0, 1.0)
 
 
-class VTokImageProcessorTorch(VTokImageProcessorPil):
-    """Pure-torch backend (no torchvision): the same steps on tensors, antialiased bicubic resize."""
+class VTokTorchBackend:
+    """Pure-torch backend (no torchvision), mixed in before a PIL processor: the same steps on tensors,
+    antialiased bicubic resize."""
 
     @property
     def backend(self) -> str:
@@ -137,3 +174,7 @@ class VTokImageProcessorTorch(VTokImageProcessorPil):
             processed.append(tensor[0])
         pixel_values = torch.stack(processed) if return_tensors == "pt" else [t.numpy() for t in processed]
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=None if return_tensors == "pt" else return_tensors)
+
+
+class VTokImageProcessorTorch(VTokTorchBackend, VTokImageProcessorPil):
+    """The shared processor with the pure-torch backend."""

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .validation import check_pixel_values, check_safetensors_file, check_token_ids
@@ -23,15 +25,23 @@ TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 class VisualTokens(ModelOutput):
     """What ``encode`` returns for any tokenizer family.
 
+    The ``num_tokens`` tokens of an image are what a language model sees: its ids (discrete families) or its
+    embeddings (SeTok). ``embeddings`` is the continuous view, exactly ``embed_ids(ids)`` for discrete families;
+    one embedding can stand for several ids (SlotQFormer: the ``rvq_depths`` residual codes of one slot make one
+    slot embedding), and ``token_groups`` says which.
+
     Args:
         ids (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
             Codebook indices flattened in the order named by ``config.token_order``. ``None`` for
             continuous tokenizers (SeTok).
-        embeddings (`torch.FloatTensor` of shape `(batch_size, num_tokens, hidden_size)`):
-            The continuous view of the tokens (what ``embed_ids(ids)`` rebuilds for discrete
-            families; the only view for SeTok).
+        embeddings (`torch.FloatTensor` of shape `(batch_size, num_embeddings, hidden_size)`):
+            The continuous view of the tokens (what ``embed_ids(ids)`` returns for discrete families; the only
+            view for SeTok, where ``num_embeddings == num_tokens``).
         attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
             1 for real tokens, 0 for padding. All ones except for SeTok's variable token counts.
+        token_groups (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+            For each token, the row of ``embeddings`` it belongs to (``arange(num_tokens)`` when every token has
+            its own embedding, as for DDT). ``None`` for continuous tokenizers.
         assignments (`torch.FloatTensor` of shape `(batch_size, num_groups, num_patches)`, *optional*):
             Per-patch maps for visualisation: slot-attention weights (SlotQFormer) or cluster masks
             (SeTok). ``None`` where the family has none (DDT).
@@ -44,6 +54,7 @@ class VisualTokens(ModelOutput):
     attention_mask: torch.LongTensor | None = None
     assignments: torch.FloatTensor | None = None
     quantization_loss: torch.FloatTensor | None = None
+    token_groups: torch.LongTensor | None = None
 
     @property
     def num_tokens(self) -> torch.LongTensor:
@@ -89,6 +100,20 @@ class VisualTokenizerMixin:
     def encode(self, pixel_values: torch.Tensor) -> VisualTokens:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement `encode`.")
 
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutput:  # pragma: no cover - abstract
+        """Patch features of the tokenizer's image encoder, ``last_hidden_state`` `[B, num_patches, width]`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `get_image_features`.")
+
+    def _discrete_tokens(self, ids: torch.LongTensor, token_groups: torch.LongTensor, **fields) -> VisualTokens:
+        """``VisualTokens`` of a discrete family: ``embeddings = embed_ids(ids)``, every token real."""
+        return VisualTokens(
+            ids=ids,
+            embeddings=self.embed_ids(ids),
+            attention_mask=torch.ones_like(ids),
+            token_groups=token_groups.to(ids.device).expand_as(ids),
+            **fields,
+        )
+
     def embed_ids(self, ids: torch.LongTensor) -> torch.FloatTensor:
         raise TypeError(
             f"{type(self).__name__} produces continuous tokens and has no codebook: `embed_ids` is only "
@@ -129,6 +154,52 @@ def sinusoidal_embedding_2d(height: int, width: int, dim: int, device=None) -> t
     rows = torch.arange(height, device=device).repeat_interleave(width)
     cols = torch.arange(width, device=device).repeat(height)
     return torch.cat([sinusoidal_embedding_1d(rows, dim // 2), sinusoidal_embedding_1d(cols, dim // 2)], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder training steps shared by the families' ``XForPreTraining`` (diffusers UNets and VAEs).
+# --------------------------------------------------------------------------------------------------
+
+
+def unnormalize(pixel_values: torch.Tensor, mean, std) -> torch.Tensor:
+    """Undo the image processor's normalisation: pixels in [0, 1]."""
+    mean = torch.tensor(mean, device=pixel_values.device, dtype=pixel_values.dtype)[:, None, None]
+    std = torch.tensor(std, device=pixel_values.device, dtype=pixel_values.dtype)[:, None, None]
+    return (pixel_values * std + mean).clamp(0.0, 1.0)
+
+
+def decoder_images(pixel_values: torch.Tensor, mean, std, size: int) -> torch.Tensor:
+    """The tokenizer's normalised input as the decoder's target: pixels in [-1, 1] at ``size`` x ``size``."""
+    images = unnormalize(pixel_values.float(), mean, std)
+    if tuple(images.shape[-2:]) != (size, size):
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return images * 2.0 - 1.0
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → scaled (and shifted, for VAEs that have a shift) latents of a frozen diffusers VAE."""
+    latents = vae.encode(images.to(next(vae.parameters()).dtype)).latent_dist.sample()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kwargs) -> torch.Tensor:
+    """MSE of ``unet`` on ``clean`` samples noised by a diffusers ``scheduler`` at random (or given) timesteps;
+    the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says."""
+    noise = torch.randn_like(clean) if noise is None else noise
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    prediction = unet(noisy, timesteps, **unet_kwargs).sample
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
 
 class Attention(torch.nn.Module):
@@ -282,26 +353,38 @@ class CheckedLoadingMixin:
         check_pretrained_folder(
             pretrained_model_name_or_path, cls, subfolder=kwargs.get("subfolder"), check_model_type="config" not in kwargs
         )
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
-    @staticmethod
-    def _finalize_model_loading(model, load_config, loading_info):
-        from transformers import PreTrainedModel
-
-        mismatched = sorted(getattr(loading_info, "mismatched_keys", None) or (), key=lambda item: item[0])
+        # Load with mismatches allowed and inspect them here, so that the error names every tensor and codebooks
+        # stay strict whatever the caller asked for.
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
         strict = [item for item in mismatched if "codebook" in item[0]]
-        if mismatched and (strict or not load_config.ignore_mismatched_sizes):
+        if mismatched and (strict or not ignore_mismatched_sizes):
             shown = strict or mismatched
-            details = "; ".join(f"`{key}` is {tuple(saved)} in the checkpoint but {tuple(built)} in the model" for key, saved, built in shown[:5])
+            details = "; ".join(
+                f"`{key}` is {tuple(saved)} in the checkpoint but {tuple(built)} in the model" for key, saved, built in shown[:5]
+            )
             more = f" (and {len(shown) - 5} more)" if len(shown) > 5 else ""
             hint = (
                 " A codebook is never re-initialised, even with `ignore_mismatched_sizes=True`: every id would lose its "
-                "meaning; make `codebook_size`/`code_dim` in config.json match the saved weights."
+                "meaning; make `codebook_size`/`codebook_dim` in config.json match the saved weights."
                 if strict
                 else " config.json does not describe these weights; fix it (or pass `ignore_mismatched_sizes=True` to "
                 "re-initialise those tensors on purpose)."
             )
             raise CheckpointMismatchError(
-                f"{type(model).__name__}.from_pretrained({str(load_config.pretrained_model_name_or_path)!r}): {details}{more}.{hint}"
+                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): {details}{more}.{hint}"
             )
-        return PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
+        return (model, loading_info) if output_loading_info else model
+
+
+def register_tokenizer_family(config_class, model_class, pretraining_class, image_processor_classes: dict) -> None:
+    """Register a tokenizer family with AutoConfig / AutoModel / AutoModelForPreTraining / AutoImageProcessor
+    (idempotent). ``image_processor_classes``: ``{"pil": XImageProcessorPil, "torch": XImageProcessor}``."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForPreTraining.register(config_class, pretraining_class, exist_ok=True)
+    AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=True)

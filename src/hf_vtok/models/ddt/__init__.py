@@ -1,51 +1,22 @@
 """DDT tokenizer family: Discrete Diffusion Timestep tokens (Pan et al.) with an MMDiT decoder pipeline.
 
 Importing this package registers the config, models and image processors with the transformers Auto
-classes (idempotent).
+classes (idempotent). Every module lists its public names in ``__all__``.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
+import sys
 
-from .analysis_ddt import counterfactual_interpolation, prefix_decoding_strip
-from .configuration_ddt import DDTTokenizerConfig
-from .image_processing_ddt import DDTImageProcessor, DDTImageProcessorPil
-from .modeling_ddt import (
-    DDTPreTrainedModel,
-    DDTTokenizerForPreTraining,
-    DDTTokenizerForPreTrainingOutput,
-    DDTTokenizerModel,
+from ...utils.modeling_utils import register_tokenizer_family
+from .analysis_ddt import *
+from .configuration_ddt import *
+from .image_processing_ddt import *
+from .modeling_ddt import *
+from .modeling_ddt_decoder import *
+from .pipeline_ddt import *
+
+register_tokenizer_family(
+    DDTTokenizerConfig, DDTTokenizerModel, DDTTokenizerForPreTraining, {"pil": DDTImageProcessorPil, "torch": DDTImageProcessor}
 )
-from .modeling_ddt_decoder import DDTDecoderTransformer, DDTTokenConditioner, visible_token_counts
-from .pipeline_ddt import DDTDecoderPipeline
 
-
-def register_auto_classes() -> None:
-    """Register the DDT classes with AutoConfig / AutoModel / AutoModelForPreTraining / AutoImageProcessor."""
-    AutoConfig.register(DDTTokenizerConfig.model_type, DDTTokenizerConfig, exist_ok=True)
-    AutoModel.register(DDTTokenizerConfig, DDTTokenizerModel, exist_ok=True)
-    AutoModelForPreTraining.register(DDTTokenizerConfig, DDTTokenizerForPreTraining, exist_ok=True)
-    AutoImageProcessor.register(
-        DDTTokenizerConfig,
-        image_processor_classes={"pil": DDTImageProcessorPil, "torch": DDTImageProcessor},
-        exist_ok=True,
-    )
-
-
-__all__ = [
-    "DDTDecoderPipeline",
-    "DDTDecoderTransformer",
-    "DDTImageProcessor",
-    "DDTImageProcessorPil",
-    "DDTPreTrainedModel",
-    "DDTTokenConditioner",
-    "DDTTokenizerConfig",
-    "DDTTokenizerForPreTraining",
-    "DDTTokenizerForPreTrainingOutput",
-    "DDTTokenizerModel",
-    "counterfactual_interpolation",
-    "prefix_decoding_strip",
-    "register_auto_classes",
-    "visible_token_counts",
-]
-
-register_auto_classes()
+# the public names of every module of the family
+__all__ = [name for module in ("analysis_ddt", "configuration_ddt", "image_processing_ddt", "modeling_ddt", "modeling_ddt_decoder", "pipeline_ddt") for name in sys.modules[f"{__name__}.{module}"].__all__]

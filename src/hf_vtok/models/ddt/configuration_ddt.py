@@ -14,13 +14,13 @@ language model if you want coarse-first sequences (what the successor code does 
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ...utils.configuration_utils import VTokSubConfig, check_normalization
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 TOKEN_SCHEDULES = ("uniform", "staged")
@@ -33,24 +33,6 @@ TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 # ``staged_counts`` is not given.
 RELEASED_STAGE_BOUNDARIES = (0.2, 0.4, 0.6, 0.8, 1.0)
 RELEASED_STAGE_COUNTS = (192, 184, 72, 48, 16)
-
-# Paper decoder (appendix A.1): SD3's MMDiT, 24 layers of width 1536 (24 heads x 64), on the 16-channel
-# latents of a VAE (8x downsampling: 256 px -> 32 x 32 latents, 2 x 2 patches as in SD3).
-PAPER_DECODER_CONFIG = {
-    "sample_size": 32,
-    "patch_size": 2,
-    "in_channels": 16,
-    "num_layers": 24,
-    "num_attention_heads": 24,
-    "attention_head_dim": 64,
-    "mlp_ratio": 4.0,
-    "qk_norm": False,
-    "token_position_embedding": True,
-    "hidden_token_mode": "mask",
-    "vae_scale_factor": 8,
-    "num_train_timesteps": 1000,
-}
-
 
 def scale_stage_counts(num_tokens: int, reference=RELEASED_STAGE_COUNTS) -> list[int]:
     """Scale stage sizes to ``num_tokens`` (largest-remainder rounding, at least one token per stage)."""
@@ -75,6 +57,64 @@ def scale_stage_counts(num_tokens: int, reference=RELEASED_STAGE_COUNTS) -> list
             counts[stage] -= 1
         index += 1
     return counts
+
+
+class DDTDecoderConfig(VTokSubConfig):
+    r"""The MMDiT decoder of [`DDTTokenizerForPreTraining`]: SD3's MMDiT at paper size (appendix A.1: 24 layers of
+    width 1536 = 24 heads x 64 on the 16-channel latents of an 8x VAE: 256 px -> 32 x 32 latents, 2 x 2 patches).
+
+    Args:
+        sample_size / patch_size / in_channels: the decoder input (latents, or pixels with ``vae_scale_factor=1``).
+        num_layers / num_attention_heads / attention_head_dim / mlp_ratio / qk_norm: the joint blocks.
+        token_position_embedding: 1D sinusoidal positions on the token stream (our choice: the codes alone do not
+            say which timestep they belong to).
+        hidden_token_mode: ``"mask"``: tokens past ``k(t)`` are removed from the attention keys; ``"zero"``:
+            replaced by zero vectors that stay in the sequence, a literal reading of "masked as 0".
+        vae_scale_factor: pixels per latent (1 = pixel space).
+        num_train_timesteps: the timestep scale the transformer's embedding sees.
+        condition_dropout_prob: probability of training a sample with no visible token (the null condition of
+            classifier-free guidance; not in the paper, the usual 10%).
+    """
+
+    model_type = "ddt_decoder"
+    config_key = "decoder_config"
+
+    sample_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 16
+    num_layers: int = 24
+    num_attention_heads: int = 24
+    attention_head_dim: int = 64
+    mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    token_position_embedding: bool = True
+    hidden_token_mode: str = "mask"
+    vae_scale_factor: int = 8
+    num_train_timesteps: int = 1000
+    condition_dropout_prob: float = 0.1
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for key in ("sample_size", "patch_size", "in_channels", "num_layers", "num_attention_heads",
+                    "attention_head_dim", "vae_scale_factor", "num_train_timesteps"):
+            check_int(f'decoder_config["{key}"]', getattr(self, key), minimum=1)
+        check_float('decoder_config["mlp_ratio"]', self.mlp_ratio, minimum=0.0, strict_minimum=True)
+        check_choice('decoder_config["hidden_token_mode"]', self.hidden_token_mode, HIDDEN_TOKEN_MODES)
+        check_float('decoder_config["condition_dropout_prob"]', self.condition_dropout_prob, minimum=0.0, maximum=1.0)
+        if self.sample_size % self.patch_size:
+            raise ValueError(
+                f'`decoder_config["sample_size"]` ({self.sample_size}) must be divisible by '
+                f'`decoder_config["patch_size"]` ({self.patch_size}).'
+            )
+        if self.hidden_size % 4:
+            raise ValueError(
+                'The decoder width (`decoder_config["num_attention_heads"]` x `decoder_config["attention_head_dim"]`) '
+                f"must be divisible by 4 (2D sinusoidal positions), got {self.hidden_size}."
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
 
 
 class DDTTokenizerConfig(PreTrainedConfig):
@@ -106,18 +146,19 @@ class DDTTokenizerConfig(PreTrainedConfig):
         image_mean / image_std (defaults to 0.5): pixels in [-1, 1], the diffusion decoder's data space.
 
     Quantizer (section 3, appendix A.1):
-        codebook_size (`int`, defaults to 65536), code_dim (`int`, defaults to 16): cosine-similarity
-            lookup of L2-normalised 16-d codes after a linear projection ``hidden_size -> code_dim``.
-        ema_decay (`float`, defaults to 0.99): EMA codebook updates (decay not given in the paper; the
-            successor code's value).
-        dead_code_threshold (`float`, defaults to 0.1): codes whose EMA usage falls below this are reset to
-            random encoder outputs of the batch at every step. With ``dead_code_threshold_relative`` it is a
-            fraction of the expected usage of a code per step (tokens per step / codebook_size), otherwise
-            an absolute EMA count.
-        dead_code_threshold_relative (`bool`, defaults to `True`).
-        kmeans_init (`bool`, defaults to `False`): successor code: initialise the codebook by k-means on
-            the first batch (the paper does not).
-        kmeans_iters (`int`, defaults to 10).
+        codebook_size (`int`, defaults to 65536), codebook_dim (`int`, defaults to 16; the paper's m):
+            cosine-similarity lookup of L2-normalised 16-d codes after a linear projection
+            ``hidden_size -> codebook_dim``.
+        codebook_ema_decay (`float`, defaults to 0.99): EMA codebook updates (decay not given in the paper;
+            the successor code's value).
+        codebook_dead_code_threshold (`float`, defaults to 0.1): codes whose EMA usage falls below this are
+            reset to random encoder outputs of the batch at every step. With
+            ``codebook_dead_code_threshold_relative`` it is a fraction of the expected usage of a code per step
+            (tokens per step / codebook_size), otherwise an absolute EMA count.
+        codebook_dead_code_threshold_relative (`bool`, defaults to `True`).
+        codebook_kmeans_init (`bool`, defaults to `False`): successor code: initialise the codebook by
+            k-means on the first batch (the paper does not).
+        codebook_kmeans_iters (`int`, defaults to 10).
         commitment_weight (`float`, defaults to 0.25): weight of the commitment loss (mean over tokens and
             code dimensions; the paper does not give the weight).
         entropy_loss_weight (`float`, defaults to 0.0): successor code: weight of a codebook-entropy term
@@ -134,8 +175,6 @@ class DDTTokenizerConfig(PreTrainedConfig):
             stages, increasing, the last one 1.
         staged_counts (`list[int]`, *optional*): tokens added in each stage (sum = T). Defaults to the
             successor's 192/184/72/48/16 of 512 scaled to ``num_visual_tokens``.
-        condition_dropout_prob (`float`, defaults to 0.1): probability of training a sample with no visible
-            token (the null condition of classifier-free guidance).
         loss_target (`str`, defaults to `"velocity"`): the decoder predicts the rectified-flow velocity
             ``ε - x_0``; ``"velocity"`` regresses it directly, ``"x0"`` regresses the implied
             ``x̂_0 = x_t - t·v̂`` onto ``x_0`` as written in the paper's Eq. (1) (a ``t²``-weighted velocity
@@ -145,25 +184,30 @@ class DDTTokenizerConfig(PreTrainedConfig):
             ``"logit_normal"`` is SD3's choice.
         logit_mean / logit_std (`float`, 0.0 / 1.0): parameters of the logit-normal sampling.
         timestep_shift (`float`, defaults to 1.0): SD3 shift ``s·t / (1 + (s-1)·t)`` (1.0 at 256 px).
-        decoder_config (`dict`, *optional*): MMDiT decoder hyper-parameters; missing keys take the paper
-            values (``PAPER_DECODER_CONFIG``): ``sample_size``, ``patch_size``, ``in_channels``,
-            ``num_layers``, ``num_attention_heads``, ``attention_head_dim``, ``mlp_ratio``, ``qk_norm``,
-            ``token_position_embedding`` (1D sinusoidal positions on the token stream, our choice: the
-            codes alone do not say which timestep they belong to), ``hidden_token_mode`` (``"mask"``: tokens
-            past ``k(t)`` are removed from the attention keys; ``"zero"``: replaced by zero vectors that stay
-            in the sequence, a literal reading of "masked as 0"), ``vae_scale_factor`` (1 = pixel space)
-            and ``num_train_timesteps``.
-        training_stage (`int`, defaults to 1): 1 = end-to-end (the paper); 2 = tokenizer frozen, decoder
-            only (to fine-tune or swap a decoder on fixed tokens).
+        decoder_config ([`DDTDecoderConfig`] or `dict`, *optional*): the MMDiT decoder and its
+            ``condition_dropout_prob``; missing keys take the paper values.
+        stage (`int`, defaults to 1): 1 = end-to-end (the paper); 2 = tokenizer frozen, decoder only (to
+            fine-tune or swap a decoder on fixed tokens).
 
     API attributes: ``num_visual_tokens``, ``codebook_size``, ``token_order="recursive"``,
-    ``token_embedding_dim`` (= ``code_dim``: ``VisualTokens.embeddings`` are the unit-norm 16-d codes the
+    ``token_embedding_dim`` (= ``codebook_dim``: ``VisualTokens.embeddings`` are the unit-norm 16-d codes the
     decoder consumes), ``num_channels``, ``image_size``.
     """
 
     model_type = "ddt_tokenizer"
     sub_configs_defaults: ClassVar[dict] = {
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
+        "decoder_config": SubConfigSpec(config_class=DDTDecoderConfig),
+    }
+    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
+    attribute_map: ClassVar[dict[str, str]] = {
+        "code_dim": "codebook_dim",
+        "ema_decay": "codebook_ema_decay",
+        "kmeans_init": "codebook_kmeans_init",
+        "kmeans_iters": "codebook_kmeans_iters",
+        "dead_code_threshold": "codebook_dead_code_threshold",
+        "dead_code_threshold_relative": "codebook_dead_code_threshold_relative",
+        "training_stage": "stage",
     }
 
     # encoder
@@ -186,12 +230,12 @@ class DDTTokenizerConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
     # quantizer
     codebook_size: int = 65536
-    code_dim: int = 16
-    ema_decay: float = 0.99
-    dead_code_threshold: float = 0.1
-    dead_code_threshold_relative: bool = True
-    kmeans_init: bool = False
-    kmeans_iters: int = 10
+    codebook_dim: int = 16
+    codebook_ema_decay: float = 0.99
+    codebook_dead_code_threshold: float = 0.1
+    codebook_dead_code_threshold_relative: bool = True
+    codebook_kmeans_init: bool = False
+    codebook_kmeans_iters: int = 10
     commitment_weight: float = 0.25
     entropy_loss_weight: float = 0.0
     entropy_temperature: float = 0.01
@@ -199,72 +243,56 @@ class DDTTokenizerConfig(PreTrainedConfig):
     token_schedule: str = "uniform"
     staged_boundaries: list[float] | tuple[float, ...] = RELEASED_STAGE_BOUNDARIES
     staged_counts: list[int] | tuple[int, ...] | None = None
-    condition_dropout_prob: float = 0.1
     loss_target: str = "velocity"
     diffusion_loss_weight: float = 1.0
     timestep_sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     timestep_shift: float = 1.0
-    decoder_config: dict | None = None
-    training_stage: int = 1
+    decoder_config: dict | PreTrainedConfig | None = None
+    stage: int = 1
     token_order: str = "recursive"
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        # config.json files written before the shared vocabulary keep condition dropout at the top level
+        if "condition_dropout_prob" in kwargs:
+            if isinstance(self.decoder_config, PreTrainedConfig):
+                self.decoder_config.condition_dropout_prob = kwargs.pop("condition_dropout_prob")
+            else:
+                self.decoder_config = {**(self.decoder_config or {}), "condition_dropout_prob": kwargs.pop("condition_dropout_prob")}
         super().__post_init__(**kwargs)
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        check_int("image_size", self.image_size, minimum=1)
-        check_int("num_channels", self.num_channels, minimum=1)
-        check_int("patch_size", self.patch_size, minimum=1)
+        for name in ("image_size", "num_channels", "patch_size", "num_visual_tokens", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "codebook_dim", "codebook_kmeans_iters"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("codebook_size", self.codebook_size, minimum=2)
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})."
-            )
-        check_int("num_visual_tokens", self.num_visual_tokens, minimum=1)
-        check_int("hidden_size", self.hidden_size, minimum=1)
+            raise ValueError(f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size}).")
         if self.hidden_size % 4:
             raise ValueError(f"`hidden_size` must be divisible by 4 (2D sinusoidal positions), got {self.hidden_size}.")
-        check_int("num_hidden_layers", self.num_hidden_layers, minimum=1)
-        check_int("num_attention_heads", self.num_attention_heads, minimum=1)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` ({self.num_attention_heads})."
             )
-        check_float("mlp_ratio", self.mlp_ratio, minimum=0.0, strict_minimum=True)
-        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        for name in ("mlp_ratio", "layer_norm_eps", "entropy_temperature", "logit_std", "timestep_shift"):
+            check_float(name, getattr(self, name), minimum=0.0, strict_minimum=True)
+        for name in ("codebook_dead_code_threshold", "commitment_weight", "entropy_loss_weight", "diffusion_loss_weight",
+                     "initializer_range"):
+            check_float(name, getattr(self, name), minimum=0.0)
+        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
         for name in ("image_mean", "image_std", "vision_image_mean", "vision_image_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or len(value) != self.num_channels:
-                raise ValueError(f"`{name}` must be a list of {self.num_channels} floats, got {describe(value)}.")
-            for item in value:
-                check_float(name, item)
-            if name.endswith("std") and min(value) <= 0:
-                raise ValueError(f"`{name}` must be positive, got {list(value)}.")
-        check_int("codebook_size", self.codebook_size, minimum=2)
-        check_int("code_dim", self.code_dim, minimum=1)
-        check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0)
-        check_float("dead_code_threshold", self.dead_code_threshold, minimum=0.0)
-        check_int("kmeans_iters", self.kmeans_iters, minimum=1)
-        check_float("commitment_weight", self.commitment_weight, minimum=0.0)
-        check_float("entropy_loss_weight", self.entropy_loss_weight, minimum=0.0)
-        check_float("entropy_temperature", self.entropy_temperature, minimum=0.0, strict_minimum=True)
+            check_normalization(name, getattr(self, name), self.num_channels)
         check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)
         self._validate_stages()
-        check_float("condition_dropout_prob", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
         check_choice("loss_target", self.loss_target, LOSS_TARGETS)
-        check_float("diffusion_loss_weight", self.diffusion_loss_weight, minimum=0.0)
         check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
         check_float("logit_mean", self.logit_mean)
-        check_float("logit_std", self.logit_std, minimum=0.0, strict_minimum=True)
-        check_float("timestep_shift", self.timestep_shift, minimum=0.0, strict_minimum=True)
-        check_choice("training_stage", self.training_stage, (1, 2))
+        check_choice("stage", self.stage, (1, 2))
         check_choice("token_order", self.token_order, ("recursive",))
-        check_float("initializer_range", self.initializer_range, minimum=0.0)
         self._validate_decoder()
 
     def _validate_stages(self) -> None:
@@ -304,50 +332,23 @@ class DDTTokenizerConfig(PreTrainedConfig):
         self.staged_counts = counts
 
     def _validate_decoder(self) -> None:
-        if self.decoder_config is None:
-            self.decoder_config = {}
-        if not isinstance(self.decoder_config, dict):
-            raise TypeError(f"`decoder_config` must be a dict, got {describe(self.decoder_config)}.")
-        unknown = set(self.decoder_config) - set(PAPER_DECODER_CONFIG)
-        if unknown:
-            raise ValueError(
-                f"`decoder_config` has unknown keys {sorted(unknown)}; allowed keys: {sorted(PAPER_DECODER_CONFIG)}."
-            )
-        merged = copy.deepcopy(PAPER_DECODER_CONFIG)
-        merged.update(self.decoder_config)
-        self.decoder_config = merged
-        d = merged
-        for key in ("sample_size", "patch_size", "in_channels", "num_layers", "num_attention_heads",
-                    "attention_head_dim", "vae_scale_factor", "num_train_timesteps"):
-            check_int(f'decoder_config["{key}"]', d[key], minimum=1)
-        check_float('decoder_config["mlp_ratio"]', d["mlp_ratio"], minimum=0.0, strict_minimum=True)
-        check_choice('decoder_config["hidden_token_mode"]', d["hidden_token_mode"], HIDDEN_TOKEN_MODES)
-        if d["sample_size"] % d["patch_size"]:
-            raise ValueError(
-                f'`decoder_config["sample_size"]` ({d["sample_size"]}) must be divisible by '
-                f'`decoder_config["patch_size"]` ({d["patch_size"]}).'
-            )
-        if d["sample_size"] * d["vae_scale_factor"] != self.image_size:
+        d = self.decoder_config
+        if d.sample_size * d.vae_scale_factor != self.image_size:
             raise ValueError(
                 f'`decoder_config["sample_size"]` x `decoder_config["vae_scale_factor"]` '
-                f'({d["sample_size"]} x {d["vae_scale_factor"]}) must equal `image_size` ({self.image_size}).'
+                f"({d.sample_size} x {d.vae_scale_factor}) must equal `image_size` ({self.image_size})."
             )
-        if d["vae_scale_factor"] == 1 and d["in_channels"] != self.num_channels:
+        if d.vae_scale_factor == 1 and d.in_channels != self.num_channels:
             raise ValueError(
                 f'A pixel-space decoder (`decoder_config["vae_scale_factor"]` = 1) needs `decoder_config["in_channels"]`'
-                f' = `num_channels` ({self.num_channels}), got {d["in_channels"]}.'
-            )
-        if (d["num_attention_heads"] * d["attention_head_dim"]) % 4:
-            raise ValueError(
-                'The decoder width (`decoder_config["num_attention_heads"]` x `decoder_config["attention_head_dim"]`) '
-                f'must be divisible by 4 (2D sinusoidal positions), got {d["num_attention_heads"] * d["attention_head_dim"]}.'
+                f" = `num_channels` ({self.num_channels}), got {d.in_channels}."
             )
 
     # ------------------------------------------------------------------ API attributes
     @property
     def token_embedding_dim(self) -> int:
-        """Width of ``VisualTokens.embeddings``: the L2-normalised ``code_dim``-d codes."""
-        return self.code_dim
+        """Width of ``VisualTokens.embeddings``: the L2-normalised ``codebook_dim``-d codes."""
+        return self.codebook_dim
 
     @property
     def num_image_patches(self) -> int:
@@ -355,41 +356,32 @@ class DDTTokenizerConfig(PreTrainedConfig):
 
     @property
     def decoder_hidden_size(self) -> int:
-        return self.decoder_config["num_attention_heads"] * self.decoder_config["attention_head_dim"]
+        return self.decoder_config.hidden_size
 
     @property
     def decoder_in_pixel_space(self) -> bool:
-        return self.decoder_config["vae_scale_factor"] == 1
+        return self.decoder_config.vae_scale_factor == 1
 
     # ------------------------------------------------------------------ decoder component kwargs
     def conditioner_kwargs(self) -> dict[str, Any]:
-        d = self.decoder_config
         return {
             "num_tokens": self.num_visual_tokens,
-            "token_dim": self.code_dim,
+            "token_dim": self.codebook_dim,
             "hidden_size": self.decoder_hidden_size,
             "token_schedule": self.token_schedule,
             "staged_boundaries": list(self.staged_boundaries),
             "staged_counts": None if self.staged_counts is None else list(self.staged_counts),
-            "token_position_embedding": d["token_position_embedding"],
-            "hidden_token_mode": d["hidden_token_mode"],
+            "token_position_embedding": self.decoder_config.token_position_embedding,
+            "hidden_token_mode": self.decoder_config.hidden_token_mode,
         }
 
     def transformer_kwargs(self) -> dict[str, Any]:
-        d = self.decoder_config
-        return {
-            "sample_size": d["sample_size"],
-            "patch_size": d["patch_size"],
-            "in_channels": d["in_channels"],
-            "num_layers": d["num_layers"],
-            "num_attention_heads": d["num_attention_heads"],
-            "attention_head_dim": d["attention_head_dim"],
-            "mlp_ratio": d["mlp_ratio"],
-            "qk_norm": d["qk_norm"],
-        }
+        names = ("sample_size", "patch_size", "in_channels", "num_layers", "num_attention_heads", "attention_head_dim",
+                 "mlp_ratio", "qk_norm")
+        return {name: getattr(self.decoder_config, name) for name in names}
 
     def scheduler_kwargs(self) -> dict[str, Any]:
-        return {"num_train_timesteps": self.decoder_config["num_train_timesteps"], "shift": self.timestep_shift}
+        return {"num_train_timesteps": self.decoder_config.num_train_timesteps, "shift": self.timestep_shift}
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -416,7 +408,7 @@ class DDTTokenizerConfig(PreTrainedConfig):
             "num_hidden_layers": 2,
             "num_attention_heads": 2,
             "codebook_size": 512,
-            "code_dim": 16,
+            "codebook_dim": 16,
         }
         values.update(overrides)
         if isinstance(values["image_size"], int) and isinstance(decoder["vae_scale_factor"], int):
@@ -425,4 +417,4 @@ class DDTTokenizerConfig(PreTrainedConfig):
         return cls(**values)
 
 
-__all__ = ["PAPER_DECODER_CONFIG", "DDTTokenizerConfig", "scale_stage_counts"]
+__all__ = ["DDTDecoderConfig", "DDTTokenizerConfig", "scale_stage_counts"]

@@ -3,7 +3,7 @@
 Encoder: patchified image tokens (2D sinusoidal positions) and ``T`` learnable queries (1D sinusoidal
 positions) run through two transformers with separate weights whose sequences are joined for every
 attention (MMDiT style, without timestep conditioning); only the query outputs are kept.
-Quantizer: linear projection to 16 dimensions, L2 normalisation, nearest code by cosine similarity in a
+Quantizer: linear projection to ``codebook_dim`` = 16 dimensions, L2 normalisation, nearest code by cosine similarity in a
 65536-entry EMA codebook, commitment loss, dead codes reset to batch vectors at every step.
 Training (:class:`DDTTokenizerForPreTraining`): rectified flow ``x_t = t·ε + (1-t)·x_0``; the MMDiT decoder
 predicts the velocity ``ε - x_0`` from ``x_t``, ``t`` and the first ``k(t)`` tokens only, everything
@@ -21,15 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from ...utils.modeling_utils import (
-    CheckedLoadingMixin,
-    VisualTokenizerMixin,
-    VisualTokens,
-    sinusoidal_embedding_1d,
-    sinusoidal_embedding_2d,
-)
+from ...utils import modeling_utils as vtok
+from ...utils.modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
 from ...utils.quantizers import VectorQuantizer
 from ...utils.validation import check_tensor, describe
 from .configuration_ddt import DDTTokenizerConfig
@@ -42,7 +38,7 @@ from .modeling_ddt_decoder import (
 )
 
 
-class DDTPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class DDTPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config_class = DDTTokenizerConfig
     config: DDTTokenizerConfig
     base_model_prefix = "tokenizer"
@@ -112,12 +108,12 @@ class DDTEncoderLayer(GradientCheckpointingLayer):
         return image_states, query_states
 
 
-class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
+class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
     """Image → ``T`` recursive discrete tokens.
 
     ``encode(pixel_values)`` returns :class:`VisualTokens` with ``ids`` `[B, T]` (token ``i`` is the paper's
     ``V_{i+1}``: visible to the decoder once ``t >= (i+1)/T`` with the uniform schedule), ``embeddings``
-    `[B, T, code_dim]` = ``embed_ids(ids)`` (the unit-norm codes the decoder consumes), an all-ones
+    `[B, T, codebook_dim]` = ``embed_ids(ids)`` (the unit-norm codes the decoder consumes, one per id), an all-ones
     ``attention_mask`` and no ``assignments``. ``pixel_values`` are `[B, 3, image_size, image_size]`
     normalised to [-1, 1] by :class:`DDTImageProcessor`.
     """
@@ -152,33 +148,33 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
         )
         self.norm_out = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         # the paper's linear projection from the n-d encoder output to the m = 16-d code space
-        self.quant_proj = nn.Linear(dim, config.code_dim)
+        self.quant_proj = nn.Linear(dim, config.codebook_dim)
         self.quantizer = VectorQuantizer(
-            config.code_dim,
+            config.codebook_dim,
             config.codebook_size,
-            code_dim=config.code_dim,
+            code_dim=config.codebook_dim,
             distance="cosine",
             commitment_weight=config.commitment_weight,
             use_ema=True,
-            ema_decay=config.ema_decay,
-            kmeans_init=config.kmeans_init,
-            kmeans_iters=config.kmeans_iters,
-            dead_code_threshold=config.dead_code_threshold,
+            ema_decay=config.codebook_ema_decay,
+            kmeans_init=config.codebook_kmeans_init,
+            kmeans_iters=config.codebook_kmeans_iters,
+            dead_code_threshold=config.codebook_dead_code_threshold,
         )
         self.post_init()
 
     # ------------------------------------------------------------------ encoder
-    def _image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutput:
+        """The image stream's input: embedded patches (of the pixels, or of the optional vision encoder's patch
+        features) plus 2D sinusoidal positions, ``last_hidden_state`` `[B, num_patches, hidden_size]`."""
         if self.vision_model is None:
             tokens = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
             grid = self.vision_grid
         else:
             cfg = self.config
-            mean = torch.tensor(cfg.image_mean, device=pixel_values.device)[:, None, None]
-            std = torch.tensor(cfg.image_std, device=pixel_values.device)[:, None, None]
             vmean = torch.tensor(cfg.vision_image_mean, device=pixel_values.device)[:, None, None]
             vstd = torch.tensor(cfg.vision_image_std, device=pixel_values.device)[:, None, None]
-            vision_pixels = ((pixel_values.float() * std + mean) - vmean) / vstd
+            vision_pixels = (vtok.unnormalize(pixel_values.float(), cfg.image_mean, cfg.image_std) - vmean) / vstd
             vision_dtype = next(self.vision_model.parameters()).dtype
             with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_vision_encoder):
                 features = self.vision_model(pixel_values=vision_pixels.to(vision_dtype)).last_hidden_state
@@ -187,7 +183,7 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
             features = features[:, features.shape[1] - grid * grid :]
             tokens = self.patch_embed(features.to(self.patch_embed.weight.dtype))
         positions = sinusoidal_embedding_2d(grid, grid, self.config.hidden_size, device=tokens.device)
-        return tokens + positions.to(tokens.dtype)
+        return BaseModelOutput(last_hidden_state=tokens + positions.to(tokens.dtype))
 
     def _encoder_attention_mask(self, num_image: int, device) -> torch.Tensor | None:
         if self.config.image_attends_to_queries:
@@ -198,10 +194,10 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
         return mask
 
     def encode_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Continuous encoder outputs ``(V̂_1..V̂_T)`` projected to the code space: `[B, T, code_dim]`
+        """Continuous encoder outputs ``(V̂_1..V̂_T)`` projected to the code space: `[B, T, codebook_dim]`
         (before L2 normalisation and quantization)."""
         pixel_values = self._check_pixel_values(pixel_values)
-        image = self._image_tokens(pixel_values)
+        image = self.get_image_features(pixel_values).last_hidden_state
         positions = sinusoidal_embedding_1d(
             torch.arange(self.config.num_visual_tokens, device=image.device), self.config.hidden_size
         ).to(image.dtype)
@@ -213,13 +209,13 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
 
     # ------------------------------------------------------------------ quantizer
     def _relative_dead_code_threshold(self, num_vectors: int) -> None:
-        """Express ``dead_code_threshold`` as a fraction of a code's expected usage per step."""
-        if not self.config.dead_code_threshold_relative:
+        """Express ``codebook_dead_code_threshold`` as a fraction of a code's expected usage per step."""
+        if not self.config.codebook_dead_code_threshold_relative:
             return
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         expected = num_vectors * world / self.config.codebook_size
         codebook = self.quantizer.codebook
-        codebook.dead_code_threshold = self.config.dead_code_threshold * expected
+        codebook.dead_code_threshold = self.config.codebook_dead_code_threshold * expected
         if bool(codebook.initialized) and bool((codebook.cluster_size == 1.0).all()):
             # A fresh codebook counts one use per code; start its EMA usage at the expected rate instead, so
             # a code that is never picked falls under the threshold after ~log(1/threshold)/(1-decay) steps
@@ -229,7 +225,7 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
             codebook.embed_sum.copy_(codebook.weight.detach() * expected)
 
     def quantize(self, pixel_values: torch.Tensor):
-        """Training-time quantization: ``(codes [B, T, code_dim] with straight-through gradients,
+        """Training-time quantization: ``(codes [B, T, codebook_dim] with straight-through gradients,
         QuantizerOutput)``. In training mode the EMA codebook is updated and dead codes are revived."""
         z = self.encode_features(pixel_values)
         if self.training:
@@ -257,35 +253,22 @@ class DDTTokenizerModel(DDTPreTrainedModel, VisualTokenizerMixin):
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def encode(self, pixel_values: torch.Tensor) -> VisualTokens:
+    def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
         """``pixel_values`` `[B, 3, H, W]` → :class:`VisualTokens` (ids `[B, T]` in recursive order)."""
-        z = self.encode_features(pixel_values)
-        ids = self.quantizer.encode(z)
-        return VisualTokens(
-            ids=ids,
-            embeddings=self.embed_ids(ids),
-            attention_mask=torch.ones_like(ids),
-            assignments=None,
-        )
+        return self(pixel_values)
 
     def embed_ids(self, ids: torch.LongTensor) -> torch.FloatTensor:
-        """Codebook ids `[B, T]` → unit-norm codes `[B, T, code_dim]` (float32, the decoder's input)."""
+        """Codebook ids `[B, T]` → unit-norm codes `[B, T, codebook_dim]` (float32, the decoder's input)."""
         ids = self._check_ids(ids, name="ids")
         return self.quantizer.decode(ids.to(self.quantizer.codebook.weight.device))
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> VisualTokens | tuple:
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> vtok.VisualTokens | tuple:
         """Same as :meth:`encode` (no codebook update); also reports the commitment loss."""
         z = self.encode_features(pixel_values)
         ids = self.quantizer.encode(z)
-        embeddings = self.embed_ids(ids)
-        commitment = F.mse_loss(F.normalize(z.float(), dim=-1), embeddings.detach().float())
-        out = VisualTokens(
-            ids=ids,
-            embeddings=embeddings,
-            attention_mask=torch.ones_like(ids),
-            assignments=None,
-            quantization_loss=self.config.commitment_weight * commitment,
-        )
+        out = self._discrete_tokens(ids, torch.arange(ids.shape[1])[None])  # one code per id
+        commitment = F.mse_loss(F.normalize(z.float(), dim=-1), out.embeddings.detach().float())
+        out.quantization_loss = self.config.commitment_weight * commitment
         return out if return_dict else out.to_tuple()
 
 
@@ -332,7 +315,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
     ``transformer`` (:class:`DDTDecoderTransformer`). ``get_decoder_pipeline()`` wraps the same objects in a
     :class:`DDTDecoderPipeline`; ``model.tokenizer.save_pretrained(dir)`` exports the tokenizer alone.
 
-    Stages (``config.training_stage`` / :meth:`set_stage`): 1 = everything trains (the paper); 2 = the
+    Stages (``config.stage`` / :meth:`set_stage`): 1 = everything trains (the paper); 2 = the
     tokenizer is frozen (no gradient, no codebook update) and only the decoder trains.
     """
 
@@ -343,14 +326,14 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
         self.transformer = DDTDecoderTransformer(**config.transformer_kwargs())
         self._vae = None
         self.post_init()
-        self.set_stage(config.training_stage)
+        self.set_stage(config.stage)
 
     # ------------------------------------------------------------------ stages and helpers
     def set_stage(self, stage: int) -> DDTTokenizerForPreTraining:
         """1: train tokenizer and decoder end to end; 2: freeze the tokenizer, train the decoder."""
         if stage not in (1, 2):
             raise ValueError(f"`stage` must be 1 (end to end) or 2 (decoder only), got {describe(stage)}.")
-        self.config.training_stage = stage
+        self.config.stage = stage
         self.conditioner.requires_grad_(True)
         self.transformer.requires_grad_(True)
         self.tokenizer.requires_grad_(stage == 1)
@@ -395,7 +378,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
 
     def _decoder_target(self, pixel_values: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
         d = self.config.decoder_config
-        expected = (d["in_channels"], d["sample_size"], d["sample_size"])
+        expected = (d.in_channels, d.sample_size, d.sample_size)
         if latents is not None:
             check_tensor("latents", latents, ndim=4, floating=True, finite=True)
             if tuple(latents.shape[1:]) != expected or latents.shape[0] != pixel_values.shape[0]:
@@ -409,15 +392,10 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
         if self._vae is None:
             raise ValueError(
                 "`latents` is required: the decoder works on VAE latents "
-                f'(decoder_config["vae_scale_factor"] = {d["vae_scale_factor"]}); pass `latents` in the batch or '
+                f'(decoder_config["vae_scale_factor"] = {d.vae_scale_factor}); pass `latents` in the batch or '
                 "call `attach_vae(vae)`."
             )
-        with torch.no_grad():
-            vae_dtype = next(self._vae.parameters()).dtype
-            latents = self._vae.encode(pixel_values.to(vae_dtype)).latent_dist.sample()
-            shift = getattr(self._vae.config, "shift_factor", None) or 0.0
-            latents = (latents - shift) * self._vae.config.scaling_factor
-        return latents
+        return vtok.encode_latents(self._vae, pixel_values)
 
     # ------------------------------------------------------------------ training step
     def forward(
@@ -433,7 +411,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
         cfg = self.config
         batch = pixel_values.shape[0]
-        if cfg.training_stage == 1:
+        if cfg.stage == 1:
             codes, quantized, z = self.tokenizer.quantize(pixel_values)
             commitment = quantized.commitment_loss
             quantization_loss = quantized.loss
@@ -464,13 +442,14 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
         x_t = t * noise + (1 - t) * x0
 
         num_visible = self.conditioner.num_visible_tokens(timesteps)
-        if self.training and cfg.condition_dropout_prob > 0:
-            dropped = torch.rand(batch, device=num_visible.device) < cfg.condition_dropout_prob
+        dropout = cfg.decoder_config.condition_dropout_prob
+        if self.training and dropout > 0:
+            dropped = torch.rand(batch, device=num_visible.device) < dropout
             num_visible = num_visible.masked_fill(dropped, 0)
         context, context_mask = self.conditioner(codes, num_visible)
         prediction = self.transformer(
             x_t,
-            timestep=timesteps * cfg.decoder_config["num_train_timesteps"],
+            timestep=timesteps * cfg.decoder_config.num_train_timesteps,
             encoder_hidden_states=context,
             encoder_attention_mask=context_mask,
         ).sample

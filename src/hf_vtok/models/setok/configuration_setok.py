@@ -24,99 +24,25 @@ field                             paper (default)                      released 
 
 from __future__ import annotations
 
-import copy
+from dataclasses import field
 from typing import ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from hf_vtok.utils.validation import check_choice, check_float, check_int, describe
+from ...utils.configuration_utils import VTokSubConfig, check_normalization, deep_merge
+from ...utils.validation import check_choice, check_float, check_int, describe
 
 # EVA-CLIP ViT-g/14 (the "ViT-G/14" of BLIP-2, SEED and LaVIT) at 336 px, the paper's encoder
 # (appendix D.1: "Vit-G/14-336"), written as a transformers CLIP vision config so that it builds and loads
 # with `AutoModel`. Any transformers vision model returning patch features can replace it.
-PAPER_VISION_CONFIG = {
-    "hidden_size": 1408,
-    "intermediate_size": 6144,
-    "num_hidden_layers": 40,
-    "num_attention_heads": 16,
-    "patch_size": 14,
-    "image_size": 336,
-    "num_channels": 3,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-6,
-    "projection_dim": 1024,
-}
+PAPER_VISION_CONFIG = {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 40,
+                       "num_attention_heads": 16, "patch_size": 14, "image_size": 336, "num_channels": 3,
+                       "hidden_act": "gelu", "layer_norm_eps": 1e-6, "projection_dim": 1024}  # fmt: skip
 
 # OpenAI-CLIP normalisation, also used by EVA-CLIP.
 CLIP_MEAN, CLIP_STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
-
-# Mask decoder (Sec. 2.2, stage I sub-phase 2, following OMG-Seg / Mask2Former): token queries refined by
-# transformer layers that cross-attend to the patch features, dot product with upsampled pixel embeddings.
-# The paper gives no sizes; these are Mask2Former's (256 wide, 8 heads, 9 layers, FFN 2048).
-DEFAULT_MASK_DECODER_CONFIG = {
-    "hidden_size": 256,
-    "num_layers": 9,
-    "num_heads": 8,
-    "intermediate_size": 2048,
-    "num_upsample_layers": 2,  # masks at 4x the patch grid (96 x 96 for 24 x 24 patches)
-}
-
-# Image decoder (Sec. 2.2 stage I): a Q-Former-like feature mapper with four cross-attention layers
-# initialised from BERT-base (768 wide, 12 heads, FFN 3072) conditioning the SD v1.5 UNet.
-DEFAULT_DECODER_CONFIG = {
-    "feature_mapper": {
-        "hidden_size": 768,
-        "num_layers": 4,
-        "num_heads": 12,
-        "intermediate_size": 3072,
-        "num_queries": 32,  # BLIP-2 Q-Former query count (the paper gives none)
-        "cross_attention_dim": 768,
-    },
-    # Stable Diffusion v1.5 UNet.
-    "unet": {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    # Stable Diffusion v1.5 VAE (frozen); `None` diffuses in pixel space.
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    },
-    # Stable Diffusion v1.5 noise schedule, epsilon prediction (eq. 3).
-    "scheduler": {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-    },
-    # Probability of replacing the condition with the learned null condition during training, so that the
-    # pipeline can use classifier-free guidance (not in the paper; the usual 10%).
-    "condition_dropout": 0.1,
-    # Sec. 2.2: "keys and values within the U-Net" are trained; "all" / "none" are the alternatives.
-    "unet_trainable": "cross_attention_kv",
-}
 
 CENTER_RULES = ("paper", "released")
 DISTANCE_SCALES = ("none", "sqrt_dim")
@@ -129,22 +55,102 @@ UNET_TRAINABLE = ("cross_attention_kv", "all", "none")
 STAGES = (1, 2)
 
 
-def _merge_decoder_config(user: dict | None) -> dict:
-    """Defaults overridden by ``user`` one level deep (``{"unet": {"sample_size": 32}}`` keeps the rest)."""
-    merged = copy.deepcopy(DEFAULT_DECODER_CONFIG)
-    if user is None:
-        return merged
-    if not isinstance(user, dict):
-        raise TypeError(f"`decoder_config` must be a dict or None, got {describe(user)}.")
-    unknown = set(user) - set(merged)
-    if unknown:
-        raise ValueError(f"`decoder_config` has unknown keys {sorted(unknown)}; expected keys among {sorted(merged)}.")
-    for key, value in user.items():
-        if isinstance(value, dict) and isinstance(merged[key], dict):
-            merged[key] = {**merged[key], **copy.deepcopy(value)}
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+class SeTokMaskDecoderConfig(VTokSubConfig):
+    r"""Mask decoder of [`SeTokForPreTraining`] (Sec. 2.2, stage I sub-phase 2, following OMG-Seg / Mask2Former):
+    token queries refined by transformer layers that cross-attend to the patch features, dot product with
+    upsampled pixel embeddings. The paper gives no sizes; the defaults are Mask2Former's (256 wide, 8 heads,
+    9 layers, FFN 2048), masks at 4x the patch grid (``num_upsample_layers=2``: 96 x 96 for 24 x 24 patches).
+    """
+
+    model_type = "setok_mask_decoder"
+    config_key = "mask_decoder_config"
+
+    hidden_size: int = 256
+    num_layers: int = 9
+    num_heads: int = 8
+    intermediate_size: int = 2048
+    num_upsample_layers: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for key in self.field_names():
+            check_int(f"mask_decoder_config['{key}']", getattr(self, key), minimum=0 if key == "num_upsample_layers" else 1)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"`mask_decoder_config['num_heads']` ({self.num_heads}) must divide "
+                f"`mask_decoder_config['hidden_size']` ({self.hidden_size})."
+            )
+        if self.hidden_size % 4:
+            raise ValueError(f"`mask_decoder_config['hidden_size']` must be divisible by 4, got {self.hidden_size}.")
+
+
+# Image decoder (Sec. 2.2 stage I): a Q-Former-like feature mapper with four cross-attention layers initialised from
+# BERT-base (768 wide, 12 heads, FFN 3072; 32 queries as BLIP-2's, the paper gives none) conditioning the SD v1.5
+# UNet, its frozen VAE and noise schedule (epsilon prediction, eq. 3).
+PAPER_DECODER_PARTS = {
+    "feature_mapper": {"hidden_size": 768, "num_layers": 4, "num_heads": 12, "intermediate_size": 3072,
+                       "num_queries": 32, "cross_attention_dim": 768},
+    "unet": {"sample_size": 64, "in_channels": 4, "out_channels": 4,
+             "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+             "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "cross_attention_dim": 768,
+             "attention_head_dim": 8, "norm_num_groups": 32},
+    "vae": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32, "sample_size": 512,
+            "scaling_factor": 0.18215},
+    "scheduler": {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
+                  "set_alpha_to_one": False, "steps_offset": 1},
+}  # fmt: skip
+
+
+class SeTokDecoderConfig(VTokSubConfig):
+    r"""Image decoder of [`SeTokForPreTraining`]: feature mapper + SD v1.5 UNet (+ frozen VAE), noise schedule.
+
+    Args:
+        feature_mapper, unet, vae, scheduler: the arguments of the diffusers components
+            (:class:`SeTokFeatureMapper`, ``UNet2DConditionModel``, ``AutoencoderKL`` or `None` for pixel space,
+            ``DDPMScheduler``); a partial dict overrides the paper values key by key.
+        condition_dropout_prob: probability of replacing the condition with the learned null condition during
+            training, so that the pipeline can use classifier-free guidance (not in the paper; the usual 10%).
+        unet_trainable: Sec. 2.2: "keys and values within the U-Net" are trained (``"cross_attention_kv"``);
+            ``"all"`` / ``"none"`` are the alternatives.
+    """
+
+    model_type = "setok_decoder"
+    config_key = "decoder_config"
+    attribute_map: ClassVar[dict[str, str]] = {"condition_dropout": "condition_dropout_prob"}
+
+    feature_mapper: dict = field(default_factory=dict)
+    unet: dict = field(default_factory=dict)
+    vae: dict | None = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)
+    condition_dropout_prob: float = 0.1
+    unet_trainable: str = "cross_attention_kv"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for key, defaults in PAPER_DECODER_PARTS.items():
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"`decoder_config['{key}']` must be a dict, got {describe(value)}.")
+            if value is not None or key != "vae":
+                setattr(self, key, deep_merge(defaults, value or {}))
+        check_float("decoder_config['condition_dropout_prob']", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
+        check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
+        mapper, unet = self.feature_mapper, self.unet
+        if mapper["hidden_size"] % mapper["num_heads"]:
+            raise ValueError(
+                f"`decoder_config['feature_mapper']['num_heads']` ({mapper['num_heads']}) must divide its "
+                f"`hidden_size` ({mapper['hidden_size']})."
+            )
+        if mapper["cross_attention_dim"] != unet.get("cross_attention_dim", 1280):
+            raise ValueError(
+                "`decoder_config['feature_mapper']['cross_attention_dim']` "
+                f"({mapper['cross_attention_dim']}) must equal `decoder_config['unet']['cross_attention_dim']` "
+                f"({unet.get('cross_attention_dim')})."
+            )
 
 
 class SeTokConfig(PreTrainedConfig):
@@ -196,10 +202,11 @@ class SeTokConfig(PreTrainedConfig):
         merger_chunk_size (`int`, *optional*): images per merger pass; `None` = automatic.
 
     Training (Sec. 2.2, stage I):
-        mask_decoder_config (`dict`, *optional*): sizes of the mask decoder (see ``DEFAULT_MASK_DECODER_CONFIG``).
-        decoder_config (`dict`, *optional*): feature mapper, UNet, VAE (or `None` for pixel space), noise
-            scheduler, ``condition_dropout`` and ``unet_trainable`` (see ``DEFAULT_DECODER_CONFIG``).
-        diffusion_loss_weight, mask_bce_weight, mask_dice_weight, mask_kl_weight (`float`, default 1.0): eq. 3-4.
+        mask_decoder_config ([`SeTokMaskDecoderConfig`] or `dict`, *optional*): sizes of the mask decoder.
+        decoder_config ([`SeTokDecoderConfig`] or `dict`, *optional*): feature mapper, UNet, VAE (or `None` for
+            pixel space), noise scheduler, ``condition_dropout_prob`` and ``unet_trainable``.
+        diffusion_loss_weight, mask_bce_loss_weight, mask_dice_loss_weight, mask_kl_loss_weight (`float`,
+            default 1.0): the weights of L_diffusion (eq. 3) and of the BCE, Dice and KL terms of L_mask (eq. 4).
         mask_include_background (`bool`, defaults to `True`): the background is one of the target regions.
         stage (`int`, defaults to 1): 1 = sub-phase without the mask decoder, 2 = with it.
         train_vision_encoder_in_stage2 (`bool`, defaults to `True`): unfreeze the encoder in sub-phase 2 (the
@@ -211,7 +218,15 @@ class SeTokConfig(PreTrainedConfig):
     sub_configs_defaults: ClassVar[dict] = {
         "vision_config": SubConfigSpec(
             config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=dict(PAPER_VISION_CONFIG)
-        )
+        ),
+        "mask_decoder_config": SubConfigSpec(config_class=SeTokMaskDecoderConfig),
+        "decoder_config": SubConfigSpec(config_class=SeTokDecoderConfig),
+    }
+    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
+    attribute_map: ClassVar[dict[str, str]] = {
+        "mask_bce_weight": "mask_bce_loss_weight",
+        "mask_dice_weight": "mask_dice_loss_weight",
+        "mask_kl_weight": "mask_kl_loss_weight",
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -245,12 +260,12 @@ class SeTokConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     # training
-    mask_decoder_config: dict | None = None
-    decoder_config: dict | None = None
+    mask_decoder_config: dict | PreTrainedConfig | None = None
+    decoder_config: dict | PreTrainedConfig | None = None
     diffusion_loss_weight: float = 1.0
-    mask_bce_weight: float = 1.0
-    mask_dice_weight: float = 1.0
-    mask_kl_weight: float = 1.0
+    mask_bce_loss_weight: float = 1.0
+    mask_dice_loss_weight: float = 1.0
+    mask_kl_loss_weight: float = 1.0
     mask_include_background: bool = True
     stage: int = 1
     train_vision_encoder_in_stage2: bool = True
@@ -281,8 +296,6 @@ class SeTokConfig(PreTrainedConfig):
             self.token_embedding_dim = self.vision_config.hidden_size
         if self.merger_intermediate_size is None:
             self.merger_intermediate_size = 4 * self.vision_config.hidden_size
-        self.mask_decoder_config = {**DEFAULT_MASK_DECODER_CONFIG, **(self.mask_decoder_config or {})}
-        self.decoder_config = _merge_decoder_config(self.decoder_config)
         self._validate()
 
     def _validate(self) -> None:
@@ -335,47 +348,20 @@ class SeTokConfig(PreTrainedConfig):
         check_int("token_embedding_dim", self.token_embedding_dim, minimum=1)
         check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
         check_float("initializer_range", self.initializer_range, minimum=0.0)
-        for name in ("diffusion_loss_weight", "mask_bce_weight", "mask_dice_weight", "mask_kl_weight"):
+        for name in ("diffusion_loss_weight", *self.attribute_map.values()):
             check_float(name, getattr(self, name), minimum=0.0)
         check_choice("stage", self.stage, STAGES)
-        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
-            raise ValueError(
-                f"`image_mean` and `image_std` must have {self.num_channels} values, got {self.image_mean} and "
-                f"{self.image_std}."
-            )
-        mask = self.mask_decoder_config
-        for key in DEFAULT_MASK_DECODER_CONFIG:
-            check_int(f"mask_decoder_config['{key}']", mask[key], minimum=0 if key == "num_upsample_layers" else 1)
-        if mask["hidden_size"] % mask["num_heads"]:
-            raise ValueError(
-                f"`mask_decoder_config['num_heads']` ({mask['num_heads']}) must divide "
-                f"`mask_decoder_config['hidden_size']` ({mask['hidden_size']})."
-            )
-        if mask["hidden_size"] % 4:
-            raise ValueError(f"`mask_decoder_config['hidden_size']` must be divisible by 4, got {mask['hidden_size']}.")
+        for name in ("image_mean", "image_std"):
+            check_normalization(name, getattr(self, name), self.num_channels)
         decoder = self.decoder_config
-        check_float("decoder_config['condition_dropout']", decoder["condition_dropout"], minimum=0.0, maximum=1.0)
-        check_choice("decoder_config['unet_trainable']", decoder["unet_trainable"], UNET_TRAINABLE)
-        mapper = decoder["feature_mapper"]
-        if mapper["hidden_size"] % mapper["num_heads"]:
-            raise ValueError(
-                f"`decoder_config['feature_mapper']['num_heads']` ({mapper['num_heads']}) must divide its "
-                f"`hidden_size` ({mapper['hidden_size']})."
-            )
-        if mapper["cross_attention_dim"] != decoder["unet"].get("cross_attention_dim", 1280):
-            raise ValueError(
-                "`decoder_config['feature_mapper']['cross_attention_dim']` "
-                f"({mapper['cross_attention_dim']}) must equal `decoder_config['unet']['cross_attention_dim']` "
-                f"({decoder['unet'].get('cross_attention_dim')})."
-            )
-        vae = decoder["vae"]
+        vae = decoder.vae
         expected_channels = vae["latent_channels"] if vae is not None else self.num_channels
         for key in ("in_channels", "out_channels"):
-            if decoder["unet"].get(key, 4) != expected_channels:
+            if decoder.unet.get(key, 4) != expected_channels:
                 raise ValueError(
                     f"`decoder_config['unet']['{key}']` must be {expected_channels} "
                     f"({'VAE latent channels' if vae is not None else 'pixel channels, no VAE'}), "
-                    f"got {decoder['unet'].get(key, 4)}."
+                    f"got {decoder.unet.get(key, 4)}."
                 )
 
     # ----------------------------------------------------------------------------------------------------
@@ -438,52 +424,25 @@ class SeTokConfig(PreTrainedConfig):
     @classmethod
     def tiny(cls, **overrides) -> SeTokConfig:
         """A CPU-trainable preset for tests and demos: 64 px images, 8 x 8 patches of width 32, pixel-space UNet."""
-        kwargs = {
-            "vision_config": {
-                "model_type": "clip_vision_model",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "patch_size": 8,
-                "image_size": 64,
-                "projection_dim": 32,
-            },
-            "knn_size": 8,
-            "max_clusters": 16,
-            "distance_scale": "sqrt_dim",
+        values = {
+            "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                              "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "image_size": 64,
+                              "projection_dim": 32},
+            "knn_size": 8, "max_clusters": 16, "distance_scale": "sqrt_dim",
             # phi >= 1/2 within mean squared per-channel distance 1/4: flat regions of a random-init tiny
             # encoder become one cluster each, so the token count follows the number of objects.
             "kernel_scale": 4.0,
-            "mask_decoder_config": {
-                "hidden_size": 32,
-                "num_layers": 2,
-                "num_heads": 2,
-                "intermediate_size": 64,
-                "num_upsample_layers": 1,
-            },
+            "mask_decoder_config": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                                    "num_upsample_layers": 1},
             "decoder_config": {
-                "feature_mapper": {
-                    "hidden_size": 32,
-                    "num_layers": 2,
-                    "num_heads": 2,
-                    "intermediate_size": 64,
-                    "num_queries": 8,
-                    "cross_attention_dim": 32,
-                },
-                "unet": {
-                    "sample_size": 32,
-                    "in_channels": 3,
-                    "out_channels": 3,
-                    # attention only at 16 x 16 keeps a CPU training step fast
-                    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-                    "block_out_channels": [16, 32],
-                    "layers_per_block": 1,
-                    "cross_attention_dim": 32,
-                    "attention_head_dim": 8,
-                    "norm_num_groups": 8,
-                },
+                "feature_mapper": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                                   "num_queries": 8, "cross_attention_dim": 32},
+                # attention only at 16 x 16 keeps a CPU training step fast
+                "unet": {"sample_size": 32, "in_channels": 3, "out_channels": 3,
+                         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "block_out_channels": [16, 32],
+                         "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 8,
+                         "norm_num_groups": 8},
                 "vae": None,
                 # x0-prediction instead of the paper's ε: after 2,000 CPU steps the small ε-UNet leaves visible
                 # noise (reconstructions 11.5 dB); predicting the image gives clean samples in the scene's
@@ -492,21 +451,8 @@ class SeTokConfig(PreTrainedConfig):
                               "prediction_type": "sample"},
                 "unet_trainable": "all",
             },
-        }
-        for key, value in overrides.items():
-            if key == "decoder_config" and isinstance(value, dict):
-                merged = copy.deepcopy(kwargs["decoder_config"])
-                for sub_key, sub_value in value.items():
-                    if isinstance(sub_value, dict) and isinstance(merged.get(sub_key), dict):
-                        merged[sub_key] = {**merged[sub_key], **sub_value}
-                    else:
-                        merged[sub_key] = sub_value
-                kwargs[key] = merged
-            elif key in ("vision_config", "mask_decoder_config") and isinstance(value, dict):
-                kwargs[key] = {**kwargs[key], **value}
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        }  # fmt: skip
+        return cls(**deep_merge(values, overrides))
 
 
-__all__ = ["DEFAULT_DECODER_CONFIG", "DEFAULT_MASK_DECODER_CONFIG", "SeTokConfig"]
+__all__ = ["SeTokConfig", "SeTokDecoderConfig", "SeTokMaskDecoderConfig"]

@@ -1,8 +1,7 @@
 """SeTok image processors: CLIP normalisation, shortest-edge resize and centre crop to the encoder's size.
 
 The defaults are the paper's encoder (336 px, EVA-CLIP/OpenAI-CLIP mean and std). For another config (e.g. the
-64 px ``SeTokConfig.tiny()``) build the processor with ``SeTokImageProcessor.from_config(config)`` or pass
-``size={"shortest_edge": s}, crop_size={"height": s, "width": s}``.
+64 px ``SeTokConfig.tiny()``) build the processor with ``SeTokImageProcessor.from_tokenizer_config(config)``.
 
 ``preprocess_instance_masks`` applies the same geometry (nearest resampling) to instance-id maps so that the
 ``instance_mask`` batch key of :class:`SeTokForPreTraining` lines up with ``pixel_values``.
@@ -10,39 +9,23 @@ The defaults are the paper's encoder (336 px, EVA-CLIP/OpenAI-CLIP mean and std)
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers.image_utils import PILImageResampling
 
-from hf_vtok.utils.image_processing_utils import VTokImageProcessorPil, VTokImageProcessorTorch
-from hf_vtok.utils.validation import describe
-
+from ...utils.image_processing_utils import VTokImageProcessorPil, VTokTorchBackend
+from ...utils.validation import describe
 from .configuration_setok import CLIP_MEAN, CLIP_STD
 
 
-class _SeTokImageProcessorMixin:
-    resample = PILImageResampling.BICUBIC
+class SeTokImageProcessorPil(VTokImageProcessorPil):
+    """SeTok image processor, PIL backend."""
+
     image_mean = CLIP_MEAN
     image_std = CLIP_STD
-    size: ClassVar[dict] = {"shortest_edge": 336}
-    crop_size: ClassVar[dict] = {"height": 336, "width": 336}
-
-    @classmethod
-    def from_config(cls, config, **kwargs):
-        """A processor matching a :class:`SeTokConfig` (image size, mean, std)."""
-        side = config.image_size
-        options = {
-            "size": {"shortest_edge": side},
-            "crop_size": {"height": side, "width": side},
-            "image_mean": list(config.image_mean),
-            "image_std": list(config.image_std),
-        }
-        options.update(kwargs)
-        return cls(**options)
+    size = {"shortest_edge": 336}  # noqa: RUF012 (transformers reads these class attributes)
+    crop_size = {"height": 336, "width": 336}  # noqa: RUF012
 
     def preprocess_instance_masks(self, masks) -> torch.LongTensor:
         """Instance-id maps (0 = background) → ``LongTensor [B, crop_h, crop_w]`` with the images' geometry.
@@ -97,11 +80,7 @@ class _SeTokImageProcessorMixin:
         return torch.stack(out)
 
 
-class SeTokImageProcessorPil(_SeTokImageProcessorMixin, VTokImageProcessorPil):
-    """SeTok image processor, PIL backend."""
-
-
-class SeTokImageProcessor(_SeTokImageProcessorMixin, VTokImageProcessorTorch):
+class SeTokImageProcessor(VTokTorchBackend, SeTokImageProcessorPil):
     """SeTok image processor, pure-torch backend (no torchvision)."""
 
 

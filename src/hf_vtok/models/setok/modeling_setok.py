@@ -31,19 +31,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from hf_vtok.utils.modeling_utils import (
-    Attention,
-    CheckedLoadingMixin,
-    FeedForward,
-    TransformerBlock,
-    VisualTokenizerMixin,
-    VisualTokens,
-    sinusoidal_embedding_2d,
-)
-from hf_vtok.utils.validation import check_choice, check_tensor, describe
-
+from ...utils import modeling_utils as vtok
+from ...utils.modeling_utils import Attention, FeedForward, sinusoidal_embedding_2d
+from ...utils.validation import check_choice, check_tensor, describe
 from .clustering_setok import SeTokClusteringOutput, density_peak_clustering
 from .configuration_setok import SeTokConfig
 from .modeling_setok_decoder import SeTokFeatureMapper
@@ -224,7 +217,7 @@ def _reference_cluster_merger(
 # Models
 
 
-class SeTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class SeTokPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config_class = SeTokConfig
     base_model_prefix = "tokenizer"
     main_input_name = "pixel_values"
@@ -246,7 +239,7 @@ class SeTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loadi
             init.normal_(module.position_embedding, mean=0.0, std=std)
 
 
-class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
+class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
     """The SeTok tokenizer: vision encoder → density-peak clustering → cluster merger → variable-length tokens."""
 
     has_variable_token_count = True  # one token per cluster
@@ -264,8 +257,9 @@ class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
         """Freeze (paper, sub-phase 1) or unfreeze the vision encoder."""
         self.vision_model.requires_grad_(bool(trainable))
 
-    def get_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patch features ``[B, num_patches, C]`` of the vision encoder (CLS/register tokens dropped)."""
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutput:
+        """Patch features of the vision encoder (CLS/register tokens dropped), the input of the clustering:
+        ``last_hidden_state`` ``[B, num_patches, C]``."""
         layer = self.config.vision_feature_layer
         trainable = any(parameter.requires_grad for parameter in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
@@ -277,7 +271,7 @@ class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
                 f"The vision encoder returned hidden states of shape {tuple(hidden.shape)}; expected at least "
                 f"{num} patch tokens ({self.config.grid_size[0]}x{self.config.grid_size[1]}). Check `vision_config`."
             )
-        return hidden[:, -num:]
+        return BaseModelOutput(last_hidden_state=hidden[:, -num:])
 
     def _resolve_grid(self, num: int, grid_size) -> tuple[int, int]:
         if grid_size is not None:
@@ -309,7 +303,7 @@ class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
             )
         return density_peak_clustering(features, **self.config.clustering_kwargs())
 
-    def _tokenize(self, features, grid_size=None) -> tuple[VisualTokens, SeTokClusteringOutput]:
+    def _tokenize(self, features, grid_size=None) -> tuple[vtok.VisualTokens, SeTokClusteringOutput]:
         features = check_tensor("features", features, ndim=3, floating=True)
         if features.shape[-1] != self.config.feature_dim:
             raise ValueError(
@@ -319,22 +313,22 @@ class SeTokModel(SeTokPreTrainedModel, VisualTokenizerMixin):
         grid = self._resolve_grid(features.shape[1], grid_size)
         clusters = self.cluster(features, grid_size=grid)
         embeddings = self.merger(features, clusters.masks.to(features.dtype), clusters.attention_mask, grid_size=grid)
-        tokens = VisualTokens(
+        tokens = vtok.VisualTokens(
             ids=None, embeddings=embeddings, attention_mask=clusters.attention_mask, assignments=clusters.masks
         )
         return tokens, clusters
 
-    def tokenize_features(self, features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> VisualTokens:
+    def tokenize_features(self, features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> vtok.VisualTokens:
         """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid)."""
         return self._tokenize(features, grid_size)[0]
 
-    def encode(self, pixel_values: torch.Tensor) -> VisualTokens:
+    def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
         """Images ``[B, C, H, W]`` (normalised by :class:`SeTokImageProcessor`) → :class:`VisualTokens`."""
         pixel_values = self._check_pixel_values(pixel_values)
         pixel_values = pixel_values.to(self.dtype)
-        return self._tokenize(self.get_patch_features(pixel_values))[0]
+        return self._tokenize(self.get_image_features(pixel_values).last_hidden_state)[0]
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> VisualTokens | tuple:
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> vtok.VisualTokens | tuple:
         tokens = self.encode(pixel_values)
         return tokens if return_dict is not False else tokens.to_tuple()
 
@@ -354,10 +348,10 @@ class SeTokMaskDecoder(nn.Module):
     def __init__(self, config: SeTokConfig):
         super().__init__()
         sizes = config.mask_decoder_config
-        hidden = sizes["hidden_size"]
+        hidden = sizes.hidden_size
         self.hidden_size = hidden
         self.grid_size = config.grid_size
-        self.upsample_factor = 2 ** sizes["num_upsample_layers"]
+        self.upsample_factor = 2 ** sizes.num_upsample_layers
         self.token_projection = nn.Sequential(
             nn.LayerNorm(config.token_embedding_dim, eps=config.layer_norm_eps),
             nn.Linear(config.token_embedding_dim, hidden),
@@ -366,14 +360,13 @@ class SeTokMaskDecoder(nn.Module):
             nn.LayerNorm(config.feature_dim, eps=config.layer_norm_eps), nn.Linear(config.feature_dim, hidden)
         )
         self.layers = nn.ModuleList(
-            TransformerBlock(hidden, sizes["num_heads"], mlp_ratio=sizes["intermediate_size"] / hidden,
-                             cross_attention=True)
-            for _ in range(sizes["num_layers"])
+            vtok.TransformerBlock(hidden, sizes.num_heads, mlp_ratio=sizes.intermediate_size / hidden, cross_attention=True)
+            for _ in range(sizes.num_layers)
         )
         self.query_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.mask_embedding = FeedForward(hidden, hidden, hidden)
         upsampling = []
-        for _ in range(sizes["num_upsample_layers"]):
+        for _ in range(sizes.num_upsample_layers):
             upsampling += [
                 nn.ConvTranspose2d(hidden, hidden, kernel_size=2, stride=2),
                 nn.GroupNorm(8 if hidden % 8 == 0 else 1, hidden),
@@ -464,7 +457,7 @@ class SeTokForPreTrainingOutput(ModelOutput):
     Args:
         loss: ``diffusion_loss_weight * diffusion_loss`` (+ mask terms in stage 2).
         diffusion_loss: ε-prediction MSE of the UNet (eq. 3).
-        mask_loss: ``kl + bce + dice`` with their weights (eq. 4), stage 2 only.
+        mask_loss: ``kl + bce + dice`` with their ``mask_*_loss_weight`` (eq. 4), stage 2 only.
         mask_bce_loss, mask_dice_loss, mask_kl_loss: its components.
         num_tokens: mean number of tokens per image of the batch.
         mask_logits: per-token mask logits ``[B, T, H_m, W_m]`` (stage 2).
@@ -485,7 +478,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
 
     Submodules: ``tokenizer`` (:class:`SeTokModel`), ``feature_mapper`` (:class:`SeTokFeatureMapper`), ``unet``
     (diffusers ``UNet2DConditionModel``), ``vae`` (``AutoencoderKL`` or `None` = pixel space) and
-    ``mask_decoder``. The noise schedule comes from ``config.decoder_config["scheduler"]``.
+    ``mask_decoder``. The noise schedule comes from ``config.decoder_config.scheduler``.
 
     Batch keys (what a collator must produce):
         * ``pixel_values`` ``[B, 3, H, W]``: images normalised by :class:`SeTokImageProcessor`.
@@ -494,7 +487,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
           ``SeTokImageProcessor.preprocess_instance_masks``.
 
     Stages (the two sub-phases of stage I, Sec. 2.2): ``set_stage(1)`` trains merger + feature mapper + the UNet
-    parts named by ``decoder_config["unet_trainable"]`` with the diffusion loss; ``set_stage(2)`` adds the mask
+    parts named by ``decoder_config.unet_trainable`` with the diffusion loss; ``set_stage(2)`` adds the mask
     decoder and its losses and (``train_vision_encoder_in_stage2``) unfreezes the encoder.
     """
 
@@ -502,9 +495,9 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         super().__init__(config)
         decoder = config.decoder_config
         self.tokenizer = SeTokModel(config)
-        self.feature_mapper = SeTokFeatureMapper(token_dim=config.token_embedding_dim, **decoder["feature_mapper"])
-        self.unet = UNet2DConditionModel(**decoder["unet"])
-        self.vae = AutoencoderKL(**decoder["vae"]) if decoder["vae"] is not None else None
+        self.feature_mapper = SeTokFeatureMapper(token_dim=config.token_embedding_dim, **decoder.feature_mapper)
+        self.unet = UNet2DConditionModel(**decoder.unet)
+        self.vae = AutoencoderKL(**decoder.vae) if decoder.vae is not None else None
         self.mask_decoder = SeTokMaskDecoder(config)
         # The diffusers parts initialise themselves; keep transformers' init away from them.
         for part in (self.feature_mapper, self.unet, self.vae):
@@ -520,11 +513,12 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         """Training noise schedule (built lazily on CPU, so that meta-device construction does not touch it)."""
         if self._noise_scheduler is None:
             with torch.device("cpu"):
-                self._noise_scheduler = DDPMScheduler.from_config(self.config.decoder_config["scheduler"])
+                self._noise_scheduler = DDPMScheduler.from_config(self.config.decoder_config.scheduler)
         return self._noise_scheduler
 
-    def set_stage(self, stage: int) -> None:
-        """Select the sub-phase of tokenizer pre-training and freeze/unfreeze the matching parameters."""
+    def set_stage(self, stage: int) -> SeTokForPreTraining:
+        """Select the sub-phase of tokenizer pre-training and freeze/unfreeze the matching parameters; returns
+        the model."""
         check_choice("stage", stage, (1, 2))
         self.config.stage = stage
         encoder_trainable = (not self.config.freeze_vision_encoder) or (
@@ -533,7 +527,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         self.tokenizer.set_vision_encoder_trainable(encoder_trainable)
         self.tokenizer.merger.requires_grad_(True)
         self.feature_mapper.requires_grad_(True)
-        rule = self.config.decoder_config["unet_trainable"]
+        rule = self.config.decoder_config.unet_trainable
         for name, parameter in self.unet.named_parameters():
             parameter.requires_grad_(
                 rule == "all" or (rule == "cross_attention_kv" and (".attn2.to_k." in name or ".attn2.to_v." in name))
@@ -541,6 +535,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         if self.vae is not None:
             self.vae.requires_grad_(False)
         self.mask_decoder.requires_grad_(stage == 2)
+        return self
 
     def save_tokenizer(self, save_directory, **kwargs) -> None:
         """Save only the tokenizer (``SeTokModel``), loadable with ``AutoModel.from_pretrained``."""
@@ -560,18 +555,10 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
 
     def _diffusion_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] at the decoder's resolution, encoded to latents when there is a VAE."""
-        mean = torch.tensor(self.config.image_mean, device=pixel_values.device)
-        std = torch.tensor(self.config.image_std, device=pixel_values.device)
-        images = (pixel_values.float() * std[:, None, None] + mean[:, None, None]).clamp(0, 1) * 2.0 - 1.0
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         size = self.unet.config.sample_size * scale
-        if tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if self.vae is None:
-            return images.to(self.unet.dtype)
-        with torch.no_grad():
-            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
-        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+        images = vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
+        return (images if self.vae is None else vtok.encode_latents(self.vae, images)).to(self.unet.dtype)
 
     def forward(
         self,
@@ -593,32 +580,21 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
                 )
             if int(instance_mask.min()) < 0:
                 raise ValueError("`instance_mask` must hold non-negative instance ids (0 = background).")
-        features = self.tokenizer.get_patch_features(pixel_values)
+        features = self.tokenizer.get_image_features(pixel_values).last_hidden_state
         tokens, clusters = self.tokenizer._tokenize(features)
 
         # Image decoder: ε-prediction (eq. 3) with condition dropout for classifier-free guidance.
         condition = self.feature_mapper(tokens.embeddings, tokens.attention_mask)
-        dropout = self.config.decoder_config["condition_dropout"]
+        dropout = self.config.decoder_config.condition_dropout_prob
         if self.training and dropout > 0:
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
         clean = self._diffusion_inputs(pixel_values)
-        if noise is None:
-            noise = torch.randn_like(clean)
-        elif tuple(noise.shape) != tuple(clean.shape):
+        if noise is not None and tuple(noise.shape) != tuple(clean.shape):
             raise ValueError(f"`noise` must have shape {tuple(clean.shape)}, got {describe(noise)}.")
-        scheduler = self.noise_scheduler
-        if timesteps is None:
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=clean.device)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)).sample
-        if scheduler.config.prediction_type == "epsilon":
-            target = noise
-        elif scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(clean, noise, timesteps)
-        else:
-            target = clean
-        diffusion_loss = F.mse_loss(prediction.float(), target.float())
+        diffusion_loss = vtok.denoising_loss(
+            self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)
+        )
         loss = self.config.diffusion_loss_weight * diffusion_loss
 
         mask_loss = bce_loss = dice_loss = kl_loss = mask_logits = None
@@ -632,9 +608,9 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
                 clusters.masks, log_pi, self.mask_decoder.upsample_factor, self.config.grid_size
             )
             mask_loss = (
-                self.config.mask_kl_weight * kl_loss
-                + self.config.mask_bce_weight * bce_loss
-                + self.config.mask_dice_weight * dice_loss
+                self.config.mask_kl_loss_weight * kl_loss
+                + self.config.mask_bce_loss_weight * bce_loss
+                + self.config.mask_dice_loss_weight * dice_loss
             )
             loss = loss + mask_loss
 

@@ -9,7 +9,7 @@ choice and its comment says which side is which:
   ``"queries"`` (released code: the learned queries themselves, no noise).
 * ``slot_softmax``: ``"slots"`` (paper: softmax over the slot axis) or ``"heads_and_slots"``
   (released code: one softmax over heads × slots jointly).
-* ``rebuild_num_layers`` / ``decoder_config["conditioner"]["num_layers"]``: the paper speaks of "a
+* ``rebuild_num_layers`` / ``decoder_config.conditioner["num_layers"]``: the paper speaks of "a
   Transformer block" (1); the released code stacks 4.
 * ``itc_label_smoothing``: 0.0 (paper) vs 0.1 (released code).
 * ``codebook_ema_decay``: the paper gives none; 0.8 is the released code's (vector-quantize-pytorch's
@@ -18,7 +18,6 @@ choice and its comment says which side is which:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import field
 from typing import Any, ClassVar
 
@@ -31,7 +30,8 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 
-from ...utils.validation import check_choice, check_float, check_int
+from ...utils.configuration_utils import VTokSubConfig, check_normalization, deep_merge
+from ...utils.validation import check_choice, check_float, check_int, describe
 
 SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
 SLOT_INITS = ("gaussian", "queries")
@@ -43,127 +43,126 @@ IMAGENET_MEAN, IMAGENET_STD = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT
 CLIP_MEAN, CLIP_STD = list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
 # DINOv2-L/14 (facebook/dinov2-large): 24 layers, width 1024, 16 heads, patch 14.
-DINOV2_LARGE = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "mlp_ratio": 4,
-    "image_size": 518,
-    "patch_size": 14,
-    "layerscale_value": 1.0,
-}
+DINOV2_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "mlp_ratio": 4,
+                "image_size": 518, "patch_size": 14, "layerscale_value": 1.0}  # fmt: skip
 
 # CLIP ViT-H/14 vision tower with its 1024-d projection: the image embedding unCLIP-SD 2.1 is
 # conditioned on, which the global head regresses (L_MSE).
-CLIP_VIT_H14 = {
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 16,
-    "image_size": 224,
-    "patch_size": 14,
-    "projection_dim": 1024,
-    "hidden_act": "gelu",
-    "architectures": ["CLIPVisionModelWithProjection"],
-}
-
-
-def default_decoder_config() -> dict[str, Any]:
-    """unCLIP-SD 2.1 at 768 px: latent UNet with slot cross-attention and a projected global vector."""
-    return {
-        # Resolution of the images the decoder reconstructs (pixels; latents are 8x smaller).
-        "image_size": 768,
-        # Probability of replacing the condition by the learned null condition during training
-        # (classifier-free guidance). Not given in the paper; 0.1 as in unCLIP / SD fine-tuning.
-        "condition_dropout_prob": 0.1,
-        # Which UNet weights stage 1 trains: the paper trains only the cross-attention layers of the
-        # pretrained unCLIP UNet ("cross_attention"); "all" for a UNet trained from scratch.
-        "unet_trainable": "cross_attention",
-        "conditioner": {
-            "hidden_size": 1024,  # local embeddings = UNet cross-attention width
-            "num_layers": 1,  # paper: "a Transformer decoder block"; released code: 4
-            "num_heads": 16,
-            "mlp_ratio": 4.0,
-            "global_embedding_dim": 1024,  # CLIP ViT-H/14 image-embedding width
-            # unCLIP-SD concatenates a noise-level embedding to the image embedding (2048 inputs).
-            "noise_level_embedding": True,
-        },
-        "unet": {
-            "sample_size": 96,
-            "in_channels": 4,
-            "out_channels": 4,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            "block_out_channels": [320, 640, 1280, 1280],
-            "layers_per_block": 2,
-            "attention_head_dim": [5, 10, 20, 20],
-            "cross_attention_dim": 1024,
-            "use_linear_projection": True,
-            "class_embed_type": "projection",
-            "projection_class_embeddings_input_dim": 2048,
-        },
-        "scheduler": {
-            "num_train_timesteps": 1000,
-            "beta_schedule": "scaled_linear",
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "prediction_type": "epsilon",  # paper: ε-prediction
-            "clip_sample": False,
-        },
-        "vae": {
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [128, 256, 512, 512],
-            "layers_per_block": 2,
-            "latent_channels": 4,
-            "sample_size": 768,
-            "scaling_factor": 0.18215,
-        },
-    }
+CLIP_VIT_H14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+                "image_size": 224, "patch_size": 14, "projection_dim": 1024, "hidden_act": "gelu",
+                "architectures": ["CLIPVisionModelWithProjection"]}  # fmt: skip
 
 
 def tiny_decoder_config() -> dict[str, Any]:
     """A pixel-space decoder small enough to train on a CPU (32 px, no VAE)."""
     return {
         "image_size": 32,
-        "condition_dropout_prob": 0.1,
         "unet_trainable": "all",
-        "conditioner": {
-            "hidden_size": 32,
-            "num_layers": 1,
-            "num_heads": 2,
-            "mlp_ratio": 2.0,
-            "global_embedding_dim": 16,
-            "noise_level_embedding": False,
-        },
+        "conditioner": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "mlp_ratio": 2.0,
+                        "global_embedding_dim": 16, "noise_level_embedding": False},
         "unet": {
-            "sample_size": 32,
-            "in_channels": 3,
-            "out_channels": 3,
+            "sample_size": 32, "in_channels": 3, "out_channels": 3,
             # attention only at 8 x 8: full-resolution self-attention dominates CPU time
             "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-            "block_out_channels": [16, 32, 32],
-            "layers_per_block": 1,
-            "attention_head_dim": 8,
-            "norm_num_groups": 8,
-            "cross_attention_dim": 32,
-            "class_embed_type": "projection",
-            "projection_class_embeddings_input_dim": 16,
+            "block_out_channels": [16, 32, 32], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8,
+            "cross_attention_dim": 32, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 16,
         },
-        "scheduler": {
-            "num_train_timesteps": 1000,
-            "beta_schedule": "squaredcos_cap_v2",
-            # the paper's ε-prediction leaves visible noise after a few thousand CPU steps of this small
-            # UNet (reconstructions 11 dB, below a flat image of the mean colour); predicting the image
-            # itself gives clean images with the right colours from the same training (docs/slot_qformer.md)
-            "prediction_type": "sample",
-            "clip_sample": False,
-        },
+        # the paper's ε-prediction leaves visible noise after a few thousand CPU steps of this small UNet
+        # (reconstructions 11 dB, below a flat image of the mean colour); predicting the image itself gives
+        # clean images with the right colours from the same training (docs/slot_qformer.md)
+        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                      "prediction_type": "sample", "clip_sample": False},
         "vae": None,
-    }
+    }  # fmt: skip
+
+
+class SlotQFormerDecoderConfig(VTokSubConfig):
+    r"""The decoder of [`SlotQFormerForPreTraining`]: unCLIP-SD 2.1 at 768 px, a latent UNet with slot
+    cross-attention and a projected global vector.
+
+    Args:
+        image_size: resolution of the images the decoder reconstructs (pixels; latents are 8x smaller).
+        condition_dropout_prob: probability of replacing the condition by the learned null condition during
+            training (classifier-free guidance). Not given in the paper; 0.1 as in unCLIP / SD fine-tuning.
+        unet_trainable: which UNet weights stage 1 trains: the paper trains only the cross-attention layers of
+            the pretrained unCLIP UNet (``"cross_attention"``); ``"all"`` for a UNet trained from scratch.
+        conditioner, unet, scheduler, vae: the arguments of the diffusers components
+            (:class:`SlotQFormerDecoderConditioner`, ``UNet2DConditionModel``, ``DDPMScheduler``,
+            ``AutoencoderKL`` or `None` for a pixel-space decoder), which carry their own configs once built.
+    """
+
+    model_type = "slot_qformer_decoder"
+    config_key = "decoder_config"
+
+    image_size: int = 768
+    condition_dropout_prob: float = 0.1
+    unet_trainable: str = "cross_attention"
+    conditioner: dict = field(default_factory=lambda: {
+        "hidden_size": 1024,  # local embeddings = UNet cross-attention width
+        "num_layers": 1,  # paper: "a Transformer decoder block"; released code: 4
+        "num_heads": 16, "mlp_ratio": 4.0,
+        "global_embedding_dim": 1024,  # CLIP ViT-H/14 image-embedding width
+        "noise_level_embedding": True,  # unCLIP-SD concatenates a noise-level embedding (2048 inputs)
+    })  # fmt: skip
+    unet: dict = field(default_factory=lambda: {
+        "sample_size": 96, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20],
+        "cross_attention_dim": 1024, "use_linear_projection": True, "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": 2048,
+    })  # fmt: skip
+    scheduler: dict = field(default_factory=lambda: {
+        "num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+        "prediction_type": "epsilon",  # paper: ε-prediction
+        "clip_sample": False,
+    })  # fmt: skip
+    vae: dict | None = field(default_factory=lambda: {
+        "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+        "latent_channels": 4, "sample_size": 768, "scaling_factor": 0.18215,
+    })  # fmt: skip
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_int("decoder_config['image_size']", self.image_size, minimum=8)
+        check_float("decoder_config['condition_dropout_prob']", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
+        check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
+        for key in ("conditioner", "unet", "scheduler"):
+            if not isinstance(getattr(self, key), dict):
+                raise TypeError(f"`decoder_config['{key}']` must be a dict, got {describe(getattr(self, key))}.")
+        conditioner, unet, vae = self.conditioner, self.unet, self.vae
+        for key in ("hidden_size", "num_heads", "global_embedding_dim"):
+            check_int(f"decoder_config['conditioner'][{key!r}]", conditioner.get(key), minimum=1)
+        check_int("decoder_config['conditioner']['num_layers']", conditioner.get("num_layers", 1), minimum=0)
+        if unet.get("cross_attention_dim") != conditioner["hidden_size"]:
+            raise ValueError(
+                "`decoder_config['unet']['cross_attention_dim']` must equal the conditioner's hidden_size "
+                f"({conditioner['hidden_size']}), got {unet.get('cross_attention_dim')!r}."
+            )
+        if unet.get("class_embed_type") != "projection":
+            raise ValueError(
+                "`decoder_config['unet']['class_embed_type']` must be 'projection' (the global embedding is added "
+                f"to the timestep embedding), got {unet.get('class_embed_type')!r}."
+            )
+        global_dim = conditioner["global_embedding_dim"]
+        expected = global_dim * (2 if conditioner.get("noise_level_embedding") else 1)
+        if unet.get("projection_class_embeddings_input_dim") != expected:
+            raise ValueError(
+                "`decoder_config['unet']['projection_class_embeddings_input_dim']` must be "
+                f"{expected} (global_embedding_dim{' x 2 with noise_level_embedding' if expected != global_dim else ''}), "
+                f"got {unet.get('projection_class_embeddings_input_dim')!r}."
+            )
+        if vae is not None and not isinstance(vae, dict):
+            raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs or None, got {vae!r}.")
+        latent_channels = vae.get("latent_channels", 4) if vae else 3
+        for key in ("in_channels", "out_channels"):
+            if unet.get(key, 4) != latent_channels:
+                raise ValueError(
+                    f"`decoder_config['unet'][{key!r}]` must be {latent_channels} "
+                    f"({'VAE latent channels' if vae else 'RGB pixels, no VAE'}), got {unet.get(key, 4)!r}."
+                )
 
 
 class SlotQFormerConfig(PreTrainedConfig):
@@ -194,13 +193,17 @@ class SlotQFormerConfig(PreTrainedConfig):
         tokenizer by default), itc_embed_dim, itc_temperature, itc_label_smoothing,
         itg_label_smoothing.
 
-    Quantizer (stage 2): codebook_size × codebook_dim shared by rvq_depths residual depths,
+    Quantizer (stage 2): codebook_size × codebook_dim (8192 × 32) shared by rvq_depths residual depths,
         codebook_ema_decay, commitment_weight (β inside the commitment term), rebuild_num_layers /
         rebuild_num_heads (the transformer that rebuilds slot embeddings from codes), token_order.
 
-    Training: stage (1 or 2), loss weights of both stages (appendix A.1), teacher_config (the frozen
-        model whose image embedding the global head regresses; CLIP ViT-H/14 by default) with
-        teacher_image_mean/std, decoder_config (conditioner, UNet, noise scheduler, optional VAE).
+    Training: stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
+        + 0.5·L_MSE`` (contrastive_loss_weight, text_generation_loss_weight, diffusion_loss_weight,
+        global_mse_loss_weight), stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``
+        (reconstruction_loss_weight, commitment_loss_weight, stage2_diffusion_loss_weight,
+        stage2_global_mse_loss_weight); teacher_config (the frozen model whose image embedding the global
+        head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
+        ([`SlotQFormerDecoderConfig`]: conditioner, UNet, noise scheduler, optional VAE, condition dropout).
     """
 
     model_type = "slot_qformer"
@@ -209,6 +212,18 @@ class SlotQFormerConfig(PreTrainedConfig):
         "teacher_config": SubConfigSpec(
             config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_VIT_H14
         ),
+        "decoder_config": SubConfigSpec(config_class=SlotQFormerDecoderConfig),
+    }
+    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
+    attribute_map: ClassVar[dict[str, str]] = {
+        "loss_weight_contrastive": "contrastive_loss_weight",
+        "loss_weight_text_generation": "text_generation_loss_weight",
+        "loss_weight_diffusion": "diffusion_loss_weight",
+        "loss_weight_global_mse": "global_mse_loss_weight",
+        "loss_weight_reconstruction": "reconstruction_loss_weight",
+        "loss_weight_commitment": "commitment_loss_weight",
+        "loss_weight_diffusion_stage2": "stage2_diffusion_loss_weight",
+        "loss_weight_global_mse_stage2": "stage2_global_mse_loss_weight",
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -266,17 +281,17 @@ class SlotQFormerConfig(PreTrainedConfig):
 
     # training
     stage: int = 1
-    loss_weight_contrastive: float = 0.5
-    loss_weight_text_generation: float = 0.5
-    loss_weight_diffusion: float = 1.0
-    loss_weight_global_mse: float = 0.5
-    loss_weight_reconstruction: float = 1.0
-    loss_weight_commitment: float = 1.0
-    loss_weight_diffusion_stage2: float = 0.1
-    loss_weight_global_mse_stage2: float = 0.1
+    contrastive_loss_weight: float = 0.5
+    text_generation_loss_weight: float = 0.5
+    diffusion_loss_weight: float = 1.0
+    global_mse_loss_weight: float = 0.5
+    reconstruction_loss_weight: float = 1.0
+    commitment_loss_weight: float = 1.0
+    stage2_diffusion_loss_weight: float = 0.1
+    stage2_global_mse_loss_weight: float = 0.1
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
-    decoder_config: dict = field(default_factory=default_decoder_config)
+    decoder_config: dict | PreTrainedConfig | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -325,11 +340,7 @@ class SlotQFormerConfig(PreTrainedConfig):
         check_float("commitment_weight", self.commitment_weight, minimum=0.0)
         check_float("codebook_dead_code_threshold", self.codebook_dead_code_threshold, minimum=0.0)
         check_float("initializer_range", self.initializer_range, minimum=0.0, strict_minimum=True)
-        for name in (
-            "loss_weight_contrastive", "loss_weight_text_generation", "loss_weight_diffusion",
-            "loss_weight_global_mse", "loss_weight_reconstruction", "loss_weight_commitment",
-            "loss_weight_diffusion_stage2", "loss_weight_global_mse_stage2",
-        ):  # fmt: skip
+        for name in self.attribute_map.values():  # the loss weights
             check_float(name, getattr(self, name), minimum=0.0)
         check_choice("slot_attention_key_scale", self.slot_attention_key_scale, SLOT_ATTENTION_KEY_SCALES)
         check_choice("slot_init", self.slot_init, SLOT_INITS)
@@ -359,123 +370,33 @@ class SlotQFormerConfig(PreTrainedConfig):
             raise ValueError(f"`slot_attention_layers` must not repeat a layer, got {list(layers)}.")
         self.slot_attention_layers = sorted(int(i) for i in layers)
         for name in ("image_mean", "image_std", "teacher_image_mean", "teacher_image_std"):
-            values = getattr(self, name)
-            if not isinstance(values, (list, tuple)) or len(values) != self.num_channels:
-                raise ValueError(f"`{name}` must be a list of {self.num_channels} numbers, got {values!r}.")
-            for value in values:
-                check_float(f"{name}[i]", value)
-            if "std" in name and min(values) <= 0:
-                raise ValueError(f"`{name}` must be positive, got {values!r}.")
+            check_normalization(name, getattr(self, name), self.num_channels)
         if self.image_size % self.vision_patch_size:
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be a multiple of the vision encoder's patch size "
                 f"({self.vision_patch_size})."
             )
-        self.validate_decoder_config()
-
-    def validate_decoder_config(self) -> None:
-        decoder = self.decoder_config
-        if not isinstance(decoder, dict):
-            raise TypeError(f"`decoder_config` must be a dict, got {type(decoder).__name__}.")
-        for key in ("image_size", "conditioner", "unet", "scheduler"):
-            if key not in decoder:
-                raise ValueError(f"`decoder_config` must have the key {key!r}; it has {sorted(decoder)}.")
-        check_int("decoder_config['image_size']", decoder["image_size"], minimum=8)
-        check_float(
-            "decoder_config['condition_dropout_prob']", decoder.get("condition_dropout_prob", 0.0), minimum=0.0, maximum=1.0
-        )
-        check_choice("decoder_config['unet_trainable']", decoder.get("unet_trainable", "all"), UNET_TRAINABLE)
-        conditioner, unet = decoder["conditioner"], decoder["unet"]
-        for key in ("hidden_size", "num_heads", "global_embedding_dim"):
-            check_int(f"decoder_config['conditioner'][{key!r}]", conditioner.get(key), minimum=1)
-        check_int("decoder_config['conditioner']['num_layers']", conditioner.get("num_layers", 1), minimum=0)
-        if unet.get("cross_attention_dim") != conditioner["hidden_size"]:
-            raise ValueError(
-                "`decoder_config['unet']['cross_attention_dim']` must equal the conditioner's hidden_size "
-                f"({conditioner['hidden_size']}), got {unet.get('cross_attention_dim')!r}."
-            )
-        if unet.get("class_embed_type") != "projection":
-            raise ValueError(
-                "`decoder_config['unet']['class_embed_type']` must be 'projection' (the global embedding is added "
-                f"to the timestep embedding), got {unet.get('class_embed_type')!r}."
-            )
-        expected = conditioner["global_embedding_dim"] * (2 if conditioner.get("noise_level_embedding") else 1)
-        if unet.get("projection_class_embeddings_input_dim") != expected:
-            raise ValueError(
-                "`decoder_config['unet']['projection_class_embeddings_input_dim']` must be "
-                f"{expected} (global_embedding_dim{' x 2 with noise_level_embedding' if expected != conditioner['global_embedding_dim'] else ''}), "
-                f"got {unet.get('projection_class_embeddings_input_dim')!r}."
-            )
-        vae = decoder.get("vae")
-        latent_channels = vae.get("latent_channels", 4) if vae else 3
-        if vae is not None and not isinstance(vae, dict):
-            raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs or None, got {vae!r}.")
-        for key in ("in_channels", "out_channels"):
-            if unet.get(key, 4) != latent_channels:
-                raise ValueError(
-                    f"`decoder_config['unet'][{key!r}]` must be {latent_channels} "
-                    f"({'VAE latent channels' if vae else 'RGB pixels, no VAE'}), got {unet.get(key, 4)!r}."
-                )
 
     # ------------------------------------------------------------------ presets
     @classmethod
     def tiny(cls, **overrides) -> SlotQFormerConfig:
         """A CPU-trainable preset for tests and the demo: 64 px, 8 slots, codebook 256 × 16, 2 depths."""
         values: dict[str, Any] = {
-            "vision_config": {
-                "model_type": "dinov2",
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "mlp_ratio": 2,
-                "image_size": 64,
-                "patch_size": 8,
-            },
-            "teacher_config": {
-                "model_type": "clip_vision_model",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "image_size": 32,
-                "patch_size": 8,
-                "projection_dim": 16,
-                "architectures": ["CLIPVisionModelWithProjection"],
-            },
-            "image_size": 64,
-            "encoder_hidden_size": 48,
-            "num_slots": 8,
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "slot_attention_layers": [0],
-            "slot_mlp_size": 128,
-            "vocab_size": 64,
-            "max_position_embeddings": 32,
-            "itc_embed_dim": 32,
-            "codebook_size": 256,
-            "codebook_dim": 16,
-            "rvq_depths": 2,
+            "vision_config": {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "mlp_ratio": 2, "image_size": 64, "patch_size": 8},
+            "teacher_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                               "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                               "projection_dim": 16, "architectures": ["CLIPVisionModelWithProjection"]},
+            "image_size": 64, "encoder_hidden_size": 48, "num_slots": 8, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 128, "slot_attention_layers": [0], "slot_mlp_size": 128,
+            "vocab_size": 64, "max_position_embeddings": 32, "itc_embed_dim": 32,
+            "codebook_size": 256, "codebook_dim": 16, "rvq_depths": 2,
             # a few hundred CPU steps are not 50M images: seed the codebook from data and revive
             # unused codes so that the tiny RVQ does not collapse onto a handful of codes
-            "codebook_kmeans_init": True,
-            "codebook_dead_code_threshold": 0.5,
-            "rebuild_num_heads": 4,
-            "decoder_config": tiny_decoder_config(),
-        }
-        for key, value in overrides.items():
-            if key == "decoder_config" and isinstance(value, dict):
-                merged = copy.deepcopy(values["decoder_config"])
-                for sub_key, sub_value in value.items():
-                    if isinstance(sub_value, dict) and isinstance(merged.get(sub_key), dict):
-                        merged[sub_key].update(sub_value)
-                    else:
-                        merged[sub_key] = sub_value
-                values[key] = merged
-            else:
-                values[key] = value
-        return cls(**values)
+            "codebook_kmeans_init": True, "codebook_dead_code_threshold": 0.5,
+            "rebuild_num_heads": 4, "decoder_config": tiny_decoder_config(),
+        }  # fmt: skip
+        return cls(**deep_merge(values, overrides))
 
 
-__all__ = ["SlotQFormerConfig"]
+__all__ = ["SlotQFormerConfig", "SlotQFormerDecoderConfig"]

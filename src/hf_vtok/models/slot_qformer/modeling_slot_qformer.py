@@ -30,16 +30,10 @@ import transformers
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from ...utils.modeling_utils import (
-    Attention,
-    CheckedLoadingMixin,
-    FeedForward,
-    TransformerBlock,
-    VisualTokenizerMixin,
-    VisualTokens,
-)
+from ...utils import modeling_utils as vtok
 from ...utils.quantizers import QuantizerOutput, ResidualVectorQuantizer
 from ...utils.validation import check_choice, check_tensor, describe
 from .configuration_slot_qformer import SlotQFormerConfig
@@ -84,7 +78,7 @@ class SlotAttention(nn.Module):
         self.to_v = nn.Linear(input_dim, dim)
         self.gru = nn.GRUCell(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.mlp = FeedForward(dim, mlp_size)
+        self.mlp = vtok.FeedForward(dim, mlp_size)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, hd]
@@ -140,7 +134,7 @@ class SlotQFormerLayer(nn.Module):
     def __init__(self, config: SlotQFormerConfig, input_dim: int, has_slot_attention: bool):
         super().__init__()
         dim, eps = config.hidden_size, config.layer_norm_eps
-        self.self_attention = Attention(dim, config.num_attention_heads)
+        self.self_attention = vtok.Attention(dim, config.num_attention_heads)
         self.self_attention_norm = nn.LayerNorm(dim, eps=eps)
         self.slot_attention = (
             SlotAttention(
@@ -158,12 +152,12 @@ class SlotQFormerLayer(nn.Module):
             if has_slot_attention
             else None
         )
-        self.ffn = FeedForward(dim, config.intermediate_size)
+        self.ffn = vtok.FeedForward(dim, config.intermediate_size)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
         if config.share_query_text_ffn:
             self.text_ffn, self.text_ffn_norm = None, None
         else:
-            self.text_ffn = FeedForward(dim, config.intermediate_size)
+            self.text_ffn = vtok.FeedForward(dim, config.intermediate_size)
             self.text_ffn_norm = nn.LayerNorm(dim, eps=eps)
 
     def self_attend(self, hidden_states, context=None, attention_mask=None, is_causal: bool = False):
@@ -289,7 +283,7 @@ class SlotRebuilder(nn.Module):
 
     def __init__(self, dim: int, num_layers: int, num_heads: int):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(vtok.TransformerBlock(dim, num_heads) for _ in range(num_layers))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -298,7 +292,7 @@ class SlotRebuilder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- models
-class SlotQFormerPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class SlotQFormerPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
     config: SlotQFormerConfig
     config_class = SlotQFormerConfig
     base_model_prefix = "tokenizer"
@@ -332,14 +326,15 @@ class SlotQFormerPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear
                 init.copy_(module.teacher_projection, _teacher_projection(*module.teacher_projection.shape))
 
 
-class SlotQFormerModel(SlotQFormerPreTrainedModel, VisualTokenizerMixin):
+class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
     """The Slot Q-Former tokenizer: images → 128 discrete ids (32 slots × 4 RVQ depths) and back to
     slot embeddings.
 
     Token order (``config.token_order``): ``"slot_major"`` (default) flattens ``[B, S, K]`` ids as
     slot0-depth0, slot0-depth1, …, slot0-depth(K-1), slot1-depth0, …; ``"depth_major"`` as
     depth0-slot0, depth0-slot1, …. ``VisualTokens.embeddings`` holds one rebuilt embedding per SLOT
-    (`[B, num_slots, hidden_size]`): the K ids of a slot together make one embedding.
+    (`[B, num_slots, hidden_size]`, what the decoder is conditioned on): the K ids of a slot together make
+    one embedding, and ``VisualTokens.token_groups`` gives the slot of every id.
     """
 
     def __init__(self, config: SlotQFormerConfig):
@@ -377,8 +372,9 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, VisualTokenizerMixin):
         self.post_init()
 
     # ------------------------------------------------------------------ encoder
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patch features of the vision encoder (class/register tokens dropped), projected: `[B, N, width]`."""
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutput:
+        """Patch features of the vision encoder (class/register tokens dropped), projected to the slot
+        attention's input width: ``last_hidden_state`` `[B, num_patches, width]`."""
         outputs = self.vision_model(pixel_values=pixel_values)
         hidden = outputs.last_hidden_state
         if hidden.ndim == 4:  # convolutional encoders: [B, C, h, w] -> [B, h*w, C]
@@ -394,7 +390,7 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, VisualTokenizerMixin):
         hidden = hidden[:, hidden.shape[1] - num_patches :]  # CLS / register tokens come first
         if self.vision_projection is not None:
             hidden = self.vision_projection(hidden)
-        return hidden
+        return BaseModelOutput(last_hidden_state=hidden)
 
     def encode_slots(
         self,
@@ -406,7 +402,7 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, VisualTokenizerMixin):
         """Continuous slot embeddings of ``pixel_values`` (the stage-1 representation)."""
         pixel_values = self._check_pixel_values(pixel_values)
         dtype = next(self.qformer.parameters()).dtype
-        features = self.get_image_features(pixel_values.to(dtype))
+        features = self.get_image_features(pixel_values.to(dtype)).last_hidden_state
         return self.qformer(features, sample_slots=sample_slots, generator=generator, return_layer_inputs=return_layer_inputs)
 
     # ------------------------------------------------------------------ quantizer
@@ -437,23 +433,20 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, VisualTokenizerMixin):
         quantized = self.quantizer.decode(self.unflatten_ids(ids.to(self.device)))
         return self.rebuild_slots(quantized.to(next(self.rebuild.parameters(), quantized).dtype))
 
-    def encode(self, pixel_values: torch.Tensor) -> VisualTokens:
+    def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
         """Tokenize images: ``pixel_values`` `[B, 3, image_size, image_size]` (the image processor's output).
 
         Returns ``VisualTokens`` with ``ids`` `[B, num_visual_tokens]`, ``embeddings`` = ``embed_ids(ids)``
-        `[B, num_slots, hidden_size]`, an all-ones ``attention_mask`` over the ids, and ``assignments``
-        (slot-attention maps `[B, num_slots, num_patches]`).
+        `[B, num_slots, hidden_size]`, an all-ones ``attention_mask`` over the ids, ``token_groups`` (the slot
+        of each id) and ``assignments`` (slot-attention maps `[B, num_slots, num_patches]`).
         """
         encoded = self.encode_slots(pixel_values)
         ids = self.flatten_ids(self.quantizer.encode(encoded.slot_embeddings))
-        return VisualTokens(
-            ids=ids,
-            embeddings=self.embed_ids(ids),
-            attention_mask=torch.ones_like(ids),
-            assignments=encoded.assignments,
-        )
+        slots = torch.arange(self.config.num_slots, device=ids.device)[None, :, None]
+        groups = self.flatten_ids(slots.expand(1, -1, self.config.rvq_depths))
+        return self._discrete_tokens(ids, groups, assignments=encoded.assignments)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> VisualTokens:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> vtok.VisualTokens:
         if kwargs:
             raise TypeError(f"SlotQFormerModel.forward got unexpected arguments {sorted(kwargs)}.")
         return self.encode(pixel_values)
@@ -701,7 +694,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         # frozen teacher for the global-embedding MSE
         self.teacher = _build_teacher(config.teacher_config)
         self.teacher.requires_grad_(False)
-        conditioner_kwargs = dict(decoder["conditioner"])
+        conditioner_kwargs = dict(decoder.conditioner)
         global_dim = conditioner_kwargs["global_embedding_dim"]
         teacher_dim = _teacher_embedding_dim(config.teacher_config)
         if teacher_dim != global_dim:
@@ -712,13 +705,13 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         self.conditioner = SlotQFormerDecoderConditioner(
             slot_dim=config.hidden_size, num_slots=config.num_slots, **conditioner_kwargs
         )
-        self.unet = UNet2DConditionModel(**decoder["unet"])
-        self.vae = AutoencoderKL(**decoder["vae"]) if decoder.get("vae") else None
+        self.unet = UNet2DConditionModel(**decoder.unet)
+        self.vae = AutoencoderKL(**decoder.vae) if decoder.vae else None
         if self.vae is not None:
             self.vae.requires_grad_(False)
         # the schedule's tensors must be real even when from_pretrained builds the model on meta
         with torch.device("cpu"):
-            self.noise_scheduler = DDPMScheduler(**decoder["scheduler"])
+            self.noise_scheduler = DDPMScheduler(**decoder.scheduler)
         # diffusers modules keep PyTorch's default initialisation (see `_init_weights`)
         for module in [self.conditioner, self.unet] + ([self.vae] if self.vae is not None else []):
             for child in module.modules():
@@ -743,7 +736,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             for module in trainable:
                 module.requires_grad_(True)
             self.itc_temperature.requires_grad_(True)
-            unet_trainable = self.config.decoder_config.get("unet_trainable", "all")
+            unet_trainable = self.config.decoder_config.unet_trainable
             if unet_trainable == "all":
                 self.unet.requires_grad_(True)
             elif unet_trainable == "cross_attention":
@@ -780,14 +773,9 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         return self
 
     # ------------------------------------------------------------------ pieces of the losses
-    def _unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype)
-        std = torch.tensor(self.config.image_std, device=pixel_values.device, dtype=pixel_values.dtype)
-        return (pixel_values * std[:, None, None] + mean[:, None, None]).clamp(0.0, 1.0)
-
     def decoder_targets(self, pixel_values: torch.Tensor, decoder_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] at the decoder's resolution."""
-        size = self.config.decoder_config["image_size"]
+        size = self.config.decoder_config.image_size
         if decoder_pixel_values is not None:
             check_tensor("decoder_pixel_values", decoder_pixel_values, ndim=4, floating=True, finite=True)
             if tuple(decoder_pixel_values.shape) != (pixel_values.shape[0], 3, size, size):
@@ -796,10 +784,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                     f"(values in [-1, 1]), got {tuple(decoder_pixel_values.shape)}."
                 )
             return decoder_pixel_values
-        images = self._unnormalize(pixel_values.float())
-        if images.shape[-1] != size or images.shape[-2] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return images.clamp(0.0, 1.0) * 2.0 - 1.0
+        return vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
 
     @torch.no_grad()
     def teacher_embedding(self, pixel_values: torch.Tensor, teacher_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
@@ -807,7 +792,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         if teacher_pixel_values is None:
             size = self.config.teacher_config.image_size
             size = size[0] if isinstance(size, (list, tuple)) else size
-            images = self._unnormalize(pixel_values.float())
+            images = vtok.unnormalize(pixel_values.float(), self.config.image_mean, self.config.image_std)
             if images.shape[-1] != size or images.shape[-2] != size:
                 images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
             mean = torch.tensor(self.config.teacher_image_mean, device=images.device)[:, None, None]
@@ -831,35 +816,20 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         """ε-prediction loss of the UNet conditioned on ``slot_embeddings``; also returns the conditions."""
         batch = slot_embeddings.shape[0]
         drop = None
-        probability = float(self.config.decoder_config.get("condition_dropout_prob", 0.0))
+        probability = self.config.decoder_config.condition_dropout_prob
         if condition_dropout and probability > 0:
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
+        latents = targets if self.vae is None else vtok.encode_latents(self.vae, targets)
         unet_dtype = self.unet.dtype
-        with torch.no_grad():
-            if self.vae is not None:
-                latents = self.vae.encode(targets.to(self.vae.dtype)).latent_dist.sample()
-                latents = latents * self.vae.config.scaling_factor
-            else:
-                latents = targets
-        latents = latents.to(unet_dtype)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), device=latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction_type = self.noise_scheduler.config.prediction_type
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = latents
-        prediction = self.unet(
-            noisy,
-            timesteps,
+        loss = vtok.denoising_loss(
+            self.unet,
+            self.noise_scheduler,
+            latents.to(unet_dtype),
             encoder_hidden_states=condition.local_embeddings.to(unet_dtype),
             class_labels=condition.class_labels.to(unet_dtype),
-        ).sample
-        return F.mse_loss(prediction.float(), target.float()), condition
+        )
+        return loss, condition
 
     def _check_text(self, input_ids, attention_mask, batch_size: int):
         input_ids = check_tensor("input_ids", input_ids, ndim=2, integer=True)
@@ -949,11 +919,11 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         targets = self.decoder_targets(pixel_values, decoder_pixel_values)
         teacher = self.teacher_embedding(pixel_values, teacher_pixel_values)
         if config.stage == 1:
-            needs_text = config.loss_weight_contrastive > 0 or config.loss_weight_text_generation > 0
+            needs_text = config.contrastive_loss_weight > 0 or config.text_generation_loss_weight > 0
             if needs_text and input_ids is None:
                 raise ValueError(
-                    "`input_ids` (the captions) are required in stage 1 while `loss_weight_contrastive` or "
-                    "`loss_weight_text_generation` is non-zero."
+                    "`input_ids` (the captions) are required in stage 1 while `contrastive_loss_weight` or "
+                    "`text_generation_loss_weight` is non-zero."
                 )
             encoded = self.tokenizer.encode_slots(pixel_values, return_layer_inputs=needs_text)
             slots = encoded.slot_embeddings
@@ -962,10 +932,10 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             if needs_text:
                 input_ids, attention_mask = self._check_text(input_ids, attention_mask, batch)
                 loss_itc, loss_itg = self.text_losses(slots, encoded.layer_inputs, input_ids, attention_mask)
-                loss = loss + config.loss_weight_contrastive * loss_itc + config.loss_weight_text_generation * loss_itg
+                loss = loss + config.contrastive_loss_weight * loss_itc + config.text_generation_loss_weight * loss_itg
             loss_diffusion, condition = self.diffusion_loss(slots, targets, condition_dropout=True)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
-            loss = loss + config.loss_weight_diffusion * loss_diffusion + config.loss_weight_global_mse * loss_mse
+            loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
             output = SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_contrastive=loss_itc,
@@ -986,10 +956,10 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             loss_diffusion, condition = self.diffusion_loss(rebuilt, targets, condition_dropout=False)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = (
-                config.loss_weight_reconstruction * loss_reconstruction
-                + config.loss_weight_commitment * loss_commitment
-                + config.loss_weight_diffusion_stage2 * loss_diffusion
-                + config.loss_weight_global_mse_stage2 * loss_mse
+                config.reconstruction_loss_weight * loss_reconstruction
+                + config.commitment_loss_weight * loss_commitment
+                + config.stage2_diffusion_loss_weight * loss_diffusion
+                + config.stage2_global_mse_loss_weight * loss_mse
             )
             output = SlotQFormerForPreTrainingOutput(
                 loss=loss,
