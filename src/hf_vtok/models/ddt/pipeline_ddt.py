@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+from diffusers import DiffusionPipeline  # noqa: F401  (diffusers' loader finds a nested pipeline's base class here)
 
 from ...utils.pipeline_utils import VisualTokenDecoderPipeline
 from ...utils.validation import check_int, describe

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from diffusers import DiffusionPipeline  # noqa: F401  (diffusers' loader finds a nested pipeline's base class here)
 
 from ...utils.pipeline_utils import VisualTokenDecoderPipeline
 from .image_processing_slot_qformer import SlotQFormerImageProcessorPil
