@@ -53,7 +53,9 @@ def pipes(tmp_path_factory):
         pipe = model.get_decoder_pipeline()
         with torch.no_grad():  # zero-initialised output layers (adaLN-Zero) would make every prediction 0
             for parameter in pipe.denoiser.parameters():
-                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.02)
+                parameter.add_(
+                    torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.02
+                )
         folder = tmp_path_factory.mktemp(family)
         pipe.save_pretrained(folder)
         out[family] = DiffusionPipeline.from_pretrained(folder)
@@ -81,7 +83,9 @@ class DenoiserCalls:
 
     def __init__(self, pipe):
         self.batch_sizes = []
-        self.handle = pipe.denoiser.register_forward_hook(lambda module, args, output: self.batch_sizes.append(len(args[0])))
+        self.handle = pipe.denoiser.register_forward_hook(
+            lambda module, args, output: self.batch_sizes.append(len(args[0]))
+        )
 
     def __enter__(self):
         return self
@@ -110,7 +114,9 @@ def test_num_images_per_prompt_multiplies_the_batch_with_reproducible_noise(pipe
     first = _run(pipe, images=images, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
     again = _run(pipe, images=images, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
     assert first.shape[0] == 4 and torch.equal(first, again)
-    assert not torch.allclose(first[0], first[1], atol=1e-3)  # two samples of the first image: different noise
+    assert not torch.allclose(
+        first[0], first[1], atol=1e-3
+    )  # two samples of the first image: different noise
     # one generator per output image: equal seeds give equal samples of the same image
     generators = [torch.Generator().manual_seed(seed) for seed in (7, 7, 8, 8)]
     per_image = _run(pipe, images=images, num_images_per_prompt=2, generator=generators)
@@ -126,14 +132,18 @@ def test_latent_output_is_what_the_images_are_decoded_from(pipes, family):
     assert latents.shape == (2, pipe.denoiser.config.in_channels, native, native)
     kwargs["generator"].manual_seed(0)
     images = _run(pipe, height=native, width=native, **kwargs)
-    torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))  # pixel space: the latents are the image
+    torch.testing.assert_close(
+        images, (latents / 2 + 0.5).clamp(0, 1)
+    )  # pixel space: the latents are the image
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_latent_space_decoder_decodes_through_the_vae(pipes, family, tmp_path):
     pipe = pipes[family]
     torch.manual_seed(0)
-    channels = pipe.denoiser.config.in_channels  # a one-stage tiny autoencoder: same size, its own latent space
+    channels = (
+        pipe.denoiser.config.in_channels
+    )  # a one-stage tiny autoencoder: same size, its own latent space
     vae = AutoencoderTiny(
         encoder_block_out_channels=(8,), decoder_block_out_channels=(8,), num_encoder_blocks=(1,),
         num_decoder_blocks=(1,), latent_channels=channels, scaling_factor=0.5, shift_factor=0.1,
@@ -150,7 +160,9 @@ def test_latent_space_decoder_decodes_through_the_vae(pipes, family, tmp_path):
     reloaded = DiffusionPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     assert isinstance(reloaded.vae, AutoencoderTiny)
-    assert torch.equal(_run(reloaded, height=native, width=native, generator=torch.Generator().manual_seed(0)), images)
+    assert torch.equal(
+        _run(reloaded, height=native, width=native, generator=torch.Generator().manual_seed(0)), images
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -185,7 +197,9 @@ SWAPS = {
     "transformer": [
         FlowMatchHeunDiscreteScheduler.from_config,
         lambda config: FlowMatchEulerDiscreteScheduler.from_config(config, shift=3.0),
-        lambda config: DPMSolverMultistepScheduler.from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction"),
+        lambda config: DPMSolverMultistepScheduler.from_config(
+            config, use_flow_sigmas=True, prediction_type="flow_prediction"
+        ),
     ],
 }
 
@@ -227,7 +241,9 @@ def test_images_come_back_at_the_tokenizer_resolution(pipes, family):
     assert at_native.shape[-2:] == (native, native)
     assert _run(pipe, height=48, width=40, output_type="np").shape == (1, 48, 40, 3)
     if native != size:  # the resize is antialiased bicubic of the native decoding
-        resized = torch.nn.functional.interpolate(at_native * 2 - 1, size=(size, size), mode="bicubic", antialias=True)
+        resized = torch.nn.functional.interpolate(
+            at_native * 2 - 1, size=(size, size), mode="bicubic", antialias=True
+        )
         expected = _run(pipe, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(expected, (resized / 2 + 0.5).clamp(0, 1))
 
@@ -256,9 +272,21 @@ def test_bad_arguments_name_themselves(pipes, family):
          ValueError, "attention_mask"),
     ]  # fmt: skip
     if not pipe.variable_token_count:
-        cases.append(({"attention_mask": torch.ones(1, 4)}, ValueError, "`attention_mask` goes with `token_embeddings`"))
+        cases.append(
+            (
+                {"attention_mask": torch.ones(1, 4)},
+                ValueError,
+                "`attention_mask` goes with `token_embeddings`",
+            )
+        )
     else:
-        cases.append(({"images": None, "token_ids": torch.zeros(1, 4, dtype=torch.long)}, TypeError, "continuous tokens"))
+        cases.append(
+            (
+                {"images": None, "token_ids": torch.zeros(1, 4, dtype=torch.long)},
+                TypeError,
+                "continuous tokens",
+            )
+        )
     for kwargs, error, message in cases:
         kwargs = {"images": [image], "num_inference_steps": 1, **kwargs}
         with pytest.raises(error, match=message):

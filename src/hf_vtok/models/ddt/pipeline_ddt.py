@@ -1,10 +1,5 @@
-"""``DDTDecoderPipeline``: DDT tokens → image with the prefix-masked MMDiT and flow-matching steps.
-
-At every step with noise level ``t`` the decoder sees only the first ``k(t)`` tokens (recomputed at each
-step; ``min(k(t), max_tokens)`` for prefix decoding). Classifier-free guidance contrasts the prediction
-with the null condition used by training-time condition dropout (no visible token). The sampling loop is
-:class:`VisualTokenDecoderPipeline`'s; the scheduler may be any flow-matching one (velocity prediction).
-"""
+"""DDT decoder pipeline: tokens → prefix-masked MMDiT with flow matching; the loop is
+:class:`VisualTokenDecoderPipeline`'s."""
 
 from __future__ import annotations
 
@@ -20,12 +15,12 @@ from .image_processing_ddt import DDTImageProcessor
 
 
 class DDTDecoderPipeline(VisualTokenDecoderPipeline):
-    """Reconstruct images or render DDT token ids.
+    """Reconstruct images or render DDT token ids. At noise level ``t`` the decoder sees only the first ``k(t)``
+    tokens (``min(k(t), max_tokens)`` for prefix decoding); guidance contrasts the null condition of training-time
+    condition dropout (no visible token).
 
-    Components: ``tokenizer`` (:class:`DDTTokenizerModel`, optional when only ``token_embeddings`` are decoded),
-    ``conditioner`` (:class:`DDTTokenConditioner`), ``transformer`` (:class:`DDTDecoderTransformer`), ``scheduler``
-    (``FlowMatchEulerDiscreteScheduler`` or another flow-matching scheduler) and ``vae`` (``None`` for a
-    pixel-space decoder such as the tiny preset).
+    Components: ``tokenizer`` (:class:`DDTTokenizerModel`, optional), ``conditioner`` (:class:`DDTTokenConditioner`),
+    ``transformer`` (:class:`DDTDecoderTransformer`), ``scheduler`` (flow matching, velocity prediction), ``vae``.
 
     Examples:
         >>> pipe = model.get_decoder_pipeline()                      # from a DDTTokenizerForPreTraining
@@ -64,12 +59,12 @@ class DDTDecoderPipeline(VisualTokenDecoderPipeline):
     def prepare_condition(self, token_embeddings, attention_mask, max_tokens=None):
         limits = attention_mask.sum(dim=1)  # the prefix length of every image
         if max_tokens is not None:
-            batch = len(limits)
-            if isinstance(max_tokens, torch.Tensor):
-                max_tokens = max_tokens.tolist()
-            if isinstance(max_tokens, (list, tuple)) and len(max_tokens) != batch:
-                raise ValueError(f"`max_tokens` must be an int or {batch} ints (one per image), got {describe(max_tokens)}.")
-            values = max_tokens if isinstance(max_tokens, (list, tuple)) else [max_tokens] * batch
+            values = max_tokens.tolist() if isinstance(max_tokens, torch.Tensor) else max_tokens
+            values = list(values) if isinstance(values, (list, tuple)) else [values] * len(limits)
+            if len(values) != len(limits):
+                raise ValueError(
+                    f"`max_tokens` must be an int or {len(limits)} ints (one per image), got {describe(max_tokens)}."
+                )
             values = [check_int("max_tokens", value, minimum=1, maximum=self.num_tokens) for value in values]
             limits = torch.minimum(limits, torch.tensor(values, device=limits.device))
         return {"token_embeddings": token_embeddings.to(self.transformer.dtype), "max_tokens": limits}

@@ -1,10 +1,5 @@
-"""SeTok image decoder as a diffusers pipeline: a variable number of tokens → feature mapper → UNet (→ VAE) → image.
-
-``pipe(images=...)`` tokenizes and reconstructs; ``pipe(token_embeddings=..., attention_mask=...)`` renders tokens
-that came from elsewhere (e.g. an MLLM's regressed visual embeddings). The sampling loop is
-:class:`VisualTokenDecoderPipeline`'s; classifier-free guidance mixes in the prediction for the feature mapper's
-learned null condition (what training substitutes with probability ``condition_dropout``).
-"""
+"""SeTok decoder pipeline: a variable number of tokens → feature mapper → UNet; the loop is
+:class:`VisualTokenDecoderPipeline`'s."""
 
 from __future__ import annotations
 
@@ -17,14 +12,12 @@ from .image_processing_setok import SeTokImageProcessor
 
 
 class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
-    r"""Decode SeTok tokens to images.
+    r"""Reconstruct images or render SeTok tokens, e.g. an MLLM's regressed embeddings
+    (``pipe(token_embeddings=..., attention_mask=...)``).
 
-    Components:
-        tokenizer ([`SeTokModel`], *optional*): needed for ``images=`` / ``pixel_values=`` inputs.
-        feature_mapper ([`SeTokFeatureMapper`]): tokens → UNet context (and the null context for guidance).
-        unet ([`UNet2DConditionModel`]): ε- (or v-) prediction network.
-        scheduler: any matching diffusers scheduler (DDIM from ``SeTokForPreTraining.get_decoder_pipeline``).
-        vae (*optional*): latent decoder; ``None`` = the UNet works in pixel space.
+    Components: ``tokenizer`` ([`SeTokModel`], optional), ``feature_mapper`` ([`SeTokFeatureMapper`]: tokens → UNet
+    context, and the learned null context that training substitutes with probability ``condition_dropout``),
+    ``unet``, ``scheduler`` (DDIM from ``get_decoder_pipeline``), ``vae`` (optional).
     """
 
     model_cpu_offload_seq = "tokenizer->feature_mapper->unet->vae"

@@ -1,8 +1,4 @@
-"""Decoder pipeline of the Slot Q-Former: slots → unCLIP-style UNet (local slots by cross-attention, a global
-embedding added to the timestep embedding). The sampling loop is :class:`VisualTokenDecoderPipeline`'s;
-classifier-free guidance uses the conditioner's learned null condition (the one substituted by training-time
-condition dropout).
-"""
+"""Slot Q-Former decoder pipeline: slots → unCLIP-style UNet; the loop is :class:`VisualTokenDecoderPipeline`'s."""
 
 from __future__ import annotations
 
@@ -11,6 +7,7 @@ from typing import ClassVar
 import torch
 from diffusers import DiffusionPipeline  # noqa: F401  (diffusers' loader finds a nested pipeline's base class here)
 
+from ...utils.modeling_utils import VisualTokens
 from ...utils.pipeline_utils import VisualTokenDecoderPipeline
 from .image_processing_slot_qformer import SlotQFormerImageProcessorPil
 
@@ -18,13 +15,11 @@ from .image_processing_slot_qformer import SlotQFormerImageProcessorPil
 class SlotQFormerDecoderPipeline(VisualTokenDecoderPipeline):
     """Reconstruct images or render Slot Q-Former ids / slot embeddings.
 
-    Components:
-        tokenizer (`SlotQFormerModel`, *optional*): images → ids, ids → rebuilt slot embeddings.
-        conditioner (`SlotQFormerDecoderConditioner`): slots → local / global conditions.
-        unet (`UNet2DConditionModel` with ``class_embed_type="projection"``).
-        scheduler: any ε- / sample-prediction diffusers scheduler (``SlotQFormerForPreTraining.get_decoder_pipeline``
-            picks clipped DDIM in pixel space, DPM-Solver multistep in latent space).
-        vae (*optional*): ``None`` for a pixel-space decoder.
+    Components: ``tokenizer`` (`SlotQFormerModel`, optional), ``conditioner`` (`SlotQFormerDecoderConditioner`: slots →
+    local slots for cross-attention and a global embedding added to the timestep embedding), ``unet``
+    (`UNet2DConditionModel`, ``class_embed_type="projection"``), ``scheduler`` (ε / sample prediction;
+    ``get_decoder_pipeline`` picks clipped DDIM in pixel space, DPM-Solver in latent space), ``vae`` (optional).
+    Guidance uses the conditioner's learned null condition (what training-time condition dropout substitutes).
     """
 
     model_cpu_offload_seq = "tokenizer->conditioner->unet->vae"
@@ -39,14 +34,14 @@ class SlotQFormerDecoderPipeline(VisualTokenDecoderPipeline):
         through the discrete ids (default, what an LLM sees) or from the continuous stage-1 slot embeddings."""
         return super().__call__(*args, encode_kwargs={"quantize": bool(quantize)}, **kwargs)
 
-    def encode_pixels(self, images, pixel_values, quantize: bool = True):
+    def encode_images(self, images=None, pixel_values=None, quantize: bool = True) -> VisualTokens:
         if quantize:
-            return super().encode_pixels(images, pixel_values)
+            return super().encode_images(images, pixel_values)
         if images is not None:
             pixel_values = self.tokenizer_image_processor(images, return_tensors="pt")["pixel_values"]
         pixel_values = self.tokenizer._check_pixel_values(pixel_values).to(self._execution_device, self.tokenizer.dtype)
         slots = self.tokenizer.encode_slots(pixel_values, sample_slots=False).slot_embeddings
-        return slots, torch.ones(slots.shape[:2], dtype=torch.long)
+        return VisualTokens(embeddings=slots, attention_mask=torch.ones(slots.shape[:2], dtype=torch.long))
 
     @property
     def token_embeddings_shape(self) -> tuple[int, int]:
