@@ -167,7 +167,7 @@ def test_evaluate_tokenizer_with_perceptual_and_clip_at_the_decoder_resolution(f
     for key in ("psnr", "ssim", "perceptual", "clip_i", "clip_t", "fg_ari", "miou"):
         assert key in summary and np.isfinite(summary[key]), key
     assert len(result.psnr) == len(result.clip_t) == len(shapes)
-    assert result.reconstructions[0].shape == (32, 32, 3)
+    assert result.reconstructions[0].shape == (64, 64, 3)  # the decoder returns the input resolution
 
 
 # ------------------------------------------------------------------------------------------ token analyses

@@ -47,7 +47,8 @@ def test_pipeline_round_trip(tmp_path, pipe):
     reloaded.set_progress_bar_config(disable=True)
     assert reloaded.vae is None and type(reloaded.tokenizer).__name__ == "SeTokModel"
     after = _generate(reloaded, pixel_values=pixel_values)
-    assert before.shape == (2, 3, 32, 32) and float(before.min()) >= 0 and float(before.max()) <= 1
+    # the 32 px decoder output is resized to the 64 px the tokenizer sees
+    assert before.shape == (2, 3, 64, 64) and float(before.min()) >= 0 and float(before.max()) <= 1
     assert torch.equal(before, after)
 
 
@@ -72,16 +73,16 @@ def test_latent_pipeline_with_vae_round_trip(tmp_path):
     pipeline.save_pretrained(tmp_path)
     reloaded = SeTokDecoderPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
-    assert before.shape == (2, 3, 32, 32)
+    assert before.shape == (2, 3, 64, 64)
     assert torch.equal(before, _generate(reloaded, token_embeddings=tokens))
 
 
 def test_images_input_and_output_types(pipe):
     images = [Image.fromarray(np.full((80, 64, 3), 40 * i, dtype=np.uint8)) for i in range(2)]
     pil = pipe(images=images, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)).images
-    assert len(pil) == 2 and all(isinstance(image, Image.Image) and image.size == (32, 32) for image in pil)
+    assert len(pil) == 2 and all(isinstance(image, Image.Image) and image.size == (64, 64) for image in pil)
     array = _generate(pipe, images=images[0], output_type="np")
-    assert array.shape == (1, 32, 32, 3) and array.dtype == np.float32
+    assert array.shape == (1, 64, 64, 3) and array.dtype == np.float32
     tensor = _generate(pipe, images=images[0])
     np.testing.assert_allclose(tensor.permute(0, 2, 3, 1).numpy(), array, atol=1e-6)
 
@@ -93,16 +94,26 @@ def test_token_embeddings_input_and_seeded_generation(pipe):
     second = _generate(pipe, token_embeddings=tokens, attention_mask=mask)
     assert torch.equal(first, second)
     single = _generate(pipe, token_embeddings=tokens[1])  # [T, D] is one image
-    assert single.shape == (1, 3, 32, 32)
+    assert single.shape == (1, 3, 64, 64)
 
 
 def test_classifier_free_guidance_uses_the_null_condition(pipe):
-    a, b = torch.randn(1, 4, 32), torch.randn(1, 4, 32)
-    # guidance 0 keeps only the unconditional branch: the tokens no longer matter
+    a = torch.randn(1, 4, 32)
+    # guidance is on when guidance_scale > 1 (diffusers' rule): at or below 1 the conditional prediction alone
     assert torch.equal(_generate(pipe, token_embeddings=a, guidance_scale=0.0),
-                       _generate(pipe, token_embeddings=b, guidance_scale=0.0))
-    assert not torch.equal(_generate(pipe, token_embeddings=a, guidance_scale=1.0),
-                           _generate(pipe, token_embeddings=a, guidance_scale=3.0))
+                       _generate(pipe, token_embeddings=a, guidance_scale=1.0))
+    unguided, guided = (_generate(pipe, token_embeddings=a, guidance_scale=scale) for scale in (1.0, 3.0))
+    assert not torch.equal(unguided, guided)
+    null = pipe.feature_mapper.null_condition
+    original = null.detach().clone()
+    with torch.no_grad():
+        null.add_(torch.randn(null.shape, generator=torch.Generator().manual_seed(1)))
+    try:  # the guided image moves with the null condition; the unguided one does not
+        assert not torch.equal(_generate(pipe, token_embeddings=a, guidance_scale=3.0), guided)
+        assert torch.equal(_generate(pipe, token_embeddings=a, guidance_scale=1.0), unguided)
+    finally:
+        with torch.no_grad():
+            null.copy_(original)
 
 
 def test_feature_mapper_honours_the_attention_mask():
@@ -137,7 +148,7 @@ def test_feature_mapper_honours_the_attention_mask():
         ({"token_embeddings": torch.randn(1, 3, 32), "attention_mask": torch.ones(1, 4)}, ValueError,
          "attention_mask"),
         ({"token_embeddings": torch.randn(1, 3, 32), "attention_mask": [1, 1, 1]}, TypeError, "attention_mask"),
-        ({"token_embeddings": torch.randn(1, 3, 32), "output_type": "latent"}, ValueError, "output_type"),
+        ({"token_embeddings": torch.randn(1, 3, 32), "output_type": "jpeg"}, ValueError, "output_type"),
         ({"token_embeddings": torch.randn(1, 3, 32), "num_inference_steps": 0}, ValueError, "num_inference_steps"),
         ({"token_embeddings": torch.randn(1, 3, 32), "guidance_scale": -1.0}, ValueError, "guidance_scale"),
         ({"pixel_values": torch.randn(1, 3, 32, 32)}, ValueError, "pixel_values"),
@@ -153,6 +164,7 @@ def test_pipeline_without_tokenizer_renders_tokens_only(model):
     pipeline = SeTokDecoderPipeline(tokenizer=None, feature_mapper=model.feature_mapper, unet=model.unet,
                                     scheduler=model.get_decoder_pipeline().scheduler)
     pipeline.set_progress_bar_config(disable=True)
+    # no tokenizer, no input resolution to return to: the decoder's own 32 px
     assert _generate(pipeline, token_embeddings=torch.randn(1, 2, 32)).shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match="tokenizer"):
         pipeline(pixel_values=torch.randn(1, 3, 64, 64))

@@ -484,8 +484,9 @@ def test_pipeline_uses_the_training_modules_and_round_trips(trained, data, tmp_p
     # pixel space: DDIM with the predicted image clipped (an unclipped sampler diverges under the cosine schedule)
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.clip_sample and pipe.vae is None
     pixel_values = data["pixel_values"][:2]
-    from_images = _decode(pipe, images=pixel_values)
-    assert from_images.shape == (2, 3, 32, 32) and 0 <= from_images.min() and from_images.max() <= 1
+    from_images = _decode(pipe, pixel_values=pixel_values)
+    # the 32 px decoder output is resized to the 64 px the tokenizer sees
+    assert from_images.shape == (2, 3, 64, 64) and 0 <= from_images.min() and from_images.max() <= 1
     with torch.no_grad():
         ids = trained.tokenizer.encode(pixel_values).ids
     from_ids = _decode(pipe, token_ids=ids)
@@ -494,7 +495,7 @@ def test_pipeline_uses_the_training_modules_and_round_trips(trained, data, tmp_p
     reloaded = SlotQFormerDecoderPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     assert isinstance(reloaded.tokenizer, SlotQFormerModel) and reloaded.vae is None
-    assert torch.equal(_decode(reloaded, images=pixel_values), from_images)
+    assert torch.equal(_decode(reloaded, pixel_values=pixel_values), from_images)
     assert torch.equal(_decode(reloaded, token_ids=ids), from_ids)
 
 
@@ -502,13 +503,13 @@ def test_pipeline_inputs_outputs_and_guidance(trained, data):
     pipe = trained.get_decoder_pipeline()
     pipe.set_progress_bar_config(disable=True)
     pil = pipe(images=data["images"][:2], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
-    assert len(pil) == 2 and pil[0].size == (32, 32)
+    assert len(pil) == 2 and pil[0].size == (64, 64)
     array = _decode(pipe, images=data["images"][:2], num_inference_steps=2, output_type="np")
-    assert array.shape == (2, 32, 32, 3) and array.dtype == np.float32
+    assert array.shape == (2, 64, 64, 3) and array.dtype == np.float32
     with torch.no_grad():
         slots = trained.tokenizer.encode_slots(data["pixel_values"][:2], sample_slots=False).slot_embeddings
     continuous = _decode(pipe, token_embeddings=slots)
-    assert torch.equal(continuous, _decode(pipe, images=data["pixel_values"][:2], quantize=False))
+    assert torch.equal(continuous, _decode(pipe, pixel_values=data["pixel_values"][:2], quantize=False))
     assert not torch.equal(_decode(pipe, token_embeddings=slots, guidance_scale=1.0), _decode(pipe, token_embeddings=slots, guidance_scale=4.0))
     generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
     assert pipe(token_embeddings=slots, num_inference_steps=2, generator=generators, output_type="pt").images.shape[0] == 2
@@ -537,12 +538,12 @@ def test_pipeline_bad_inputs_name_the_argument(trained, data):
         pipe(token_ids=ids, guidance_scale=-1.0)
     with pytest.raises(ValueError, match="generator"):
         pipe(token_ids=ids, generator=[torch.Generator(), torch.Generator()])
-    with pytest.raises(ValueError, match="images"):
-        pipe(images=torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="pixel_values"):
+        pipe(pixel_values=torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match="images"):
         pipe(images=[])
     with pytest.raises(ValueError, match="pixel_values"):
-        pipe(images=torch.zeros(1, 3, 48, 48))
+        pipe(pixel_values=torch.zeros(1, 3, 48, 48))
 
 
 # ---------------------------------------------------------------------------------------- distributed ITC

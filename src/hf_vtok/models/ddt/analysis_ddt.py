@@ -100,9 +100,8 @@ def prefix_decoding_strip(
     names = [f"n={n}" for n in prefix_lengths]
     shown = list(tiles)
     if include_original and not isinstance(image_or_ids, (torch.Tensor, list, tuple)):
-        original = pipe.get_image_processor()(image_or_ids, return_tensors="pt")["pixel_values"]
-        original = pipe._denormalize(original)[0].permute(1, 2, 0).numpy()
-        shown.insert(0, PIL.Image.fromarray((original * 255).round().astype("uint8")))
+        original = pipe.tokenizer_image_processor(image_or_ids, return_tensors="pt")["pixel_values"]
+        shown.insert(0, pipe.image_processor.postprocess(original, output_type="pil")[0])
         names.insert(0, "input")
     strip = _strip(shown, names if labels else None)
     return (strip, tiles) if return_images else strip

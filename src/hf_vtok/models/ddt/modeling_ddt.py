@@ -352,8 +352,9 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             vae.requires_grad_(False)
         self._vae = vae
 
-    def get_decoder_pipeline(self, vae=None, scheduler=None):
-        """A :class:`DDTDecoderPipeline` sharing this model's tokenizer, conditioner and transformer."""
+    def get_decoder_pipeline(self, *, scheduler=None, vae=None):
+        """A :class:`DDTDecoderPipeline` sharing this model's tokenizer, conditioner and transformer; ``scheduler``
+        defaults to flow-matching Euler with the configured shift, ``vae`` to the one given to :meth:`attach_vae`."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from .pipeline_ddt import DDTDecoderPipeline

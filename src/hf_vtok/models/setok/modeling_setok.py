@@ -541,16 +541,17 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         """Save only the tokenizer (``SeTokModel``), loadable with ``AutoModel.from_pretrained``."""
         self.tokenizer.save_pretrained(save_directory, **kwargs)
 
-    def get_decoder_pipeline(self):
-        """The :class:`SeTokDecoderPipeline` made of this model's own modules (DDIM sampling, same schedule)."""
+    def get_decoder_pipeline(self, *, scheduler=None, vae=None):
+        """The :class:`SeTokDecoderPipeline` made of this model's own modules; ``scheduler`` defaults to DDIM with the
+        training noise schedule, ``vae`` to this model's."""
         from .pipeline_setok import SeTokDecoderPipeline
 
         return SeTokDecoderPipeline(
             tokenizer=self.tokenizer,
             feature_mapper=self.feature_mapper,
             unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            vae=self.vae,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config) if scheduler is None else scheduler,
+            vae=self.vae if vae is None else vae,
         )
 
     def _diffusion_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -975,24 +975,26 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ export / init
-    def get_decoder_pipeline(self, scheduler=None):
+    def get_decoder_pipeline(self, *, scheduler=None, vae=None):
         """The decoder as a :class:`SlotQFormerDecoderPipeline` built from THIS model's modules.
 
-        ``scheduler`` defaults to DPM-Solver (multistep) with the training noise schedule, as in the
-        paper, for a latent-space decoder. A pixel-space decoder (no VAE, the tiny preset) samples with
-        DDIM and clips the predicted image to [-1, 1]: with the cosine schedule ᾱ(999) ≈ 2e-9, so an
-        unclipped ε-prediction sampler amplifies the model's error at the first steps without bound.
+        ``vae`` defaults to this model's (``None`` for a pixel-space decoder). ``scheduler`` defaults to
+        DPM-Solver (multistep) with the training noise schedule, as in the paper, for a latent-space decoder. A
+        pixel-space decoder (no VAE, the tiny preset) samples with DDIM and clips the predicted image to [-1, 1]:
+        with the cosine schedule ᾱ(999) ≈ 2e-9, so an unclipped ε-prediction sampler amplifies the model's error
+        at the first steps without bound.
         """
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
         from .pipeline_slot_qformer import SlotQFormerDecoderPipeline
 
-        if scheduler is None and self.vae is None:
+        vae = self.vae if vae is None else vae
+        if scheduler is None and vae is None:
             scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=True, clip_sample_range=1.0)
         elif scheduler is None:
             scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
         return SlotQFormerDecoderPipeline(
-            tokenizer=self.tokenizer, conditioner=self.conditioner, unet=self.unet, scheduler=scheduler, vae=self.vae
+            tokenizer=self.tokenizer, conditioner=self.conditioner, unet=self.unet, scheduler=scheduler, vae=vae
         )
 
     @classmethod
