@@ -365,6 +365,27 @@ def _left_pad_concat(first: dict, second: dict) -> dict:
     return {key: torch.cat([pad(first[key]), pad(second[key])]) for key in ("inputs_embeds", "attention_mask")}
 
 
+def _draw_visual_ids(model, cond: dict, uncond: dict | None, config: GenerationConfig, seed: int | None,
+                     visual_rows_only: bool, bar) -> VisualGenerationOutput:
+    """One ``model.generate`` call (seeded when ``seed`` is given) → the N visual ids of every prompt."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None), model.visual_rows_head(visual_rows_only):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(
+            **cond,
+            negative_prompt_ids=None if uncond is None else uncond["input_ids"],
+            negative_prompt_attention_mask=None if uncond is None else uncond["attention_mask"],
+            generation_config=config,
+            logits_processor=LogitsProcessorList([VisualWindowLogitsProcessor.from_config(model.config)]),
+            streamer=None if bar is None else _ProgressStreamer(bar),
+        )
+    start, end = model.visual_window
+    ids = out.sequences[:, cond["input_ids"].shape[1] :][:, : model.config.num_visual_tokens] - start
+    scores = tuple(step[:, start:end] for step in out.scores[:-1]) if config.output_scores else None
+    return VisualGenerationOutput(ids=ids, attention_mask=torch.ones_like(ids), logits=scores)
+
+
 @torch.no_grad()
 def generate_images(
     model,
@@ -472,24 +493,9 @@ def generate_images(
                 uncond = _prompt_batch(model, processor, [r[1] for r in chunk], [r[2] if token in r[1] else [] for r in chunk], use_chat_template)
             token_progress = progress if len(chunks) == 1 else False
             if discrete:
-                token_bar = _progress(config.max_new_tokens, token_progress, "visual tokens")
-                devices = [model.device] if model.device.type == "cuda" else []
                 chunk_seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-                with torch.random.fork_rng(devices=devices, enabled=chunk_seed is not None), model.visual_rows_head(visual_logits_only):
-                    if chunk_seed is not None:
-                        torch.manual_seed(chunk_seed)
-                    out = model.generate(
-                        **cond,
-                        negative_prompt_ids=None if uncond is None else uncond["input_ids"],
-                        negative_prompt_attention_mask=None if uncond is None else uncond["attention_mask"],
-                        generation_config=config,
-                        logits_processor=LogitsProcessorList([VisualWindowLogitsProcessor.from_config(model.config)]),
-                        streamer=None if token_bar is None else _ProgressStreamer(token_bar),
-                    )
-                start, end = model.visual_window
-                ids = out.sequences[:, cond["input_ids"].shape[1] :][:, : model.config.num_visual_tokens] - start
-                scores = tuple(s[:, start:end] for s in out.scores[:-1]) if output_logits else None
-                results.append(VisualGenerationOutput(ids=ids, attention_mask=torch.ones_like(ids), logits=scores))
+                bar_ = _progress(config.max_new_tokens, token_progress, "visual tokens")
+                results.append(_draw_visual_ids(model, cond, uncond, config, chunk_seed, visual_logits_only, bar_))
             else:
                 batch = cond if uncond is None else _left_pad_concat(cond, uncond)
                 results.append(generate_visual_embeddings(model, batch["inputs_embeds"], batch["attention_mask"], guidance_scale=guidance_scale,

@@ -525,12 +525,8 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            logits = self.compute_logits(hidden[:, -logits_to_keep:])
-        elif labels is None and isinstance(logits_to_keep, torch.Tensor):
-            logits = self.compute_logits(hidden[:, logits_to_keep])
-        else:
-            logits = self.compute_logits(hidden)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0 keeps all
+        logits = self.compute_logits(hidden[:, keep])
 
         loss = text_loss = regression_loss = None
         if labels is not None:
