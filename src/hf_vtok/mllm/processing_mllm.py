@@ -521,6 +521,7 @@ class VTokMLLMProcessor(ProcessorMixin):
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("`tokenizer` has neither a pad nor an end-of-sequence token to pad with.")
+
         def pad(values: list, fill: int) -> list:
             gap = [fill] * ((length - len(values)) if padding else 0)
             return gap + values if side == "left" else values + gap
@@ -532,16 +533,11 @@ class VTokMLLMProcessor(ProcessorMixin):
         if return_labels:  # padding never contributes, whatever pad id the tokenizer uses
             data["labels"] = [pad(labels, -100) for labels in label_rows]
         if flat_images:
-            pixel_values = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
-            data["pixel_values"] = pixel_values
-        if not self.is_discrete and flat_images:
-            data["num_image_tokens"] = list(counts)
+            data["pixel_values"] = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
+            if not self.is_discrete:
+                data["num_image_tokens"] = list(counts)
         if return_tensors == "pt":
-            for key in ("input_ids", "attention_mask", "labels"):
-                if key in data:
-                    data[key] = torch.tensor(data[key], dtype=torch.long)
-            if "num_image_tokens" in data:
-                data["num_image_tokens"] = torch.tensor(data["num_image_tokens"], dtype=torch.long)
+            data.update({key: torch.tensor(value, dtype=torch.long) for key, value in data.items() if key != "pixel_values"})
         elif return_tensors is not None:
             raise ValueError(f"`return_tensors` must be 'pt' or None, got {return_tensors!r}.")
         elif single and completions is None:

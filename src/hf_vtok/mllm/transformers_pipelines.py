@@ -25,6 +25,7 @@ from ..utils.validation import describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
 
+
 def _find_decoder(model) -> str | None:
     root = getattr(model, "name_or_path", None)
     if not root or not os.path.isdir(root):
