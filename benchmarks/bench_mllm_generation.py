@@ -1,10 +1,10 @@
 """Image generation speed of the MLLM: logits for the visual rows only vs the full LM head.
 
-During image generation every step only needs the scores of the K visual ids, so
-``VTokMLLMForConditionalGeneration.visual_logits`` multiplies the last hidden state by
-``lm_head.weight[offset:offset+K]`` instead of the whole ``[V, H]`` head (text + visual + special rows); the
-reference path computes the full logits and applies ``VisualWindowLogitsProcessor``. Both paths draw the same
-ids from the same seed (checked below).
+During image generation every step only needs the scores of the K visual ids (and ``<eoi>``), so inside
+``VTokMLLMForConditionalGeneration.visual_rows_head()`` the LM head multiplies the last hidden state by those rows
+of ``lm_head.weight`` instead of the whole ``[V, H]`` head (text + visual + special rows). Both paths run the same
+``model.generate`` call (``image_generation_config`` + ``VisualWindowLogitsProcessor``, transformers' classifier-free
+guidance with a negative prompt) from the same seed; the ids are compared below.
 
 Two vocabulary layouts from the papers, with a small random LM body (the head dominates, as it does for
 real LMs whose hidden size grows with the vocabulary):
@@ -12,10 +12,10 @@ real LMs whose hidden size grows with the vocabulary):
 * ``slot_mllm``: Vicuna's 32,000 text tokens + 8,192 codes, 128 visual tokens per image (32 slots x 4 depths).
 * ``ddt_llama``: LLaMA-3's 128,256 text tokens + 65,536 codes, 480 visual tokens per image.
 
-Each case: one run per path (after one short warm-up), classifier-free guidance on (the batch is doubled),
-tokens/s = images x visual tokens / seconds.
+Each case: one run per path, same model, same prompts, classifier-free guidance on (a second, unconditional
+forward per step), tokens/s = images x visual tokens / seconds.
 
-    python benchmarks/bench_mllm_generation.py [--threads N] [--hidden 512] [--layers 2] [--batch 4]
+    python benchmarks/bench_mllm_generation.py [--threads N] [--hidden 512] [--layers 2] [--batch 2]
 """
 
 from __future__ import annotations
@@ -70,23 +70,24 @@ def prompts(model, batch: int, length: int = 16, seed: int = 0):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def run(model, batch: int, visual_logits_only: bool, guidance_scale: float):
-    from hf_vtok.mllm import generate_visual_ids
+def run(model, batch: int, visual_rows_only: bool, guidance_scale: float):
+    from transformers import LogitsProcessorList
+
+    from hf_vtok.mllm import VisualWindowLogitsProcessor, image_generation_config
 
     cond, uncond = prompts(model, batch, seed=0), prompts(model, batch, seed=1)
-    generator = torch.Generator().manual_seed(0)
+    config = image_generation_config(model.config, guidance_scale=guidance_scale, top_k=4096, top_p=0.9, pad_token_id=0)
+    torch.manual_seed(0)
     start = time.perf_counter()
-    out = generate_visual_ids(
-        model,
-        cond,
-        uncond,
-        guidance_scale=guidance_scale,
-        top_k=4096,
-        top_p=0.9,
-        generator=generator,
-        visual_logits_only=visual_logits_only,
-    )
-    return out.ids, time.perf_counter() - start
+    with torch.no_grad(), model.visual_rows_head(visual_rows_only):
+        sequences = model.generate(
+            **cond,
+            negative_prompt_ids=uncond["input_ids"],
+            negative_prompt_attention_mask=uncond["attention_mask"],
+            generation_config=config,
+            logits_processor=LogitsProcessorList([VisualWindowLogitsProcessor.from_config(model.config)]),
+        )
+    return sequences[:, cond["input_ids"].shape[1] :], time.perf_counter() - start
 
 
 def main() -> None:
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--guidance-scale", type=float, default=8.0)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     args = parser.parse_args()

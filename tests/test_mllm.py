@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
+    DynamicCache,
     GemmaConfig,
     GemmaForCausalLM,
     GPT2Config,
@@ -47,10 +48,8 @@ from hf_vtok.mllm import (
     VTokMLLMProcessor,
     VTokTextToImagePipeline,
     add_visual_tokens,
-    classifier_free_guidance,
     code_token,
-    generate_visual_ids,
-    sample_from_logits,
+    image_generation_config,
 )
 from hf_vtok.mllm.generation import build_generation_inputs
 from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
@@ -289,10 +288,8 @@ def test_model_and_config_round_trip_through_auto_classes(ddt_mllm, shapes, tmp_
 
 # ----------------------------------------------------------------------------------------------------- generation
 def test_the_key_value_cache_reaches_the_language_model(ddt_mllm, shapes):
-    """Incremental decoding through the cache (``generate`` and the image sampler's prefill/step) gives the logits
+    """Incremental decoding through the cache (``generate`` and a prefill + one step by hand) gives the logits
     of a full forward pass; the cache name changed in transformers 5.24 (``past_key_values`` -> ``cache``)."""
-    from hf_vtok.mllm.generation import _prefill, _step
-
     model, processor = ddt_mllm
     model.eval()
     batch = processor(images=[shapes[0]["image"]], text=["<image> what colour is the circle?"])
@@ -301,10 +298,12 @@ def test_the_key_value_cache_reaches_the_language_model(ddt_mllm, shapes):
         full = model(input_ids=generated, pixel_values=batch["pixel_values"], attention_mask=torch.ones_like(generated))
         prompt_length = batch["input_ids"].shape[1]
         assert torch.equal(generated[0, prompt_length:], full.logits[0, prompt_length - 1 : -1].argmax(-1))
-        _, cache, mask, position = _prefill(model, batch, "cpu")
-        assert cache is not None and cache.get_seq_length() == prompt_length
+        cache = DynamicCache()
+        model.model(**batch, cache=cache, use_cache=True)
+        assert cache.get_seq_length() == prompt_length
         next_id = generated[:, prompt_length : prompt_length + 1]
-        stepped, cache, mask, position = _step(model, cache, mask, position, input_ids=next_id)
+        mask = torch.ones(1, prompt_length + 1, dtype=torch.long)
+        stepped = model.model(input_ids=next_id, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state[:, -1]
         assert cache.get_seq_length() == prompt_length + 1
         torch.testing.assert_close(model.compute_logits(stepped), full.logits[:, prompt_length], rtol=1e-4, atol=1e-4)
         with pytest.raises(ValueError, match="not both"):
@@ -340,42 +339,118 @@ def test_image_generation_yields_exactly_n_valid_ids(ddt_mllm):
     assert len(images) == 1 and images[0].shape == (N,)
 
 
-def test_classifier_free_guidance_and_visual_rows_only_logits(ddt_mllm):
-    model, processor = ddt_mllm
-    cond = build_generation_inputs(processor, ["a red circle", "a blue square"])
-    uncond = build_generation_inputs(processor, ["", ""])
-    kwargs = {"temperature": 0.0, "output_logits": True, "pad_token_id": processor.tokenizer.pad_token_id}
-    plain = generate_visual_ids(model, cond, **kwargs)
-    guided_1 = generate_visual_ids(model, cond, uncond, guidance_scale=1.0, **kwargs)
-    guided_3 = generate_visual_ids(model, cond, uncond, guidance_scale=3.0, **kwargs)
-    null = generate_visual_ids(model, uncond, **kwargs)
-    torch.testing.assert_close(guided_1.logits[0], plain.logits[0])  # g = 1: the conditional logits
-    assert not torch.allclose(guided_3.logits[0], plain.logits[0])  # guidance changes the logits ...
-    torch.testing.assert_close(guided_3.logits[0], null.logits[0] + 3.0 * (plain.logits[0] - null.logits[0]), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(classifier_free_guidance(plain.logits[0], null.logits[0], 0.0), null.logits[0])
-    greedy = plain.logits[0].argmax(-1)
-    assert torch.equal(sample_from_logits(plain.logits[0], top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
-    assert torch.equal(sample_from_logits(plain.logits[0], top_p=1e-6, generator=torch.Generator().manual_seed(0)), greedy)
+@pytest.fixture(scope="module")
+def memorised(ddt_parts):
+    """A tiny MLLM trained until it draws three known id sequences: its greedy continuations are known."""
+    model, processor = _fresh(ddt_parts, seed=4)
+    generator = torch.Generator().manual_seed(0)
+    drawings = {p: torch.randint(0, processor.codebook_size, (processor.num_visual_tokens,), generator=generator)
+                for p in ("a red circle", "a blue square", "")}
+    batch = processor(text=list(drawings), completion=[processor.ids_to_text(ids) for ids in drawings.values()],
+                      use_chat_template=True, padding=True, return_tensors="pt")
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(300):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    return model.eval(), processor, drawings
 
-    # visual-rows-only logits are the full head restricted to the window ...
-    hidden = torch.randn(3, 5, model.config.text_config.hidden_size)
+
+def _guided_by_hand(model, processor, prompt: str, negative: str, guidance_scale: float) -> torch.LongTensor:
+    """Greedy classifier-free guidance from two full forward passes per step (no cache, no logits processor)."""
+    cond, uncond = (build_generation_inputs(processor, [text])["input_ids"] for text in (prompt, negative))
     start, end = model.visual_window
-    torch.testing.assert_close(model.visual_logits(hidden), model.compute_logits(hidden)[..., start:end])
-    # ... and the fast loop draws the same ids as the full-vocabulary + logits-processor loop
-    fast = generate_visual_ids(model, cond, uncond, guidance_scale=2.0, generator=torch.Generator().manual_seed(3),
-                               visual_logits_only=True, top_k=50)
-    full = generate_visual_ids(model, cond, uncond, guidance_scale=2.0, generator=torch.Generator().manual_seed(3),
-                               visual_logits_only=False, top_k=50)
-    assert torch.equal(fast.ids, full.ids)
+    ids = []
+    with torch.no_grad():
+        for _ in range(processor.num_visual_tokens):
+            c, u = (model(input_ids=x).logits[0, -1, start:end] for x in (cond, uncond))
+            ids.append(int((u + guidance_scale * (c - u)).argmax()))
+            cond, uncond = (torch.cat([x, torch.tensor([[ids[-1] + start]])], dim=1) for x in (cond, uncond))
+    return torch.tensor(ids)
+
+
+def test_generate_draws_the_known_ids_and_guidance_follows_its_formula(memorised):
+    model, processor, drawings = memorised
+    greedy = {"temperature": 0.0, "progress": False}
+    for prompt, ids in drawings.items():  # a known continuation, with both LM heads
+        for rows_only in (True, False):
+            out = model.generate_images(prompt, processor, guidance_scale=1.0, visual_logits_only=rows_only, **greedy)
+            assert torch.equal(out.ids[0], ids), prompt
+    # guidance 0 is the unconditional (empty) prompt's drawing; guidance 3 follows uncond + 3 (cond - uncond) and
+    # changes the ids; the visual-rows head and the full head pick the same ids under guidance
+    assert torch.equal(model.generate_images("a red circle", processor, guidance_scale=0.0, **greedy).ids[0], drawings[""])
+    guided = model.generate_images("a red circle", processor, guidance_scale=3.0, **greedy).ids[0]
+    assert torch.equal(guided, _guided_by_hand(model, processor, "a red circle", "", 3.0))
+    assert not torch.equal(guided, drawings["a red circle"])
+    full_head = model.generate_images("a red circle", processor, guidance_scale=3.0, visual_logits_only=False, **greedy)
+    assert torch.equal(full_head.ids[0], guided)
+    other = model.generate_images("a red circle", processor, guidance_scale=3.0, negative_prompt="a blue square", **greedy)
+    assert torch.equal(other.ids[0], _guided_by_hand(model, processor, "a red circle", "a blue square", 3.0))
+
+    # sampling: guidance 1 ignores the negative prompt (plain sampling); a seed gives the same ids
+    sampled = [model.generate_images("a red circle", processor, guidance_scale=1.0, seed=5, progress=False, top_k=None, top_p=None,
+                                     negative_prompt=negative) for negative in (None, "a blue square")]
+    assert torch.equal(sampled[0].ids, sampled[1].ids)
+
+
+def test_the_visual_window_holds_on_a_model_biased_toward_text(ddt_parts):
+    model, processor = _fresh(ddt_parts, seed=5)
+    config = model.config
+    start, end = model.visual_window
+    N, boi, eoi = config.num_visual_tokens, config.boi_token_id, config.eoi_token_id
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.fill_(30.0)
+        head.bias[start:end] = 0.0  # every text and special token outscores every visual id
+    model.lm_head = head
+    prompt = build_generation_inputs(processor, ["a red circle"])
+    length = prompt["input_ids"].shape[1]
+    pad = processor.tokenizer.pad_token_id
+    free = model.generate(**prompt, max_new_tokens=N + 1, do_sample=False, pad_token_id=pad)[0, length:]
+    assert not bool(((free >= start) & (free < end)).any())  # unconstrained, the model writes no visual ids
+
+    window = LogitsProcessorList([VisualWindowLogitsProcessor.from_config(config)])
+    for rows_only in (True, False):
+        with model.visual_rows_head(rows_only):
+            drawn = model.generate(**prompt, generation_config=image_generation_config(config, temperature=0.0, guidance_scale=1.0,
+                                                                                        pad_token_id=pad), logits_processor=window)[0, length:]
+        assert drawn.shape == (N + 1,) and bool(((drawn[:N] >= start) & (drawn[:N] < end)).all()) and drawn[N] == eoi
+    # free sampling past the image: one well-formed image, then text without visual ids
+    sequences = model.generate(**prompt, do_sample=True, max_new_tokens=N + 4, top_k=0, logits_processor=window, pad_token_id=pad)
+    tail = sequences[0, length - 1 :]
+    assert tail[0] == boi and len(processor.text_to_ids(tail.tolist())) == 1
+    assert not bool(((tail[N + 2 :] >= start) & (tail[N + 2 :] < end)).any())
+    out = model.generate_images(["a red circle", "a blue square"], processor, seed=0, guidance_scale=2.0, progress=False)
+    assert out.ids.shape == (2, N) and int(out.ids.min()) >= 0 and int(out.ids.max()) < config.visual_vocab_size
+
+
+def test_visual_rows_head_and_the_window_processor(ddt_mllm):
+    model, _ = ddt_mllm
+    config = model.config
+    start, end = model.visual_window
+    hidden = torch.randn(3, 5, config.text_config.hidden_size)
+    full = model.compute_logits(hidden)
+    with model.visual_rows_head():  # the head scores the window and <eoi>; the other rows hold the dtype's minimum
+        rows = model.compute_logits(hidden)
+    assert rows.shape == full.shape
+    torch.testing.assert_close(rows[..., start:end], full[..., start:end])
+    torch.testing.assert_close(rows[..., config.eoi_token_id], full[..., config.eoi_token_id])
+    assert bool((rows[..., :start] == torch.finfo(rows.dtype).min).all())
+    assert model._head_rows is None  # restored after the block
 
     # the logits processor: window inside an image, <eoi> once N ids were written, no visual ids in text
-    processor_ = VisualWindowLogitsProcessor.from_config(model.config)
-    boi, eoi, N = model.config.boi_token_id, model.config.eoi_token_id, model.config.num_visual_tokens
-    scores = processor_(torch.tensor([[5, boi] + [start + 1] * 3]), torch.zeros(1, model.config.text_config.vocab_size))
+    processor_ = VisualWindowLogitsProcessor.from_config(config)
+    boi, eoi, N = config.boi_token_id, config.eoi_token_id, config.num_visual_tokens
+    scores = processor_(torch.tensor([[5, boi] + [start + 1] * 3]), torch.zeros(1, config.text_config.vocab_size))
     assert torch.isfinite(scores[0, start:end]).all() and torch.isinf(scores[0, :start]).all()
-    done = processor_(torch.tensor([[5, boi] + [start] * N]), torch.zeros(1, model.config.text_config.vocab_size))
+    done = processor_(torch.tensor([[5, boi] + [start] * N]), torch.zeros(1, config.text_config.vocab_size))
     assert torch.isfinite(done[0]).sum() == 1 and torch.isfinite(done[0, eoi])
-    text = processor_(torch.tensor([[5, 6, 7]]), torch.zeros(1, model.config.text_config.vocab_size))
+    text = processor_(torch.tensor([[5, 6, 7]]), torch.zeros(1, config.text_config.vocab_size))
     assert torch.isinf(text[0, start:end]).all() and torch.isfinite(text[0, :start]).all()
 
 

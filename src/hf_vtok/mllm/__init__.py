@@ -26,11 +26,9 @@ from .configuration_mllm import VTokMLLMConfig
 from .generation import (
     VisualGenerationOutput,
     VisualWindowLogitsProcessor,
-    classifier_free_guidance,
     generate_images,
     generate_visual_embeddings,
-    generate_visual_ids,
-    sample_from_logits,
+    image_generation_config,
 )
 from .modeling_mllm import (
     VTokMLLMCausalLMOutputWithPast,
@@ -76,15 +74,13 @@ __all__ = [
     "VisualVocabulary",
     "VisualWindowLogitsProcessor",
     "add_visual_tokens",
-    "classifier_free_guidance",
     "code_token",
     "generate_images",
     "generate_visual_embeddings",
-    "generate_visual_ids",
+    "image_generation_config",
     "image_processor_for",
     "load_decoder_pipeline",
     "register_auto_classes",
-    "sample_from_logits",
 ]
 
 register_auto_classes()

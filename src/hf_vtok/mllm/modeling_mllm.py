@@ -23,6 +23,7 @@ Images enter through ``pixel_values`` and the ``<image>`` placeholders the proce
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
@@ -40,10 +41,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from ..utils.modeling_utils import VisualTokens
 from ..utils.validation import check_tensor, describe
 from .configuration_mllm import VTokMLLMConfig
-from .generation import CACHE_NAME, generate_images
+from .generation import generate_images
 
 # transformers 5.24 renamed the key/value cache argument and output field from `past_key_values` to `cache`; the
 # models accept either name and pass the language model the one its version uses.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _resolve_cache(cache, past_key_values):
@@ -268,6 +270,11 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
                     f"`input_ids` hold {int((input_ids == self.config.image_token_id).sum())} image placeholders but no "
                     "`pixel_values` were passed."
                 )
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            # Left padding: count the real tokens, as `generate` does (transformers' unconditional branch of
+            # classifier-free guidance passes no positions).
+            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
         kwargs.pop("return_dict", None)
         if use_cache is None and self.training:
             # A cache is useless in training and, once created, makes transformers skip the packed-sequence mask
@@ -313,9 +320,11 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
     """
 
     _tp_plan: ClassVar[dict[str, str]] = {"lm_head": "colwise_gather_output"}
+    output_modalities = ("image", "text")
 
     def __init__(self, config: VTokMLLMConfig):
         super().__init__(config)
+        self._head_rows = None  # (start, end) row ranges scored inside `visual_rows_head`
         self.model = VTokMLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.regression_head = None
@@ -435,19 +444,41 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits (text + visual + special rows)."""
-        return self._softcap(self.lm_head(hidden_states))
+    @contextlib.contextmanager
+    def visual_rows_head(self, enabled: bool = True):
+        """Within the block the LM head scores only the rows image generation can emit: the visual window and
+        ``<eoi>`` (discrete tokenizers), or ``<image>`` and ``<eoi>`` (continuous ones: one more token, or stop).
 
-    def visual_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Logits of the K visual ids only: ``hidden @ lm_head.weight[offset:offset+K].T``.
-
-        Equal to ``compute_logits(hidden)[..., offset:offset+K]`` at a fraction of the cost when the text vocabulary
-        is large (image generation never needs the other rows).
+        Every forward honours it (``generate`` and the unconditional branch of its classifier-free guidance
+        included), so image steps skip the text rows of the head: most of its cost for large text vocabularies.
+        The logits keep the vocabulary's width, so ids stay vocabulary ids; the rows not scored hold the dtype's
+        minimum (never sampled, and finite so that guidance, which subtracts log-probabilities, stays NaN-free).
         """
-        start, end = self.visual_window
-        bias = None if self.lm_head.bias is None else self.lm_head.bias[start:end]
-        return self._softcap(F.linear(hidden_states, self.lm_head.weight[start:end], bias))
+        config = self.config
+        eoi = config.eoi_token_id
+        if config.is_discrete:
+            start, end = self.visual_window
+            rows = [(start, end + 1)] if eoi == end else [(start, end), (eoi, eoi + 1)]
+        elif config.visual_vocab_ready:
+            rows = [(config.image_token_id, config.image_token_id + 1), (eoi, eoi + 1)]
+        else:
+            raise ValueError("`visual_rows_head` needs the visual vocabulary: run `add_visual_tokens` first.")
+        previous, self._head_rows = self._head_rows, rows if enabled else None
+        try:
+            yield self
+        finally:
+            self._head_rows = previous
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM-head logits over the vocabulary (only the rows of :meth:`visual_rows_head` inside that block)."""
+        if self._head_rows is None:
+            return self._softcap(self.lm_head(hidden_states))
+        weight, bias = self.lm_head.weight, self.lm_head.bias
+        logits = hidden_states.new_full((*hidden_states.shape[:-1], weight.shape[0]), torch.finfo(hidden_states.dtype).min)
+        for start, end in self._head_rows:
+            rows_bias = None if bias is None else bias[start:end]
+            logits[..., start:end] = self._softcap(F.linear(hidden_states, weight[start:end], rows_bias))
+        return logits
 
     def count_image_tokens(self, pixel_values: torch.Tensor) -> list[int]:
         """Visual tokens per image (what ``VTokMLLMProcessor(num_image_tokens=...)`` needs for variable counts)."""
@@ -494,12 +525,8 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        if labels is None and isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            logits = self.compute_logits(hidden[:, -logits_to_keep:])
-        elif labels is None and isinstance(logits_to_keep, torch.Tensor):
-            logits = self.compute_logits(hidden[:, logits_to_keep])
-        else:
-            logits = self.compute_logits(hidden)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0 keeps all
+        logits = self.compute_logits(hidden[:, keep])
 
         loss = text_loss = regression_loss = None
         if labels is not None:

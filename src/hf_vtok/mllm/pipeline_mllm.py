@@ -25,12 +25,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..utils.validation import check_choice, describe
+from ..utils.validation import describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
 from .processing_mllm import VTokMLLMProcessor
-
-OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
@@ -92,60 +90,29 @@ class _VTokMLLMImagePipelineBase(DiffusionPipeline):
         # make mllm/ a complete transformers folder (AutoProcessor, transformers.pipeline)
         self.processor.save_pretrained(os.path.join(os.fspath(save_directory), "mllm"))
 
-    def _run(
+    @torch.no_grad()
+    def _generate(
         self,
         prompt,
-        images,
-        negative_prompt,
-        num_images_per_prompt,
-        guidance_scale,
-        temperature,
-        top_k,
-        top_p,
-        generator,
-        seed,
-        batch_size,
-        use_chat_template,
-        num_inference_steps,
-        decoder_guidance_scale,
-        output_type,
-        return_dict,
-    ):
-        check_choice("output_type", output_type, OUTPUT_TYPES)
-        decoder_kwargs = {"output_type": output_type}
+        images=None,
+        num_inference_steps: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        **generation_kwargs,
+    ) -> VTokImagePipelineOutput | tuple:
+        decoder_kwargs = {"output_type": output_type}  # the decoder pipeline validates it
         if num_inference_steps is not None:
             decoder_kwargs["num_inference_steps"] = num_inference_steps
         if decoder_guidance_scale is not None:
             decoder_kwargs["guidance_scale"] = decoder_guidance_scale
-
-        def progress(total, description):
-            return self.progress_bar(total=total)
-
         tokens = generate_images(
-            self.mllm,
-            self.processor,
-            prompt,
-            images=images,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance_scale=guidance_scale,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            seed=seed,
-            batch_size=batch_size,
-            use_chat_template=use_chat_template,
-            decoder=self.decoder,
-            decoder_kwargs=decoder_kwargs,
-            progress=progress,
+            self.mllm, self.processor, prompt, images=images, decoder=self.decoder, decoder_kwargs=decoder_kwargs,
+            progress=lambda total, description: self.progress_bar(total=total), **generation_kwargs,
         )
         self.maybe_free_model_hooks()
         output = VTokImagePipelineOutput(
-            images=tokens.images,
-            token_ids=tokens.ids,
-            token_embeddings=tokens.embeddings,
-            attention_mask=tokens.attention_mask,
+            images=tokens.images, token_ids=tokens.ids, token_embeddings=tokens.embeddings, attention_mask=tokens.attention_mask
         )
         return output if return_dict else (output.images,)
 
@@ -158,44 +125,23 @@ class VTokTextToImagePipeline(_VTokMLLMImagePipelineBase):
         >>> image = pipe("a red circle left of a blue square", generator=torch.Generator().manual_seed(0)).images[0]
     """
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        guidance_scale: float = 8.0,
-        temperature: float = 1.0,
-        top_k: int | None = 4096,
-        top_p: float | None = 0.9,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        use_chat_template: bool = True,
-        num_inference_steps: int | None = None,
-        decoder_guidance_scale: float | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> VTokImagePipelineOutput | tuple:
-        """Generate images for ``prompt``.
+    def __call__(self, prompt: str | list[str], **kwargs) -> VTokImagePipelineOutput | tuple:
+        """Generate images for ``prompt`` (one prompt or a list); the token arguments are those of
+        :func:`~hf_vtok.mllm.generation.generate_images`.
 
         Args:
-            prompt: one prompt or a list.
             negative_prompt: the unconditional prompt for classifier-free guidance (default: the empty prompt).
             num_images_per_prompt: samples per prompt.
             guidance_scale: classifier-free guidance on the LM logits (DDT-LLaMA: 8.0; 1 disables it).
             temperature, top_k, top_p: sampling of the visual ids (DDT-LLaMA: top-k 4096, top-p 0.9).
             generator / seed: randomness of the token sampling and of the decoder noise.
-            batch_size: images per forward pass.
+            batch_size: images per ``generate`` call.
             use_chat_template: wrap prompts in the processor's chat template (as in training).
             num_inference_steps, decoder_guidance_scale: forwarded to the decoder pipeline.
-            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            output_type: forwarded to the decoder pipeline (``"pil"``, ``"np"``, ``"pt"``, ...).
+            return_dict: return a :class:`VTokImagePipelineOutput` (else a tuple holding the images).
         """
-        return self._run(
-            prompt, None, negative_prompt, num_images_per_prompt, guidance_scale, temperature, top_k, top_p,
-            generator, seed, batch_size, use_chat_template, num_inference_steps, decoder_guidance_scale,
-            output_type, return_dict,
-        )
+        return self._generate(prompt, **kwargs)
 
 
 class VTokImageEditingPipeline(_VTokMLLMImagePipelineBase):
@@ -209,34 +155,11 @@ class VTokImageEditingPipeline(_VTokMLLMImagePipelineBase):
         >>> edited = pipe(image=source, prompt="make the circle blue", seed=0).images[0]
     """
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        image,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        guidance_scale: float = 8.0,
-        temperature: float = 1.0,
-        top_k: int | None = 4096,
-        top_p: float | None = 0.9,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        use_chat_template: bool = True,
-        num_inference_steps: int | None = None,
-        decoder_guidance_scale: float | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> VTokImagePipelineOutput | tuple:
-        """Edit ``image`` (one, or one per prompt) following ``prompt``; arguments as for text-to-image."""
+    def __call__(self, image, prompt: str | list[str], **kwargs) -> VTokImagePipelineOutput | tuple:
+        """Edit ``image`` (one, or one per prompt) following ``prompt``; other arguments as for text-to-image."""
         if image is None:
             raise ValueError("`image` is required: the source image to edit.")
-        return self._run(
-            prompt, image, negative_prompt, num_images_per_prompt, guidance_scale, temperature, top_k, top_p,
-            generator, seed, batch_size, use_chat_template, num_inference_steps, decoder_guidance_scale,
-            output_type, return_dict,
-        )
+        return self._generate(prompt, images=image, **kwargs)
 
 
 __all__ = [

@@ -495,7 +495,8 @@ class VTokMLLMProcessor(ProcessorMixin):
                 ids, labels = ids[:max_length], labels[:max_length]
             rows.append(ids)
             label_rows.append(labels)
-        expected = [sum(counts_for) for counts_for in self._counts_per_sample(markers, counts)]
+        remaining = iter(counts)
+        expected = [sum(next(remaining) for _ in range(sum(sample))) for sample in markers]
         for index, ids in enumerate(rows):
             found = sum(1 for token in ids if token == self.image_token_id)
             if found != expected[index]:
@@ -520,38 +521,23 @@ class VTokMLLMProcessor(ProcessorMixin):
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("`tokenizer` has neither a pad nor an end-of-sequence token to pad with.")
-        data: dict[str, Any] = {"input_ids": [], "attention_mask": []}
-        if return_labels:
-            data["labels"] = []
-        for ids, labels in zip(rows, label_rows):
-            gap = (length - len(ids)) if padding else 0
-            pad = [pad_id] * gap
-            mask_pad = [0] * gap
-            label_pad = [-100] * gap
-            if side == "left":
-                data["input_ids"].append(pad + ids)
-                data["attention_mask"].append(mask_pad + [1] * len(ids))
-                if return_labels:
-                    data["labels"].append(label_pad + labels)
-            else:
-                data["input_ids"].append(ids + pad)
-                data["attention_mask"].append([1] * len(ids) + mask_pad)
-                if return_labels:
-                    data["labels"].append(labels + label_pad)
-        if return_labels:
-            # padding never contributes, whatever pad id the tokenizer uses
-            pass
+
+        def pad(values: list, fill: int) -> list:
+            gap = [fill] * ((length - len(values)) if padding else 0)
+            return gap + values if side == "left" else values + gap
+
+        data: dict[str, Any] = {
+            "input_ids": [pad(ids, pad_id) for ids in rows],
+            "attention_mask": [pad([1] * len(ids), 0) for ids in rows],
+        }
+        if return_labels:  # padding never contributes, whatever pad id the tokenizer uses
+            data["labels"] = [pad(labels, -100) for labels in label_rows]
         if flat_images:
-            pixel_values = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
-            data["pixel_values"] = pixel_values
-        if not self.is_discrete and flat_images:
-            data["num_image_tokens"] = list(counts)
+            data["pixel_values"] = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
+            if not self.is_discrete:
+                data["num_image_tokens"] = list(counts)
         if return_tensors == "pt":
-            for key in ("input_ids", "attention_mask", "labels"):
-                if key in data:
-                    data[key] = torch.tensor(data[key], dtype=torch.long)
-            if "num_image_tokens" in data:
-                data["num_image_tokens"] = torch.tensor(data["num_image_tokens"], dtype=torch.long)
+            data.update({key: torch.tensor(value, dtype=torch.long) for key, value in data.items() if key != "pixel_values"})
         elif return_tensors is not None:
             raise ValueError(f"`return_tensors` must be 'pt' or None, got {return_tensors!r}.")
         elif single and completions is None:
@@ -582,15 +568,6 @@ class VTokMLLMProcessor(ProcessorMixin):
                 f"`num_image_tokens` must be {self.num_visual_tokens} for every image of a discrete tokenizer, got {counts}."
             )
         return counts
-
-    @staticmethod
-    def _counts_per_sample(markers: list[list[int]], counts: list[int]) -> list[list[int]]:
-        out, position = [], 0
-        for sample in markers:
-            n = sum(sample)
-            out.append(counts[position : position + n])
-            position += n
-        return out
 
     # ------------------------------------------------------------------ visual ids ↔ text
     def _require_discrete(self, name: str) -> None:

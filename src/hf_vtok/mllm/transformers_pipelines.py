@@ -25,21 +25,6 @@ from ..utils.validation import describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
 
-GENERATION_ARGUMENTS = (
-    "negative_prompt",
-    "num_images_per_prompt",
-    "guidance_scale",
-    "temperature",
-    "top_k",
-    "top_p",
-    "generator",
-    "seed",
-    "batch_size",
-    "use_chat_template",
-    "use_task_prompts",
-)
-DECODER_ARGUMENTS = ("num_inference_steps", "decoder_guidance_scale", "output_type")
-
 
 def _find_decoder(model) -> str | None:
     root = getattr(model, "name_or_path", None)
@@ -79,32 +64,18 @@ class VTokTextToImageHFPipeline(Pipeline):
         self.decoder = decoder
 
     def _sanitize_parameters(self, **kwargs):
-        forward = {}
-        for key in GENERATION_ARGUMENTS + DECODER_ARGUMENTS:
-            if key in kwargs:
-                forward[key] = kwargs.pop(key)
-        if kwargs:
-            raise TypeError(f"Unexpected argument(s) for the text-to-image pipeline: {sorted(kwargs)}.")
-        return {}, forward, {}
+        return {}, kwargs, {}  # generate_images names any argument it does not know
 
     def preprocess(self, prompt):
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a string, got {describe(prompt)}.")
         return {"prompt": prompt}
 
-    def _forward(self, model_inputs, **kwargs):
-        decoder_kwargs = {}
-        for key in DECODER_ARGUMENTS:
-            if key in kwargs:
-                decoder_kwargs["guidance_scale" if key == "decoder_guidance_scale" else key] = kwargs.pop(key)
+    def _forward(self, model_inputs, num_inference_steps=None, decoder_guidance_scale=None, output_type=None, **kwargs):
+        decoder_kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": decoder_guidance_scale, "output_type": output_type}
+        decoder_kwargs = {key: value for key, value in decoder_kwargs.items() if value is not None}
         output = generate_images(
-            self.model,
-            self.processor,
-            model_inputs["prompt"],
-            decoder=self.decoder,
-            decoder_kwargs=decoder_kwargs,
-            progress=False,
-            **kwargs,
+            self.model, self.processor, model_inputs["prompt"], decoder=self.decoder, decoder_kwargs=decoder_kwargs, progress=False, **kwargs
         )
         return {"output": output}
 

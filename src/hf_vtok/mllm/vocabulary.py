@@ -26,7 +26,6 @@ from ..utils.validation import check_int, describe
 IMAGE_TOKEN = "<image>"
 BOI_TOKEN = "<boi>"
 EOI_TOKEN = "<eoi>"
-SPECIAL_TOKEN_NAMES = ("image_token", "boi_token", "eoi_token")
 
 
 def code_token_width(codebook_size: int) -> int:
