@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -151,29 +152,6 @@ def overlay_masks(
     return Image.fromarray(np.round(blended).astype(np.uint8))
 
 
-def _wrap(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
-    """Greedy word wrap to a pixel width; words longer than a line are cut."""
-    lines: list[str] = []
-    for paragraph in str(text).splitlines() or [""]:
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if draw.textlength(candidate, font=font) <= width:
-                line = candidate
-                continue
-            if line:
-                lines.append(line)
-            while len(word) > 1 and draw.textlength(word, font=font) > width:
-                cut = len(word) - 1
-                while cut > 1 and draw.textlength(word[:cut], font=font) > width:
-                    cut -= 1
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
-        lines.append(line)
-    return lines
-
-
 def make_grid(
     images: Sequence[Any] | torch.Tensor | np.ndarray,
     ncols: int | None = None,
@@ -226,11 +204,9 @@ def make_grid(
     cell_width = max(tile.width for tile in tiles)
     cell_height = max(tile.height for tile in tiles)
     font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = font.getbbox("Hg")[3] + 2
-    wrapped = (
-        [_wrap(caption, font, cell_width, measure) for caption in captions] if captions is not None else None
-    )
+    characters_per_line = max(1, int(cell_width // font.getlength("n")))
+    wrapped = [textwrap.wrap(str(caption), characters_per_line) or [""] for caption in captions] if captions else None
     caption_height = max(len(lines) for lines in wrapped) * line_height + pad if wrapped else 0
 
     nrows = -(-len(tiles) // ncols)
