@@ -1,6 +1,6 @@
 """``hf-vtok eval``: the quality table of one or several trained tokenizer folders, with pictures.
 
-For every folder (``tokenizer/`` + ``decoder/``, see :func:`~hf_vtok.evaluation.tokenizers.load_tokenizer_folder`):
+For every folder (a tokenizer + ``decoder/``, see :func:`~hf_vtok.evaluation.tokenizers.load_tokenizer_folder`):
 
 * reconstruction on the shapes world (textured scenes) and on the natural photos bundled with scikit-image:
   PSNR, SSIM, and with ``perceptual_backbone`` the LPIPS-style distance, with ``clip_path`` CLIP-I (input vs
@@ -56,12 +56,10 @@ TABLE_COLUMNS = (
 
 
 def default_tokenizer_folders() -> list[Path]:
-    """Every shipped checkpoint: ``hf_vtok/checkpoints/<name>`` folders with ``tokenizer/`` and ``decoder/``."""
-    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR as root
+    """Every shipped tokenizer checkpoint (``hf_vtok/checkpoints/<family>``)."""
+    from ..data.pretokenize import shipped_tokenizer_folders
 
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "tokenizer" / "config.json").is_file() and (p / "decoder" / "model_index.json").is_file())
+    return list(shipped_tokenizer_folders().values())
 
 
 def format_table(rows: Sequence[dict]) -> str:

@@ -33,10 +33,11 @@ class LoadedTokenizer:
 
 
 def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
-    """Load ``path/tokenizer`` (model + image processor) and ``path/decoder`` (pipeline) with the Auto classes.
+    """Load a checkpoint's tokenizer (model + image processor) and ``decoder/`` pipeline with the Auto classes.
 
-    The pipeline class is read from ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any
-    family's folder loads the same way.
+    The tokenizer is ``tokenizer/`` (a training run) or the pipeline's own ``decoder/tokenizer/`` (a shipped
+    checkpoint, see :func:`~hf_vtok.data.pretokenize.tokenizer_subfolder`). The pipeline class is read from
+    ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any family's folder loads the same way.
     """
     import json
 
@@ -44,22 +45,28 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
 
     import hf_vtok
 
+    from ..data.pretokenize import tokenizer_subfolder
+
     if not isinstance(path, (str, Path)):
         raise TypeError(f"`path` must be a folder path, got {describe(path)}.")
     path = Path(path)
-    for sub in ("tokenizer", "decoder"):
-        if not (path / sub).is_dir():
-            raise ValueError(f"`path` must hold `tokenizer/` and `decoder/` folders, missing {str(path / sub)!r}.")
-    for required in ("tokenizer/config.json", "tokenizer/preprocessor_config.json", "decoder/model_index.json"):
-        if not (path / required).is_file():
+    tokenizer_folder = tokenizer_subfolder(path) or path / "tokenizer"
+    for sub in (tokenizer_folder, path / "decoder"):
+        if not sub.is_dir():
             raise ValueError(
-                f"`path` {str(path)!r} is not a complete tokenizer folder: {required} is missing "
+                f"`path` must hold `tokenizer/` and `decoder/` folders (or the tokenizer only as `decoder/tokenizer/`), "
+                f"missing {str(sub)!r}."
+            )
+    for required in (tokenizer_folder / "config.json", tokenizer_folder / "preprocessor_config.json", path / "decoder" / "model_index.json"):
+        if not required.is_file():
+            raise ValueError(
+                f"`path` {str(path)!r} is not a complete tokenizer folder: {required.relative_to(path).as_posix()} is missing "
                 "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.trainer.tokenizer_trainer.export_tokenizer`)."
             )
     for weights in sorted(path.glob("**/*.safetensors")):  # diffusers' own error for a broken file is vaguer
         check_safetensors_file(weights, name="path")
-    model = AutoModel.from_pretrained(path / "tokenizer").eval()
-    image_processor = AutoImageProcessor.from_pretrained(path / "tokenizer")
+    model = AutoModel.from_pretrained(tokenizer_folder).eval()
+    image_processor = AutoImageProcessor.from_pretrained(tokenizer_folder)
     try:
         class_name = json.loads((path / "decoder" / "model_index.json").read_text())["_class_name"]
     except (ValueError, KeyError, TypeError) as error:
