@@ -93,6 +93,7 @@ def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
     assert mllm.processor.image_token_id < mllm.model.get_input_embeddings().num_embeddings and mllm.decoder is not None
 
 
+@pytest.mark.slow
 def test_demo_writes_pictures_and_metrics(tmp_path):
     metrics = run_demo(tmp_path, num_images=2, seed=7)
     assert (tmp_path / "shapes_world.png").is_file()

@@ -147,6 +147,7 @@ def test_transformer_block_mask_hides_padded_context():
     assert torch.allclose(block(x, context=context, context_mask=mask), block(x, context=changed, context_mask=mask))
 
 
+@pytest.mark.slow
 def test_import_registers_and_is_idempotent():
     code = "import importlib, hf_vtok; importlib.reload(hf_vtok.models.slot_qformer); print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
