@@ -66,7 +66,11 @@ def test_no_shipped_file_is_shipped_twice():
 
 
 def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
-    from hf_vtok.data.pretokenize import load_visual_tokenizer, resolve_tokenizer_source, shipped_tokenizer_folders
+    from hf_vtok.data.pretokenize import (
+        load_visual_tokenizer,
+        resolve_tokenizer_source,
+        shipped_tokenizer_folders,
+    )
     from hf_vtok.evaluation import load_mllm_folder, load_tokenizer_folder
     from hf_vtok.evaluation.report import default_tokenizer_folders
 

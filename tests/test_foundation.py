@@ -170,7 +170,7 @@ print(json.dumps({"before": before, "after": registered()}))
 def test_import_registers_and_is_idempotent():
     """A fresh interpreter: `import hf_vtok` maps every family's model type to its config, model and pre-training
     classes; re-importing a family (reload) registers them again without an error and changes nothing."""
-    result = subprocess.run([sys.executable, "-c", REGISTRATION_PROBE], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", REGISTRATION_PROBE], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     expected = {
