@@ -7,7 +7,7 @@
 * :func:`prefix_decoding_curve` — DDT §5.4 (Fig. 8): reconstruction quality when the decoder sees only the first
   ``n`` tokens, for growing ``n`` (pipelines with a ``max_tokens`` argument: DDT). Drawn with :func:`line_chart`.
 * :func:`tokens_by_object_count` — SeTok: does the number of tokens follow the number of objects?
-* :func:`natural_photos` — the photos bundled with scikit-image (and scikit-learn's two, when it is installed).
+* :func:`natural_photos` — the photos bundled with scikit-image and scikit-learn.
 
 The line chart is drawn with matplotlib.
 """
@@ -44,8 +44,8 @@ NATURAL_PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hu
 
 
 def natural_photos(names: Sequence[str] | None = None, *, include_sklearn: bool = True) -> dict[str, Image.Image]:
-    """RGB PIL photos by name: scikit-image's ``names`` (default :data:`NATURAL_PHOTO_NAMES`) plus scikit-learn's
-    ``china`` and ``flower`` when scikit-learn is installed (it is not a dependency)."""
+    """RGB PIL photos by name: scikit-image's ``names`` (default :data:`NATURAL_PHOTO_NAMES`) plus, with
+    ``include_sklearn``, scikit-learn's ``china`` and ``flower``."""
     from skimage import data as skimage_data
 
     names = NATURAL_PHOTO_NAMES if names is None else names
@@ -58,14 +58,11 @@ def natural_photos(names: Sequence[str] | None = None, *, include_sklearn: bool 
             raise ValueError(f"`names` must name scikit-image photos such as {list(NATURAL_PHOTO_NAMES)}, got {name!r}.")
         photos[str(name)] = Image.fromarray(np.asarray(loader())).convert("RGB")
     if include_sklearn:
-        try:
-            from sklearn.datasets import load_sample_images
-        except ImportError:
-            pass
-        else:
-            sample = load_sample_images()
-            for filename, array in zip(sample.filenames, sample.images):
-                photos[filename.rsplit("/", 1)[-1].split(".")[0]] = Image.fromarray(array).convert("RGB")
+        from sklearn.datasets import load_sample_images
+
+        sample = load_sample_images()
+        for filename, array in zip(sample.filenames, sample.images):
+            photos[filename.rsplit("/", 1)[-1].split(".")[0]] = Image.fromarray(array).convert("RGB")
     return photos
 
 
@@ -211,11 +208,7 @@ def random_code_replacement(
 
 def default_prefix_lengths(total: int) -> list[int]:
     """1, 2, 4, ..., and ``total``."""
-    lengths, n = [], 1
-    while n < total:
-        lengths.append(n)
-        n *= 2
-    return lengths + [total]
+    return [2**i for i in range(math.ceil(math.log2(total)))] + [total]
 
 
 @torch.no_grad()

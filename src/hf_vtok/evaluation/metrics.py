@@ -74,14 +74,7 @@ def _paired_labels(true_mask: Any, pred_mask: Any) -> tuple[np.ndarray, np.ndarr
 
 def _image_batch(name: str, value: Any) -> tuple[np.ndarray, bool]:
     """Images as float64 ``[B, H, W, C]``, and whether the input was batched (layouts: module docstring)."""
-    if isinstance(value, Image.Image):
-        array, channels_first = np.asarray(value), False
-    elif isinstance(value, torch.Tensor):
-        array, channels_first = value.detach().cpu().numpy(), True
-    elif isinstance(value, np.ndarray):
-        array, channels_first = value, False
-    else:
-        raise TypeError(f"`{name}` must be a numpy array, torch.Tensor or PIL image, got {describe(value)}.")
+    array, channels_first = _to_numpy(name, value), isinstance(value, torch.Tensor)
     if array.ndim not in (2, 3, 4) or array.size == 0:
         raise ValueError(f"`{name}` must be a non-empty image or batch of images, got shape {array.shape}.")
     batched = array.ndim == 4
