@@ -20,8 +20,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hf-vtok demo --out demo_out
 
+# The fast set first (quick feedback), then the tests marked slow (training runs, subprocesses, the demo).
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider -m "not slow"
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

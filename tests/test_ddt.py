@@ -243,7 +243,7 @@ def test_stage_two_freezes_the_tokenizer():
     out = model(_images(2))
     out.loss.backward()
     assert torch.equal(codebook, model.tokenizer.quantizer.codebook.weight)
-    assert model.transformer.proj_out.weight.grad is not None
+    assert model.transformer.proj_out.weight.grad.abs().sum() > 0  # the decoder learns in stage 2
     model.set_stage(1)
     assert model.tokenizer.queries.requires_grad and not model.tokenizer.quantizer.codebook.weight.requires_grad
     with pytest.raises(ValueError, match="stage"):
@@ -277,7 +277,7 @@ def test_optional_vision_encoder_is_frozen():
     model = DDTTokenizerForPreTraining(config).train()
     assert not any(p.requires_grad for p in model.tokenizer.vision_model.parameters())
     model(_images(2)).loss.backward()
-    assert model.tokenizer.patch_embed.weight.grad is not None
+    assert model.tokenizer.patch_embed.weight.grad.abs().sum() > 0
     assert model.tokenizer.encode(_images(2)).ids.shape == (2, 16)
 
 

@@ -1,9 +1,12 @@
 """The demo runs end to end on the shipped checkpoints and writes its pictures and metrics."""
 
+import hashlib
 import json
 
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
 from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
@@ -13,7 +16,7 @@ def test_every_family_ships_a_checkpoint_with_its_card():
     for family in DEMO_RECIPES:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         assert (folder / "decoder" / "model_index.json").is_file(), family
-        assert (folder / "tokenizer" / "config.json").is_file(), family
+        assert (folder / "decoder" / "tokenizer" / "config.json").is_file(), family
         recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
         assert recipe["family"] == family and "seed" in recipe
         assert "psnr" in json.loads((folder / "metrics.json").read_text())
@@ -36,7 +39,7 @@ def test_shipped_tokenizer_cards_fill_every_token_field():
 
 def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
     folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
-    for required in ("model_index.json", "mllm/config.json", "mllm/processor_config.json", "decoder/model_index.json", "README.md"):
+    for required in ("model_index.json", "mllm/config.json", "processor/processor_config.json", "decoder/model_index.json", "README.md"):
         assert (folder / required).is_file(), required
     recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
     shipped_recipe = yaml.safe_load((SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / "mllm" / f"{DEMO_MLLM_RECIPES[-1]}.yaml").read_text())
@@ -46,12 +49,56 @@ def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
     for key in ("caption_pair_recall", "qa_accuracy", "t2i_color_accuracy", "t2i_shape_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     # the processor asks in the words the model was trained with
-    processor = json.loads((folder / "mllm" / "processor_config.json").read_text())
+    processor = json.loads((folder / "processor" / "processor_config.json").read_text())
     assert processor["task_prompts"]["text_to_image"] == "{caption} generate an image"
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
     assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
 
 
+def test_no_shipped_file_is_shipped_twice():
+    """Every file under hf_vtok/checkpoints is unique (the tokenizer lives once, inside its decoder pipeline; the
+    MLLM's processor once, as the pipeline's component); only the stock scheduler config may repeat."""
+    by_digest = {}
+    for path in sorted(SHIPPED_CHECKPOINTS_DIR.rglob("*")):
+        if path.is_file():
+            by_digest.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path.relative_to(SHIPPED_CHECKPOINTS_DIR))
+    copies = [paths for paths in by_digest.values() if len(paths) > 1]
+    assert all(path.as_posix().endswith("decoder/scheduler/scheduler_config.json") for paths in copies for path in paths), copies
+
+
+def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
+    from hf_vtok.data.pretokenize import (
+        load_visual_tokenizer,
+        resolve_tokenizer_source,
+        shipped_tokenizer_folders,
+    )
+    from hf_vtok.evaluation import load_mllm_folder, load_tokenizer_folder
+    from hf_vtok.evaluation.report import default_tokenizer_folders
+
+    assert sorted(shipped_tokenizer_folders()) == sorted(DEMO_RECIPES)
+    assert default_tokenizer_folders() == [SHIPPED_CHECKPOINTS_DIR / family for family in sorted(DEMO_RECIPES)]
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    for family in DEMO_RECIPES:
+        model, image_processor = load_visual_tokenizer(f"shipped:{family}")
+        loaded = load_tokenizer_folder(resolve_tokenizer_source(f"shipped:{family}"))
+        assert loaded.model.config.to_dict() == model.config.to_dict()
+        assert type(loaded.image_processor) is type(image_processor)
+        pixel_values = image_processor(image, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            a, b = model.encode(pixel_values), loaded.pipeline.tokenizer.encode(pixel_values)
+        # the tokenizer and the pipeline's tokenizer component are the same weights
+        assert torch.equal(a.embeddings, b.embeddings), family
+        component = loaded.pipeline.tokenizer.state_dict()
+        assert all(torch.equal(tensor, component[name]) for name, tensor in model.state_dict().items()), family
+    with pytest.raises(ValueError, match="no shipped checkpoint 'mllm'"):
+        resolve_tokenizer_source("shipped:mllm")
+    mllm = load_mllm_folder(SHIPPED_CHECKPOINTS_DIR / "mllm")
+    # the processor now comes from the pipeline's processor/ component: the same special tokens the model was trained with
+    assert mllm.processor.image_token_id == mllm.processor.tokenizer.convert_tokens_to_ids(mllm.processor.image_token)
+    assert mllm.processor.image_token_id < mllm.model.get_input_embeddings().num_embeddings and mllm.decoder is not None
+
+
+@pytest.mark.slow
 def test_demo_writes_pictures_and_metrics(tmp_path):
     metrics = run_demo(tmp_path, num_images=2, seed=7)
     assert (tmp_path / "shapes_world.png").is_file()

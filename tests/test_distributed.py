@@ -34,6 +34,7 @@ def _load_checker():
     return module
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_stay_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_PORT": "29517"}
     command = [

@@ -38,6 +38,7 @@ def test_text_to_image_and_edit(tmp_path):
     assert Image.open(out["out"]).size == (128, 64)
 
 
+@pytest.mark.slow
 def test_finetune_lora_then_generate_and_push(tmp_path):
     run = tmp_path / "run"
     out = run_example("finetune_lora", ["--tiny", "--max-steps", "3", "--output-dir", str(run), "--neftune_noise_alpha", "5"])

@@ -147,24 +147,65 @@ def test_transformer_block_mask_hides_padded_context():
     assert torch.allclose(block(x, context=context, context_mask=mask), block(x, context=changed, context_mask=mask))
 
 
+REGISTRATION_PROBE = """
+import importlib, json
+import hf_vtok
+from transformers import AutoConfig, MODEL_FOR_PRETRAINING_MAPPING, MODEL_MAPPING
+
+def registered():
+    out = {}
+    for model_type in ("slot_qformer", "setok", "ddt_tokenizer"):
+        config_class = type(AutoConfig.for_model(model_type))
+        out[model_type] = [config_class.__module__, config_class.__name__, MODEL_MAPPING[config_class].__name__,
+                           MODEL_FOR_PRETRAINING_MAPPING[config_class].__name__]
+    return out
+
+before = registered()
+importlib.reload(hf_vtok.models.slot_qformer)  # registers again: fails unless registration tolerates a repeat
+print(json.dumps({"before": before, "after": registered()}))
+"""
+
+
+@pytest.mark.slow
 def test_import_registers_and_is_idempotent():
-    code = "import importlib, hf_vtok; importlib.reload(hf_vtok.models.slot_qformer); print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    """A fresh interpreter: `import hf_vtok` maps every family's model type to its config, model and pre-training
+    classes; re-importing a family (reload) registers them again without an error and changes nothing."""
+    result = subprocess.run([sys.executable, "-c", REGISTRATION_PROBE], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("ok")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {
+        "slot_qformer": ["SlotQFormerConfig", "SlotQFormerModel", "SlotQFormerForPreTraining"],
+        "setok": ["SeTokConfig", "SeTokModel", "SeTokForPreTraining"],
+        "ddt_tokenizer": ["DDTTokenizerConfig", "DDTTokenizerModel", "DDTTokenizerForPreTraining"],
+    }
+    for model_type, names in expected.items():
+        module, *classes = report["before"][model_type]
+        assert module.startswith("hf_vtok.models.") and classes == names, report["before"][model_type]
+    assert report["after"] == report["before"]
 
 
 def test_every_subcommand_has_help(capsys):
+    """`hf-vtok <sub> --help` exits 0 and prints that subcommand's usage with every option it defines."""
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
-    for name in subcommands:
+    assert {"demo", "eval", "data", "train-tokenizer", "train-mllm"} <= set(subcommands)
+    for name, subparser in subcommands.items():
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
         assert exit_info.value.code == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith("usage:") and f" {name}" in printed.splitlines()[0], (name, printed[:200])
+        options = [option for action in subparser._actions for option in action.option_strings if option.startswith("--")]
+        missing = [option for option in options if option not in printed]
+        assert not missing, (name, missing)
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "shapes", "--help"])
     assert exit_info.value.code == 0
     assert "--num-images" in capsys.readouterr().out
+    # and --help is the only way to a 0 exit without work: a bad option still fails
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--no-such-option"])
+    assert exit_info.value.code == 2
 
 
 def test_cli_data_shapes_writes_an_image_folder(tmp_path):

@@ -136,6 +136,13 @@ def test_ssim_matches_reference_and_layouts():
     assert ssim(a, 1 - a) < 0.0  # anti-correlated structure
 
 
+def test_ssim_of_flat_images_is_the_luminance_term():
+    # no variance anywhere: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1), C1 = (0.01 * data_range)^2
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert ssim(np.full((16, 16), 0.2), np.full((16, 16), 0.6)) == pytest.approx(expected, rel=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------

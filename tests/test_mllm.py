@@ -481,6 +481,7 @@ def test_loss_decreases_and_only_the_mllm_trains(ddt_parts, shapes):
     assert all(torch.equal(v, model.visual_tokenizer.state_dict()[k]) for k, v in frozen.items())
 
 
+@pytest.mark.slow
 def test_trl_sft_step_and_peft_lora_on_visual_rows(ddt_parts, shapes, tmp_path):
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model

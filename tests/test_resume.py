@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -62,6 +63,7 @@ def _start(driver: Path, out: Path, mode: str, slow: float | None = None) -> sub
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)

@@ -444,6 +444,7 @@ def _scene_batch(batch: int = 4, seed: int = 0):
     return (images - mean) / std, instance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_loss_decreases_over_a_few_steps(stage):
     torch.manual_seed(0)

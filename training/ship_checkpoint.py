@@ -4,10 +4,10 @@
     python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64]
     python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64]
 
-A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `tokenizer/`, `decoder/` and `recipe.json`
-and is measured on held-out textured shapes scenes with the same evaluation as `hf-vtok eval`. An MLLM run
-(the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/`,
-`processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
+A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `decoder/` (whose `tokenizer/` component gets the
+image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes scenes with the same evaluation as `hf-vtok eval`. An MLLM run
+(the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
+processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
 `hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image). Held-out scenes use seed 999, not seen
 in training. Writes `metrics.json` and a filled `README.md` model card.
 """
@@ -48,7 +48,10 @@ def main() -> None:
     target.mkdir(parents=True)
     run_dir = Path(args.run_dir)
     if args.family == "mllm":
-        for name in ("mllm", "processor", "decoder"):
+        # the processor ships once, as the pipeline's `processor/` component (not again inside `mllm/`)
+        processor_files = [path.name for path in (run_dir / "processor").iterdir()]
+        shutil.copytree(run_dir / "mllm", target / "mllm", ignore=lambda _, names: [n for n in names if n in processor_files])
+        for name in ("processor", "decoder"):
             shutil.copytree(run_dir / name, target / name)
         for name in ("model_index.json", "recipe.json"):
             shutil.copy(run_dir / name, target / name)
@@ -60,8 +63,9 @@ def main() -> None:
                                  "text-to-image with guidance 3, 25 decoder steps, seed 0")
         repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
     else:
-        for name in ("tokenizer", "decoder"):
-            shutil.copytree(run_dir / name, target / name)
+        # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
+        shutil.copytree(run_dir / "decoder", target / "decoder")
+        shutil.copy(run_dir / "tokenizer" / "preprocessor_config.json", target / "decoder" / "tokenizer")
         shutil.copy(run_dir / "recipe.json", target / "recipe.json")
         dataset = generate_shapes_dataset(args.num_images, seed=999, with_edits=False, progress=False)
         summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()

@@ -1,7 +1,7 @@
 """SSIM as an `evaluate` metric: ``evaluate.load("./metrics/ssim")`` (local module, works offline).
 
-The computation is ``hf_vtok.evaluation.metrics.ssim`` (Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03; equal to
-scikit-image's ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``).
+The computation is ``hf_vtok.evaluation.metrics.ssim`` (Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03), i.e.
+scikit-image's ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``.
 """
 
 import datasets

@@ -1,43 +1,4 @@
-"""Datasets: the built-in shapes world."""
+"""Datasets: the built-in shapes world (public names: :data:`hf_vtok.data.shapes.__all__`)."""
 
-from .shapes import (
-    COLORS,
-    EDIT_TYPES,
-    FLAT_BACKGROUND,
-    SHAPES,
-    SIZES,
-    STYLES,
-    AttributeReport,
-    DetectedObject,
-    ObjectSpec,
-    Scene,
-    SceneEdit,
-    ShapesWorldConfig,
-    check_attributes,
-    detect_objects,
-    generate_scene,
-    generate_shapes_dataset,
-    render_scene,
-    write_shapes_dataset,
-)
-
-__all__ = [
-    "COLORS",
-    "EDIT_TYPES",
-    "FLAT_BACKGROUND",
-    "SHAPES",
-    "SIZES",
-    "STYLES",
-    "AttributeReport",
-    "DetectedObject",
-    "ObjectSpec",
-    "Scene",
-    "SceneEdit",
-    "ShapesWorldConfig",
-    "check_attributes",
-    "detect_objects",
-    "generate_scene",
-    "generate_shapes_dataset",
-    "render_scene",
-    "write_shapes_dataset",
-]
+from .shapes import *
+from .shapes import __all__ as __all__

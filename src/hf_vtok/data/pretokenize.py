@@ -52,33 +52,49 @@ class PretokenizeResult:
 
 
 # ------------------------------------------------------------------------------------------- loading
-#: The small trained checkpoints shipped inside the package (one folder per family: tokenizer/, decoder/).
+#: The small trained checkpoints shipped inside the package: one folder per family whose ``decoder/`` pipeline holds
+#: the tokenizer (``decoder/tokenizer/``, with its image processor) once, and ``mllm/`` (the demo MLLM).
 SHIPPED_CHECKPOINTS_DIR = Path(__file__).parents[1] / "checkpoints"
+
+
+def tokenizer_subfolder(folder: str | os.PathLike) -> Path | None:
+    """Where a checkpoint keeps its tokenizer model: ``tokenizer/`` (a ``train-tokenizer`` run) or, when the
+    tokenizer ships only as the decoder pipeline's component (the shipped checkpoints), ``decoder/tokenizer/``."""
+    for candidate in (Path(folder) / "tokenizer", Path(folder) / "decoder" / "tokenizer"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def shipped_tokenizer_folders() -> dict[str, Path]:
+    """``{family: folder}`` of the tokenizer checkpoints shipped with the package (the MLLM's folder is not one)."""
+    if not SHIPPED_CHECKPOINTS_DIR.is_dir():
+        return {}
+    return {folder.name: folder for folder in sorted(SHIPPED_CHECKPOINTS_DIR.iterdir())
+            if (folder / "decoder" / "model_index.json").is_file() and tokenizer_subfolder(folder) and not (folder / "mllm").exists()}
 
 
 def resolve_tokenizer_source(source: str | os.PathLike) -> str | os.PathLike:
     """``"shipped:<family>"`` → the folder of the checkpoint shipped with the package; anything else unchanged."""
     if isinstance(source, str) and source.startswith("shipped:"):
         family = source.split(":", 1)[1]
-        folder = SHIPPED_CHECKPOINTS_DIR / family
-        if not (folder / "tokenizer" / "config.json").is_file():
-            available = sorted(p.name for p in SHIPPED_CHECKPOINTS_DIR.glob("*") if (p / "tokenizer").is_dir())
-            raise ValueError(f"`visual_tokenizer` {source!r}: no shipped checkpoint {family!r}; shipped: {available}.")
-        return str(folder)
+        shipped = shipped_tokenizer_folders()
+        if family not in shipped:
+            raise ValueError(f"`visual_tokenizer` {source!r}: no shipped checkpoint {family!r}; shipped: {sorted(shipped)}.")
+        return str(shipped[family])
     return source
 
 
 def load_visual_tokenizer(path: str | os.PathLike):
-    """``(model, image_processor)`` from a tokenizer folder (``config.json`` + weights + image processor) or from a
-    training run folder holding ``tokenizer/`` (what ``hf-vtok train-tokenizer`` writes). Needs no remote code."""
+    """``(model, image_processor)`` from a tokenizer folder (``config.json`` + weights + image processor), a training
+    run folder holding ``tokenizer/`` (what ``hf-vtok train-tokenizer`` writes) or a shipped checkpoint (the tokenizer
+    in ``decoder/tokenizer/``). Needs no remote code."""
     from transformers import AutoImageProcessor, AutoModel
 
     import hf_vtok  # noqa: F401  (registers the Auto classes)
 
     path = resolve_tokenizer_source(path)
-    folder = Path(path)
-    if (folder / "tokenizer" / "config.json").is_file():
-        folder = folder / "tokenizer"
+    folder = tokenizer_subfolder(path) or Path(path)
     if not (folder / "config.json").is_file():
         raise ValueError(
             f"`tokenizer` must be a tokenizer folder (config.json, model.safetensors, preprocessor_config.json) or a "
@@ -406,5 +422,7 @@ __all__ = [
     "pretokenize_dataset",
     "read_manifest",
     "shard_path",
+    "shipped_tokenizer_folders",
     "tokenizer_fingerprint",
+    "tokenizer_subfolder",
 ]

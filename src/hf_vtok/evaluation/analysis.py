@@ -7,9 +7,9 @@
 * :func:`prefix_decoding_curve` — DDT §5.4 (Fig. 8): reconstruction quality when the decoder sees only the first
   ``n`` tokens, for growing ``n`` (pipelines with a ``max_tokens`` argument: DDT). Drawn with :func:`line_chart`.
 * :func:`tokens_by_object_count` — SeTok: does the number of tokens follow the number of objects?
-* :func:`natural_photos` — the photos bundled with scikit-image (and scikit-learn's two, when it is installed).
+* :func:`natural_photos` — the photos bundled with scikit-image and scikit-learn.
 
-Pictures are drawn with PIL only (no matplotlib dependency).
+The line chart is drawn with matplotlib.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..utils.validation import check_float, check_int, describe
 from .metrics import psnr, ssim
@@ -44,8 +44,8 @@ NATURAL_PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hu
 
 
 def natural_photos(names: Sequence[str] | None = None, *, include_sklearn: bool = True) -> dict[str, Image.Image]:
-    """RGB PIL photos by name: scikit-image's ``names`` (default :data:`NATURAL_PHOTO_NAMES`) plus scikit-learn's
-    ``china`` and ``flower`` when scikit-learn is installed (it is not a dependency)."""
+    """RGB PIL photos by name: scikit-image's ``names`` (default :data:`NATURAL_PHOTO_NAMES`) plus, with
+    ``include_sklearn``, scikit-learn's ``china`` and ``flower``."""
     from skimage import data as skimage_data
 
     names = NATURAL_PHOTO_NAMES if names is None else names
@@ -58,14 +58,11 @@ def natural_photos(names: Sequence[str] | None = None, *, include_sklearn: bool 
             raise ValueError(f"`names` must name scikit-image photos such as {list(NATURAL_PHOTO_NAMES)}, got {name!r}.")
         photos[str(name)] = Image.fromarray(np.asarray(loader())).convert("RGB")
     if include_sklearn:
-        try:
-            from sklearn.datasets import load_sample_images
-        except ImportError:
-            pass
-        else:
-            sample = load_sample_images()
-            for filename, array in zip(sample.filenames, sample.images):
-                photos[filename.rsplit("/", 1)[-1].split(".")[0]] = Image.fromarray(array).convert("RGB")
+        from sklearn.datasets import load_sample_images
+
+        sample = load_sample_images()
+        for filename, array in zip(sample.filenames, sample.images):
+            photos[filename.rsplit("/", 1)[-1].split(".")[0]] = Image.fromarray(array).convert("RGB")
     return photos
 
 
@@ -211,11 +208,7 @@ def random_code_replacement(
 
 def default_prefix_lengths(total: int) -> list[int]:
     """1, 2, 4, ..., and ``total``."""
-    lengths, n = [], 1
-    while n < total:
-        lengths.append(n)
-        n *= 2
-    return lengths + [total]
+    return [2**i for i in range(math.ceil(math.log2(total)))] + [total]
 
 
 @torch.no_grad()
@@ -289,20 +282,8 @@ def tokens_by_object_count(num_tokens: Sequence[int], num_objects: Sequence[int]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# A line chart with PIL
+# A line chart with matplotlib
 # --------------------------------------------------------------------------------------------------------------
-
-_SERIES_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75))
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if high <= low:
-        high = low + 1.0
-    raw = (high - low) / max(1, count - 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
-    start = math.floor(low / step) * step
-    return [start + i * step for i in range(math.ceil((high - start) / step) + 1)]
 
 
 def line_chart(
@@ -314,60 +295,29 @@ def line_chart(
     size: tuple[int, int] = (560, 360),
     log_x: bool = False,
 ) -> Image.Image:
-    """A line chart (markers + lines, axes with ticks, legend) of ``{name: (xs, ys)}`` drawn with PIL.
-
-    Non-finite y values (e.g. PSNR of a perfect reconstruction) are left out. ``log_x`` spaces x in log2.
+    """A line chart (markers + lines, grid, legend) of ``{name: (xs, ys)}`` drawn with matplotlib, as an RGB image
+    of ``size`` pixels. Non-finite values (e.g. PSNR of a perfect reconstruction) are left out; ``log_x``: log2 x axis.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
     if not isinstance(series, Mapping) or not series:
         raise ValueError(f"`series` must be a non-empty mapping name → (xs, ys), got {describe(series)}.")
-    cleaned = {}
+    figure = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100, layout="tight")
+    axes = figure.add_subplot()
     for name, pair in series.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2 or len(pair[0]) != len(pair[1]):
             raise ValueError(f"`series[{name!r}]` must be a pair (xs, ys) of equal lengths, got {describe(pair)}.")
-        points = [(float(x), float(y)) for x, y in zip(*pair) if math.isfinite(float(y)) and math.isfinite(float(x))]
-        if log_x:
-            points = [(math.log2(x), y) for x, y in points if x > 0]
-        cleaned[str(name)] = points
-    everything = [p for points in cleaned.values() for p in points]
-    width, height = size
-    chart = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(chart)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 56, width - 16, 28, height - 44
-    draw.text((max(left + 70, (left + right) // 2 - 3 * len(title)), 6), title, fill="black", font=font)
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    if not everything:
-        draw.text((left + 8, top + 8), "no finite values", fill="black", font=font)
-        return chart
-    xs, ys = [p[0] for p in everything], [p[1] for p in everything]
-    x_ticks, y_ticks = _ticks(min(xs), max(xs)), _ticks(min(ys), max(ys))
-    x_low, x_high = x_ticks[0], x_ticks[-1]
-    y_low, y_high = y_ticks[0], y_ticks[-1]
-
-    def to_pixel(x: float, y: float) -> tuple[float, float]:
-        px = left + (x - x_low) / (x_high - x_low or 1.0) * (right - left)
-        py = bottom - (y - y_low) / (y_high - y_low or 1.0) * (bottom - top)
-        return px, py
-
-    for tick in y_ticks:
-        _, py = to_pixel(x_low, tick)
-        draw.line([left, py, right, py], fill=(225, 225, 225))
-        draw.text((4, py - 6), f"{tick:.4g}", fill="black", font=font)
-    for tick in x_ticks:
-        px, _ = to_pixel(tick, y_low)
-        draw.line([px, bottom, px, bottom + 4], fill="black")
-        label = f"{2 ** tick:.4g}" if log_x else f"{tick:.4g}"
-        draw.text((px - 8, bottom + 6), label, fill="black", font=font)
-    draw.text(((left + right) // 2 - 3 * len(xlabel), bottom + 22), xlabel, fill="black", font=font)
-    draw.text((4, top - 16), ylabel, fill="black", font=font)
-    for index, (name, points) in enumerate(cleaned.items()):
-        color = _SERIES_COLORS[index % len(_SERIES_COLORS)]
-        pixels = [to_pixel(x, y) for x, y in sorted(points)]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=color, width=2)
-        for px, py in pixels:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-        legend_y = top + 6 + 14 * index
-        draw.line([right - 120, legend_y + 6, right - 104, legend_y + 6], fill=color, width=2)
-        draw.text((right - 100, legend_y), name, fill="black", font=font)
-    return chart
+        points = sorted((float(x), float(y)) for x, y in zip(*pair) if math.isfinite(float(x)) and math.isfinite(float(y)))
+        points = [(x, y) for x, y in points if x > 0] if log_x else points
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=str(name))
+    if log_x:
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_formatter(ScalarFormatter())  # 16, not 2^4
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")

@@ -73,7 +73,7 @@ class LoadedMLLM:
 
 def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> LoadedMLLM:
     """Load an MLLM folder: ``path`` itself (config.json + processor files, optional ``decoder/``) or a
-    text-to-image pipeline folder holding ``mllm/`` (and ``decoder/``)."""
+    text-to-image pipeline folder holding ``mllm/`` (and ``processor/``, ``decoder/``)."""
     import json
 
     from ..mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
@@ -83,10 +83,12 @@ def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> L
         raise TypeError(f"`mllm` must be a folder path or a loaded model, got {describe(path)}.")
     root = Path(path)
     folder = root / "mllm" if (root / "mllm" / "config.json").is_file() else root
-    for required in ("config.json", "processor_config.json"):
-        if not (folder / required).is_file():
+    # a text-to-image pipeline folder keeps its processor once, as the pipeline's `processor/` component
+    processor_folder = root / "processor" if (root / "processor" / "processor_config.json").is_file() else folder
+    for required in (folder / "config.json", processor_folder / "processor_config.json"):
+        if not required.is_file():
             raise ValueError(
-                f"`mllm` {str(root)!r} is not an MLLM folder: {required} is missing (save the model and its processor "
+                f"`mllm` {str(root)!r} is not an MLLM folder: {required.name} is missing (save the model and its processor "
                 "with save_pretrained)."
             )
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
@@ -97,7 +99,7 @@ def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> L
     for weights in sorted(root.glob("**/*.safetensors")):
         check_safetensors_file(weights, name="mllm")
     model = VTokMLLMForConditionalGeneration.from_pretrained(folder).eval()
-    processor = VTokMLLMProcessor.from_pretrained(folder)
+    processor = VTokMLLMProcessor.from_pretrained(processor_folder)
     decoder = None
     if load_decoder:
         for candidate in (root / "decoder", folder / "decoder"):

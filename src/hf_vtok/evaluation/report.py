@@ -1,6 +1,6 @@
 """``hf-vtok eval``: the quality table of one or several trained tokenizer folders, with pictures.
 
-For every folder (``tokenizer/`` + ``decoder/``, see :func:`~hf_vtok.evaluation.tokenizers.load_tokenizer_folder`):
+For every folder (a tokenizer + ``decoder/``, see :func:`~hf_vtok.evaluation.tokenizers.load_tokenizer_folder`):
 
 * reconstruction on the shapes world (textured scenes) and on the natural photos bundled with scikit-image:
   PSNR, SSIM, and with ``perceptual_backbone`` the LPIPS-style distance, with ``clip_path`` CLIP-I (input vs
@@ -56,12 +56,10 @@ TABLE_COLUMNS = (
 
 
 def default_tokenizer_folders() -> list[Path]:
-    """Every shipped checkpoint: ``hf_vtok/checkpoints/<name>`` folders with ``tokenizer/`` and ``decoder/``."""
-    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR as root
+    """Every shipped tokenizer checkpoint (``hf_vtok/checkpoints/<family>``)."""
+    from ..data.pretokenize import shipped_tokenizer_folders
 
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "tokenizer" / "config.json").is_file() and (p / "decoder" / "model_index.json").is_file())
+    return list(shipped_tokenizer_folders().values())
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -98,8 +96,21 @@ def _save(image, path: Path, written: list) -> None:
     written.append(str(save_png(image, path)))
 
 
-def _evaluate_one(name: str, folder: Path, shapes, photos, photo_names, out_dir: Path, options: dict) -> dict:
+def _reconstruction_grid(evaluation, names: list[str], tile_size: int):
+    """Inputs, reconstructions (captioned with their PSNR) and, when the tokens group patches, the group maps."""
     from .visualization import make_grid, overlay_masks
+
+    count = len(evaluation.originals)
+    tiles = list(evaluation.originals) + list(evaluation.reconstructions)
+    captions = names[:count] + [f"{v:.1f} dB" for v in evaluation.psnr[:count]]
+    if evaluation.group_maps:
+        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(evaluation.originals, evaluation.group_maps)]
+        captions += [f"{len(np.unique(labels))} groups" for labels in evaluation.group_maps]
+    return make_grid(tiles, ncols=count, captions=captions, tile_size=tile_size)
+
+
+def _evaluate_one(name: str, folder: Path, shapes, photos, photo_names, out_dir: Path, options: dict) -> dict:
+    from .visualization import make_grid
 
     started = time.perf_counter()
     loaded = load_tokenizer_folder(folder)
@@ -115,23 +126,12 @@ def _evaluate_one(name: str, folder: Path, shapes, photos, photo_names, out_dir:
     report["shapes"] = shapes_eval.summary()
     if shapes_eval.num_tokens and shapes_eval.num_objects and len(set(shapes_eval.num_tokens)) > 1:
         report["tokens_by_objects"] = tokens_by_object_count(shapes_eval.num_tokens, shapes_eval.num_objects)
-    count = len(shapes_eval.originals)
-    tiles = list(shapes_eval.originals) + list(shapes_eval.reconstructions)
-    captions = ["input"] * count + [f"{v:.1f} dB" for v in shapes_eval.psnr[:count]]
-    if shapes_eval.group_maps:
-        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(shapes_eval.originals, shapes_eval.group_maps)]
-        captions += [f"{len(np.unique(labels))} groups" for labels in shapes_eval.group_maps]
-    _save(make_grid(tiles, ncols=count, captions=captions, tile_size=96), out_dir / f"{name}_shapes.png", written)
+    _save(_reconstruction_grid(shapes_eval, ["input"] * len(shapes_eval.originals), 96), out_dir / f"{name}_shapes.png", written)
 
     # --- natural photos: reconstruction (+ cluster / slot maps)
-    photo_eval = evaluate_tokenizer(loaded, photos, **{**common, "clip_path": options["clip_path"]})
+    photo_eval = evaluate_tokenizer(loaded, photos, **common)
     report["photos"] = photo_eval.summary()
-    tiles = list(photo_eval.originals) + list(photo_eval.reconstructions)
-    captions = list(photo_names) + [f"{v:.1f} dB" for v in photo_eval.psnr]
-    if photo_eval.group_maps:
-        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(photo_eval.originals, photo_eval.group_maps)]
-        captions += [f"{len(np.unique(labels))} groups" for labels in photo_eval.group_maps]
-    _save(make_grid(tiles, ncols=len(photo_names), captions=captions, tile_size=128), out_dir / f"{name}_photos.png", written)
+    _save(_reconstruction_grid(photo_eval, list(photo_names), 128), out_dir / f"{name}_photos.png", written)
 
     images = [image.convert("RGB") for image in shapes["image"][: options["analysis_images"]]]
     # --- Slot-MLLM B.1: random code replacement (discrete tokenizers)

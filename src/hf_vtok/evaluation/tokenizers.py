@@ -17,6 +17,8 @@ from PIL import Image
 from ..utils.validation import check_int, check_safetensors_file, describe
 from .metrics import foreground_ari, mean_iou_matched, psnr, ssim
 
+__all__ = ["LoadedTokenizer", "TokenizerEvaluation", "evaluate_tokenizer", "load_tokenizer_folder", "resize_images"]
+
 
 @dataclass
 class LoadedTokenizer:
@@ -33,10 +35,11 @@ class LoadedTokenizer:
 
 
 def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
-    """Load ``path/tokenizer`` (model + image processor) and ``path/decoder`` (pipeline) with the Auto classes.
+    """Load a checkpoint's tokenizer (model + image processor) and ``decoder/`` pipeline with the Auto classes.
 
-    The pipeline class is read from ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any
-    family's folder loads the same way.
+    The tokenizer is ``tokenizer/`` (a training run) or the pipeline's own ``decoder/tokenizer/`` (a shipped
+    checkpoint, see :func:`~hf_vtok.data.pretokenize.tokenizer_subfolder`). The pipeline class is read from
+    ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any family's folder loads the same way.
     """
     import json
 
@@ -44,22 +47,28 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
 
     import hf_vtok
 
+    from ..data.pretokenize import tokenizer_subfolder
+
     if not isinstance(path, (str, Path)):
         raise TypeError(f"`path` must be a folder path, got {describe(path)}.")
     path = Path(path)
-    for sub in ("tokenizer", "decoder"):
-        if not (path / sub).is_dir():
-            raise ValueError(f"`path` must hold `tokenizer/` and `decoder/` folders, missing {str(path / sub)!r}.")
-    for required in ("tokenizer/config.json", "tokenizer/preprocessor_config.json", "decoder/model_index.json"):
-        if not (path / required).is_file():
+    tokenizer_folder = tokenizer_subfolder(path) or path / "tokenizer"
+    for sub in (tokenizer_folder, path / "decoder"):
+        if not sub.is_dir():
             raise ValueError(
-                f"`path` {str(path)!r} is not a complete tokenizer folder: {required} is missing "
+                f"`path` must hold `tokenizer/` and `decoder/` folders (or the tokenizer only as `decoder/tokenizer/`), "
+                f"missing {str(sub)!r}."
+            )
+    for required in (tokenizer_folder / "config.json", tokenizer_folder / "preprocessor_config.json", path / "decoder" / "model_index.json"):
+        if not required.is_file():
+            raise ValueError(
+                f"`path` {str(path)!r} is not a complete tokenizer folder: {required.relative_to(path).as_posix()} is missing "
                 "(save the model, its image processor and the decoder pipeline, e.g. with `hf_vtok.trainer.tokenizer_trainer.export_tokenizer`)."
             )
     for weights in sorted(path.glob("**/*.safetensors")):  # diffusers' own error for a broken file is vaguer
         check_safetensors_file(weights, name="path")
-    model = AutoModel.from_pretrained(path / "tokenizer").eval()
-    image_processor = AutoImageProcessor.from_pretrained(path / "tokenizer")
+    model = AutoModel.from_pretrained(tokenizer_folder).eval()
+    image_processor = AutoImageProcessor.from_pretrained(tokenizer_folder)
     try:
         class_name = json.loads((path / "decoder" / "model_index.json").read_text())["_class_name"]
     except (ValueError, KeyError, TypeError) as error:
@@ -82,7 +91,7 @@ def assignment_maps(assignments: torch.Tensor, attention_mask: torch.Tensor | No
     if attention_mask is not None and attention_mask.shape[-1] == scores.shape[1]:
         scores = scores.masked_fill(~attention_mask.bool()[:, :, None], -math.inf)
     labels = scores.argmax(dim=1)
-    side = int(round(math.sqrt(labels.shape[-1])))
+    side = round(math.sqrt(labels.shape[-1]))
     if side * side != labels.shape[-1]:
         raise ValueError(f"`assignments` must cover a square grid of patches, got {labels.shape[-1]} patches.")
     return labels.reshape(-1, side, side).cpu().numpy()
@@ -138,6 +147,10 @@ class TokenizerEvaluation:
             if len(set(self.num_tokens)) > 1 and len(set(self.num_objects)) > 1:
                 result["tokens_objects_correlation"] = round(float(np.corrcoef(self.num_tokens, self.num_objects)[0, 1]), 4)
         return {key: value for key, value in result.items() if value is not None}
+
+
+def _keep(kept: list, new, limit: int) -> None:
+    kept += list(new[: max(0, limit - len(kept))])
 
 
 @torch.no_grad()
@@ -201,14 +214,11 @@ def evaluate_tokenizer(
                 result.clip_i += list(np.atleast_1d(clip_image_similarity(targets, reconstructions, clip_path)))
                 if caption_column in rows:
                     result.clip_t += list(np.atleast_1d(clip_score(reconstructions, list(rows[caption_column]), clip_path)))
-            if len(result.reconstructions) < keep_images:
-                result.reconstructions += list(reconstructions[: keep_images - len(result.reconstructions)])
-        if len(result.originals) < keep_images:
-            result.originals += list(originals[: keep_images - len(result.originals)])
+            _keep(result.reconstructions, reconstructions, keep_images)
+        _keep(result.originals, originals, keep_images)
         if tokens.assignments is not None:
             maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), size)
-            if len(result.group_maps) < keep_images:
-                result.group_maps += list(maps[: keep_images - len(result.group_maps)])
+            _keep(result.group_maps, maps, keep_images)
             if "mask" in rows:
                 true = np.stack([np.asarray(m.resize((size, size), Image.Resampling.NEAREST)) for m in rows["mask"]])
                 result.fg_ari += list(np.atleast_1d(foreground_ari(true, maps)))

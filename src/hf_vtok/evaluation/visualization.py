@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from skimage.segmentation import find_boundaries
 
 from ..utils.validation import check_float, check_int, describe, load_image
 
@@ -48,25 +50,18 @@ def _tensor_to_image(tensor: torch.Tensor, name: str) -> Image.Image:
         raise ValueError(f"`{name}` tensor must be CxHxW with C=3, or HxW, got shape {tuple(tensor.shape)}.")
     if tensor.numel() == 0:
         raise ValueError(f"`{name}` tensor must not be empty, got shape {tuple(tensor.shape)}.")
-    if tensor.dtype == torch.uint8:
-        array = tensor.numpy()
-    elif tensor.is_floating_point():
+    if tensor.is_floating_point():
         tensor = tensor.float()
         if not torch.isfinite(tensor).all():
             raise ValueError(f"`{name}` tensor contains NaN or Inf values.")
         low, high = float(tensor.min()), float(tensor.max())
         if low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-            raise ValueError(
-                f"`{name}` float tensor must hold values in [0, 1] or [-1, 1], got [{low:.3g}, {high:.3g}]."
-            )
-        if low < 0:
-            tensor = (tensor + 1) / 2
-        array = (tensor.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    else:
+            raise ValueError(f"`{name}` float tensor must hold values in [0, 1] or [-1, 1], got [{low:.3g}, {high:.3g}].")
+        tensor = ((tensor + 1) / 2 if low < 0 else tensor).clamp(0, 1)
+    elif tensor.dtype != torch.uint8:
         raise TypeError(f"`{name}` tensor must be uint8 or floating point, got dtype {tensor.dtype}.")
-    if array.ndim == 3:
-        array = np.moveaxis(array, 0, -1)
-    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+    array = tensor.numpy()
+    return load_image(np.ascontiguousarray(np.moveaxis(array, 0, -1) if array.ndim == 3 else array), name=name)
 
 
 def _mask_array(mask: Any, name: str = "mask") -> np.ndarray:
@@ -112,14 +107,6 @@ def mask_to_color(mask: Any, *, background_id: int | None = 0) -> Image.Image:
     return Image.fromarray(colored)
 
 
-def _boundaries(array: np.ndarray) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another id (a one-pixel contour between segments)."""
-    edge = np.zeros(array.shape, dtype=bool)
-    edge[:, :-1] |= array[:, :-1] != array[:, 1:]
-    edge[:-1, :] |= array[:-1, :] != array[1:, :]
-    return edge
-
-
 def overlay_masks(
     image: Any,
     mask: Any,
@@ -136,10 +123,8 @@ def overlay_masks(
     picture = to_pil_image(image)
     alpha = check_float("alpha", alpha, minimum=0.0, maximum=1.0)
     array = _mask_array(mask)
-    if array.shape != (picture.height, picture.width):  # nearest-neighbour, sampled at pixel centres
-        rows = ((np.arange(picture.height) + 0.5) * array.shape[0] / picture.height).astype(int)
-        cols = ((np.arange(picture.width) + 0.5) * array.shape[1] / picture.width).astype(int)
-        array = array[rows[:, None], cols[None, :]]
+    if array.shape != (picture.height, picture.width):
+        array = np.asarray(Image.fromarray(array.astype(np.int32)).resize(picture.size, Image.Resampling.NEAREST)).astype(np.int64)
     pixels = np.asarray(picture, dtype=np.float32)
     blended = (1 - alpha) * pixels + alpha * _id_colors(array).astype(np.float32)
     if background_id is not None:
@@ -147,31 +132,8 @@ def overlay_masks(
         keep = array == background_id
         blended[keep] = pixels[keep]
     if draw_boundaries:
-        blended[_boundaries(array)] = 255.0
+        blended[find_boundaries(array, mode="inner")] = 255.0
     return Image.fromarray(np.round(blended).astype(np.uint8))
-
-
-def _wrap(text: str, font: ImageFont.ImageFont, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
-    """Greedy word wrap to a pixel width; words longer than a line are cut."""
-    lines: list[str] = []
-    for paragraph in str(text).splitlines() or [""]:
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if draw.textlength(candidate, font=font) <= width:
-                line = candidate
-                continue
-            if line:
-                lines.append(line)
-            while len(word) > 1 and draw.textlength(word, font=font) > width:
-                cut = len(word) - 1
-                while cut > 1 and draw.textlength(word[:cut], font=font) > width:
-                    cut -= 1
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
-        lines.append(line)
-    return lines
 
 
 def make_grid(
@@ -226,11 +188,9 @@ def make_grid(
     cell_width = max(tile.width for tile in tiles)
     cell_height = max(tile.height for tile in tiles)
     font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = font.getbbox("Hg")[3] + 2
-    wrapped = (
-        [_wrap(caption, font, cell_width, measure) for caption in captions] if captions is not None else None
-    )
+    characters_per_line = max(1, int(cell_width // font.getlength("n")))
+    wrapped = [textwrap.wrap(str(caption), characters_per_line) or [""] for caption in captions] if captions else None
     caption_height = max(len(lines) for lines in wrapped) * line_height + pad if wrapped else 0
 
     nrows = -(-len(tiles) // ncols)

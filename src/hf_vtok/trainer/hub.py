@@ -115,7 +115,9 @@ def describe_folder(folder: str | os.PathLike) -> dict:
                     has_decoder=(folder / "decoder" / "model_index.json").is_file(),
                     has_adapter=(folder / "adapter" / "adapter_config.json").is_file())
     else:
-        tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer" / "config.json").is_file() else folder
+        from ..data.pretokenize import tokenizer_subfolder
+
+        tokenizer_dir = tokenizer_subfolder(folder) or folder
         config = _read_json(tokenizer_dir / "config.json")
         if config.get("model_type") not in FAMILY_OF_MODEL_TYPE:
             raise ValueError(
