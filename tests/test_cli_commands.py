@@ -174,6 +174,7 @@ def _bad_inputs(scenes, ddt_ids, setok_tokens, tmp_path):
     out_of_range["images"][0]["ids"][3] = out_of_range["tokenizer"]["codebook_size"]
     (tmp_path / "out_of_range.json").write_text(json.dumps(out_of_range))
     (tmp_path / "junk.png").write_text("not an image")
+    (tmp_path / "no_ids.json").write_text(json.dumps({"format": "hf_vtok.tokens/1", "images": [{"ids": [1]}, {"size": [64, 64]}]}))
     missing, out = str(tmp_path / "missing.png"), str(tmp_path / "out")
     return [
         (["tokenize", missing], "not a file"),
@@ -184,6 +185,7 @@ def _bad_inputs(scenes, ddt_ids, setok_tokens, tmp_path):
         (["reconstruct", str(tmp_path / "out_of_range.json"), "--out", out], "outside the codebook [0, 512)"),
         (["reconstruct", str(ddt_ids), "--max-tokens", "17", "--out", out], "at most the tokenizer's 16 tokens"),
         (["reconstruct", scenes[0], "--out", out], "written by `hf-vtok tokenize`"),
+        (["reconstruct", str(tmp_path / "no_ids.json"), "--out", out], "image 1 has no ids list"),
         (["visualize", missing], "not a file"),
         (["visualize", scenes[0], "--tokenizer", "shipped:nothing"], "no checkpoint of that name"),
         (["generate", " ", "--out", out], "`PROMPT` must be non-empty"),

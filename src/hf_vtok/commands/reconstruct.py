@@ -63,6 +63,8 @@ def _decode_call(record: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..utils.validation import check_float
     from .checkpoints import image_name, load_decoder, load_images, map_with_estimate, output_folder
     from .tokenize import read_tokens
@@ -99,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
 
     def decode(indexed):
         index, record = indexed
-        import torch
-
         source = {"images": [record["image"]]} if "image" in record else _decode_call(record)
         generator = torch.Generator().manual_seed(args.seed + index)
         return pipe(**source, generator=generator, **options).images[0]

@@ -112,8 +112,14 @@ def read_tokens(path: str, argument: str = "IDS") -> dict:
                     record["embeddings"] = tensors["embeddings"][row, : record["num_tokens"]].tolist()
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         raise ValueError(f"`{argument}` {path!r} is not a token file written by `hf-vtok tokenize` ({error}).") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT or not document.get("images"):
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("images"), list) or not document["images"]:
         raise ValueError(f"`{argument}` {path!r} is not a token file written by `hf-vtok tokenize` (format {FORMAT}).")
+    kind = "ids" if isinstance(document["images"][0], dict) and "ids" in document["images"][0] else "embeddings"
+    for index, record in enumerate(document["images"]):
+        tokens = record.get(kind) if isinstance(record, dict) else None
+        if not isinstance(tokens, list) or not tokens:
+            raise ValueError(f"`{argument}` {path!r}: image {index} has no {kind} list (every image needs one).")
+        record["num_tokens"] = len(tokens)
     return document
 
 
