@@ -10,9 +10,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import data, demo, evaluate, pretokenize, push, train_mllm, train_tokenizer
+from . import (
+    convert_dinov2,
+    data,
+    demo,
+    describe,
+    evaluate,
+    generate,
+    pretokenize,
+    push,
+    reconstruct,
+    tokenize,
+    train_mllm,
+    train_tokenizer,
+    visualize,
+)
 
-SUBCOMMANDS = (demo, train_tokenizer, evaluate, train_mllm, pretokenize, push, data)
+SUBCOMMANDS = (
+    demo, tokenize, reconstruct, visualize, generate, describe, train_tokenizer, evaluate, train_mllm, pretokenize,
+    push, data, convert_dinov2,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
