@@ -33,7 +33,7 @@ def _check_tokens(document: dict, pipe, argument: str = "IDS") -> None:
         )
     records = document["images"]
     if "ids" in records[0]:
-        if "token_ids" not in inspect.signature(pipe.__call__).parameters:
+        if not tokenizer.is_discrete:  # SeTok: continuous tokens, rendered from embeddings
             raise ValueError(f"`{argument}` holds ids but the {config.model_type} decoder renders embeddings.")
         for index, record in enumerate(records):
             ids, codebook = record["ids"], config.codebook_size
