@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hf_vtok.models.setok import SeTokConfig, SeTokModel, density_peak_clustering
+from hf_vtok.models.setok.clustering_setok import _released_distances
 from hf_vtok.models.setok.modeling_setok import (
     SeTokClusterMerger,
     SeTokReleasedMergerBlock,
@@ -75,7 +76,8 @@ def test_released_delta_quirk_on_a_hand_built_case():
     ours, out = library_labels(features[None], **kwargs)
     assert same_partition(ours[0], labels)
     assert sorted(out.seed_indices[0][out.seed_indices[0] >= 0].tolist()) == centres.tolist()
-    torch.testing.assert_close(out.log_scores[0].exp(), score, rtol=1e-3, atol=1e-6)  # cdist: N^2 roots, mm rounding
+    # (cdist computes 8 x 8 distances pairwise, not by its matrix product: equal to float rounding only)
+    torch.testing.assert_close(out.log_scores[0].exp(), score, rtol=1e-4, atol=1e-6)
     # The quirk matters here: the densest patch's delta is the smallest row maximum (that of the patch at 5.0,
     # distance 5.0), not its own row maximum (~10), and the patch at 9.2 is capped the same way, so with the own
     # row maximum ("row") the scores and the partition differ.
@@ -84,6 +86,13 @@ def test_released_delta_quirk_on_a_hand_built_case():
     densest = int(out.log_scores[0].argmax())
     rho = (row_out.log_scores[0] - out.log_scores[0]).exp()  # ratio of the two deltas of each patch
     assert rho[densest] > 1.5 and rho[6] > 1.5  # row delta / released delta: the cap changed both
+
+
+def test_released_distances_are_cdist_bit_for_bit():
+    features = torch.randn(3, 100, 48, generator=torch.Generator().manual_seed(0)) * 3.0
+    ours = _released_distances(features, "sqrt_dim")
+    for image in range(3):
+        assert torch.equal(ours[image], torch.cdist(features[image], features[image]) / 48**0.5)
 
 
 def structured_features(batch: int, grid: int, dim: int, seed: int) -> torch.Tensor:

@@ -183,35 +183,91 @@ def _nearest_denser(distances: torch.Tensor, density_key: torch.Tensor, densest_
     return torch.where(torch.isinf(nearest), fallback, nearest)
 
 
-def _scores(distances, *, knn_size, density, delta_distance, densest_delta, noise=None, linear=False):
-    """Seed scores of every patch: ``(log(rho * delta), rho * delta or None)``.
-
-    ``noise`` ``[B, N]`` is added to the density rho itself (the released code's ``rand * 1e-6``). With ``linear``
-    (the released centre rule) rho, delta and the score are computed as the released code does, in linear space
-    (float32 ``delta * rho``), so that the threshold test ``score > threshold`` sees the same numbers; otherwise
-    in log space (no underflow for large feature distances).
+def _scores(distances, *, knn_size, density, delta_distance, densest_delta, noise=None):
+    """log(rho * delta) of every patch from squared ``distances``, in log space (no underflow for large feature
+    distances). ``noise`` ``[B, N]`` is added to rho itself (as the released code's ``rand * 1e-6``).
     """
     log_rho = _log_density(distances, knn_size, density)
-    if linear or noise is not None:
-        rho = log_rho.exp()
-        if noise is not None:
-            rho = rho + noise
-        density_key = rho
-        if not linear:
-            log_rho = rho.log()
-    else:
+    density_key = log_rho
+    if noise is not None:
+        log_rho = (log_rho.exp() + noise).log()
         density_key = log_rho
-    delta = _nearest_denser(distances, density_key, densest_delta)
-    if linear:
-        score = (delta.sqrt() if delta_distance == "euclidean" else delta) * rho
-        return score.log(), score
-    log_delta = delta.log()
-    return log_rho + (0.5 * log_delta if delta_distance == "euclidean" else log_delta), None
+    log_delta = _nearest_denser(distances, density_key, densest_delta).log()
+    return log_rho + (0.5 * log_delta if delta_distance == "euclidean" else log_delta)
+
+
+_RELEASED_DISTANCE_PATH: dict = {}  # (shape, device type) -> "gram" or "exact", decided on the first chunk
+
+
+def _released_distances(features: torch.Tensor, distance_scale: str) -> torch.Tensor:
+    """Euclidean distances ``[B, N, N]`` bit for bit as ``torch.cdist(x, x)`` (then ``/ sqrt(C)``) computes them.
+
+    ``cdist`` takes its matrix-product path (more than 25 rows): ``[-2x, |x|^2, 1] @ [x, 1, |x|^2]^T``, clamped
+    at 0, square root ("exact" below: the same operations on the same shapes give the same bits). The released
+    centre rule uses these, so that its comparisons (density order, threshold, nearest centre) see exactly the
+    released code's numbers.
+
+    The faster "gram" path computes ``-2 (x x^T) + (|x_i|^2 + |x_j|^2)`` with the symmetric half Gram matrix: when
+    the BLAS accumulates the two extra columns of the augmented product as a separate block (it does for wide
+    features, e.g. C = 1152 with MKL), this equals the exact product bit for bit. Which one holds depends on the
+    shapes and the BLAS, not on the values, so the first chunk of each shape computes both and keeps the gram
+    path only if they agree exactly; otherwise the exact path is used from then on.
+    """
+    features = features.float()
+    norms = features.pow(2).sum(-1, True)
+    key = (tuple(features.shape), features.device.type)
+    path = _RELEASED_DISTANCE_PATH.get(key)
+    if path != "gram":
+        pad = torch.ones_like(norms, memory_format=torch.contiguous_format)
+        left = torch.cat([features.mul(-2), norms, pad], -1)
+        right = torch.cat([features, pad, norms], -1)
+        distances = left.matmul(right.mT)
+    if path != "exact":
+        gram = _gram(features).mul_(-2.0).add_(norms + norms.mT)
+        if path is None:
+            path = "gram" if torch.equal(gram, distances) else "exact"
+            _RELEASED_DISTANCE_PATH[key] = path
+        distances = gram if path == "gram" else distances
+    distances = distances.clamp_min_(0).sqrt_()
+    if distance_scale == "sqrt_dim":
+        distances = distances / features.shape[-1] ** 0.5
+    return distances
+
+
+def _sorted_smallest(distances: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` smallest values of every row, ascending (what ``torch.topk(largest=False)`` returns)."""
+    if distances.device.type == "cpu" and distances.dtype == torch.float32:
+        smallest = np.partition(distances.numpy(), count - 1, axis=-1)[..., :count]
+        return torch.from_numpy(np.sort(smallest, axis=-1))
+    return torch.topk(distances, count, dim=-1, largest=False).values
+
+
+def _released_scores(distances, *, knn_size, density, delta_distance, densest_delta, noise=None):
+    """Scores of the released centre rule from Euclidean ``distances`` (:func:`_released_distances`), with the
+    released code's operations in its order: rho = exp(-mean(kNN distance ** 2)) (+ noise), delta per
+    ``densest_delta`` on the Euclidean distances, score = delta * rho (linear, float32).
+
+    Returns ``(log(score), score)``.
+    """
+    num = distances.shape[-1]
+    if density == "released":  # the K nearest include the point itself
+        nearest = _sorted_smallest(distances, min(knn_size, num))
+    else:  # the K nearest other patches: drop the smallest (the point itself)
+        k = min(knn_size, num - 1)
+        nearest = _sorted_smallest(distances, k + 1)[..., 1:] if k else distances.new_zeros(*distances.shape[:-1], 1)
+    rho = (-(nearest**2).mean(dim=-1)).exp()
+    if noise is not None:
+        rho = rho + noise
+    delta = _nearest_denser(distances, rho, densest_delta)
+    if delta_distance == "squared":
+        delta = delta**2
+    score = delta * rho
+    return score.log(), score
 
 
 def _log_scores(distances, *, knn_size, density, delta_distance, densest_delta) -> torch.Tensor:
     return _scores(distances, knn_size=knn_size, density=density, delta_distance=delta_distance,
-                   densest_delta=densest_delta)[0]
+                   densest_delta=densest_delta)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -280,7 +336,11 @@ def _released_rule(distances, scores, *, max_clusters, score_threshold, released
     num_centres = torch.where(fallback, torch.full_like(num_passing, min(released_fallback_clusters, num)), num_passing)
     num_centres = num_centres.clamp(max=max_clusters)
     width = max(int(num_centres.max()), 1)
-    candidates = passing | fallback[:, None]
+    # Fallback centres: the top-k scores chosen by torch.topk itself, as the released code does (on exactly equal
+    # scores its choice is the one that counts).
+    top = torch.topk(scores, min(released_fallback_clusters, num), dim=-1).indices
+    in_top = torch.zeros_like(passing).scatter_(1, top, True)
+    candidates = torch.where(fallback[:, None], in_top, passing)
     rank_key = scores.nan_to_num(nan=-math.inf).masked_fill(~candidates, -math.inf)
     centres = torch.sort(rank_key, dim=-1, descending=True, stable=True).indices[:, :width]  # ties: lower index
     slots = torch.arange(width, device=device)
@@ -326,14 +386,23 @@ def _cluster_chunk(features, *, knn_size, kernel_scale, max_clusters, min_cluste
                    scope_threshold, hard_assignment, center_rule, released_fallback_clusters, distance_scale,
                    density, delta_distance, densest_delta, density_noise=None):
     need_grad = torch.is_grad_enabled() and features.requires_grad
-    with torch.set_grad_enabled(need_grad):
-        distances = pairwise_squared_distances(features, distance_scale)
-    with torch.no_grad():
+    score_options = {"knn_size": knn_size, "density": density, "delta_distance": delta_distance,
+                     "densest_delta": densest_delta, "noise": density_noise}
+    if center_rule == "released":
+        # The released code's own distance numbers (Euclidean, as torch.cdist); the squared distances with a
+        # gradient are only needed for the straight-through surrogate.
+        with torch.no_grad():
+            _squared_norms(features.detach().float())  # NaN/Inf check (~0.2 ms per image)
+            detached = _released_distances(features.detach(), distance_scale)
+            log_scores, scores = _released_scores(detached, **score_options)
+        distances = pairwise_squared_distances(features, distance_scale) if need_grad else None
+    else:
+        with torch.set_grad_enabled(need_grad):
+            distances = pairwise_squared_distances(features, distance_scale)
         detached = distances.detach()
-        log_scores, scores = _scores(
-            detached, knn_size=knn_size, density=density, delta_distance=delta_distance, densest_delta=densest_delta,
-            noise=density_noise, linear=center_rule == "released",
-        )
+        with torch.no_grad():
+            log_scores = _scores(detached, **score_options)
+    with torch.no_grad():
         if center_rule == "paper":
             masks, seeds, num_tokens = _paper_rule(
                 detached, log_scores, kernel_scale=kernel_scale, max_clusters=max_clusters,
@@ -496,14 +565,17 @@ def _reference_density_peak_clustering(features: torch.Tensor, **kwargs) -> SeTo
     all_masks, all_seeds, all_counts, all_scores = [], [], [], []
     for index, image in enumerate(features):
         squared_norms = _squared_norms(image[None])[0]
-        distances = _distances_from_gram((image @ image.T)[None], squared_norms[None])
-        if options["distance_scale"] == "sqrt_dim":
-            distances = distances.div_(image.shape[-1])
-        log_scores, scores = _scores(
-            distances, knn_size=options["knn_size"], density=options["density"],
-            delta_distance=options["delta_distance"], densest_delta=options["densest_delta"],
-            noise=None if noise is None else noise[index : index + 1], linear=options["center_rule"] == "released",
-        )
+        score_options = {"knn_size": options["knn_size"], "density": options["density"],
+                         "delta_distance": options["delta_distance"], "densest_delta": options["densest_delta"],
+                         "noise": None if noise is None else noise[index : index + 1]}
+        if options["center_rule"] == "released":
+            distances = _released_distances(image[None], options["distance_scale"])
+            log_scores, scores = _released_scores(distances, **score_options)
+        else:
+            distances = _distances_from_gram((image @ image.T)[None], squared_norms[None])
+            if options["distance_scale"] == "sqrt_dim":
+                distances = distances.div_(image.shape[-1])
+            log_scores = _scores(distances, **score_options)
         log_scores = log_scores[0]
         distances = distances[0]
         masks = torch.zeros(slots, image.shape[0])
@@ -525,9 +597,8 @@ def _reference_released_rule_single(distances, scores, masks, seeds, options) ->
     """Released centre rule for one image with a Python loop over the centres (same tie rules as the batched one)."""
     threshold = 0.5 if options["score_threshold"] is None else options["score_threshold"]
     centres = (scores > threshold).nonzero(as_tuple=True)[0].tolist()
-    if not centres:  # no score passes: the top-k scores
-        ranked = sorted(range(scores.shape[0]), key=lambda patch: (-float(scores[patch]), patch))
-        centres = ranked[: options["released_fallback_clusters"]]
+    if not centres:  # no score passes: the top-k scores (torch.topk's choice on exact ties, as released)
+        centres = torch.topk(scores, min(options["released_fallback_clusters"], scores.shape[0])).indices.tolist()
     centres = sorted(centres, key=lambda patch: (-float(scores[patch]), patch))[: options["max_clusters"]]
     best = torch.full((distances.shape[0],), math.inf)
     labels = torch.zeros(distances.shape[0], dtype=torch.long)
