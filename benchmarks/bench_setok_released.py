@@ -44,10 +44,10 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_setok_clustering import make_features  # noqa: E402
+from bench_setok_clustering import make_features
 
-from hf_vtok.models.setok import SeTokConfig, density_peak_clustering  # noqa: E402
-from hf_vtok.models.setok.modeling_setok import SeTokClusterMerger, _reference_cluster_merger  # noqa: E402
+from hf_vtok.models.setok import SeTokConfig, density_peak_clustering
+from hf_vtok.models.setok.modeling_setok import SeTokClusterMerger, _reference_cluster_merger
 
 K, THRESHOLD, FALLBACK, NOISE = 64, 0.55, 64, 1e-6
 
@@ -61,7 +61,7 @@ def released_dpc_knn(x: torch.Tensor, k: int = K, threshold: float = THRESHOLD, 
 
     The density noise comes from the global RNG, as in the released code (seed it before the loop).
     """
-    num, channels = x.shape
+    channels = x.shape[1]
     dist = torch.cdist(x, x) / channels**0.5
     nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
     density = (-(nearest**2).mean(dim=-1)).exp()
@@ -227,9 +227,14 @@ def section_merger(args):
             merger = merger_of(layout, args.dim, args.grid)
             with torch.no_grad():
                 merger(features[:2], masks[:2], attention_mask[:2])  # warm-up
-                t_packed, packed = timed(lambda: merger(features, masks, attention_mask), args.merger_repeats)
-                t_loop, loop = timed(lambda: _reference_cluster_merger(merger, features, masks, attention_mask),
-                                     args.merger_repeats)
+                def run_packed(merger=merger, masks=masks, attention_mask=attention_mask):
+                    return merger(features, masks, attention_mask)
+
+                def run_loop(merger=merger, masks=masks, attention_mask=attention_mask):
+                    return _reference_cluster_merger(merger, features, masks, attention_mask)
+
+                t_packed, packed = timed(run_packed, args.merger_repeats)
+                t_loop, loop = timed(run_loop, args.merger_repeats)
                 line = (f"| {clusters} | {layout} | {args.batch / t_packed:.2f} | {args.batch / t_loop:.2f} | "
                         f"{t_loop / t_packed:.2f}x | {(packed - loop).abs().max():.1e} |")
                 if layout == "released":

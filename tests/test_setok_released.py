@@ -29,7 +29,7 @@ RELEASED = {
 
 def released_dpc_knn(x: torch.Tensor, k: int, threshold: float, fallback: int, noise: torch.Tensor | None):
     """The released clustering of one image ``x`` ``[N, C]``: (centre indices in index order, label per patch)."""
-    num, channels = x.shape
+    channels = x.shape[1]
     dist = torch.cdist(x, x) / channels**0.5
     nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
     density = (-(nearest**2).mean(dim=-1)).exp()
