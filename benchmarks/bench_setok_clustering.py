@@ -240,7 +240,7 @@ def main() -> None:
         merged_reference = _spawn("merger", "reference", args, paths["mr"], clusters=paths["cb"])
         difference = (torch.load(paths["mb"])["tokens"] - torch.load(paths["mr"])["tokens"]).abs().max().item()
         print("cluster merger (2 post-norm blocks, 2 heads, FFN 4x)")
-        print(_line("batched (same-cluster mask)", merged_batched))
+        print(_line("batched (packed by cluster)", merged_batched))
         print(_line("cluster by cluster", merged_reference))
         print(f"  speed-up {merged_batched['images_per_second'] / merged_reference['images_per_second']:.2f}x, "
               f"max |token difference| {difference:.2e}")

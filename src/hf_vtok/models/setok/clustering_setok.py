@@ -37,6 +37,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
@@ -127,6 +128,19 @@ def pairwise_squared_distances(features: torch.Tensor, distance_scale: str = "no
     return distances
 
 
+def _smallest_sum(distances: torch.Tensor, count: int) -> torch.Tensor:
+    """Sum of the ``count`` smallest values of every row of ``distances`` ``[B, N, N]``.
+
+    On the CPU this is ``numpy.partition`` (an introselect with SIMD kernels, about 5x faster than ``torch.topk``
+    for 64 of 576 values, which has to carry indices); elsewhere ``torch.topk``. Both select the same multiset of
+    values; only the order of the summation differs (float rounding).
+    """
+    if distances.device.type == "cpu" and distances.dtype == torch.float32 and not distances.requires_grad:
+        smallest = np.partition(distances.numpy(), count - 1, axis=-1)[..., :count]
+        return torch.from_numpy(smallest).sum(-1)
+    return torch.topk(distances, count, dim=-1, largest=False, sorted=False).values.sum(-1)
+
+
 def _log_density(distances: torch.Tensor, knn_size: int, density: str) -> torch.Tensor:
     """log rho (eq. 1): minus the mean squared distance to the K nearest neighbours."""
     num = distances.shape[-1]
@@ -136,33 +150,124 @@ def _log_density(distances: torch.Tensor, knn_size: int, density: str) -> torch.
             return distances.new_zeros(distances.shape[:-1])
         # The point itself is at distance exactly 0, the smallest value of its row: the k+1 smallest values are
         # 0 plus the k smallest distances to other patches (as a multiset, whatever duplicates exist).
-        values = torch.topk(distances, k + 1, dim=-1, largest=False, sorted=False).values
-        return -values.sum(-1) / k
+        return -_smallest_sum(distances, k + 1) / k
     k = min(knn_size, num)  # released: the kNN include the point itself
-    values = torch.topk(distances, k, dim=-1, largest=False, sorted=False).values
-    return -values.sum(-1) / k
+    return -_smallest_sum(distances, k) / k
 
 
-def _log_delta(distances: torch.Tensor, log_rho: torch.Tensor, delta_distance: str, densest_delta: str) -> torch.Tensor:
-    """log delta (eq. 2): distance to the nearest strictly denser patch, or the largest distance if none."""
+def _nearest_denser(distances: torch.Tensor, density_key: torch.Tensor, densest_delta: str) -> torch.Tensor:
+    """delta (eq. 2) on the squared distances: distance to the nearest strictly denser patch.
+
+    ``densest_delta`` says what a patch with no denser patch gets: ``"global"`` the largest distance of the image,
+    ``"row"`` the largest distance from that patch. ``"released"`` reproduces the released code's
+    ``(dist * mask + dist_max * (1 - mask)).min(-1)`` with ``dist_max = dist.flatten(1).max(-1)`` broadcast over the
+    *last* axis: every patch j that is not denser than i contributes j's own row maximum, so delta_i is
+    ``min(nearest denser distance, smallest row maximum among the patches not denser than i, i included)``; for the
+    densest patch that is the smallest of all row maxima.
+    """
     batch, num, _ = distances.shape
-    nearest_denser = distances.new_empty(batch, num)
+    nearest = distances.new_empty(batch, num)
+    if densest_delta == "released":
+        row_max = distances.amax(dim=-1)[:, None, :]  # [B, 1, N]: the row maximum of patch j, in column j
     for start in range(0, num, _DELTA_ROW_BLOCK):
         rows = slice(start, start + _DELTA_ROW_BLOCK)
-        denser = log_rho[:, None, :] > log_rho[:, rows, None]  # denser[b, i, j]: rho_j > rho_i
-        nearest_denser[:, rows] = torch.where(denser, distances[:, rows], math.inf).amin(-1)
+        denser = density_key[:, None, :] > density_key[:, rows, None]  # denser[b, i, j]: rho_j > rho_i
+        other = row_max if densest_delta == "released" else math.inf
+        nearest[:, rows] = torch.where(denser, distances[:, rows], other).amin(-1)
+    if densest_delta == "released":
+        return nearest
     if densest_delta == "global":  # largest distance of the image
         fallback = distances.amax(dim=(1, 2))[:, None].expand(batch, num)
-    else:  # largest distance from that patch (released code)
+    else:  # largest distance from that patch
         fallback = distances.amax(dim=-1)
-    delta = torch.where(torch.isinf(nearest_denser), fallback, nearest_denser)
-    log_delta = delta.log()
-    return 0.5 * log_delta if delta_distance == "euclidean" else log_delta
+    return torch.where(torch.isinf(nearest), fallback, nearest)
+
+
+def _scores(distances, *, knn_size, density, delta_distance, densest_delta, noise=None):
+    """log(rho * delta) of every patch from squared ``distances``, in log space (no underflow for large feature
+    distances). ``noise`` ``[B, N]`` is added to rho itself (as the released code's ``rand * 1e-6``).
+    """
+    log_rho = _log_density(distances, knn_size, density)
+    density_key = log_rho
+    if noise is not None:
+        log_rho = (log_rho.exp() + noise).log()
+        density_key = log_rho
+    log_delta = _nearest_denser(distances, density_key, densest_delta).log()
+    return log_rho + (0.5 * log_delta if delta_distance == "euclidean" else log_delta)
+
+
+_RELEASED_DISTANCE_PATH: dict = {}  # (shape, device type) -> "gram" or "exact", decided on the first chunk
+
+
+def _released_distances(features: torch.Tensor, distance_scale: str) -> torch.Tensor:
+    """Euclidean distances ``[B, N, N]`` bit for bit as ``torch.cdist(x, x)`` (then ``/ sqrt(C)``) computes them.
+
+    ``cdist`` takes its matrix-product path (more than 25 rows): ``[-2x, |x|^2, 1] @ [x, 1, |x|^2]^T``, clamped
+    at 0, square root ("exact" below: the same operations on the same shapes give the same bits). The released
+    centre rule uses these, so that its comparisons (density order, threshold, nearest centre) see exactly the
+    released code's numbers.
+
+    The faster "gram" path computes ``-2 (x x^T) + (|x_i|^2 + |x_j|^2)`` with the symmetric half Gram matrix: when
+    the BLAS accumulates the two extra columns of the augmented product as a separate block (it does for wide
+    features, e.g. C = 1152 with MKL), this equals the exact product bit for bit. Which one holds depends on the
+    shapes and the BLAS, not on the values, so the first chunk of each shape computes both and keeps the gram
+    path only if they agree exactly; otherwise the exact path is used from then on.
+    """
+    features = features.float()
+    norms = features.pow(2).sum(-1, True)
+    key = (tuple(features.shape), features.device.type)
+    path = _RELEASED_DISTANCE_PATH.get(key)
+    if path != "gram":
+        pad = torch.ones_like(norms, memory_format=torch.contiguous_format)
+        left = torch.cat([features.mul(-2), norms, pad], -1)
+        right = torch.cat([features, pad, norms], -1)
+        distances = left.matmul(right.mT)
+    if path != "exact":
+        gram = _gram(features).mul_(-2.0).add_(norms + norms.mT)
+        if path is None:
+            path = "gram" if torch.equal(gram, distances) else "exact"
+            _RELEASED_DISTANCE_PATH[key] = path
+        distances = gram if path == "gram" else distances
+    distances = distances.clamp_min_(0).sqrt_()
+    if distance_scale == "sqrt_dim":
+        distances = distances / features.shape[-1] ** 0.5
+    return distances
+
+
+def _sorted_smallest(distances: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` smallest values of every row, ascending (what ``torch.topk(largest=False)`` returns)."""
+    if distances.device.type == "cpu" and distances.dtype == torch.float32:
+        smallest = np.partition(distances.numpy(), count - 1, axis=-1)[..., :count]
+        return torch.from_numpy(np.sort(smallest, axis=-1))
+    return torch.topk(distances, count, dim=-1, largest=False).values
+
+
+def _released_scores(distances, *, knn_size, density, delta_distance, densest_delta, noise=None):
+    """Scores of the released centre rule from Euclidean ``distances`` (:func:`_released_distances`), with the
+    released code's operations in its order: rho = exp(-mean(kNN distance ** 2)) (+ noise), delta per
+    ``densest_delta`` on the Euclidean distances, score = delta * rho (linear, float32).
+
+    Returns ``(log(score), score)``.
+    """
+    num = distances.shape[-1]
+    if density == "released":  # the K nearest include the point itself
+        nearest = _sorted_smallest(distances, min(knn_size, num))
+    else:  # the K nearest other patches: drop the smallest (the point itself)
+        k = min(knn_size, num - 1)
+        nearest = _sorted_smallest(distances, k + 1)[..., 1:] if k else distances.new_zeros(*distances.shape[:-1], 1)
+    rho = (-(nearest**2).mean(dim=-1)).exp()
+    if noise is not None:
+        rho = rho + noise
+    delta = _nearest_denser(distances, rho, densest_delta)
+    if delta_distance == "squared":
+        delta = delta**2
+    score = delta * rho
+    return score.log(), score
 
 
 def _log_scores(distances, *, knn_size, density, delta_distance, densest_delta) -> torch.Tensor:
-    log_rho = _log_density(distances, knn_size, density)
-    return log_rho + _log_delta(distances, log_rho, delta_distance, densest_delta)
+    return _scores(distances, knn_size=knn_size, density=density, delta_distance=delta_distance,
+                   densest_delta=densest_delta)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,31 +319,41 @@ def _paper_rule(distances, log_scores, *, kernel_scale, max_clusters, min_cluste
     return masks, seeds, count + has_remainder.long()
 
 
-def _released_rule(distances, log_scores, *, max_clusters, score_threshold, released_fallback_clusters):
-    """Released centre rule: every patch with score > threshold (else the top-k) is a centre; nearest centre."""
+def _released_rule(distances, scores, *, max_clusters, score_threshold, released_fallback_clusters):
+    """Released centre rule: every patch with score > threshold (else the top-k) is a centre; nearest centre.
+
+    ``scores`` are the linear scores rho * delta. Centres come in descending score order (lower index on ties);
+    a patch equally near to two centres joins the one with the lower patch index, as ``argmin`` over the released
+    code's index-sorted centres does. The cost follows the number of centres actually selected in this chunk, not
+    ``max_clusters``: only those rows of the distance matrix are gathered.
+    """
     batch, num, _ = distances.shape
     device = distances.device
-    log_threshold = math.log(0.5 if score_threshold is None else score_threshold)
-    passing = log_scores > log_threshold
+    threshold = 0.5 if score_threshold is None else score_threshold
+    passing = scores > threshold
     num_passing = passing.sum(dim=-1)
     fallback = num_passing == 0
     num_centres = torch.where(fallback, torch.full_like(num_passing, min(released_fallback_clusters, num)), num_passing)
     num_centres = num_centres.clamp(max=max_clusters)
-    candidates = passing | fallback[:, None]
-    rank_key = log_scores.clamp_min(_NEG_LARGE).masked_fill(~candidates, -math.inf)
-    order = torch.sort(rank_key, dim=-1, descending=True, stable=True).indices  # ties: lower index first
-    width = min(max_clusters, num)
-    centres = order[:, :width]
+    width = max(int(num_centres.max()), 1)
+    # Fallback centres: the top-k scores chosen by torch.topk itself, as the released code does (on exactly equal
+    # scores its choice is the one that counts).
+    top = torch.topk(scores, min(released_fallback_clusters, num), dim=-1).indices
+    in_top = torch.zeros_like(passing).scatter_(1, top, True)
+    candidates = torch.where(fallback[:, None], in_top, passing)
+    rank_key = scores.nan_to_num(nan=-math.inf).masked_fill(~candidates, -math.inf)
+    centres = torch.sort(rank_key, dim=-1, descending=True, stable=True).indices[:, :width]  # ties: lower index
     slots = torch.arange(width, device=device)
     valid = slots[None, :] < num_centres[:, None]
-    centre_distances = torch.gather(distances, 1, centres[:, :, None].expand(batch, width, num))
-    centre_distances = centre_distances.masked_fill(~valid[:, :, None], math.inf)
-    labels = centre_distances.argmin(dim=1)  # nearest centre, the better-scored one on ties
+    # Nearest centre over the centres in patch-index order (the released tie rule), mapped back to score order.
+    by_index, slot_of = torch.sort(torch.where(valid, centres, num), dim=-1)
+    centre_distances = torch.gather(distances, 1, by_index.clamp(max=num - 1)[:, :, None].expand(batch, width, num))
+    centre_distances = centre_distances.masked_fill((by_index >= num)[:, :, None], math.inf)
+    labels = torch.gather(slot_of, 1, centre_distances.argmin(dim=1))
     own = torch.where(valid, slots[None, :].expand(batch, width), torch.gather(labels, 1, centres))
     labels = labels.scatter(1, centres, own)  # a centre belongs to its own cluster
-    masks = torch.nn.functional.one_hot(labels, max_clusters).transpose(1, 2).to(distances.dtype)
-    seeds = torch.full((batch, max_clusters), -1, dtype=torch.long, device=device)
-    seeds[:, :width] = torch.where(valid, centres, -1)
+    masks = torch.nn.functional.one_hot(labels, width).transpose(1, 2).to(distances.dtype)
+    seeds = torch.where(valid, centres, -1)
     return masks, seeds, num_centres
 
 
@@ -269,15 +384,25 @@ def _soft_surrogate(distances, seeds, num_tokens, kernel_scale, center_rule, num
 
 def _cluster_chunk(features, *, knn_size, kernel_scale, max_clusters, min_clusters, score_threshold,
                    scope_threshold, hard_assignment, center_rule, released_fallback_clusters, distance_scale,
-                   density, delta_distance, densest_delta):
+                   density, delta_distance, densest_delta, density_noise=None):
     need_grad = torch.is_grad_enabled() and features.requires_grad
-    with torch.set_grad_enabled(need_grad):
-        distances = pairwise_squared_distances(features, distance_scale)
-    with torch.no_grad():
+    score_options = {"knn_size": knn_size, "density": density, "delta_distance": delta_distance,
+                     "densest_delta": densest_delta, "noise": density_noise}
+    if center_rule == "released":
+        # The released code's own distance numbers (Euclidean, as torch.cdist); the squared distances with a
+        # gradient are only needed for the straight-through surrogate.
+        with torch.no_grad():
+            _squared_norms(features.detach().float())  # NaN/Inf check (~0.2 ms per image)
+            detached = _released_distances(features.detach(), distance_scale)
+            log_scores, scores = _released_scores(detached, **score_options)
+        distances = pairwise_squared_distances(features, distance_scale) if need_grad else None
+    else:
+        with torch.set_grad_enabled(need_grad):
+            distances = pairwise_squared_distances(features, distance_scale)
         detached = distances.detach()
-        log_scores = _log_scores(
-            detached, knn_size=knn_size, density=density, delta_distance=delta_distance, densest_delta=densest_delta
-        )
+        with torch.no_grad():
+            log_scores = _scores(detached, **score_options)
+    with torch.no_grad():
         if center_rule == "paper":
             masks, seeds, num_tokens = _paper_rule(
                 detached, log_scores, kernel_scale=kernel_scale, max_clusters=max_clusters,
@@ -286,7 +411,7 @@ def _cluster_chunk(features, *, knn_size, kernel_scale, max_clusters, min_cluste
             )
         else:
             masks, seeds, num_tokens = _released_rule(
-                detached, log_scores, max_clusters=max_clusters, score_threshold=score_threshold,
+                detached, scores, max_clusters=max_clusters, score_threshold=score_threshold,
                 released_fallback_clusters=released_fallback_clusters,
             )
     if need_grad:
@@ -315,8 +440,34 @@ def _validate_clustering_arguments(features, kwargs) -> torch.Tensor:
     check_choice("distance_scale", kwargs["distance_scale"], ("none", "sqrt_dim"))
     check_choice("density", kwargs["density"], ("paper", "released"))
     check_choice("delta_distance", kwargs["delta_distance"], ("squared", "euclidean"))
-    check_choice("densest_delta", kwargs["densest_delta"], ("global", "row"))
+    check_choice("densest_delta", kwargs["densest_delta"], ("global", "row", "released"))
+    check_float("density_noise", kwargs["density_noise"], minimum=0.0)
+    generator = kwargs["generator"]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {describe(generator)}.")
     return features
+
+
+def _draw_density_noise(features, density_noise, generator):
+    """``density_noise * U[0, 1)`` of shape ``[B, N]`` (the released code's ``rand * 1e-6``), or None.
+
+    One draw for the whole batch: with a CPU generator seeded like the released code's global RNG, image b gets
+    the same numbers as the released loop's b-th ``torch.rand(N)``.
+    """
+    if not density_noise:
+        return None
+    batch, num, _ = features.shape
+    device = generator.device if generator is not None else features.device
+    noise = torch.rand(batch, num, generator=generator, device=device) * density_noise
+    return noise.to(features.device)
+
+
+def _pad_slots(tensor: torch.Tensor, width: int, value) -> torch.Tensor:
+    """Pad dimension 1 (token slots) to ``width``."""
+    if tensor.shape[1] == width:
+        return tensor
+    shape = (tensor.shape[0], width - tensor.shape[1], *tensor.shape[2:])
+    return torch.cat([tensor, tensor.new_full(shape, value)], dim=1)
 
 
 def _auto_chunk_size(num_patches: int) -> int:
@@ -351,6 +502,8 @@ def density_peak_clustering(
     density: str = "paper",
     delta_distance: str = "squared",
     densest_delta: str = "global",
+    density_noise: float = 0.0,
+    generator: torch.Generator | None = None,
     chunk_size: int | None = None,
 ) -> SeTokClusteringOutput:
     """Cluster a batch of patch-feature maps ``[B, N, C]`` into a variable number of masks per image.
@@ -358,6 +511,11 @@ def density_peak_clustering(
     The arguments mirror the clustering fields of :class:`SeTokConfig` (``config.clustering_kwargs()``); see
     the module docstring for the algorithm. Gradients flow to ``features`` (when they require grad) through a
     straight-through estimator: hard masks forward, the soft masks of the same seeds backward.
+
+    ``density_noise`` (released code: 1e-6) adds ``density_noise * U[0, 1)`` to every density rho, drawn from
+    ``generator`` (the global RNG when `None`); 0 (default) adds none and ties break by the lower patch index.
+    With ``center_rule="released"`` the masks have as many slots as the image with the most centres, whatever
+    ``max_clusters`` is (pass the number of patches for the released code's "no cap").
     """
     kwargs = {
         "knn_size": knn_size, "kernel_scale": kernel_scale, "max_clusters": max_clusters, "min_clusters": min_clusters,
@@ -365,12 +523,22 @@ def density_peak_clustering(
         "center_rule": center_rule, "released_fallback_clusters": released_fallback_clusters,
         "distance_scale": distance_scale, "density": density, "delta_distance": delta_distance, "densest_delta": densest_delta,
     }
-    features = _validate_clustering_arguments(features, kwargs)
+    features = _validate_clustering_arguments(
+        features, {**kwargs, "density_noise": density_noise, "generator": generator}
+    )
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, minimum=1)
+    noise = _draw_density_noise(features, density_noise, generator)
     chunk = chunk_size or _auto_chunk_size(features.shape[1])
-    parts = [_cluster_chunk(features[start : start + chunk], **kwargs) for start in range(0, features.shape[0], chunk)]
-    masks, seeds, num_tokens, log_scores = (torch.cat(items, dim=0) for items in zip(*parts))
+    parts = [
+        _cluster_chunk(features[start : start + chunk], density_noise=None if noise is None else noise[start : start + chunk],
+                       **kwargs)
+        for start in range(0, features.shape[0], chunk)
+    ]
+    width = max(part[0].shape[1] for part in parts)
+    masks = torch.cat([_pad_slots(part[0], width, 0.0) for part in parts], dim=0)
+    seeds = torch.cat([_pad_slots(part[1], width, -1) for part in parts], dim=0)
+    num_tokens, log_scores = (torch.cat([part[index] for part in parts], dim=0) for index in (2, 3))
     return _finish(masks, seeds, num_tokens, log_scores)
 
 
@@ -387,31 +555,33 @@ def _reference_density_peak_clustering(features: torch.Tensor, **kwargs) -> SeTo
     options = {
         "knn_size": 64, "kernel_scale": 1.0, "max_clusters": 64, "min_clusters": 1, "score_threshold": None, "scope_threshold": 0.01,
         "hard_assignment": True, "center_rule": "paper", "released_fallback_clusters": 64, "distance_scale": "none",
-        "density": "paper", "delta_distance": "squared", "densest_delta": "global",
+        "density": "paper", "delta_distance": "squared", "densest_delta": "global", "density_noise": 0.0,
+        "generator": None,
     }
     options.update({key: value for key, value in kwargs.items() if key != "chunk_size"})
     features = _validate_clustering_arguments(features, options).float()
+    noise = _draw_density_noise(features, options["density_noise"], options["generator"])
     slots = options["max_clusters"] + (1 if options["center_rule"] == "paper" else 0)
     all_masks, all_seeds, all_counts, all_scores = [], [], [], []
-    for image in features:
+    for index, image in enumerate(features):
         squared_norms = _squared_norms(image[None])[0]
-        distances = _distances_from_gram((image @ image.T)[None], squared_norms[None])
-        if options["distance_scale"] == "sqrt_dim":
-            distances = distances.div_(image.shape[-1])
-        log_scores = _log_scores(
-            distances, knn_size=options["knn_size"], density=options["density"],
-            delta_distance=options["delta_distance"], densest_delta=options["densest_delta"],
-        )[0]
+        score_options = {"knn_size": options["knn_size"], "density": options["density"],
+                         "delta_distance": options["delta_distance"], "densest_delta": options["densest_delta"],
+                         "noise": None if noise is None else noise[index : index + 1]}
+        if options["center_rule"] == "released":
+            distances = _released_distances(image[None], options["distance_scale"])
+            log_scores, scores = _released_scores(distances, **score_options)
+        else:
+            distances = _distances_from_gram((image @ image.T)[None], squared_norms[None])
+            if options["distance_scale"] == "sqrt_dim":
+                distances = distances.div_(image.shape[-1])
+            log_scores = _scores(distances, **score_options)
+        log_scores = log_scores[0]
         distances = distances[0]
         masks = torch.zeros(slots, image.shape[0])
         seeds = torch.full((slots,), -1, dtype=torch.long)
         if options["center_rule"] == "released":
-            masks_b, seeds_b, count_b = _released_rule(
-                distances[None], log_scores[None], max_clusters=options["max_clusters"],
-                score_threshold=options["score_threshold"],
-                released_fallback_clusters=options["released_fallback_clusters"],
-            )
-            masks, seeds, count = masks_b[0], seeds_b[0], int(count_b[0])
+            count = _reference_released_rule_single(distances, scores[0], masks, seeds, options)
         else:
             count = _reference_paper_rule_single(distances, log_scores, masks, seeds, options)
         all_masks.append(masks)
@@ -421,6 +591,26 @@ def _reference_density_peak_clustering(features: torch.Tensor, **kwargs) -> SeTo
     return _finish(
         torch.stack(all_masks), torch.stack(all_seeds), torch.tensor(all_counts), torch.stack(all_scores)
     )
+
+
+def _reference_released_rule_single(distances, scores, masks, seeds, options) -> int:
+    """Released centre rule for one image with a Python loop over the centres (same tie rules as the batched one)."""
+    threshold = 0.5 if options["score_threshold"] is None else options["score_threshold"]
+    centres = (scores > threshold).nonzero(as_tuple=True)[0].tolist()
+    if not centres:  # no score passes: the top-k scores (torch.topk's choice on exact ties, as released)
+        centres = torch.topk(scores, min(options["released_fallback_clusters"], scores.shape[0])).indices.tolist()
+    centres = sorted(centres, key=lambda patch: (-float(scores[patch]), patch))[: options["max_clusters"]]
+    best = torch.full((distances.shape[0],), math.inf)
+    labels = torch.zeros(distances.shape[0], dtype=torch.long)
+    for slot, centre in sorted(enumerate(centres), key=lambda item: item[1]):  # patch-index order
+        closer = distances[centre] < best
+        best = torch.where(closer, distances[centre], best)
+        labels[closer] = slot
+    for slot, centre in enumerate(centres):
+        labels[centre] = slot
+        seeds[slot] = centre
+    masks[: len(centres)] = torch.nn.functional.one_hot(labels, masks.shape[0]).T[: len(centres)].float()
+    return len(centres)
 
 
 def _reference_paper_rule_single(distances, log_scores, masks, seeds, options) -> int:

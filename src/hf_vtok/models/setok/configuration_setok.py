@@ -15,8 +15,15 @@ field                             paper (default)                      released 
 ``density``                       ``"paper"``: K neighbours, self      ``"released"``: the K nearest include
                                   excluded                             the point itself
 ``delta_distance``                ``"squared"`` (eq. 2)                ``"euclidean"``
-``densest_delta``                 ``"global"``: largest distance of    ``"row"``: largest distance from that
-                                  the image                            point
+``densest_delta``                 ``"global"``: largest distance of    ``"released"``: what the released code
+                                  the image                            computes (delta capped by the smallest
+                                                                       row maximum of the patches not denser);
+                                                                       ``"row"``: largest distance from the
+                                                                       patch
+``density_noise``                 ``0.0`` (ties broken by index)       ``1e-6`` (``rand * 1e-6`` added to rho;
+                                                                       ``density_noise_seed`` makes it fixed)
+``merger_block_layout``           ``"paper"``: L x (self-attention,    ``"released"``: L self-attention layers
+                                  Add & Norm, FFN, Add & Norm)         sharing one pre-LayerNorm, then one FFN
 ``merger_norm``                   ``"post"`` (Fig. 2: Add & Norm)      ``"pre"``
 ``inter_cluster_layers``          ``0``                                ``2`` (encoder over the cluster tokens)
 ================================  ===================================  =======================================
@@ -48,7 +55,8 @@ CENTER_RULES = ("paper", "released")
 DISTANCE_SCALES = ("none", "sqrt_dim")
 DENSITY_RULES = ("paper", "released")
 DELTA_DISTANCES = ("squared", "euclidean")
-DENSEST_DELTAS = ("global", "row")
+DENSEST_DELTAS = ("global", "row", "released")
+MERGER_BLOCK_LAYOUTS = ("paper", "released")
 NORM_POSITIONS = ("post", "pre")
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 UNET_TRAINABLE = ("cross_attention_kv", "all", "none")
@@ -188,11 +196,25 @@ class SeTokConfig(PreTrainedConfig):
             Paper vs released behaviour, see the module docstring.
         released_fallback_clusters (`int`, defaults to 64):
             ``center_rule="released"``: centres taken by top score when none passes ``score_threshold``.
+        density_noise (`float`, defaults to 0.0):
+            ``density_noise * U[0, 1)`` added to every density rho (released code: 1e-6, from the global RNG). 0 adds
+            nothing; ties then break by the lower patch index.
+        density_noise_seed (`int`, *optional*):
+            Seed of a fresh generator for the density noise at every call (deterministic tokens); `None` uses the
+            global RNG, as the released code does.
         clustering_chunk_size (`int`, *optional*):
             Images clustered together; `None` picks a cache-sized chunk from the number of patches.
 
     Cluster merger:
         merger_num_layers / merger_num_heads (`int`, defaults to 2 / 2): Appendix D.1.
+        merger_block_layout (`str`, defaults to `"paper"`): ``"paper"``: ``merger_num_layers`` blocks of
+            self-attention, Add & Norm, feed-forward, Add & Norm (Sec. 2.1: "This merger consists of L stacked
+            blocks, each containing a self-attention layer, a residual and normalization layer, and a feed-forward
+            layer"; D.1: "two blocks, each equipped with a multi-head self-attention mechanism consisting of two
+            heads, a feed-forward layer, and layers for residual connections and normalization"). ``"released"``:
+            the released code's single block: ``merger_num_layers`` pre-norm self-attention layers sharing one
+            LayerNorm (``norm1``), then one pre-norm FFN (``norm2``, ``mlp.fc1``/``mlp.fc2``), fused ``qkv``
+            projections; ``inter_cluster_layers`` likewise. ``merger_norm`` applies to the paper layout only.
         merger_intermediate_size (`int`, *optional*): FFN width, 4x the feature width when `None`.
         merger_norm (`str`, defaults to `"post"`): "Add & Norm" after each sub-layer (Fig. 2).
         merger_position_embedding (`str`, defaults to `"sinusoidal"`): 2D position embedding, or `"learned"`.
@@ -247,10 +269,13 @@ class SeTokConfig(PreTrainedConfig):
     density: str = "paper"
     delta_distance: str = "squared"
     densest_delta: str = "global"
+    density_noise: float = 0.0
+    density_noise_seed: int | None = None
     clustering_chunk_size: int | None = None
     # merger
     merger_num_layers: int = 2
     merger_num_heads: int = 2
+    merger_block_layout: str = "paper"
     merger_intermediate_size: int | None = None
     merger_norm: str = "post"
     merger_position_embedding: str = "sinusoidal"
@@ -317,6 +342,9 @@ class SeTokConfig(PreTrainedConfig):
         check_choice("density", self.density, DENSITY_RULES)
         check_choice("delta_distance", self.delta_distance, DELTA_DISTANCES)
         check_choice("densest_delta", self.densest_delta, DENSEST_DELTAS)
+        check_float("density_noise", self.density_noise, minimum=0.0)
+        if self.density_noise_seed is not None:
+            check_int("density_noise_seed", self.density_noise_seed, minimum=0)
         for name in ("hard_assignment", "position_before_clustering", "freeze_vision_encoder",
                      "mask_include_background", "train_vision_encoder_in_stage2"):
             if not isinstance(getattr(self, name), bool):
@@ -339,6 +367,7 @@ class SeTokConfig(PreTrainedConfig):
             )
         check_int("merger_intermediate_size", self.merger_intermediate_size, minimum=1)
         check_choice("merger_norm", self.merger_norm, NORM_POSITIONS)
+        check_choice("merger_block_layout", self.merger_block_layout, MERGER_BLOCK_LAYOUTS)
         check_choice("merger_position_embedding", self.merger_position_embedding, POSITION_EMBEDDING_TYPES)
         if (self.merger_position_embedding == "sinusoidal" or self.position_before_clustering) and width % 4:
             raise ValueError(
@@ -418,6 +447,7 @@ class SeTokConfig(PreTrainedConfig):
             "density": self.density,
             "delta_distance": self.delta_distance,
             "densest_delta": self.densest_delta,
+            "density_noise": self.density_noise,
             "chunk_size": self.clustering_chunk_size,
         }
 

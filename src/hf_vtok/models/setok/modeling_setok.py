@@ -12,12 +12,17 @@ per cluster, a *variable* number per image.
 * :class:`SeTokForPreTraining` adds what stage I trains: the feature mapper + UNet image decoder (ε-prediction,
   eq. 3) and the mask decoder (BCE + Dice on matched object masks plus KL(M ‖ sg(π)), eq. 4).
 
-The merger runs every cluster of a chunk of images in one pass. With hard masks all patches of an image form
-one sequence and attention is restricted to patches of the same cluster (a block-diagonal mask after sorting —
-here expressed directly as ``label_i == label_j``); this costs one ViT-layer's attention per image but keeps the
-linear layers on large matrices, which is where the time goes (the alternative, padded per-cluster sequences,
-pads every cluster to the largest one, often the background). Soft masks use padded per-cluster sequences
+The merger runs every cluster of a chunk of images in one pass, *packed*: with hard masks the patches are sorted
+by (cluster size, cluster), so that the clusters of equal size sit next to each other in one token list. The
+linear layers, norms and FFN run on that list (no padding, every patch once); attention runs once per distinct
+cluster size on a ``[clusters, size, heads, head_dim]`` view of it (no mask, no padding: exactly the per-cluster
+attention work sum_i n_i^2, in at most ~sqrt(2 x tokens) calls). Soft masks use padded per-cluster sequences
 because every patch belongs to every cluster with some weight.
+
+Two block layouts (``config.merger_block_layout``): ``"paper"`` (default; Sec. 2.1 and D.1: each block is
+self-attention, residual and normalisation, feed-forward) and ``"released"`` (the released code's one block: L
+self-attention layers sharing one pre-LayerNorm, then one FFN; parameter names follow the released module so
+that its weights map one to one, see :class:`SeTokReleasedMergerBlock`).
 """
 
 from __future__ import annotations
@@ -41,15 +46,49 @@ from .clustering_setok import SeTokClusteringOutput, density_peak_clustering
 from .configuration_setok import SeTokConfig
 from .modeling_setok_decoder import SeTokFeatureMapper
 
-_MERGER_CHUNK_TOKENS = 1024  # patches per merger pass (one 24 x 24 image): the speed is the same for larger chunks
+_MERGER_CHUNK_TOKENS = 1024  # patches per merger pass, soft masks (one 24 x 24 image)
+_PACKED_CHUNK_TOKENS = 1152  # patches per packed merger pass (2 images of 24 x 24); see _merge_hard
 
 
 # --------------------------------------------------------------------------------------------------------
 # Cluster merger
 
 
+def _segment_attention(query, key, value, segments) -> torch.Tensor:
+    """Attention inside each cluster of a packed token list.
+
+    ``query``/``key``/``value`` are ``[P, heads, head_dim]``; ``segments`` lists ``(start, stop, size)``: tokens
+    ``start:stop`` are ``(stop - start) / size`` clusters of ``size`` consecutive tokens each. One unmasked
+    ``scaled_dot_product_attention`` call per segment, on views (no gather, no padding).
+    """
+    out = torch.empty_like(query)
+    heads, head_dim = query.shape[1:]
+    for start, stop, size in segments:
+        def view(tensor, start=start, stop=stop, size=size):
+            return tensor[start:stop].view(-1, size, heads, head_dim).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(view(query), view(key), view(value))
+        out[start:stop] = attended.transpose(1, 2).reshape(stop - start, heads, head_dim)
+    return out
+
+
+def _packed_attention(attention: Attention, hidden_states: torch.Tensor, segments) -> torch.Tensor:
+    """:class:`Attention` (self-attention) on a packed token list ``[P, C]``, restricted to each cluster."""
+    heads = attention.num_heads
+    query, key, value = (
+        projection(hidden_states).unflatten(-1, (heads, attention.head_dim))
+        for projection in (attention.to_q, attention.to_k, attention.to_v)
+    )
+    return attention.to_out(_segment_attention(query, key, value, segments).flatten(1))
+
+
 class SeTokMergerBlock(nn.Module):
-    """Self-attention and feed-forward with residuals; "Add & Norm" after each (``post``) or pre-norm (``pre``)."""
+    """Paper layout: self-attention and feed-forward with residuals; "Add & Norm" after each (``post``) or
+    pre-norm (``pre``).
+
+    ``forward(hidden_states [B, L, C], attention_mask)`` runs padded sequences; with ``segments`` it runs a packed
+    token list ``[P, C]`` whose attention stays inside each cluster (see :func:`_segment_attention`).
+    """
 
     def __init__(self, dim: int, num_heads: int, intermediate_size: int, norm: str, eps: float):
         super().__init__()
@@ -59,12 +98,94 @@ class SeTokMergerBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=eps)
         self.post_norm = norm == "post"
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _attend(self, hidden_states, attention_mask, segments):
+        if segments is not None:
+            return _packed_attention(self.attention, hidden_states, segments)
+        return self.attention(hidden_states, attention_mask=attention_mask)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segments=None) -> torch.Tensor:
         if self.post_norm:
-            hidden_states = self.attention_norm(hidden_states + self.attention(hidden_states, attention_mask=attention_mask))
+            hidden_states = self.attention_norm(hidden_states + self._attend(hidden_states, attention_mask, segments))
             return self.mlp_norm(hidden_states + self.mlp(hidden_states))
-        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask=attention_mask)
+        hidden_states = hidden_states + self._attend(self.attention_norm(hidden_states), attention_mask, segments)
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+class SeTokReleasedAttention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection and an output ``proj`` (released layout)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"`dim` ({dim}) must be divisible by `num_heads` ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segments=None) -> torch.Tensor:
+        # qkv columns are (3, heads, head_dim), as in the released module.
+        qkv = self.qkv(hidden_states).unflatten(-1, (3, self.num_heads, self.head_dim))
+        if segments is not None:
+            query, key, value = qkv.unbind(-3)  # [P, heads, head_dim]
+            return self.proj(_segment_attention(query, key, value, segments).flatten(1))
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, L, head_dim]
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            attention_mask = attention_mask[:, None, None, :] if attention_mask.ndim == 2 else attention_mask[:, None]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class SeTokReleasedMlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` (released layout; parameter names of the released module)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class SeTokReleasedMergerBlock(nn.Module):
+    """The released code's merger block: ``num_attention_layers`` pre-norm self-attention layers that share one
+    LayerNorm, then one pre-norm feed-forward layer::
+
+        for attention in layers: x = x + attention(norm1(x))
+        x = x + mlp(norm2(x))
+
+    Parameter names follow the released module, so its state dict maps one to one: ``norm1.*``, ``norm2.*``,
+    ``mlp.fc1.*``, ``mlp.fc2.*`` unchanged, ``layers.{i}.1.qkv.*`` / ``layers.{i}.1.proj.*`` ->
+    ``layers.{i}.qkv.*`` / ``layers.{i}.proj.*`` (the released ``layers.{i}.0.*`` entries are the shared ``norm1``
+    again). The released block is one of these with ``num_attention_layers`` = its depth (2 for both the
+    intra-cluster and the inter-cluster encoder); its LayerNorms use torch's default eps 1e-5
+    (``layer_norm_eps``). Dropout and drop-path (inference: identity) are not modelled.
+    """
+
+    def __init__(self, dim: int, num_heads: int, intermediate_size: int, num_attention_layers: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.layers = nn.ModuleList(SeTokReleasedAttention(dim, num_heads) for _ in range(num_attention_layers))
+        self.mlp = SeTokReleasedMlp(dim, intermediate_size)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segments=None) -> torch.Tensor:
+        for attention in self.layers:
+            hidden_states = hidden_states + attention(self.norm1(hidden_states), attention_mask, segments)
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+def _merger_blocks(config: SeTokConfig, depth: int) -> nn.ModuleList:
+    dim, heads, width, eps = (config.feature_dim, config.merger_num_heads, config.merger_intermediate_size,
+                              config.layer_norm_eps)
+    if config.merger_block_layout == "released":
+        return nn.ModuleList([SeTokReleasedMergerBlock(dim, heads, width, depth, eps)] if depth else [])
+    return nn.ModuleList(SeTokMergerBlock(dim, heads, width, config.merger_norm, eps) for _ in range(depth))
 
 
 class SeTokClusterMerger(nn.Module):
@@ -80,16 +201,8 @@ class SeTokClusterMerger(nn.Module):
         self.position_embedding = (
             nn.Parameter(torch.zeros(config.num_patches, dim)) if config.merger_position_embedding == "learned" else None
         )
-        self.layers = nn.ModuleList(
-            SeTokMergerBlock(dim, config.merger_num_heads, config.merger_intermediate_size, config.merger_norm,
-                             config.layer_norm_eps)
-            for _ in range(config.merger_num_layers)
-        )
-        self.inter_cluster_layers = nn.ModuleList(
-            SeTokMergerBlock(dim, config.merger_num_heads, config.merger_intermediate_size, config.merger_norm,
-                             config.layer_norm_eps)
-            for _ in range(config.inter_cluster_layers)
-        )
+        self.layers = _merger_blocks(config, config.merger_num_layers)
+        self.inter_cluster_layers = _merger_blocks(config, config.inter_cluster_layers)
         self.output_projection = (
             nn.Linear(dim, config.token_embedding_dim) if config.token_embedding_dim != dim else None
         )
@@ -148,21 +261,25 @@ class SeTokClusterMerger(nn.Module):
         return self.chunk_size or max(1, _MERGER_CHUNK_TOKENS // max(num_per_item, 1))
 
     def _merge_hard(self, features: torch.Tensor, position: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        # One-hot masks: X̂_i = (PE(X) + X) on cluster i, so all clusters of an image are one sequence whose
-        # attention is restricted to the same cluster; each patch goes through the blocks exactly once.
+        # One-hot masks: X̂_i = (PE(X) + X) on cluster i. The patches of a chunk of images are packed by
+        # (cluster size, cluster) and go through the blocks once; attention stays inside each cluster.
+        batch, slots, num = masks.shape
         labels = masks.detach().argmax(dim=1)  # [B, N]
-        chunk = self._chunk(features.shape[1])
-        pooled = []
-        for start in range(0, features.shape[0], chunk):
-            hidden = features[start : start + chunk] + position
-            chunk_labels = labels[start : start + chunk]
-            chunk_masks = masks[start : start + chunk]
-            same_cluster = chunk_labels[:, :, None] == chunk_labels[:, None, :]
+        # ~1k patches per pass: the GEMMs are already large, and the FFN activations stay below glibc's 32 MB mmap
+        # threshold, so their memory is reused instead of page-faulted in again on every pass (4k-patch chunks
+        # were ~10% slower on one CPU thread).
+        chunk = self.chunk_size or max(1, _PACKED_CHUNK_TOKENS // max(num, 1))
+        hidden_all = []
+        for start in range(0, batch, chunk):
+            hidden = (features[start : start + chunk] + position).flatten(0, 1)  # [P, C]
+            order, segments = _pack_clusters(labels[start : start + chunk], slots)
+            packed = hidden[order]
             for layer in self.layers:
-                hidden = layer(hidden, attention_mask=same_cluster)
-            # Average pooling per cluster (straight-through masks carry the gradient to the clustering).
-            pooled.append(torch.bmm(chunk_masks, hidden) / chunk_masks.sum(dim=-1, keepdim=True).clamp_min(1e-6))
-        return torch.cat(pooled, dim=0)
+                packed = layer(packed, segments=segments)
+            hidden_all.append(torch.empty_like(packed).index_copy_(0, order, packed).unflatten(0, (-1, num)))
+        hidden = torch.cat(hidden_all, dim=0) if len(hidden_all) > 1 else hidden_all[0]
+        # Average pooling per cluster; the (straight-through) masks carry the gradient to the clustering.
+        return torch.bmm(masks, hidden) / masks.sum(dim=-1, keepdim=True).clamp_min(1e-6)
 
     def _merge_soft(self, features, position, masks, token_mask) -> torch.Tensor:
         # Soft masks: one padded sequence per real cluster, X̂_i = (PE(X) + X) ⊙ M_i over the patches with M_i > 0,
@@ -180,6 +297,25 @@ class SeTokClusterMerger(nn.Module):
             values = (weights[..., None] * hidden).sum(dim=1) / weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
             pooled = pooled.index_put((images, clusters), values)
         return pooled
+
+
+def _pack_clusters(labels: torch.Tensor, slots: int):
+    """Token order and attention segments of the packed merger for cluster ``labels`` ``[B, N]``.
+
+    Returns ``order`` (indices into the flattened ``[B * N]`` patches: sorted by cluster size, then image and
+    cluster, raster order inside a cluster) and ``segments`` = ``[(start, stop, size)]``, one per distinct size.
+    """
+    batch, num = labels.shape
+    cluster = (labels + slots * torch.arange(batch, device=labels.device)[:, None]).flatten()  # global cluster id
+    sizes = torch.bincount(cluster, minlength=batch * slots)
+    key = sizes[cluster] * (batch * slots) + cluster
+    order = torch.sort(key, stable=True).indices
+    distinct, counts = torch.unique_consecutive(sizes[cluster][order], return_counts=True)
+    segments, start = [], 0
+    for size, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+        segments.append((start, start + count, size))
+        start += count
+    return order, segments
 
 
 def _reference_cluster_merger(
@@ -223,7 +359,7 @@ class SeTokPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
-    _no_split_modules: ClassVar[list[str]] = ["SeTokMergerBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["SeTokMergerBlock", "SeTokReleasedMergerBlock"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -301,7 +437,10 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
             features = features + sinusoidal_embedding_2d(*grid, features.shape[-1], device=features.device).to(
                 features.dtype
             )
-        return density_peak_clustering(features, **self.config.clustering_kwargs())
+        generator = None
+        if self.config.density_noise and self.config.density_noise_seed is not None:
+            generator = torch.Generator(device=features.device).manual_seed(self.config.density_noise_seed)
+        return density_peak_clustering(features, generator=generator, **self.config.clustering_kwargs())
 
     def _tokenize(self, features, grid_size=None) -> tuple[vtok.VisualTokens, SeTokClusteringOutput]:
         features = check_tensor("features", features, ndim=3, floating=True)
