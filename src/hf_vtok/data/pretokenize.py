@@ -91,7 +91,7 @@ def load_visual_tokenizer(path: str | os.PathLike):
     in ``decoder/tokenizer/``). Needs no remote code."""
     from transformers import AutoImageProcessor, AutoModel
 
-    import hf_vtok  # noqa: F401  (registers the Auto classes)
+    from .. import models  # noqa: F401  (registers the tokenizer families with the Auto classes)
 
     path = resolve_tokenizer_source(path)
     folder = tokenizer_subfolder(path) or Path(path)

@@ -41,13 +41,11 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
     checkpoint, see :func:`~hf_vtok.data.pretokenize.tokenizer_subfolder`). The pipeline class is read from
     ``decoder/model_index.json`` and looked up in ``hf_vtok``, so any family's folder loads the same way.
     """
-    import json
 
     from transformers import AutoImageProcessor, AutoModel
 
-    import hf_vtok
-
     from ..data.pretokenize import tokenizer_subfolder
+    from ..utils.pipeline_utils import load_decoder_pipeline
 
     if not isinstance(path, (str, Path)):
         raise TypeError(f"`path` must be a folder path, got {describe(path)}.")
@@ -69,14 +67,7 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
         check_safetensors_file(weights, name="path")
     model = AutoModel.from_pretrained(tokenizer_folder).eval()
     image_processor = AutoImageProcessor.from_pretrained(tokenizer_folder)
-    try:
-        class_name = json.loads((path / "decoder" / "model_index.json").read_text())["_class_name"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"`path`: {str(path / 'decoder' / 'model_index.json')!r} is not a valid pipeline index ({error}).") from None
-    pipeline_class = getattr(hf_vtok, class_name, None)
-    if pipeline_class is None:
-        raise ValueError(f"Unknown decoder pipeline class {class_name!r} in {str(path / 'decoder')!r}.")
-    pipeline = pipeline_class.from_pretrained(path / "decoder")
+    pipeline = load_decoder_pipeline(path / "decoder")
     pipeline.set_progress_bar_config(disable=True)
     return LoadedTokenizer(model=model, image_processor=image_processor, pipeline=pipeline, path=path)
 

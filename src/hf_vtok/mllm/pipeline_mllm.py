@@ -14,7 +14,6 @@ sibling ``decoder/`` folder.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,6 +24,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from ..utils.pipeline_utils import load_decoder_pipeline
 from ..utils.validation import describe
 from .generation import generate_images
 from .modeling_mllm import VTokMLLMForConditionalGeneration
@@ -46,25 +46,6 @@ class VTokImagePipelineOutput(BaseOutput):
     token_ids: torch.LongTensor | None = None
     token_embeddings: torch.FloatTensor | None = None
     attention_mask: torch.LongTensor | None = None
-
-
-def load_decoder_pipeline(path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
-    """Load a family decoder pipeline saved with ``save_pretrained`` (the class named in its model_index.json is
-    looked up in ``hf_vtok`` and its family packages; no remote code)."""
-    index_file = os.path.join(os.fspath(path), "model_index.json")
-    if not os.path.isfile(index_file):
-        raise ValueError(f"`decoder` must be a folder written by a decoder pipeline's save_pretrained, got {os.fspath(path)!r}.")
-    with open(index_file, encoding="utf-8") as handle:
-        class_name = json.load(handle).get("_class_name")
-    import hf_vtok
-    from hf_vtok import models
-
-    candidates = [hf_vtok] + [getattr(models, name) for name in dir(models) if not name.startswith("_")]
-    for module in candidates:
-        cls = getattr(module, class_name, None) if class_name else None
-        if isinstance(cls, type) and issubclass(cls, DiffusionPipeline):
-            return cls.from_pretrained(path, **kwargs)
-    raise ValueError(f"Unknown decoder pipeline class {class_name!r} in {index_file}; is it an hf_vtok decoder?")
 
 
 class _VTokMLLMImagePipelineBase(DiffusionPipeline):

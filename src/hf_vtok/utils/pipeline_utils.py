@@ -303,4 +303,26 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
-__all__ = ["OUTPUT_TYPES", "VisualTokenDecoderPipeline"]
+def load_decoder_pipeline(path, **kwargs) -> VisualTokenDecoderPipeline:
+    """Load a tokenizer's decoder pipeline saved with ``save_pretrained``, whatever its family.
+
+    ``diffusers.DiffusionPipeline.from_pretrained`` resolves the class named in ``model_index.json``: ``import
+    hf_vtok`` (which importing any of its modules does first) registers every hf_vtok pipeline with diffusers, so
+    this needs no remote code and no registry of ours.
+    """
+    import os
+
+    from diffusers import DiffusionPipeline
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`decoder` must be a folder path, got {describe(path)}.")
+    folder = os.fspath(path)
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise ValueError(f"`decoder` must be a folder written by a decoder pipeline's save_pretrained, got {path!r}.")
+    pipeline = DiffusionPipeline.from_pretrained(folder, **kwargs)
+    if not isinstance(pipeline, VisualTokenDecoderPipeline):
+        raise ValueError(f"`decoder` {folder!r} holds a {type(pipeline).__name__}, not an hf_vtok tokenizer decoder.")
+    return pipeline
+
+
+__all__ = ["OUTPUT_TYPES", "VisualTokenDecoderPipeline", "load_decoder_pipeline"]
