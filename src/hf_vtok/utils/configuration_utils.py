@@ -16,8 +16,8 @@ classifier-free-guidance dropout       ``decoder_config.condition_dropout_prob``
 decoder parts trained in stage 1       ``decoder_config.unet_trainable``
 =====================================  =================================================================
 
-Older names still load (``attribute_map`` on each config), so config.json files written before the renames
-keep working; saving writes the new names.
+Older names still load (:data:`LEGACY_NAMES`, the ``attribute_map`` of :class:`VTokConfig`), so config.json
+files written before the renames keep working; saving writes the new names.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
-from .validation import check_float, describe
+from .validation import check_choice, check_float, check_int, describe
 
 # Keys a nested config carries in config.json besides its own fields.
 _SERIALISATION_KEYS = {"model_type", "transformers_version", "_name_or_path", "name_or_path", "output_attentions",
@@ -54,6 +54,103 @@ def check_normalization(name: str, values: Any, num_channels: int) -> list[float
     if name.endswith("std") and min(values) <= 0:
         raise ValueError(f"`{name}` must be positive, got {values}.")
     return values
+
+
+def check_unet_channels(unet: dict, vae: dict | None, num_channels: int) -> None:
+    """A UNet denoises VAE latents (``vae["latent_channels"]``) or, without a VAE, the pixels themselves."""
+    expected = vae.get("latent_channels", 4) if vae else num_channels
+    for key in ("in_channels", "out_channels"):
+        if unet.get(key, 4) != expected:
+            raise ValueError(
+                f"`decoder_config['unet'][{key!r}]` must be {expected} "
+                f"({'VAE latent channels' if vae else 'pixel channels, no VAE'}), got {unet.get(key, 4)!r}."
+            )
+
+
+# Names used before the shared vocabulary -> the field that replaced them.
+LEGACY_NAMES: dict[str, str] = {
+    # Slot Q-Former loss weights
+    "loss_weight_contrastive": "contrastive_loss_weight",
+    "loss_weight_text_generation": "text_generation_loss_weight",
+    "loss_weight_diffusion": "diffusion_loss_weight",
+    "loss_weight_global_mse": "global_mse_loss_weight",
+    "loss_weight_reconstruction": "reconstruction_loss_weight",
+    "loss_weight_commitment": "commitment_loss_weight",
+    "loss_weight_diffusion_stage2": "stage2_diffusion_loss_weight",
+    "loss_weight_global_mse_stage2": "stage2_global_mse_loss_weight",
+    # SeTok mask-loss weights
+    "mask_bce_weight": "mask_bce_loss_weight",
+    "mask_dice_weight": "mask_dice_loss_weight",
+    "mask_kl_weight": "mask_kl_loss_weight",
+    # DDT codebook and stage
+    "code_dim": "codebook_dim",
+    "ema_decay": "codebook_ema_decay",
+    "kmeans_init": "codebook_kmeans_init",
+    "kmeans_iters": "codebook_kmeans_iters",
+    "dead_code_threshold": "codebook_dead_code_threshold",
+    "dead_code_threshold_relative": "codebook_dead_code_threshold_relative",
+    "training_stage": "stage",
+}
+
+
+class VTokConfig(PreTrainedConfig):
+    r"""The fields and checks every tokenizer family's config shares (the vocabulary above).
+
+    Args:
+        vision_config: the vision encoder, any transformers vision model returning patch features.
+        freeze_vision_encoder: keep it frozen (all three papers do).
+        image_mean / image_std: pixel normalisation of the tokenizer's input, one value per channel.
+        decoder_config: the family's typed decoder config.
+        diffusion_loss_weight: weight of the decoder's diffusion loss in the total.
+        stage: training stage, 1 or 2.
+        layer_norm_eps / initializer_range: as in transformers.
+
+    Checked here for every family: the fields above, every ``*_loss_weight`` (a number >= 0), every field
+    whose default is a bool (a bool), and, for the discrete families (``codebook_size`` set), the codebook:
+    ``codebook_size`` >= 2, ``codebook_dim`` >= 1, ``codebook_ema_decay`` in [0, 1],
+    ``codebook_dead_code_threshold`` >= 0 and ``commitment_weight`` >= 0.
+    """
+
+    attribute_map: ClassVar[dict[str, str]] = LEGACY_NAMES
+
+    vision_config: dict | PreTrainedConfig | None = None
+    freeze_vision_encoder: bool = True
+    image_mean: list[float] | tuple[float, ...] | None = None
+    image_std: list[float] | tuple[float, ...] | None = None
+    decoder_config: dict | PreTrainedConfig | None = None
+    diffusion_loss_weight: float = 1.0
+    stage: int = 1
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate()
+
+    def validate(self) -> None:
+        """transformers' checks (also run by ``save_pretrained``), then the shared fields; a family's override
+        checks its own fields after calling this. Raises ``ValueError``/``TypeError`` naming the field."""
+        super().validate()
+        inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in inherited:
+                continue
+            if spec.name.endswith("_loss_weight"):
+                check_float(spec.name, value, minimum=0.0)
+            elif isinstance(spec.default, bool) and not isinstance(value, bool):
+                raise TypeError(f"`{spec.name}` must be a bool, got {describe(value)}.")
+        for name in ("image_mean", "image_std"):
+            check_normalization(name, getattr(self, name), self.num_channels)
+        check_choice("stage", self.stage, (1, 2))
+        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
+        check_float("initializer_range", self.initializer_range, minimum=0.0, strict_minimum=True)
+        if self.codebook_size is not None:
+            check_int("codebook_size", self.codebook_size, minimum=2)
+            check_int("codebook_dim", self.codebook_dim, minimum=1)
+            check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
+            check_float("codebook_dead_code_threshold", self.codebook_dead_code_threshold, minimum=0.0)
+            check_float("commitment_weight", self.commitment_weight, minimum=0.0)
 
 
 class VTokSubConfig(PreTrainedConfig):
@@ -94,4 +191,31 @@ class VTokSubConfig(PreTrainedConfig):
         return key in self.field_names() or key in self.attribute_map
 
 
-__all__ = ["VTokSubConfig", "check_normalization", "deep_merge"]
+class VTokDecoderConfig(VTokSubConfig):
+    """Base of the families' decoder configs: the classifier-free-guidance condition dropout they all train with.
+
+    Args:
+        condition_dropout_prob: probability of replacing the condition by the null condition during training,
+            so that the pipeline can use classifier-free guidance (not in the papers; the usual 10%).
+    """
+
+    config_key = "decoder_config"
+
+    condition_dropout_prob: float = 0.1
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_float(
+            "decoder_config['condition_dropout_prob']", self.condition_dropout_prob, minimum=0.0, maximum=1.0
+        )
+
+
+__all__ = [
+    "LEGACY_NAMES",
+    "VTokConfig",
+    "VTokDecoderConfig",
+    "VTokSubConfig",
+    "check_normalization",
+    "check_unet_channels",
+    "deep_merge",
+]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ...utils.configuration_utils import VTokSubConfig, check_normalization
+from ...utils.configuration_utils import VTokConfig, VTokDecoderConfig, check_normalization
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 TOKEN_SCHEDULES = ("uniform", "staged")
@@ -59,9 +59,8 @@ def scale_stage_counts(num_tokens: int, reference=RELEASED_STAGE_COUNTS) -> list
     return counts
 
 
-class DDTDecoderConfig(VTokSubConfig):
-    r"""The MMDiT decoder of [`DDTTokenizerForPreTraining`]: SD3's MMDiT at paper size (appendix A.1: 24 layers of
-    width 1536 = 24 heads x 64 on the 16-channel latents of an 8x VAE: 256 px -> 32 x 32 latents, 2 x 2 patches).
+class DDTDecoderConfig(VTokDecoderConfig):
+    r"""The MMDiT decoder of [`DDTTokenizerForPreTraining`]: SD3's MMDiT at paper size (appendix A.1).
 
     Args:
         sample_size / patch_size / in_channels: the decoder input (latents, or pixels with ``vae_scale_factor=1``).
@@ -77,13 +76,12 @@ class DDTDecoderConfig(VTokSubConfig):
     """
 
     model_type = "ddt_decoder"
-    config_key = "decoder_config"
 
-    sample_size: int = 32
+    sample_size: int = 32  # 256 px through an 8x VAE
     patch_size: int = 2
-    in_channels: int = 16
+    in_channels: int = 16  # SD3's VAE latents
     num_layers: int = 24
-    num_attention_heads: int = 24
+    num_attention_heads: int = 24  # width 1536 = 24 heads x 64
     attention_head_dim: int = 64
     mlp_ratio: float = 4.0
     qk_norm: bool = False
@@ -91,7 +89,6 @@ class DDTDecoderConfig(VTokSubConfig):
     hidden_token_mode: str = "mask"
     vae_scale_factor: int = 8
     num_train_timesteps: int = 1000
-    condition_dropout_prob: float = 0.1
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -100,7 +97,6 @@ class DDTDecoderConfig(VTokSubConfig):
             check_int(f'decoder_config["{key}"]', getattr(self, key), minimum=1)
         check_float('decoder_config["mlp_ratio"]', self.mlp_ratio, minimum=0.0, strict_minimum=True)
         check_choice('decoder_config["hidden_token_mode"]', self.hidden_token_mode, HIDDEN_TOKEN_MODES)
-        check_float('decoder_config["condition_dropout_prob"]', self.condition_dropout_prob, minimum=0.0, maximum=1.0)
         if self.sample_size % self.patch_size:
             raise ValueError(
                 f'`decoder_config["sample_size"]` ({self.sample_size}) must be divisible by '
@@ -117,14 +113,12 @@ class DDTDecoderConfig(VTokSubConfig):
         return self.num_attention_heads * self.attention_head_dim
 
 
-class DDTTokenizerConfig(PreTrainedConfig):
+class DDTTokenizerConfig(VTokConfig):
     r"""Configuration of [`DDTTokenizerModel`] and [`DDTTokenizerForPreTraining`].
 
     Encoder (appendix A.1):
-        image_size (`int`, defaults to 256): input resolution (ImageNet 256 x 256 centre crops).
-        num_channels (`int`, defaults to 3).
-        patch_size (`int`, defaults to 8): ViT-style patches; 256 / 8 = 32 x 32 = 1024 image tokens as in
-            the paper's ``R^{1024 x 256}``.
+        image_size (`int`, defaults to 256) / num_channels (`int`, defaults to 3): the input.
+        patch_size (`int`, defaults to 8): ViT-style patches.
         num_visual_tokens (`int`, defaults to 480): T, the number of learnable queries = output tokens.
         hidden_size (`int`, defaults to 256): width of both encoder streams.
         num_hidden_layers (`int`, defaults to 20): layers of each of the two streams.
@@ -199,31 +193,18 @@ class DDTTokenizerConfig(PreTrainedConfig):
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
         "decoder_config": SubConfigSpec(config_class=DDTDecoderConfig),
     }
-    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
-    attribute_map: ClassVar[dict[str, str]] = {
-        "code_dim": "codebook_dim",
-        "ema_decay": "codebook_ema_decay",
-        "kmeans_init": "codebook_kmeans_init",
-        "kmeans_iters": "codebook_kmeans_iters",
-        "dead_code_threshold": "codebook_dead_code_threshold",
-        "dead_code_threshold_relative": "codebook_dead_code_threshold_relative",
-        "training_stage": "stage",
-    }
 
     # encoder
-    image_size: int = 256
+    image_size: int = 256  # ImageNet 256 x 256 centre crops
     num_channels: int = 3
-    patch_size: int = 8
-    num_visual_tokens: int = 480
+    patch_size: int = 8  # 32 x 32 = 1024 image tokens, the paper's R^{1024 x 256}
+    num_visual_tokens: int = 480  # T
     hidden_size: int = 256
     num_hidden_layers: int = 20
     num_attention_heads: int = 4
     mlp_ratio: float = 4.0
-    layer_norm_eps: float = 1e-6
     image_attends_to_queries: bool = True
     query_adaptive_norm: bool = False
-    vision_config: dict | PreTrainedConfig | None = None
-    freeze_vision_encoder: bool = True
     vision_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     vision_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -244,15 +225,11 @@ class DDTTokenizerConfig(PreTrainedConfig):
     staged_boundaries: list[float] | tuple[float, ...] = RELEASED_STAGE_BOUNDARIES
     staged_counts: list[int] | tuple[int, ...] | None = None
     loss_target: str = "velocity"
-    diffusion_loss_weight: float = 1.0
     timestep_sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     timestep_shift: float = 1.0
-    decoder_config: dict | PreTrainedConfig | None = None
-    stage: int = 1
     token_order: str = "recursive"
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         # config.json files written before the shared vocabulary keep condition dropout at the top level
@@ -262,14 +239,13 @@ class DDTTokenizerConfig(PreTrainedConfig):
             else:
                 self.decoder_config = {**(self.decoder_config or {}), "condition_dropout_prob": kwargs.pop("condition_dropout_prob")}
         super().__post_init__(**kwargs)
-        self._validate()
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         for name in ("image_size", "num_channels", "patch_size", "num_visual_tokens", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "codebook_dim", "codebook_kmeans_iters"):
+                     "num_attention_heads", "codebook_kmeans_iters"):
             check_int(name, getattr(self, name), minimum=1)
-        check_int("codebook_size", self.codebook_size, minimum=2)
         if self.image_size % self.patch_size:
             raise ValueError(f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size}).")
         if self.hidden_size % 4:
@@ -278,20 +254,15 @@ class DDTTokenizerConfig(PreTrainedConfig):
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` ({self.num_attention_heads})."
             )
-        for name in ("mlp_ratio", "layer_norm_eps", "entropy_temperature", "logit_std", "timestep_shift"):
+        for name in ("mlp_ratio", "entropy_temperature", "logit_std", "timestep_shift"):
             check_float(name, getattr(self, name), minimum=0.0, strict_minimum=True)
-        for name in ("codebook_dead_code_threshold", "commitment_weight", "entropy_loss_weight", "diffusion_loss_weight",
-                     "initializer_range"):
-            check_float(name, getattr(self, name), minimum=0.0)
-        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
-        for name in ("image_mean", "image_std", "vision_image_mean", "vision_image_std"):
+        for name in ("vision_image_mean", "vision_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
         check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)
         self._validate_stages()
         check_choice("loss_target", self.loss_target, LOSS_TARGETS)
         check_choice("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
         check_float("logit_mean", self.logit_mean)
-        check_choice("stage", self.stage, (1, 2))
         check_choice("token_order", self.token_order, ("recursive",))
         self._validate_decoder()
 

@@ -205,22 +205,18 @@ class DDTJointTransformerBlock(nn.Module):
 class DDTTokenConditioner(ModelMixin, ConfigMixin):
     """Timestep tokens → the MMDiT's token stream, with the prefix mask of ``k(t)``.
 
-    Args:
-        num_tokens: T.
-        token_dim: width of the codes (16).
-        hidden_size: the MMDiT width.
-        token_schedule, staged_boundaries, staged_counts: ``k(t)``, see :func:`visible_token_counts`.
-        token_position_embedding: add 1D sinusoidal positions (the token's index) to the projected codes.
-        hidden_token_mode: ``"mask"`` removes tokens ``>= k`` from the attention keys; ``"zero"`` replaces
-            their codes with zeros and keeps them in the sequence.
+    ``token_schedule``, ``staged_boundaries``, ``staged_counts``: ``k(t)``, see :func:`visible_token_counts`.
+    ``token_position_embedding`` adds 1D sinusoidal positions (the token's index) to the projected codes.
+    ``hidden_token_mode``: ``"mask"`` removes tokens ``>= k`` from the attention keys; ``"zero"`` replaces their
+    codes with zeros and keeps them in the sequence.
     """
 
     @register_to_config
     def __init__(
         self,
-        num_tokens: int = 480,
-        token_dim: int = 16,
-        hidden_size: int = 1536,
+        num_tokens: int = 480,  # T
+        token_dim: int = 16,  # width of the codes
+        hidden_size: int = 1536,  # the MMDiT width
         token_schedule: str = "uniform",
         staged_boundaries: list[float] | None = None,
         staged_counts: list[int] | None = None,

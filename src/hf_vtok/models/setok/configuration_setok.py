@@ -38,7 +38,13 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ...utils.configuration_utils import VTokSubConfig, check_normalization, deep_merge
+from ...utils.configuration_utils import (
+    VTokConfig,
+    VTokDecoderConfig,
+    VTokSubConfig,
+    check_unet_channels,
+    deep_merge,
+)
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 # EVA-CLIP ViT-g/14 (the "ViT-G/14" of BLIP-2, SEED and LaVIT) at 336 px, the paper's encoder
@@ -60,7 +66,6 @@ MERGER_BLOCK_LAYOUTS = ("paper", "released")
 NORM_POSITIONS = ("post", "pre")
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 UNET_TRAINABLE = ("cross_attention_kv", "all", "none")
-STAGES = (1, 2)
 
 
 class SeTokMaskDecoderConfig(VTokSubConfig):
@@ -113,28 +118,25 @@ PAPER_DECODER_PARTS = {
 }  # fmt: skip
 
 
-class SeTokDecoderConfig(VTokSubConfig):
+class SeTokDecoderConfig(VTokDecoderConfig):
     r"""Image decoder of [`SeTokForPreTraining`]: feature mapper + SD v1.5 UNet (+ frozen VAE), noise schedule.
 
     Args:
         feature_mapper, unet, vae, scheduler: the arguments of the diffusers components
             (:class:`SeTokFeatureMapper`, ``UNet2DConditionModel``, ``AutoencoderKL`` or `None` for pixel space,
             ``DDPMScheduler``); a partial dict overrides the paper values key by key.
-        condition_dropout_prob: probability of replacing the condition with the learned null condition during
-            training, so that the pipeline can use classifier-free guidance (not in the paper; the usual 10%).
+        condition_dropout_prob: classifier-free-guidance dropout (not in the paper; the usual 10%).
         unet_trainable: Sec. 2.2: "keys and values within the U-Net" are trained (``"cross_attention_kv"``);
             ``"all"`` / ``"none"`` are the alternatives.
     """
 
     model_type = "setok_decoder"
-    config_key = "decoder_config"
     attribute_map: ClassVar[dict[str, str]] = {"condition_dropout": "condition_dropout_prob"}
 
     feature_mapper: dict = field(default_factory=dict)
     unet: dict = field(default_factory=dict)
     vae: dict | None = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
-    condition_dropout_prob: float = 0.1
     unet_trainable: str = "cross_attention_kv"
 
     def __post_init__(self, **kwargs):
@@ -145,7 +147,6 @@ class SeTokDecoderConfig(VTokSubConfig):
                 raise TypeError(f"`decoder_config['{key}']` must be a dict, got {describe(value)}.")
             if value is not None or key != "vae":
                 setattr(self, key, deep_merge(defaults, value or {}))
-        check_float("decoder_config['condition_dropout_prob']", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
         check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
         mapper, unet = self.feature_mapper, self.unet
         if mapper["hidden_size"] % mapper["num_heads"]:
@@ -161,7 +162,7 @@ class SeTokDecoderConfig(VTokSubConfig):
             )
 
 
-class SeTokConfig(PreTrainedConfig):
+class SeTokConfig(VTokConfig):
     r"""Configuration of [`SeTokModel`] (tokenizer) and [`SeTokForPreTraining`] (tokenizer + decoders).
 
     Vision encoder:
@@ -244,16 +245,8 @@ class SeTokConfig(PreTrainedConfig):
         "mask_decoder_config": SubConfigSpec(config_class=SeTokMaskDecoderConfig),
         "decoder_config": SubConfigSpec(config_class=SeTokDecoderConfig),
     }
-    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
-    attribute_map: ClassVar[dict[str, str]] = {
-        "mask_bce_weight": "mask_bce_loss_weight",
-        "mask_dice_weight": "mask_dice_loss_weight",
-        "mask_kl_weight": "mask_kl_loss_weight",
-    }
 
-    vision_config: dict | PreTrainedConfig | None = None
     vision_feature_layer: int = -1
-    freeze_vision_encoder: bool = True
     # clustering
     knn_size: int = 64
     kernel_scale: float = 1.0
@@ -282,26 +275,21 @@ class SeTokConfig(PreTrainedConfig):
     inter_cluster_layers: int = 0
     token_embedding_dim: int | None = None
     merger_chunk_size: int | None = None
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
     # training
     mask_decoder_config: dict | PreTrainedConfig | None = None
-    decoder_config: dict | PreTrainedConfig | None = None
-    diffusion_loss_weight: float = 1.0
     mask_bce_loss_weight: float = 1.0
     mask_dice_loss_weight: float = 1.0
     mask_kl_loss_weight: float = 1.0
     mask_include_background: bool = True
-    stage: int = 1
     train_vision_encoder_in_stage2: bool = True
-    image_mean: list[float] | None = None
-    image_std: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         # Read-only attributes of the shared API may come back from old configs: drop them.
         for name in ("num_visual_tokens", "codebook_size", "token_order", "num_channels", "image_size"):
             kwargs.pop(name, None)
         super().__post_init__(**kwargs)
+
+    def validate(self) -> None:
         for name in ("hidden_size", "image_size", "patch_size"):
             if not isinstance(getattr(self.vision_config, name, None), int):
                 raise ValueError(  # noqa: TRY004  (a config of the wrong kind of model)
@@ -313,17 +301,14 @@ class SeTokConfig(PreTrainedConfig):
                 f"`vision_config.image_size` ({self.vision_config.image_size}) must be a multiple of "
                 f"`vision_config.patch_size` ({self.vision_config.patch_size})."
             )
-        if self.image_mean is None:
-            self.image_mean = list(CLIP_MEAN)
-        if self.image_std is None:
-            self.image_std = list(CLIP_STD)
+        # defaults that follow the vision encoder (CLIP normalisation, the feature width)
+        self.image_mean = list(CLIP_MEAN) if self.image_mean is None else self.image_mean
+        self.image_std = list(CLIP_STD) if self.image_std is None else self.image_std
         if self.token_embedding_dim is None:
             self.token_embedding_dim = self.vision_config.hidden_size
         if self.merger_intermediate_size is None:
             self.merger_intermediate_size = 4 * self.vision_config.hidden_size
-        self._validate()
-
-    def _validate(self) -> None:
+        super().validate()
         check_int("vision_feature_layer", self.vision_feature_layer)
         check_int("knn_size", self.knn_size, minimum=1)
         check_float("kernel_scale", self.kernel_scale, minimum=0.0, strict_minimum=True)
@@ -345,10 +330,6 @@ class SeTokConfig(PreTrainedConfig):
         check_float("density_noise", self.density_noise, minimum=0.0)
         if self.density_noise_seed is not None:
             check_int("density_noise_seed", self.density_noise_seed, minimum=0)
-        for name in ("hard_assignment", "position_before_clustering", "freeze_vision_encoder",
-                     "mask_include_background", "train_vision_encoder_in_stage2"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be a bool, got {describe(getattr(self, name))}.")
         if not self.hard_assignment and self.center_rule == "released":
             raise ValueError(
                 "`hard_assignment=False` (soft masks) is only defined for `center_rule='paper'`; the released rule "
@@ -375,23 +356,7 @@ class SeTokConfig(PreTrainedConfig):
             )
         check_int("inter_cluster_layers", self.inter_cluster_layers, minimum=0)
         check_int("token_embedding_dim", self.token_embedding_dim, minimum=1)
-        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
-        check_float("initializer_range", self.initializer_range, minimum=0.0)
-        for name in ("diffusion_loss_weight", *self.attribute_map.values()):
-            check_float(name, getattr(self, name), minimum=0.0)
-        check_choice("stage", self.stage, STAGES)
-        for name in ("image_mean", "image_std"):
-            check_normalization(name, getattr(self, name), self.num_channels)
-        decoder = self.decoder_config
-        vae = decoder.vae
-        expected_channels = vae["latent_channels"] if vae is not None else self.num_channels
-        for key in ("in_channels", "out_channels"):
-            if decoder.unet.get(key, 4) != expected_channels:
-                raise ValueError(
-                    f"`decoder_config['unet']['{key}']` must be {expected_channels} "
-                    f"({'VAE latent channels' if vae is not None else 'pixel channels, no VAE'}), "
-                    f"got {decoder.unet.get(key, 4)}."
-                )
+        check_unet_channels(self.decoder_config.unet, self.decoder_config.vae, self.num_channels)
 
     # ----------------------------------------------------------------------------------------------------
     # Attributes of the shared tokenizer API (derived, never stored).

@@ -43,27 +43,20 @@ class SeTokFeatureMapperLayer(nn.Module):
 
 
 class SeTokFeatureMapper(ModelMixin, ConfigMixin):
-    """Maps a variable number of SeTok tokens ``[B, T, token_dim]`` to ``[B, num_queries, cross_attention_dim]``.
-
-    Args:
-        token_dim: width of the SeTok tokens (``SeTokConfig.token_embedding_dim``).
-        hidden_size, num_layers, num_heads, intermediate_size: BERT-base sizes by default (768, 4, 12, 3072).
-        num_queries: learned queries, i.e. the length of the UNet's context.
-        cross_attention_dim: the UNet's ``cross_attention_dim`` (768 for SD v1.5).
-        layer_norm_eps: BERT's 1e-12.
-    """
+    """Maps a variable number of SeTok tokens ``[B, T, token_dim]`` to ``[B, num_queries, cross_attention_dim]``:
+    ``num_queries`` learned queries (the length of the UNet's context) through BERT-base-sized layers."""
 
     @register_to_config
     def __init__(
         self,
-        token_dim: int = 1408,
-        hidden_size: int = 768,
-        num_layers: int = 4,
-        num_heads: int = 12,
-        intermediate_size: int = 3072,
-        num_queries: int = 32,
-        cross_attention_dim: int = 768,
-        layer_norm_eps: float = 1e-12,
+        token_dim: int = 1408,  # SeTokConfig.token_embedding_dim (EVA-CLIP ViT-g/14 width)
+        hidden_size: int = 768,  # BERT-base
+        num_layers: int = 4,  # "four cross-attention layers" (Sec. 2.2)
+        num_heads: int = 12,  # BERT-base
+        intermediate_size: int = 3072,  # BERT-base
+        num_queries: int = 32,  # BLIP-2's (the paper gives none)
+        cross_attention_dim: int = 768,  # the SD v1.5 UNet's
+        layer_norm_eps: float = 1e-12,  # BERT's
     ):
         super().__init__()
         self.token_norm = nn.LayerNorm(token_dim, eps=layer_norm_eps)

@@ -30,7 +30,13 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 
-from ...utils.configuration_utils import VTokSubConfig, check_normalization, deep_merge
+from ...utils.configuration_utils import (
+    VTokConfig,
+    VTokDecoderConfig,
+    check_normalization,
+    check_unet_channels,
+    deep_merge,
+)
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
@@ -77,14 +83,13 @@ def tiny_decoder_config() -> dict[str, Any]:
     }  # fmt: skip
 
 
-class SlotQFormerDecoderConfig(VTokSubConfig):
+class SlotQFormerDecoderConfig(VTokDecoderConfig):
     r"""The decoder of [`SlotQFormerForPreTraining`]: unCLIP-SD 2.1 at 768 px, a latent UNet with slot
     cross-attention and a projected global vector.
 
     Args:
         image_size: resolution of the images the decoder reconstructs (pixels; latents are 8x smaller).
-        condition_dropout_prob: probability of replacing the condition by the learned null condition during
-            training (classifier-free guidance). Not given in the paper; 0.1 as in unCLIP / SD fine-tuning.
+        condition_dropout_prob: classifier-free-guidance dropout (not given in the paper; 0.1 as in unCLIP).
         unet_trainable: which UNet weights stage 1 trains: the paper trains only the cross-attention layers of
             the pretrained unCLIP UNet (``"cross_attention"``); ``"all"`` for a UNet trained from scratch.
         conditioner, unet, scheduler, vae: the arguments of the diffusers components
@@ -93,10 +98,8 @@ class SlotQFormerDecoderConfig(VTokSubConfig):
     """
 
     model_type = "slot_qformer_decoder"
-    config_key = "decoder_config"
 
     image_size: int = 768
-    condition_dropout_prob: float = 0.1
     unet_trainable: str = "cross_attention"
     conditioner: dict = field(default_factory=lambda: {
         "hidden_size": 1024,  # local embeddings = UNet cross-attention width
@@ -127,7 +130,6 @@ class SlotQFormerDecoderConfig(VTokSubConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         check_int("decoder_config['image_size']", self.image_size, minimum=8)
-        check_float("decoder_config['condition_dropout_prob']", self.condition_dropout_prob, minimum=0.0, maximum=1.0)
         check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
         for key in ("conditioner", "unet", "scheduler"):
             if not isinstance(getattr(self, key), dict):
@@ -156,16 +158,10 @@ class SlotQFormerDecoderConfig(VTokSubConfig):
             )
         if vae is not None and not isinstance(vae, dict):
             raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs or None, got {vae!r}.")
-        latent_channels = vae.get("latent_channels", 4) if vae else 3
-        for key in ("in_channels", "out_channels"):
-            if unet.get(key, 4) != latent_channels:
-                raise ValueError(
-                    f"`decoder_config['unet'][{key!r}]` must be {latent_channels} "
-                    f"({'VAE latent channels' if vae else 'RGB pixels, no VAE'}), got {unet.get(key, 4)!r}."
-                )
+        check_unet_channels(unet, vae, num_channels=3)
 
 
-class SlotQFormerConfig(PreTrainedConfig):
+class SlotQFormerConfig(VTokConfig):
     r"""Configuration of [`SlotQFormerModel`] / [`SlotQFormerForPreTraining`].
 
     Vision side:
@@ -198,10 +194,7 @@ class SlotQFormerConfig(PreTrainedConfig):
         rebuild_num_heads (the transformer that rebuilds slot embeddings from codes), token_order.
 
     Training: stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
-        + 0.5·L_MSE`` (contrastive_loss_weight, text_generation_loss_weight, diffusion_loss_weight,
-        global_mse_loss_weight), stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``
-        (reconstruction_loss_weight, commitment_loss_weight, stage2_diffusion_loss_weight,
-        stage2_global_mse_loss_weight); teacher_config (the frozen model whose image embedding the global
+        + 0.5·L_MSE``, stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``; teacher_config (the frozen model whose image embedding the global
         head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
         ([`SlotQFormerDecoderConfig`]: conditioner, UNet, noise scheduler, optional VAE, condition dropout).
     """
@@ -214,19 +207,7 @@ class SlotQFormerConfig(PreTrainedConfig):
         ),
         "decoder_config": SubConfigSpec(config_class=SlotQFormerDecoderConfig),
     }
-    # names used before the shared vocabulary (utils/configuration_utils.py); old config.json files still load
-    attribute_map: ClassVar[dict[str, str]] = {
-        "loss_weight_contrastive": "contrastive_loss_weight",
-        "loss_weight_text_generation": "text_generation_loss_weight",
-        "loss_weight_diffusion": "diffusion_loss_weight",
-        "loss_weight_global_mse": "global_mse_loss_weight",
-        "loss_weight_reconstruction": "reconstruction_loss_weight",
-        "loss_weight_commitment": "commitment_loss_weight",
-        "loss_weight_diffusion_stage2": "stage2_diffusion_loss_weight",
-        "loss_weight_global_mse_stage2": "stage2_global_mse_loss_weight",
-    }
 
-    vision_config: dict | PreTrainedConfig | None = None
     teacher_config: dict | PreTrainedConfig | None = None
 
     # input
@@ -234,20 +215,19 @@ class SlotQFormerConfig(PreTrainedConfig):
     num_channels: int = 3
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    freeze_vision_encoder: bool = True
     vision_projection: bool = True
-    encoder_hidden_size: int = 1408
+    encoder_hidden_size: int = 1408  # EVA-CLIP's width, which BLIP-2's cross-attention expects
 
-    # Slot Q-Former
+    # Slot Q-Former: BERT-base with 32 queries
     num_slots: int = 32
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     intermediate_size: int = 3072
-    layer_norm_eps: float = 1e-12
+    layer_norm_eps: float = 1e-12  # BERT's
     slot_attention_layers: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10])
     slot_iterations: int = 3
-    slot_attention_heads: int = 1
+    slot_attention_heads: int = 1  # Locatello et al.
     slot_mlp_size: int = 1536
     slot_attention_epsilon: float = 1e-8
     slot_attention_key_scale: str = "head_dim"  # paper; released code: "num_slots"
@@ -280,23 +260,15 @@ class SlotQFormerConfig(PreTrainedConfig):
     token_order: str = "slot_major"
 
     # training
-    stage: int = 1
-    contrastive_loss_weight: float = 0.5
-    text_generation_loss_weight: float = 0.5
-    diffusion_loss_weight: float = 1.0
-    global_mse_loss_weight: float = 0.5
-    reconstruction_loss_weight: float = 1.0
-    commitment_loss_weight: float = 1.0
-    stage2_diffusion_loss_weight: float = 0.1
-    stage2_global_mse_loss_weight: float = 0.1
+    contrastive_loss_weight: float = 0.5  # L_ITC, stage 1 (diffusion_loss_weight: L_diffusion)
+    text_generation_loss_weight: float = 0.5  # L_ITG
+    global_mse_loss_weight: float = 0.5  # L_MSE
+    reconstruction_loss_weight: float = 1.0  # L_rec, stage 2
+    commitment_loss_weight: float = 1.0  # L_commit
+    stage2_diffusion_loss_weight: float = 0.1  # L_diffusion
+    stage2_global_mse_loss_weight: float = 0.1  # L_MSE
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
-    decoder_config: dict | PreTrainedConfig | None = None
-    initializer_range: float = 0.02
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self.validate_slot_qformer()
 
     # ------------------------------------------------------------------ shared API attributes
     @property
@@ -320,33 +292,24 @@ class SlotQFormerConfig(PreTrainedConfig):
         return (self.image_size // self.vision_patch_size) ** 2
 
     # ------------------------------------------------------------------ validation
-    def validate_slot_qformer(self) -> None:
-        """Check every field; raises ``ValueError``/``TypeError`` naming the field."""
+    def validate(self) -> None:
+        super().validate()
         for name in (
             "image_size", "num_channels", "encoder_hidden_size", "num_slots", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "intermediate_size", "slot_iterations", "slot_attention_heads", "slot_mlp_size",
-            "vocab_size", "max_position_embeddings", "itc_embed_dim", "codebook_size", "codebook_dim",
-            "rvq_depths", "rebuild_num_heads",
+            "vocab_size", "max_position_embeddings", "itc_embed_dim", "rvq_depths", "rebuild_num_heads",
         ):  # fmt: skip
             check_int(name, getattr(self, name), minimum=1)
         check_int("rebuild_num_layers", self.rebuild_num_layers, minimum=0)
         check_int("text_pad_token_id", self.text_pad_token_id, minimum=0, maximum=self.vocab_size - 1)
-        check_float("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict_minimum=True)
         check_float("slot_attention_epsilon", self.slot_attention_epsilon, minimum=0.0)
         check_float("itc_temperature", self.itc_temperature, minimum=0.0, strict_minimum=True)
         check_float("itc_label_smoothing", self.itc_label_smoothing, minimum=0.0, maximum=1.0)
         check_float("itg_label_smoothing", self.itg_label_smoothing, minimum=0.0, maximum=1.0)
-        check_float("codebook_ema_decay", self.codebook_ema_decay, minimum=0.0, maximum=1.0)
-        check_float("commitment_weight", self.commitment_weight, minimum=0.0)
-        check_float("codebook_dead_code_threshold", self.codebook_dead_code_threshold, minimum=0.0)
-        check_float("initializer_range", self.initializer_range, minimum=0.0, strict_minimum=True)
-        for name in self.attribute_map.values():  # the loss weights
-            check_float(name, getattr(self, name), minimum=0.0)
         check_choice("slot_attention_key_scale", self.slot_attention_key_scale, SLOT_ATTENTION_KEY_SCALES)
         check_choice("slot_init", self.slot_init, SLOT_INITS)
         check_choice("slot_softmax", self.slot_softmax, SLOT_SOFTMAXES)
         check_choice("token_order", self.token_order, SLOT_TOKEN_ORDERS)
-        check_choice("stage", self.stage, (1, 2))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -369,7 +332,7 @@ class SlotQFormerConfig(PreTrainedConfig):
         if len(set(layers)) != len(layers):
             raise ValueError(f"`slot_attention_layers` must not repeat a layer, got {list(layers)}.")
         self.slot_attention_layers = sorted(int(i) for i in layers)
-        for name in ("image_mean", "image_std", "teacher_image_mean", "teacher_image_std"):
+        for name in ("teacher_image_mean", "teacher_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
         if self.image_size % self.vision_patch_size:
             raise ValueError(

@@ -1024,7 +1024,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             teacher_cls = next((getattr(transformers, a) for a in architectures if hasattr(transformers, a)), AutoModel)
             teacher = _load_part(teacher_cls, teacher_model_path, "teacher_model_path")
             config.teacher_config = teacher.config
-        config.validate_slot_qformer()
+        config.validate()
         model = cls(config)
         if vision is not None:
             model.tokenizer.vision_model.load_state_dict(vision.state_dict())

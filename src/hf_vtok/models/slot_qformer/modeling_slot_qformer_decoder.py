@@ -45,28 +45,21 @@ class SlotQFormerConditionOutput(BaseOutput):
 class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
     """Slot embeddings → (local embeddings, global embedding) for an unCLIP-style UNet.
 
-    Args:
-        slot_dim: width of the slot embeddings (the Q-Former width, 768 at paper size).
-        num_slots: slots per image (length of the null local condition).
-        hidden_size: width of the local embeddings = the UNet's ``cross_attention_dim`` (1024).
-        num_layers: transformer blocks (paper: one "Transformer decoder block"; released code: 4).
-        num_heads / mlp_ratio: of those blocks.
-        global_embedding_dim: width of the global embedding (1024, CLIP ViT-H/14's image embedding).
-        noise_level_embedding: append unCLIP-SD's noise-level embedding (of level 0: no noise
-            augmentation) to the global embedding, so that the UNet's class projection takes
-            ``2 × global_embedding_dim`` inputs as in the released unCLIP-SD 2.1 UNet.
+    ``noise_level_embedding`` appends unCLIP-SD's noise-level embedding (of level 0: no noise augmentation) to
+    the global embedding, so that the UNet's class projection takes ``2 × global_embedding_dim`` inputs as in the
+    released unCLIP-SD 2.1 UNet.
     """
 
     @register_to_config
     def __init__(
         self,
-        slot_dim: int = 768,
-        num_slots: int = 32,
-        hidden_size: int = 1024,
-        num_layers: int = 1,
+        slot_dim: int = 768,  # the Q-Former width
+        num_slots: int = 32,  # length of the null local condition
+        hidden_size: int = 1024,  # local embeddings = the UNet's cross_attention_dim
+        num_layers: int = 1,  # paper: one "Transformer decoder block"; released code: 4
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
-        global_embedding_dim: int = 1024,
+        global_embedding_dim: int = 1024,  # CLIP ViT-H/14's image embedding
         noise_level_embedding: bool = True,
     ):
         super().__init__()
