@@ -21,6 +21,15 @@ from transformers import (
 )
 
 from .. import models as _models  # noqa: F401  (the tokenizer families must be registered for sub-configs)
+from .base_models import (
+    DEFAULT_SMOLLM2_CACHE,
+    SMOLLM2,
+    SMOLLM2_INSTALL,
+    find_smollm2_gguf,
+    load_smollm2,
+    load_smollm2_or_fallback,
+    resolve_base_model,
+)
 from .collator_mllm import VTokMLLMDataCollator
 from .configuration_mllm import VTokMLLMConfig
 from .generation import (
@@ -59,6 +68,9 @@ def register_auto_classes() -> None:
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "DEFAULT_SMOLLM2_CACHE",
+    "SMOLLM2",
+    "SMOLLM2_INSTALL",
     "VTokImageEditingPipeline",
     "VTokImagePipelineOutput",
     "VTokMLLMCausalLMOutputWithPast",
@@ -75,12 +87,16 @@ __all__ = [
     "VisualWindowLogitsProcessor",
     "add_visual_tokens",
     "code_token",
+    "find_smollm2_gguf",
     "generate_images",
     "generate_visual_embeddings",
     "image_generation_config",
     "image_processor_for",
     "load_decoder_pipeline",
+    "load_smollm2",
+    "load_smollm2_or_fallback",
     "register_auto_classes",
+    "resolve_base_model",
 ]
 
 register_auto_classes()

@@ -157,9 +157,16 @@ class TokenizerArguments:
     dataset_split: str = "train"
     streaming: bool = False
     num_train_images: int = field(default=2000, metadata={"help": "size of the shapes world"})
-    dataset_style: Literal["textured", "flat"] = "textured"
+    dataset_style: Literal["textured", "flat", "mixed"] = field(
+        default="textured", metadata={"help": "shapes style; mixed: half flat (dataset_seed), half textured (dataset_seed + 1)"}
+    )
     dataset_seed: int = 0
     eval_num_images: int = field(default=64, metadata={"help": "held-out scenes (seed 998) scored every eval_steps"})
+    vae: str | None = field(
+        default="taef2",
+        metadata={"help": "autoencoder of a latent-space decoder: taef2 (shipped, MIT) or an AutoencoderTAEF2 folder; "
+                          "its latents of the training images are computed once and cached. Unused by pixel-space decoders"},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.family is None:
@@ -168,6 +175,8 @@ class TokenizerArguments:
         check_int("num_train_images", self.num_train_images, minimum=1)
         check_int("eval_num_images", self.eval_num_images, minimum=1)
         self.config_overrides = _json_field(self.config_overrides or {}, "config_overrides")
+        if self.vae in ("null", "None", ""):  # the command line spells None as a string
+            self.vae = None
 
 
 @dataclass

@@ -70,22 +70,32 @@ def tiny_language_model(text_tokenizer, seed: int = 0, **overrides):
 
 
 def build_language_model(script_args: MLLMArguments, model_args: MLLMModelConfig, seed: int = 0):
-    """``(causal LM, text tokenizer)``: ``model_args.model_name_or_path`` loaded in ``model_args.dtype`` (frozen LoRA
-    bases may sit in bf16; a fully trained LM stays float32 so that AdamW updates float32 master weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``(causal LM, text tokenizer)`` of ``model_args.model_name_or_path``: ``"tiny-llama"``, a base-model name of
+    :func:`~hf_vtok.mllm.base_models.resolve_base_model` (``"smollm2"``) or a folder / Hub id, loaded in
+    ``model_args.dtype`` (``"auto"`` for SmolLM2: its float32 folder). Weights that train stay float32 (TRL's
+    default dtype) so that AdamW updates float32 values, PEFT's trainable visual rows included; ``bf16: true``
+    autocasts the compute, not the weights."""
+    from transformers import AutoTokenizer
 
-    if model_args.model_name_or_path == TINY_LM:
+    from ..mllm.base_models import SMOLLM2, resolve_base_model
+
+    name = model_args.model_name_or_path
+    if name == TINY_LM:
         from ..data.text_tokenizer import build_text_tokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(script_args.text_tokenizer) if script_args.text_tokenizer else build_text_tokenizer()
         return tiny_language_model(tokenizer, seed, **script_args.base_model_overrides), tokenizer
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
-    )  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(script_args.text_tokenizer or model_args.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    dtype = model_args.dtype or "float32"
+    if str(name).lower() == SMOLLM2:
+        model, tokenizer = resolve_base_model(name, dtype=torch.float32 if dtype == "auto" else getattr(torch, dtype))
+    else:
+        model, tokenizer = resolve_base_model(
+            name, dtype=dtype, revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
+            trust_remote_code=model_args.trust_remote_code,
+        )  # fmt: skip
+    if script_args.text_tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(script_args.text_tokenizer)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return model, tokenizer
 
 

@@ -3,14 +3,18 @@
 One code path serves the CLI (``hf-vtok train-tokenizer``), the script ``training/train_tokenizer.py`` and the demo's
 ``--train``, all parsing :class:`~hf_vtok.trainer.arguments.TokenizerArguments` + ``TrainingArguments``:
 
-* :class:`TokenizerTrainingCollator` turns dataset rows (an ``image`` column, plus ``caption`` and an
-  instance ``mask`` when present) into the batch keys the family's ``XForPreTraining.forward`` takes:
-  ``pixel_values`` always, ``input_ids``/``attention_mask`` (text) and ``instance_mask`` only when the
-  forward signature asks for them.
+* :class:`TokenizerTrainingCollator` turns dataset rows (an ``image`` column, plus ``caption``, an
+  instance ``mask`` and cached ``latents`` when present) into the batch keys the family's
+  ``XForPreTraining.forward`` takes: ``pixel_values`` always, ``input_ids``/``attention_mask`` (text),
+  ``instance_mask`` and ``latents`` only when the forward signature asks for them.
+* A decoder that works in an autoencoder's latent space (DDT with ``vae_scale_factor > 1``) trains on the latents of
+  the training images, computed ONCE by :func:`~hf_vtok.utils.latent_cache.cache_latents` (a ``datasets`` cache
+  keyed by the data and the autoencoder): no training step encodes an image. The autoencoder (``vae``, the shipped
+  TAEF2 by default) becomes the ``vae`` component of the exported decoder pipeline.
 * :func:`train_tokenizer` builds the family's training model (``AutoModelForPreTraining``) from a preset (``tiny`` or
   ``paper``) or a saved checkpoint, trains it for one stage with ``Trainer``, and exports the inference tokenizer
-  (``tokenizer/``: config, safetensors, image processor), the decoder pipeline (``decoder/``), the text tokenizer
-  when there is one, and ``recipe.json`` with the arguments and losses.
+  (``tokenizer/``: config, safetensors, image processor), the decoder pipeline (``decoder/``, with its ``vae`` when it
+  decodes latents), the text tokenizer when there is one, and ``recipe.json`` with the arguments and losses.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import TrainerCallback
 
 from ..utils.image_processing_utils import images_to_list
@@ -38,7 +43,11 @@ class TokenizerTrainingCollator:
         forward_parameters: names the model's forward accepts; decides which keys are produced.
         text_tokenizer: needed when the model takes ``input_ids`` (SlotQFormer's text branch).
         max_text_length: captions are padded/truncated to this many tokens.
-        image_column, caption_column, mask_column: dataset column names.
+        image_column, caption_column, mask_column, latents_column: dataset column names.
+
+    With a ``latents_column`` (cached by :func:`~hf_vtok.utils.latent_cache.cache_latents`, which stretches every image
+    to a square), each image is stretched the same way before the image processor, so that ``pixel_values`` and
+    ``latents`` show the same pixels.
     """
 
     def __init__(
@@ -50,12 +59,14 @@ class TokenizerTrainingCollator:
         image_column: str = "image",
         caption_column: str = "caption",
         mask_column: str = "mask",
+        latents_column: str = "latents",
     ):
         self.image_processor = image_processor
         self.forward_parameters = set(forward_parameters)
         self.text_tokenizer = text_tokenizer
         self.max_text_length = check_int("max_text_length", max_text_length, minimum=2)
         self.image_column, self.caption_column, self.mask_column = image_column, caption_column, mask_column
+        self.latents_column = latents_column
         if "input_ids" in self.forward_parameters and text_tokenizer is None:
             raise ValueError("`text_tokenizer` is required: this model's forward takes `input_ids`.")
 
@@ -66,7 +77,13 @@ class TokenizerTrainingCollator:
         if missing:
             raise ValueError(f"Each row must have an `{self.image_column}` column, got columns {sorted(rows[0])}.")
         images = images_to_list([row[self.image_column] for row in rows], name=self.image_column)
+        with_latents = "latents" in self.forward_parameters and self.latents_column in rows[0]
+        if with_latents:
+            crop = self.image_processor.crop_size
+            images = [image.resize((crop["width"], crop["height"]), Image.BICUBIC) for image in images]
         batch = {"pixel_values": self.image_processor(images, return_tensors="pt").pixel_values}
+        if with_latents:
+            batch["latents"] = torch.stack([torch.as_tensor(row[self.latents_column], dtype=torch.float32) for row in rows])
         if "input_ids" in self.forward_parameters:
             if self.caption_column not in rows[0]:
                 raise ValueError(f"This model trains on text: rows need a `{self.caption_column}` column.")
@@ -108,6 +125,71 @@ def build_training_model(script_args: TokenizerArguments):
     return model
 
 
+def generate_training_scenes(num_images: int, image_size: int, style: str, seed: int, progress: bool = True):
+    """The shapes world without edits; ``style="mixed"``: the first half flat (``seed``), the rest textured
+    (``seed + 1``)."""
+    from datasets import concatenate_datasets
+
+    from ..data.shapes import STYLES, generate_shapes_dataset
+
+    check_choice("style", style, (*STYLES, "mixed"))
+    parts = [("flat", num_images // 2, seed), ("textured", num_images - num_images // 2, seed + 1)] if style == "mixed" else [(style, num_images, seed)]
+    return concatenate_datasets([
+        generate_shapes_dataset(count, image_size=image_size, style=part_style, seed=part_seed, with_edits=False, progress=progress)
+        for part_style, count, part_seed in parts if count > 0
+    ])  # fmt: skip
+
+
+def load_autoencoder(name: str):
+    """A frozen autoencoder for a latent-space decoder: ``"taef2"`` (shipped with the package, MIT) or the folder of
+    a saved ``AutoencoderTAEF2`` (e.g. the ``vae/`` of an exported decoder)."""
+    from ..utils.autoencoder_taef2 import AutoencoderTAEF2, load_taef2
+
+    if name == "taef2":
+        vae = load_taef2()
+    elif (Path(name) / "config.json").is_file():
+        vae = AutoencoderTAEF2.from_pretrained(name).eval()
+    else:
+        raise ValueError(f"`vae` must be 'taef2' or the folder of a saved AutoencoderTAEF2 (with config.json), got {name!r}.")
+    return vae.requires_grad_(False)
+
+
+def decoder_autoencoder(model, vae: str | None):
+    """The autoencoder whose latents ``model``'s decoder works in (None for a pixel-space decoder), checked against
+    the decoder's latent shape."""
+    if getattr(model.config, "decoder_in_pixel_space", True):
+        return None
+    decoder = model.config.decoder_config
+    if vae is None:
+        raise ValueError(f"`vae` is None, but the decoder works in latent space (decoder_config.vae_scale_factor = "
+                         f"{decoder.vae_scale_factor}): name its autoencoder, e.g. 'taef2'.")  # fmt: skip
+    autoencoder = load_autoencoder(vae)
+    found = (autoencoder.config.latent_channels, autoencoder.spatial_compression_ratio)
+    if found != (decoder.in_channels, decoder.vae_scale_factor):
+        raise ValueError(
+            f"`vae` {vae!r} makes {found[0]}-channel latents at 1/{found[1]} resolution, but the decoder expects "
+            f"decoder_config.in_channels = {decoder.in_channels} at vae_scale_factor = {decoder.vae_scale_factor}."
+        )
+    return autoencoder
+
+
+def cache_training_latents(dataset, autoencoder, image_size: int):
+    """``dataset`` with a ``latents`` column (torch-formatted; the other columns as they were), encoded once: the
+    ``datasets`` cache returns the same latents on later runs without running the encoder. Under ``accelerate
+    launch`` the main process encodes and the others read its cache file."""
+    import datasets
+    from accelerate import PartialState
+
+    from ..utils.latent_cache import cache_latents
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(f"A latent-space decoder trains on cached latents: the training data must be a map-style "
+                         f"datasets.Dataset, got {type(dataset).__name__} (set `streaming` false).")  # fmt: skip
+    with PartialState().main_process_first():
+        dataset = cache_latents(dataset, autoencoder, image_size=image_size)
+    return dataset.with_format("torch", columns=["latents"], output_all_columns=True)
+
+
 def train_tokenizer(
     script_args: TokenizerArguments, training_args: TokenizerTrainingArguments, *, train_dataset=None, text_tokenizer=None
 ):
@@ -122,6 +204,9 @@ def train_tokenizer(
         text_tokenizer: a text tokenizer for families with a text branch; the shapes-world word-level
             tokenizer by default.
 
+    A latent-space decoder trains on ``script_args.vae``'s latents of ``train_dataset``, cached once (see
+    :func:`cache_training_latents`); that autoencoder is the ``vae`` of the exported ``decoder/``.
+
     Returns:
         ``(model, trainer)``.
     """
@@ -133,12 +218,8 @@ def train_tokenizer(
     model = build_training_model(script_args)
     parameters = list(inspect.signature(model.forward).parameters)
     if train_dataset is None and script_args.dataset == "shapes":
-        from ..data.shapes import generate_shapes_dataset
-
-        train_dataset = generate_shapes_dataset(
-            script_args.num_train_images, image_size=model.config.image_size, style=script_args.dataset_style,
-            seed=script_args.dataset_seed, with_edits=False,
-        )  # fmt: skip
+        train_dataset = generate_training_scenes(script_args.num_train_images, model.config.image_size,
+                                                 script_args.dataset_style, script_args.dataset_seed)  # fmt: skip
     elif train_dataset is None:
         from ..data.pretokenize import load_image_dataset
 
@@ -147,6 +228,9 @@ def train_tokenizer(
         from ..data.text_tokenizer import build_text_tokenizer
 
         text_tokenizer = build_text_tokenizer()
+    vae = decoder_autoencoder(model, script_args.vae)
+    if vae is not None:
+        train_dataset = cache_training_latents(train_dataset, vae, model.config.image_size)
     image_processor = image_processor_for(model.config)
     collator = TokenizerTrainingCollator(image_processor, parameters, text_tokenizer=text_tokenizer)
     callbacks = []
@@ -158,7 +242,8 @@ def train_tokenizer(
     trainer.train(resume_from_checkpoint=training_args.resume)
     if trainer.is_world_process_zero():
         recipe = recorded_arguments(script_args, training_args)
-        export_tokenizer(model, image_processor, training_args.output_dir, recipe, text_tokenizer, trainer.state.log_history)
+        export_tokenizer(model, image_processor, training_args.output_dir, recipe, text_tokenizer, trainer.state.log_history,
+                         vae=vae)  # fmt: skip
         if training_args.push_to_hub:
             from .hub import push_folder
 
@@ -183,16 +268,14 @@ class HeldOutTokenMapsCallback(TrainerCallback):
         self._scenes = {
             "num_images": check_int("num_images", num_images, minimum=1),
             "image_size": check_int("image_size", image_size, minimum=8),
-            "style": check_choice("style", style, STYLES),
+            "style": check_choice("style", style, (*STYLES, "mixed")),
             "seed": seed,
         }
 
     @cached_property
     def dataset(self):
         """The held-out scenes, generated on first use so that only the main process builds them."""
-        from ..data.shapes import generate_shapes_dataset
-
-        return generate_shapes_dataset(with_edits=False, progress=False, **self._scenes)
+        return generate_training_scenes(progress=False, **self._scenes)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero:
@@ -214,9 +297,10 @@ class HeldOutTokenMapsCallback(TrainerCallback):
         print(f"[held-out, step {state.global_step}] " + ", ".join(f"{key[5:]} {value}" for key, value in entry.items() if key != "step"))
 
 
-def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_tokenizer=None, log_history=()):
-    """Write ``training_model/``, ``tokenizer/`` (+ image processor), ``decoder/`` and ``recipe.json`` (``recipe``: the
-    run's arguments, see :func:`~hf_vtok.trainer.arguments.recorded_arguments`)."""
+def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_tokenizer=None, log_history=(), vae=None):
+    """Write ``training_model/``, ``tokenizer/`` (+ image processor), ``decoder/`` (with ``vae``, the autoencoder of a
+    latent-space decoder, and its licence) and ``recipe.json`` (``recipe``: the run's arguments, see
+    :func:`~hf_vtok.trainer.arguments.recorded_arguments`)."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir / "training_model")
     model.tokenizer.save_pretrained(output_dir / "tokenizer")
@@ -224,7 +308,7 @@ def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_toke
     if text_tokenizer is not None:
         text_tokenizer.save_pretrained(output_dir / "text_tokenizer")
     if hasattr(model, "get_decoder_pipeline"):
-        model.get_decoder_pipeline().save_pretrained(output_dir / "decoder")
+        model.get_decoder_pipeline(vae=vae).save_pretrained(output_dir / "decoder")
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     summary = {"recipe": recipe, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
     held_out = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]

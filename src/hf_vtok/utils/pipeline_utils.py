@@ -13,6 +13,8 @@ type (ε / sample for the UNets, velocity for DDT's flow-matching transformer).
 from __future__ import annotations
 
 import inspect
+import shutil
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +25,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .autoencoder_taef2 import TAEF2_CHECKPOINT_DIR, AutoencoderTAEF2
 from .validation import check_choice, check_float, check_generator, check_int, check_tensor, describe
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -71,6 +74,15 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
             size={"shortest_edge": size}, crop_size={"height": size, "width": size},
             image_mean=list(config.image_mean), image_std=list(config.image_std),
         )  # fmt: skip
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' ``save_pretrained``; a TAEF2 ``vae`` (MIT) gets its licence file beside its weights in ``vae/``."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        super().save_pretrained(save_directory, **kwargs)
+        if isinstance(self.vae, AutoencoderTAEF2):
+            shutil.copyfile(TAEF2_CHECKPOINT_DIR / "LICENSE", Path(save_directory) / "vae" / "LICENSE")
+        if push_to_hub:  # saving again keeps the licence file; diffusers uploads the whole folder
+            super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
 
     @property
     def denoiser(self) -> torch.nn.Module:
