@@ -275,3 +275,19 @@ def test_smollm2_recipe_machinery_on_a_tied_llama_whose_pad_is_eos(tmp_path, cha
     examples = int((batch["position_ids"] == 0).sum()) if "position_ids" in batch else len(labels)
     assert int((labels == eos).sum()) == examples > 0
 
+
+
+def test_attached_taef2_encodes_like_the_cached_latents():
+    """``attach_vae`` with the deterministic TAEF2 (no ``latent_dist``) trains on the same latents as the cache."""
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+    from hf_vtok.utils.autoencoder_taef2 import load_taef2
+
+    config = DDTTokenizerConfig.tiny(decoder_config={"in_channels": 32, "vae_scale_factor": 8, "patch_size": 2})
+    model, vae = DDTTokenizerForPreTraining(config).eval(), load_taef2()
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = vae.scale_latents(vae.encode(pixels).latents)
+    fixed = {"timesteps": torch.tensor([0.5, 0.7]), "noise": torch.zeros_like(latents)}
+    cached = model(pixel_values=pixels, latents=latents, **fixed).diffusion_loss
+    model.attach_vae(vae)
+    attached = model(pixel_values=pixels, **fixed).diffusion_loss
+    torch.testing.assert_close(attached, cached)

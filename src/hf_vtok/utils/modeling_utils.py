@@ -179,7 +179,9 @@ def decoder_images(pixel_values: torch.Tensor, mean, std, size: int) -> torch.Te
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] → scaled (and shifted, for VAEs that have a shift) latents of a frozen diffusers VAE."""
-    latents = vae.encode(images.to(next(vae.parameters()).dtype)).latent_dist.sample()
+    encoded = vae.encode(images.to(next(vae.parameters()).dtype))
+    # a KL autoencoder returns a distribution (sampled, as in training); a tiny deterministic one (TAEF2) its latents
+    latents = encoded.latent_dist.sample() if hasattr(encoded, "latent_dist") else encoded.latents
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
 
