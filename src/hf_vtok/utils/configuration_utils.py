@@ -67,6 +67,11 @@ class VTokSubConfig(PreTrainedConfig):
     config_key: ClassVar[str] = "sub_config"
 
     def __post_init__(self, **kwargs):
+        if kwargs.get("model_type", self.model_type) != self.model_type:  # another family's config.json
+            raise ValueError(
+                f"`{self.config_key}` holds a {kwargs['model_type']!r} config, not a {self.model_type!r} one: the "
+                "top-level `model_type` of config.json does not match the model saved there (was it edited?); restore it."
+            )
         unknown = sorted(set(kwargs) - _SERIALISATION_KEYS - set(self.attribute_map))
         if unknown:
             raise ValueError(

@@ -21,7 +21,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ...utils.configuration_utils import VTokSubConfig, check_normalization
-from ...utils.validation import check_choice, check_float, check_int, describe
+from ...utils.validation import check_choice, check_derived_fields, check_float, check_int, describe
 
 TOKEN_SCHEDULES = ("uniform", "staged")
 HIDDEN_TOKEN_MODES = ("mask", "zero")
@@ -255,6 +255,7 @@ class DDTTokenizerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_derived_fields(self, kwargs)
         # config.json files written before the shared vocabulary keep condition dropout at the top level
         if "condition_dropout_prob" in kwargs:
             if isinstance(self.decoder_config, PreTrainedConfig):

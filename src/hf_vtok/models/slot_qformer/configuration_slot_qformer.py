@@ -31,7 +31,7 @@ from transformers.image_utils import (
 )
 
 from ...utils.configuration_utils import VTokSubConfig, check_normalization, deep_merge
-from ...utils.validation import check_choice, check_float, check_int, describe
+from ...utils.validation import check_choice, check_derived_fields, check_float, check_int, describe
 
 SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
 SLOT_INITS = ("gaussian", "queries")
@@ -295,6 +295,7 @@ class SlotQFormerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_derived_fields(self, kwargs)
         super().__post_init__(**kwargs)
         self.validate_slot_qformer()
 
