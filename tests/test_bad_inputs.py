@@ -372,6 +372,56 @@ def test_config_of_another_model_type(saved):
     assert type(AutoModel.from_pretrained(saved["setok"] / "tokenizer")).__name__ == "SeTokModel"
 
 
+def test_model_type_edited_to_another_family_in_config_json(saved, tmp_path):
+    """Kind: config.json's `model_type` edited to another family's, loaded with AutoModel (transformers used to fail
+    with an AttributeError about a property setter, or a misleading error about `decoder_config` keys)."""
+    from transformers import AutoModel
+
+    for family in FAMILIES:
+        for other in FAMILIES:
+            if other == family:
+                continue
+            folder = copy_of(saved[family], tmp_path / f"{family}_as_{other}") / "tokenizer"
+            config = json.loads((folder / "config.json").read_text())
+            config["model_type"] = FAMILY_MODEL_TYPES[other]
+            (folder / "config.json").write_text(json.dumps(config))
+            with pytest.raises(ValueError, match="model_type"):
+                AutoModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("family", "field", "error", "message"), [
+    ("setok", "token_embedding_dim", CheckpointMismatchError, r"checkpoint has no `merger\.output_projection.*shape-defining field"),
+    ("slot_qformer", "token_embedding_dim", ValueError, r"`token_embedding_dim` of SlotQFormerConfig is derived"),
+    ("ddt", "token_embedding_dim", ValueError, r"`token_embedding_dim` of DDTTokenizerConfig is derived"),
+])
+def test_shape_defining_field_edited_in_config_json_is_refused(saved, tmp_path, family, field, error, message):
+    """Kind: a field that defines weight shapes edited in config.json (SeTok's used to load with a random output
+    projection; the derived ones raised an AttributeError about a property setter)."""
+    from transformers import AutoModel
+
+    folder = copy_of(saved[family], tmp_path) / "tokenizer"
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = 48
+    (folder / "config.json").write_text(json.dumps(config))
+    for load in (AutoModel.from_pretrained, inference_class(family).from_pretrained):
+        with pytest.raises(error, match=message):
+            load(folder)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unnormalised_pixel_values_are_refused(parts, family):
+    """Kind: pixel values that never went through the image processor (0-255 values, 1e6): the tokens would be
+    meaningless, so every tokenizer (and its training model) refuses them, naming `pixel_values` and the processor."""
+    p = parts[family]
+    raw = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    for value in (raw, torch.full((1, 3, 64, 64), 1e6)):
+        for call in (p["tokenizer"].encode, p["tokenizer"], p["model"]):
+            with pytest.raises(ValueError, match=r"`pixel_values` holds values up to .* image processor"):
+                call(value)
+    processed = p["processors"][0](Image.fromarray(np.full((64, 64, 3), 255, np.uint8)), return_tensors="pt")
+    p["tokenizer"].encode(processed["pixel_values"])  # the processor's extremes are accepted
+
+
 @pytest.mark.parametrize("family", ("slot_qformer", "ddt"))
 def test_codebook_size_edited_in_config_json_is_refused(saved, tmp_path, family):
     """Kind: config.json's codebook_size disagrees with the saved codebook: an error naming the codebook tensor,
@@ -448,7 +498,8 @@ def mllm(parts):
 
 
 def test_mllm_processor_and_generation_inputs(mllm):
-    """Kinds: markers vs images (more, fewer, per-sample lists), completions per prompt, non-string text, wrong
+    """Kinds: markers vs images (more, fewer, per-sample lists), completions per prompt, non-string text (a list
+    holding a number, a number), ids beyond the vocabulary, more tokens than `max_position_embeddings`, wrong
     token counts, broken visual windows, out-of-range ids, sampling settings, prompts, NaN pixel_values and
     placeholders without images."""
     model, processor = mllm
@@ -471,7 +522,15 @@ def test_mllm_processor_and_generation_inputs(mllm):
     for call, error, message in cases:
         with pytest.raises(error, match=message):
             call()
+    with pytest.raises(TypeError, match="`text` must be a string or a list of strings, got int 5"):
+        processor(text=5)
     batch = processor(images=[image], text=["<image> hi"])
+    vocabulary = model.get_input_embeddings().weight.shape[0]
+    with pytest.raises(ValueError, match=rf"`input_ids` must be token ids in \[0, {vocabulary}\)"):
+        model(input_ids=torch.full((1, 3), vocabulary))
+    limit = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"reach position {limit}.*`max_position_embeddings` = {limit}"):
+        model(input_ids=torch.full((1, limit + 1), processor.tokenizer.eos_token_id))
     with pytest.raises(ValueError, match="no `pixel_values`"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     with pytest.raises(ValueError, match="`pixel_values` contains NaN"):

@@ -37,6 +37,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
 
 from ..utils.modeling_utils import VisualTokens
 from ..utils.validation import check_tensor, describe
@@ -201,28 +202,41 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
 
     def merge_images(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None,
         pixel_values: torch.Tensor | None = None,
         visual_tokens: VisualTokens | None = None,
         num_image_tokens: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.LongTensor | None, torch.BoolTensor, torch.Tensor | None]:
-        """Fill the placeholders: returns ``(inputs_embeds, merged_input_ids, image_mask, visual_embeddings)``."""
+        """Fill the placeholders: returns ``(inputs_embeds, merged_input_ids, image_mask, visual_embeddings)``.
+
+        The placeholders are the ``image_token_id`` positions of ``input_ids`` or, given ``inputs_embeds`` alone, the
+        rows equal to the ``<image>`` embedding (as LLaVA-style models in transformers find them)."""
         self._require_visual_tokenizer("pixel_values")
         tokens = visual_tokens if visual_tokens is not None else self.encode_images(pixel_values)
-        image_mask = input_ids == self.config.image_token_id
-        counts = tokens.attention_mask.sum(-1).long() if tokens.attention_mask is not None else None
         embed = self.get_input_embeddings()
+        if inputs_embeds is None:
+            inputs_embeds = embed(input_ids)
+        if input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id
+        else:
+            image_row = embed(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
+            image_mask = (inputs_embeds == image_row.to(inputs_embeds.dtype)).all(-1)
+        device = inputs_embeds.device
         if self.config.is_discrete:
             if tokens.ids is None:
                 raise ValueError("The visual tokenizer returned no ids although its config declares a codebook.")
-            ids = tokens.ids.to(input_ids.device)
-            counts = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=input_ids.device)
+            ids = tokens.ids.to(device)
+            counts = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=device)
             self._check_placeholders(image_mask, counts)
-            merged = input_ids.masked_scatter(image_mask, ids.flatten() + self.config.visual_token_offset)
-            return embed(merged), merged, image_mask, None
+            visual_ids = ids.flatten() + self.config.visual_token_offset
+            placeholders = input_ids if input_ids is not None else torch.full_like(image_mask, self.config.image_token_id, dtype=torch.long)
+            merged = placeholders.masked_scatter(image_mask, visual_ids)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], embed(visual_ids).to(inputs_embeds.dtype))
+            return inputs_embeds, merged, image_mask, None
         embeddings = tokens.embeddings
         valid = tokens.attention_mask.bool() if tokens.attention_mask is not None else torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
-        counts = valid.sum(-1).to(input_ids.device)
+        counts = valid.sum(-1).to(device)
         if num_image_tokens is not None:
             given = torch.as_tensor(num_image_tokens, device=counts.device).flatten().long()
             if not torch.equal(given, counts):
@@ -232,12 +246,38 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
                 )
         self._check_placeholders(image_mask, counts)
         visual = embeddings[valid]  # [sum n_i, D] in image order
-        inputs_embeds = embed(input_ids)
         projected = self.projector(visual.to(dtype=inputs_embeds.dtype, device=inputs_embeds.device))
         inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], projected)
         return inputs_embeds, None, image_mask, visual
 
+    def _check_input_ids(self, input_ids: torch.LongTensor) -> None:
+        check_tensor("input_ids", input_ids, ndim=2, integer=True, non_empty=False)
+        embedding = self.get_input_embeddings()
+        vocabulary = getattr(embedding, "num_embeddings", None) or embedding.weight.shape[0]
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
+            raise ValueError(
+                f"`input_ids` must be token ids in [0, {vocabulary}) (the language model's vocabulary, text and visual "
+                f"tokens), got values in [{int(input_ids.min())}, {int(input_ids.max())}]; encode text with this "
+                "model's processor."
+            )
+
+    def _check_positions(self, position_ids, length: int, past_key_values) -> None:
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or length == 0:
+            return
+        if position_ids is not None:
+            last = int(position_ids.max())
+        else:
+            last = (past_key_values.get_seq_length() if past_key_values is not None else 0) + length - 1
+        if last >= limit:
+            raise ValueError(
+                f"`input_ids` reach position {last} (counting the key/value cache), but the language model has "
+                f"`max_position_embeddings` = {limit}: shorten the text, use fewer images, or truncate with the "
+                "processor (`truncation=True, max_length=...`)."
+            )
+
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -255,12 +295,16 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
         past_key_values = _resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if input_ids is not None:
+            self._check_input_ids(input_ids)
         merged, image_mask, visual = None, None, None
         if pixel_values is not None or visual_tokens is not None:
-            if input_ids is None:
-                raise ValueError("`pixel_values` need `input_ids` holding the image placeholders (see VTokMLLMProcessor).")
             inputs_embeds, merged, image_mask, visual = self.merge_images(
-                input_ids, pixel_values=pixel_values, visual_tokens=visual_tokens, num_image_tokens=num_image_tokens
+                input_ids,
+                pixel_values=pixel_values,
+                visual_tokens=visual_tokens,
+                num_image_tokens=num_image_tokens,
+                inputs_embeds=inputs_embeds,
             )
             input_ids = None
         elif input_ids is not None and self.config.image_token_id is not None:
@@ -275,7 +319,7 @@ class VTokMLLMModel(VTokMLLMPreTrainedModel):
             # classifier-free guidance passes no positions).
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        kwargs.pop("return_dict", None)
+        self._check_positions(position_ids, (input_ids if input_ids is not None else inputs_embeds).shape[1], past_key_values)
         if use_cache is None and self.training:
             # A cache is useless in training and, once created, makes transformers skip the packed-sequence mask
             # that it builds from restarting position_ids: TRL-packed examples would attend to each other.
@@ -496,6 +540,7 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
         return self.model.encode_images(pixel_values).ids
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -522,6 +567,7 @@ class VTokMLLMForConditionalGeneration(VTokMLLMPreTrainedModel, GenerationMixin)
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             num_image_tokens=num_image_tokens,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -433,7 +433,7 @@ class VTokMLLMProcessor(ProcessorMixin):
             flat, _ = _flatten_images(images)
             text = [self.image_token] * len(flat) if len(flat) > 1 else self.image_token
         single = isinstance(text, str)
-        texts = [text] if single else list(text)
+        texts = [text] if single else list(text) if isinstance(text, Iterable) else None
         if not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"`text` must be a string or a list of strings, got {describe(text)}.")
         completions = None

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
-from .validation import check_choice, check_float, check_int, describe
+from .validation import check_choice, check_derived_fields, check_float, check_int, describe
 
 # Keys a nested config carries in config.json besides its own fields.
 _SERIALISATION_KEYS = {"model_type", "transformers_version", "_name_or_path", "name_or_path", "output_attentions",
@@ -124,6 +124,7 @@ class VTokConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_derived_fields(self, kwargs)  # e.g. token_embedding_dim in an edited config.json
         super().__post_init__(**kwargs)
         self.validate()
 
@@ -164,6 +165,11 @@ class VTokSubConfig(PreTrainedConfig):
     config_key: ClassVar[str] = "sub_config"
 
     def __post_init__(self, **kwargs):
+        if kwargs.get("model_type", self.model_type) != self.model_type:  # another family's config.json
+            raise ValueError(
+                f"`{self.config_key}` holds a {kwargs['model_type']!r} config, not a {self.model_type!r} one: the "
+                "top-level `model_type` of config.json does not match the model saved there (was it edited?); restore it."
+            )
         unknown = sorted(set(kwargs) - _SERIALISATION_KEYS - set(self.attribute_map))
         if unknown:
             raise ValueError(

@@ -18,11 +18,13 @@ registered for the config), which honours the config's ``image_size``, ``image_m
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
@@ -30,12 +32,13 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .validation import check_int, describe, load_image
 
 
-def images_to_list(images: Any, name: str = "images") -> list:
+def images_to_list(images: Any, name: str = "images", convert_rgb: bool = True) -> list:
     """Normalise the accepted inputs to a non-empty list of RGB ``PIL.Image``.
 
     Accepts one image or a list/tuple of images, each a PIL image, a file path, encoded bytes, a
     numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
-    (CxHxW, or a BxCxHxW batch; uint8 or float in [0, 1]).
+    (CxHxW or HxWxC, or a batch of them; uint8 or float in [0, 1]). Without ``convert_rgb`` (the processor's
+    ``do_convert_rgb=False``) an image that is not already 3-channel raises instead of being converted.
     """
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         images = list(images)
@@ -50,19 +53,46 @@ def images_to_list(images: Any, name: str = "images") -> list:
         item_name = f"{name}[{index}]"
         if isinstance(image, torch.Tensor):
             image = _tensor_to_array(image, item_name)
+        if not convert_rgb:
+            _check_rgb_channels(image, item_name)
         converted.append(load_image(image, name=item_name))
     return converted
 
 
+def _check_rgb_channels(image: Any, name: str) -> None:
+    """With ``do_convert_rgb=False`` nothing converts the image, so it must already have the 3 channels of RGB."""
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        try:
+            image = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+        except Exception:  # noqa: BLE001 - load_image raises the clear error for undecodable input
+            return
+    if isinstance(image, Image.Image):
+        channels, found = len(image.getbands()), f"PIL mode {image.mode!r}"
+    elif isinstance(image, np.ndarray):
+        channels_first = image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4)
+        channels = 1 if image.ndim == 2 else image.shape[0] if channels_first else image.shape[-1]
+        found = f"shape {image.shape}"
+    else:
+        return
+    if channels != 3:
+        raise ValueError(
+            f"`{name}` has {channels} channel(s) ({found}), but with `do_convert_rgb=False` images are not converted "
+            "and the model takes 3 (RGB); pass `do_convert_rgb=True` (the default) to convert it."
+        )
+
+
 def _tensor_to_array(image: torch.Tensor, name: str) -> np.ndarray:
-    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-        raise ValueError(f"`{name}` tensor must be CxHxW with 1, 3 or 4 channels, got {describe(image)}.")
+    """A CxHxW or HxWxC tensor (channels first when both read, as transformers' ``infer_channel_dimension_format``)
+    → an HxWxC array."""
+    channels_first = image.ndim == 3 and image.shape[0] in (1, 3, 4)
+    if image.ndim != 3 or not (channels_first or image.shape[-1] in (1, 3, 4)):
+        raise ValueError(f"`{name}` tensor must be CxHxW or HxWxC with 1, 3 or 4 channels, got {describe(image)}.")
     if image.numel() == 0:
         raise ValueError(f"`{name}` tensor must not be empty, got {describe(image)}.")
     array = image.detach().cpu()
     if array.is_floating_point():
         array = array.float()
-    return np.moveaxis(array.numpy(), 0, -1)
+    return np.moveaxis(array.numpy(), 0, -1) if channels_first else array.numpy()
 
 
 class VTokImageProcessorPil(PilBackend):
@@ -114,7 +144,9 @@ class VTokImageProcessorPil(PilBackend):
     from_config = from_model_config = from_tokenizer_config
 
     def preprocess(self, images, *args, **kwargs) -> BatchFeature:
-        return super().preprocess(images_to_list(images), *args, **kwargs)
+        convert_rgb = kwargs.get("do_convert_rgb")
+        convert_rgb = self.do_convert_rgb if convert_rgb is None else convert_rgb
+        return super().preprocess(images_to_list(images, convert_rgb=convert_rgb), *args, **kwargs)
 
     def postprocess_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation: model-space pixels → floats in [0, 1] (for viewing and metrics)."""
@@ -153,8 +185,10 @@ class VTokTorchBackend:
             if do_resize:
                 height, width = tensor.shape[-2:]
                 if size.shortest_edge:
-                    scale = size.shortest_edge / min(height, width)
-                    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                    # as transformers' get_resize_output_image_size (the PIL backend): the long edge is truncated
+                    short, long = sorted((height, width))
+                    new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
+                    new_size = (new_short, new_long) if height <= width else (new_long, new_short)
                 else:
                     new_size = (size.height, size.width)
                 if new_size != (height, width):

@@ -47,6 +47,8 @@ class VisualTokens(ModelOutput):
             (SeTok). ``None`` where the family has none (DDT).
         quantization_loss (`torch.FloatTensor`, *optional*):
             Commitment (and codebook) loss of the quantizer, for training wrappers.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with ``output_hidden_states=True``):
+            The hidden states of the family's encoder: its input and the output of each layer.
     """
 
     ids: torch.LongTensor | None = None
@@ -55,6 +57,7 @@ class VisualTokens(ModelOutput):
     assignments: torch.FloatTensor | None = None
     quantization_loss: torch.FloatTensor | None = None
     token_groups: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
     @property
     def num_tokens(self) -> torch.LongTensor:
@@ -123,7 +126,11 @@ class VisualTokenizerMixin:
     # Validation shared by the families' entry points.
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
         return check_pixel_values(
-            pixel_values, num_channels=self.config.num_channels, image_size=self.config.image_size
+            pixel_values,
+            num_channels=self.config.num_channels,
+            image_size=self.config.image_size,
+            image_mean=self.config.image_mean,
+            image_std=self.config.image_std,
         )
 
     def _check_ids(self, ids, name: str = "ids") -> torch.LongTensor:
@@ -346,7 +353,10 @@ class CheckedLoadingMixin:
     A weight whose saved shape differs from the one the config builds raises a
     :class:`CheckpointMismatchError` naming the tensor and both shapes; for codebooks (any tensor under a
     module named ``codebook``/``codebooks``) it raises even with ``ignore_mismatched_sizes=True``, since a
-    re-initialised codebook gives every id a random meaning.
+    re-initialised codebook gives every id a random meaning. A tokenizer weight the checkpoint lacks raises too
+    (a config.json field such as ``token_embedding_dim`` edited to build a layer the saved model never had);
+    only the training wrapper's own parts (decoder, teacher) may be missing, e.g. when it starts from an
+    exported tokenizer.
     """
 
     @classmethod
@@ -362,6 +372,15 @@ class CheckedLoadingMixin:
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        tokenizer_prefix = "" if isinstance(model, VisualTokenizerMixin) else f"{model.base_model_prefix}."
+        missing = sorted(key for key in loading_info.get("missing_keys") or () if key.startswith(tokenizer_prefix))
+        if missing:
+            shown = ", ".join(f"`{key}`" for key in missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            raise CheckpointMismatchError(
+                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): the checkpoint has no {shown}, "
+                "which config.json builds: a shape-defining field of config.json (e.g. `token_embedding_dim`, "
+                "`rvq_depths` with per-depth codebooks) differs from the saved model's; restore it."
+            )
         mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
         strict = [item for item in mismatched if "codebook" in item[0]]
         if mismatched and (strict or not ignore_mismatched_sizes):

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .validation import check_choice, check_float, check_int, check_tensor
@@ -104,16 +105,27 @@ class Codebook(nn.Module):
         self.dead_code_threshold = check_float("dead_code_threshold", dead_code_threshold, minimum=0.0)
         self.search_budget = check_int("search_budget", search_budget, minimum=1)
 
-        weight = torch.randn(codebook_size, code_dim)
-        if self.distance == "cosine":
-            weight = F.normalize(weight, dim=-1)
         # Gradient-learned codebooks are a Parameter; EMA codebooks change only through the
         # statistics below, so they are a Parameter without gradient (it still saves, loads and
-        # follows .to(device) like any weight, and optimisers skip it).
-        self.weight = nn.Parameter(weight, requires_grad=not self.use_ema)
-        self.register_buffer("cluster_size", torch.ones(codebook_size))
-        self.register_buffer("embed_sum", weight.clone())
-        self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
+        # follows .to(device) like any weight, and optimisers skip it). float32 whatever the default
+        # dtype, so that a model built in bfloat16 keeps the codebook of `_keep_in_fp32_modules_strict`.
+        self.weight = nn.Parameter(torch.empty(codebook_size, code_dim, dtype=torch.float32), requires_grad=not self.use_ema)
+        self.register_buffer("cluster_size", torch.empty(codebook_size, dtype=torch.float32))
+        self.register_buffer("embed_sum", torch.empty(codebook_size, code_dim, dtype=torch.float32))
+        self.register_buffer("initialized", torch.empty((), dtype=torch.bool))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random codes (unit-norm for cosine distance), one use per code, ``initialized`` unless k-means will seed
+        them. The families' ``_init_weights`` call it, so a model built on the meta device and initialised with
+        ``init_weights()`` gets real statistics; tensors loaded by ``from_pretrained`` are left alone."""
+        init.normal_(self.weight)
+        if self.distance == "cosine":
+            init.copy_(self.weight, F.normalize(self.weight, dim=-1))
+        init.ones_(self.cluster_size)
+        init.copy_(self.embed_sum, self.weight * self.cluster_size[:, None])
+        init.constant_(self.initialized, not self.kmeans_init)
 
     def _float32(self):
         """Keep the codebook in float32 even if the surrounding model was cast to half precision."""

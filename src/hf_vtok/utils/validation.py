@@ -109,14 +109,25 @@ def check_tensor(
     return value
 
 
+# Pixel values this many times beyond the image processor's output range were never normalised (0-255 values).
+PIXEL_RANGE_TOLERANCE = 10.0
+
+
 def check_pixel_values(
     pixel_values: Any,
     *,
     num_channels: int,
     image_size: int | tuple[int, int] | None = None,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
     name: str = "pixel_values",
 ) -> torch.Tensor:
-    """A finite float batch ``[B, C, H, W]`` with the configured channel count (and size, when given)."""
+    """A finite float batch ``[B, C, H, W]`` with the configured channel count (and size, when given).
+
+    With ``image_mean``/``image_std``, values far outside what the image processor produces (pixels in [0, 1]
+    normalised: ``|x| <= PIXEL_RANGE_TOLERANCE x max|(v - mean) / std|`` over v in {0, 1}) are refused: they are
+    raw 0-255 or otherwise unnormalised pixels, which would give meaningless tokens without any error.
+    """
     pixel_values = check_tensor(name, pixel_values, ndim=4, floating=True, finite=True)
     if pixel_values.shape[1] != num_channels:
         raise ValueError(
@@ -130,7 +141,34 @@ def check_pixel_values(
                 f"`{name}` must be {height}x{width} pixels (use the model's image processor), "
                 f"got shape {tuple(pixel_values.shape)}."
             )
+    if image_mean is not None and image_std is not None and pixel_values.device.type != "meta":
+        bound = max(max(abs(m), abs(1 - m)) / s for m, s in zip(image_mean, image_std, strict=False))
+        largest = float(pixel_values.detach().abs().max())
+        if largest > PIXEL_RANGE_TOLERANCE * bound:
+            raise ValueError(
+                f"`{name}` holds values up to {largest:.4g} in magnitude, but the image processor produces values "
+                f"within ±{bound:.3g} (pixels in [0, 1] normalised with image_mean={list(image_mean)}, "
+                f"image_std={list(image_std)}): these look like unnormalised (e.g. 0-255) pixels; prepare images with "
+                "the model's image processor (`AutoImageProcessor.from_pretrained(...)(images, return_tensors='pt')`)."
+            )
     return pixel_values
+
+
+def check_derived_fields(config: Any, kwargs: dict) -> None:
+    """Keys of ``kwargs`` (a config's extra keys, e.g. from config.json) that name a read-only property of the config,
+    a value derived from its fields (SlotQFormer's ``token_embedding_dim`` is ``hidden_size``): dropped when they
+    agree, a ``ValueError`` naming the key when they do not (transformers raises an ``AttributeError`` about a
+    property setter)."""
+    for key in [key for key in kwargs if isinstance(getattr(type(config), key, None), property)]:
+        if getattr(type(config), key).fset is not None:
+            continue
+        value, derived = kwargs.pop(key), getattr(config, key)
+        if value != derived:
+            raise ValueError(
+                f"`{key}` of {type(config).__name__} is derived from its other fields ({derived} here) and cannot be "
+                f"set, got {value!r}; change the field it comes from, or restore config.json if it was edited (its "
+                "`model_type` may name another model than the one saved there)."
+            )
 
 
 def check_token_ids(

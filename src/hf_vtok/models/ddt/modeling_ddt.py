@@ -22,11 +22,11 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ...utils import modeling_utils as vtok
 from ...utils.modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
-from ...utils.quantizers import VectorQuantizer
+from ...utils.quantizers import Codebook, VectorQuantizer
 from ...utils.validation import check_tensor, describe
 from .configuration_ddt import DDTTokenizerConfig
 from .modeling_ddt_decoder import (
@@ -50,6 +50,8 @@ class DDTPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear lo
     _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["codebook"]
 
     def _init_weights(self, module):
+        if isinstance(module, Codebook):
+            module.reset_parameters()
         init_ddt_module(module, self.config.initializer_range)
 
 
@@ -193,9 +195,14 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
         mask[:num_image, num_image:] = False  # successor code: image tokens do not see the queries
         return mask
 
-    def encode_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding whose output the first encoder layer reads (what `enable_input_require_grads` hooks)."""
+        return self.patch_embed
+
+    def encode_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
         """Continuous encoder outputs ``(V̂_1..V̂_T)`` projected to the code space: `[B, T, codebook_dim]`
-        (before L2 normalisation and quantization)."""
+        (before L2 normalisation and quantization); with ``output_hidden_states`` also the query stream's hidden
+        states (entering each layer, and leaving the last)."""
         pixel_values = self._check_pixel_values(pixel_values)
         image = self.get_image_features(pixel_values).last_hidden_state
         positions = sinusoidal_embedding_1d(
@@ -203,9 +210,12 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
         ).to(image.dtype)
         queries = (self.queries.to(image.dtype) + positions).unsqueeze(0).expand(image.shape[0], -1, -1)
         mask = self._encoder_attention_mask(image.shape[1], image.device)
+        hidden_states = [queries]
         for layer in self.layers:
             image, queries = layer(image, queries, positions, mask)
-        return self.quant_proj(self.norm_out(queries))
+            hidden_states.append(queries)
+        z = self.quant_proj(self.norm_out(queries))
+        return (z, tuple(hidden_states)) if output_hidden_states else z
 
     # ------------------------------------------------------------------ quantizer
     def _relative_dead_code_threshold(self, num_vectors: int) -> None:
@@ -255,21 +265,25 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
         """``pixel_values`` `[B, 3, H, W]` → :class:`VisualTokens` (ids `[B, T]` in recursive order)."""
-        return self(pixel_values)
+        return self(pixel_values, return_dict=True)
 
     def embed_ids(self, ids: torch.LongTensor) -> torch.FloatTensor:
         """Codebook ids `[B, T]` → unit-norm codes `[B, T, codebook_dim]` (float32, the decoder's input)."""
         ids = self._check_ids(ids, name="ids")
         return self.quantizer.decode(ids.to(self.quantizer.codebook.weight.device))
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> vtok.VisualTokens | tuple:
-        """Same as :meth:`encode` (no codebook update); also reports the commitment loss."""
-        z = self.encode_features(pixel_values)
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
+        """Same as :meth:`encode` (no codebook update); also reports the commitment loss and, when asked, the
+        encoder's query-stream ``hidden_states`` (``num_hidden_layers + 1`` tensors `[B, T, hidden_size]`)."""
+        z, hidden_states = self.encode_features(pixel_values, output_hidden_states=True)
         ids = self.quantizer.encode(z)
-        out = self._discrete_tokens(ids, torch.arange(ids.shape[1])[None])  # one code per id
+        out = self._discrete_tokens(
+            ids, torch.arange(ids.shape[1])[None], hidden_states=hidden_states if output_hidden_states else None
+        )  # one code per id
         commitment = F.mse_loss(F.normalize(z.float(), dim=-1), out.embeddings.detach().float())
         out.quantization_loss = self.config.commitment_weight * commitment
-        return out if return_dict else out.to_tuple()
+        return out
 
 
 @dataclass

@@ -37,7 +37,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ...utils import modeling_utils as vtok
 from ...utils.modeling_utils import Attention, FeedForward, sinusoidal_embedding_2d
@@ -393,13 +393,18 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
         """Freeze (paper, sub-phase 1) or unfreeze the vision encoder."""
         self.vision_model.requires_grad_(bool(trainable))
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutput:
+    def get_input_embeddings(self) -> nn.Module:
+        """The vision encoder's patch embedding (what `enable_input_require_grads` hooks)."""
+        return self.vision_model.get_input_embeddings()
+
+    def get_image_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutput:
         """Patch features of the vision encoder (CLS/register tokens dropped), the input of the clustering:
-        ``last_hidden_state`` ``[B, num_patches, C]``."""
+        ``last_hidden_state`` ``[B, num_patches, C]``; with ``output_hidden_states`` also the encoder's
+        ``hidden_states`` (embeddings + one per layer)."""
         layer = self.config.vision_feature_layer
         trainable = any(parameter.requires_grad for parameter in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=layer != -1)
+            outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states or layer != -1)
         hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
         num = self.config.num_patches
         if hidden.ndim != 3 or hidden.shape[1] < num:
@@ -407,7 +412,9 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
                 f"The vision encoder returned hidden states of shape {tuple(hidden.shape)}; expected at least "
                 f"{num} patch tokens ({self.config.grid_size[0]}x{self.config.grid_size[1]}). Check `vision_config`."
             )
-        return BaseModelOutput(last_hidden_state=hidden[:, -num:])
+        return BaseModelOutput(
+            last_hidden_state=hidden[:, -num:], hidden_states=outputs.hidden_states if output_hidden_states else None
+        )
 
     def _resolve_grid(self, num: int, grid_size) -> tuple[int, int]:
         if grid_size is not None:
@@ -461,15 +468,18 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
         """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid)."""
         return self._tokenize(features, grid_size)[0]
 
-    def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
-        """Images ``[B, C, H, W]`` (normalised by :class:`SeTokImageProcessor`) → :class:`VisualTokens`."""
+    def encode(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
+        """Images ``[B, C, H, W]`` (normalised by :class:`SeTokImageProcessor`) → :class:`VisualTokens` (with the
+        vision encoder's ``hidden_states`` when asked)."""
         pixel_values = self._check_pixel_values(pixel_values)
-        pixel_values = pixel_values.to(self.dtype)
-        return self._tokenize(self.get_image_features(pixel_values).last_hidden_state)[0]
+        features = self.get_image_features(pixel_values.to(self.dtype), output_hidden_states=output_hidden_states)
+        tokens = self._tokenize(features.last_hidden_state)[0]
+        tokens.hidden_states = features.hidden_states
+        return tokens
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> vtok.VisualTokens | tuple:
-        tokens = self.encode(pixel_values)
-        return tokens if return_dict is not False else tokens.to_tuple()
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
+        return self.encode(pixel_values, output_hidden_states=output_hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -31,10 +31,10 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from ...utils import modeling_utils as vtok
-from ...utils.quantizers import QuantizerOutput, ResidualVectorQuantizer
+from ...utils.quantizers import Codebook, QuantizerOutput, ResidualVectorQuantizer
 from ...utils.validation import check_choice, check_tensor, describe
 from .configuration_slot_qformer import SlotQFormerConfig
 from .modeling_slot_qformer_decoder import SlotQFormerDecoderConditioner
@@ -190,14 +190,19 @@ class SlotQFormerEncoderOutput(ModelOutput):
         assignments: attention of the last slot-attention layer's last iteration, `[B, num_slots,
             num_patches]`, a distribution over slots for every patch.
         image_features: the (projected) patch features slot attention attended to, `[B, N, width]`.
-        layer_inputs: the query hidden states entering each layer (keys/values of image-grounded
-            text generation), only when requested.
+        hidden_states: the query hidden states entering each layer and leaving the last one
+            (``num_hidden_layers + 1`` tensors; all but the last are the keys/values of image-grounded text
+            generation), only when requested.
     """
 
     slot_embeddings: torch.FloatTensor | None = None
     assignments: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
-    layer_inputs: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def layer_inputs(self) -> tuple[torch.FloatTensor, ...] | None:
+        return None if self.hidden_states is None else self.hidden_states[:-1]
 
 
 class SlotQFormerEncoder(nn.Module):
@@ -230,23 +235,22 @@ class SlotQFormerEncoder(nn.Module):
         image_features: torch.Tensor,
         sample_slots: bool | None = None,
         generator: torch.Generator | None = None,
-        return_layer_inputs: bool = False,
+        output_hidden_states: bool = False,
     ) -> SlotQFormerEncoderOutput:
         sample = self.training if sample_slots is None else sample_slots
         hidden = self.input_layernorm(self.initial_slots(image_features.shape[0], sample, generator))
         hidden = hidden.to(image_features.dtype)
-        layer_inputs, assignments = [], None
+        hidden_states, assignments = [hidden], None
         for layer in self.layers:
-            if return_layer_inputs:
-                layer_inputs.append(hidden)
             hidden, layer_assignments = layer.forward_queries(hidden, image_features)
+            hidden_states.append(hidden)
             if layer_assignments is not None:
                 assignments = layer_assignments
         return SlotQFormerEncoderOutput(
             slot_embeddings=hidden,
             assignments=assignments,
             image_features=image_features,
-            layer_inputs=tuple(layer_inputs) if return_layer_inputs else None,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
 
     def encode_text(
@@ -320,6 +324,8 @@ class SlotQFormerPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # 
                 init.constant_(module.query_log_sigma, math.log(std))
         elif isinstance(module, SlotQFormerTextHead):
             init.zeros_(module.bias)
+        elif isinstance(module, Codebook):
+            module.reset_parameters()
         elif isinstance(module, SlotQFormerForPreTraining):
             init.constant_(module.itc_temperature, self.config.itc_temperature)
             if module.teacher_projection is not None:
@@ -397,13 +403,13 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
         pixel_values: torch.Tensor,
         sample_slots: bool | None = None,
         generator: torch.Generator | None = None,
-        return_layer_inputs: bool = False,
+        output_hidden_states: bool = False,
     ) -> SlotQFormerEncoderOutput:
         """Continuous slot embeddings of ``pixel_values`` (the stage-1 representation)."""
         pixel_values = self._check_pixel_values(pixel_values)
         dtype = next(self.qformer.parameters()).dtype
         features = self.get_image_features(pixel_values.to(dtype)).last_hidden_state
-        return self.qformer(features, sample_slots=sample_slots, generator=generator, return_layer_inputs=return_layer_inputs)
+        return self.qformer(features, sample_slots=sample_slots, generator=generator, output_hidden_states=output_hidden_states)
 
     # ------------------------------------------------------------------ quantizer
     def flatten_ids(self, ids: torch.LongTensor) -> torch.LongTensor:
@@ -433,23 +439,27 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
         quantized = self.quantizer.decode(self.unflatten_ids(ids.to(self.device)))
         return self.rebuild_slots(quantized.to(next(self.rebuild.parameters(), quantized).dtype))
 
-    def encode(self, pixel_values: torch.Tensor) -> vtok.VisualTokens:
+    def encode(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
         """Tokenize images: ``pixel_values`` `[B, 3, image_size, image_size]` (the image processor's output).
 
         Returns ``VisualTokens`` with ``ids`` `[B, num_visual_tokens]`, ``embeddings`` = ``embed_ids(ids)``
         `[B, num_slots, hidden_size]`, an all-ones ``attention_mask`` over the ids, ``token_groups`` (the slot
-        of each id) and ``assignments`` (slot-attention maps `[B, num_slots, num_patches]`).
+        of each id), ``assignments`` (slot-attention maps `[B, num_slots, num_patches]`) and, when asked, the
+        Q-Former's ``hidden_states`` (``num_hidden_layers + 1`` tensors `[B, num_slots, hidden_size]`).
         """
-        encoded = self.encode_slots(pixel_values)
+        encoded = self.encode_slots(pixel_values, output_hidden_states=output_hidden_states)
         ids = self.flatten_ids(self.quantizer.encode(encoded.slot_embeddings))
         slots = torch.arange(self.config.num_slots, device=ids.device)[None, :, None]
         groups = self.flatten_ids(slots.expand(1, -1, self.config.rvq_depths))
-        return self._discrete_tokens(ids, groups, assignments=encoded.assignments)
+        return self._discrete_tokens(ids, groups, assignments=encoded.assignments, hidden_states=encoded.hidden_states)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> vtok.VisualTokens:
-        if kwargs:
-            raise TypeError(f"SlotQFormerModel.forward got unexpected arguments {sorted(kwargs)}.")
-        return self.encode(pixel_values)
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
+        return self.encode(pixel_values, output_hidden_states=output_hidden_states)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The vision encoder's patch embedding (what `enable_input_require_grads` hooks)."""
+        return self.vision_model.get_input_embeddings()
 
     # ------------------------------------------------------------------ pretrained parts
     def load_blip2_qformer(self, qformer_path: str | os.PathLike) -> list[str]:
@@ -812,20 +822,32 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             embedding = embedding @ self.teacher_projection.float()
         return embedding
 
-    def diffusion_loss(self, slot_embeddings: torch.Tensor, targets: torch.Tensor, condition_dropout: bool):
-        """ε-prediction loss of the UNet conditioned on ``slot_embeddings``; also returns the conditions."""
+    def diffusion_loss(
+        self, slot_embeddings: torch.Tensor, targets: torch.Tensor, condition_dropout: bool, noise=None, timesteps=None
+    ):
+        """ε-prediction loss of the UNet conditioned on ``slot_embeddings`` (random ``noise``/``timesteps`` unless
+        given; conditions dropped only in training); also returns the conditions."""
         batch = slot_embeddings.shape[0]
         drop = None
         probability = self.config.decoder_config.condition_dropout_prob
-        if condition_dropout and probability > 0:
+        if condition_dropout and self.training and probability > 0:
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
         latents = targets if self.vae is None else vtok.encode_latents(self.vae, targets)
+        if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != latents.shape):
+            raise ValueError(f"`noise` must be a tensor of shape {tuple(latents.shape)}, got {describe(noise)}.")
+        if timesteps is not None:
+            check_tensor("timesteps", timesteps, ndim=1, integer=True)
+            high = self.noise_scheduler.config.num_train_timesteps
+            if timesteps.shape[0] != batch or int(timesteps.min()) < 0 or int(timesteps.max()) >= high:
+                raise ValueError(f"`timesteps` must be {batch} integer timesteps in [0, {high}), got {describe(timesteps)}.")
         unet_dtype = self.unet.dtype
         loss = vtok.denoising_loss(
             self.unet,
             self.noise_scheduler,
             latents.to(unet_dtype),
+            None if noise is None else noise.to(device=latents.device, dtype=unet_dtype),
+            None if timesteps is None else timesteps.to(latents.device),
             encoder_hidden_states=condition.local_embeddings.to(unet_dtype),
             class_labels=condition.class_labels.to(unet_dtype),
         )
@@ -903,15 +925,19 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         decoder_pixel_values: torch.Tensor | None = None,
         teacher_pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.LongTensor | None = None,
         return_dict: bool = True,
         **kwargs,
     ) -> SlotQFormerForPreTrainingOutput:
-        """Weighted loss of the current stage (``config.stage``); see the class docstring for the keys."""
+        """Weighted loss of the current stage (``config.stage``); see the class docstring for the keys. ``noise``
+        (shaped like the decoder input) and ``timesteps`` (`[B]` integers) fix the diffusion loss's random draws:
+        with both, an eval-mode call is deterministic."""
         kwargs.pop("num_items_in_batch", None)  # passed by transformers.Trainer
         if kwargs:
             raise TypeError(
                 f"SlotQFormerForPreTraining.forward got unexpected batch keys {sorted(kwargs)}; expected "
-                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values."
+                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values, noise, timesteps."
             )
         config = self.config
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
@@ -925,7 +951,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                     "`input_ids` (the captions) are required in stage 1 while `contrastive_loss_weight` or "
                     "`text_generation_loss_weight` is non-zero."
                 )
-            encoded = self.tokenizer.encode_slots(pixel_values, return_layer_inputs=needs_text)
+            encoded = self.tokenizer.encode_slots(pixel_values, output_hidden_states=needs_text)
             slots = encoded.slot_embeddings
             loss = slots.new_zeros((), dtype=torch.float32)
             loss_itc = loss_itg = None
@@ -933,7 +959,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                 input_ids, attention_mask = self._check_text(input_ids, attention_mask, batch)
                 loss_itc, loss_itg = self.text_losses(slots, encoded.layer_inputs, input_ids, attention_mask)
                 loss = loss + config.contrastive_loss_weight * loss_itc + config.text_generation_loss_weight * loss_itg
-            loss_diffusion, condition = self.diffusion_loss(slots, targets, condition_dropout=True)
+            loss_diffusion, condition = self.diffusion_loss(slots, targets, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
             output = SlotQFormerForPreTrainingOutput(
@@ -953,7 +979,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             rebuilt = self.tokenizer.rebuild_slots(quantized.quantized)
             loss_reconstruction = F.mse_loss(rebuilt.float(), slots.float())
             loss_commitment = quantized.loss
-            loss_diffusion, condition = self.diffusion_loss(rebuilt, targets, condition_dropout=False)
+            loss_diffusion, condition = self.diffusion_loss(rebuilt, targets, False, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = (
                 config.reconstruction_loss_weight * loss_reconstruction
