@@ -322,6 +322,7 @@ def load_decoder_pipeline(path, **kwargs) -> VisualTokenDecoderPipeline:
     hf_vtok`` (which importing any of its modules does first) registers every hf_vtok pipeline with diffusers, so
     this needs no remote code and no registry of ours.
     """
+    import json
     import os
 
     from diffusers import DiffusionPipeline
@@ -329,8 +330,14 @@ def load_decoder_pipeline(path, **kwargs) -> VisualTokenDecoderPipeline:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`decoder` must be a folder path, got {describe(path)}.")
     folder = os.fspath(path)
-    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
         raise ValueError(f"`decoder` must be a folder written by a decoder pipeline's save_pretrained, got {path!r}.")
+    try:  # diffusers' own message for a broken index is an OSError about "the config file"
+        with open(index, encoding="utf-8") as handle:
+            json.load(handle)["_class_name"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"`decoder`: {index!r} is not a valid pipeline index ({error}).") from None
     pipeline = DiffusionPipeline.from_pretrained(folder, **kwargs)
     if not isinstance(pipeline, VisualTokenDecoderPipeline):
         raise ValueError(f"`decoder` {folder!r} holds a {type(pipeline).__name__}, not an hf_vtok tokenizer decoder.")
