@@ -8,7 +8,6 @@ when a lookup asks for that name (or when the registry is listed). This module i
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -76,7 +75,7 @@ class DeferredEntries(dict):
         return super().items()
 
 
-class _RunAfterExec(importlib.abc.Loader):
+class _RunAfterExec:  # the importlib Loader protocol (importlib.abc costs 30 ms to import)
     """Wraps a module's loader to run hooks once the module has executed; the module keeps its real loader."""
 
     def __init__(self, loader, hooks: dict[str, list[Callable[[ModuleType], None]]]):
@@ -96,7 +95,7 @@ class _RunAfterExec(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _PostImportHooks(importlib.abc.MetaPathFinder):
+class _PostImportHooks:  # the importlib MetaPathFinder protocol
     """Finds nothing itself: it wraps the loader that the other finders return for a watched module."""
 
     def __init__(self):
