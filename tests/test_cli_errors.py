@@ -180,3 +180,46 @@ def test_auto_classes_find_hf_vtok_models_right_after_import(tmp_path):
         "diffusers": "hf_vtok.models.ddt.pipeline_ddt",
         "task": "VTokTextToImageHFPipeline",
     }
+
+
+# ------------------------------------------------------------------------------------------------ push
+class FailingHfApi:
+    """Stands in for huggingface_hub.HfApi: the repository is created, the upload fails."""
+
+    staged: list[Path] = []
+
+    def __init__(self, token=None):
+        pass
+
+    def create_repo(self, repo_id, private, exist_ok, repo_type):
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+        FailingHfApi.staged.append(Path(folder_path))
+        assert (Path(folder_path) / "README.md").is_file()
+        raise ConnectionError("the Hub is unreachable")
+
+
+def test_push_removes_its_temporary_staging_folder_when_the_upload_fails(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingHfApi)
+    FailingHfApi.staged.clear()
+    code, err = run_cli(["push", str(SHIPPED_CHECKPOINTS_DIR / "ddt"), "--repo-id", "me/ddt"], capsys)
+    assert_one_line_error(code, err, 1, "ConnectionError", "the Hub is unreachable")
+    assert len(FailingHfApi.staged) == 1 and not FailingHfApi.staged[0].exists()
+    # a staging folder the user named is theirs: kept, with what was staged
+    code, err = run_cli(["push", str(SHIPPED_CHECKPOINTS_DIR / "ddt"), "--repo-id", "me/ddt", "--staging-dir", str(tmp_path / "s")], capsys)
+    assert code == 1 and FailingHfApi.staged[-1] == tmp_path / "s" and (tmp_path / "s" / "decoder" / "model_index.json").is_file()
+
+
+def test_staged_model_cards_say_that_import_hf_vtok_is_needed(tmp_path):
+    from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+    from hf_vtok.trainer.hub import push_folder
+
+    for name in ("ddt", "mllm"):
+        plan = push_folder(SHIPPED_CHECKPOINTS_DIR / name, f"me/{name}", dry_run=True, staging_dir=tmp_path / name)
+        card = (plan.staging_dir / "README.md").read_text()
+        assert "import hf_vtok" in card and "silently returns a plain text tokenizer" in card, card[:2000]
