@@ -3,7 +3,7 @@
 
     python examples/finetune_lora.py --recipe slot_mllm_instruct_tiny --visual_tokenizer runs/slot_qformer_stage2 \
         --output_dir runs/my_mllm
-    python examples/finetune_lora.py --tiny --max_steps 4 --output_dir /tmp/my_mllm     # seconds on a CPU
+    python examples/finetune_lora.py --tiny --max_steps 4 --output_dir /tmp/my_mllm     # seconds on a CPU (shipped DDT)
     python examples/finetune_lora.py --tiny --neftune_noise_alpha 5 --lora_r 8          # any SFTConfig / ModelConfig flag
 
 The same as `hf-vtok train-mllm`: images are pre-tokenised once, every task (captioning, QA, text-to-image,
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 
-# --tiny: a random tiny tokenizer and 24 shapes scenes
-TINY = ["--visual_tokenizer", "random:ddt", "--num_train_images", "24", "--per_device_train_batch_size", "4",
+# --tiny: the small DDT tokenizer shipped with hf_vtok and 24 shapes scenes
+TINY = ["--visual_tokenizer", "shipped:ddt", "--num_train_images", "24", "--per_device_train_batch_size", "4",
         "--max_length", "256", "--logging_steps", "1", "--learning_rate", "3e-3"]  # fmt: skip
 
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """Text-to-image and instruction-based editing with a trained MLLM.
 
+    python examples/text_to_image_and_edit.py                 # the small MLLM shipped with hf_vtok (shapes world)
     python examples/text_to_image_and_edit.py --mllm runs/slot_mllm_instruct --prompt "a red circle" \
         --edit "make the circle blue" --out t2i.png
-    python examples/text_to_image_and_edit.py --tiny          # random tiny MLLM + DDT decoder, no checkpoint
+    python examples/text_to_image_and_edit.py --random        # untrained tiny MLLM + decoder: noise, for plumbing
 
---mllm is a `hf-vtok train-mllm` output folder (model_index.json, mllm/, processor/, decoder/), which loads with the
-generic `DiffusionPipeline.from_pretrained` after `import hf_vtok`.
+--mllm is a `hf-vtok train-mllm` output folder (model_index.json, mllm/, processor/, decoder/; default: the shipped
+one), which loads with the generic `DiffusionPipeline.from_pretrained` after `import hf_vtok`.
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from PIL import Image
 
@@ -21,21 +23,24 @@ def load(args):
 
     import hf_vtok  # noqa: F401
 
-    if args.tiny or args.mllm is None:
+    if args.random:
         from hf_vtok.mllm import VTokTextToImagePipeline
         from hf_vtok.trainer.arguments import MLLMArguments
         from hf_vtok.trainer.mllm_trainer import build_mllm
 
+        warnings.warn("--random: an untrained tiny MLLM and decoder; their pictures are noise.", stacklevel=2)
         model, processor, decoder = build_mllm(MLLMArguments(visual_tokenizer=f"random:{args.family}"), seed=args.seed)
         return VTokTextToImagePipeline(mllm=model.eval(), processor=processor, decoder=decoder)
-    return DiffusionPipeline.from_pretrained(args.mllm)  # VTokTextToImagePipeline
+    from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+
+    return DiffusionPipeline.from_pretrained(args.mllm or SHIPPED_CHECKPOINTS_DIR / "mllm")  # VTokTextToImagePipeline
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mllm", default=None, help="train-mllm output folder")
-    parser.add_argument("--tiny", action="store_true", help="random tiny MLLM (no checkpoint needed)")
-    parser.add_argument("--family", default="ddt", choices=("ddt", "slot_qformer", "setok"))
+    parser.add_argument("--mllm", default=None, help="train-mllm output folder (default: the shipped MLLM)")
+    parser.add_argument("--random", action="store_true", help="an untrained tiny MLLM of --family (output is noise)")
+    parser.add_argument("--family", default="ddt", choices=("ddt", "slot_qformer", "setok"), help="with --random")
     parser.add_argument("--prompt", default="a red circle left of a blue square")
     parser.add_argument("--edit", default="make the circle blue")
     parser.add_argument("--guidance-scale", type=float, default=3.0)

@@ -1,38 +1,42 @@
 #!/usr/bin/env python
 """Tokenize an image and reconstruct it with the tokenizer's diffusion decoder.
 
+    python examples/tokenize_and_reconstruct.py --family setok                # the small checkpoint shipped with hf_vtok
     python examples/tokenize_and_reconstruct.py --checkpoint runs/ddt --image photo.jpg --out reconstruction.png
-    python examples/tokenize_and_reconstruct.py --tiny --family setok        # random tiny tokenizer, no checkpoint
+    python examples/tokenize_and_reconstruct.py --random --family ddt         # untrained tiny model: noise, for plumbing
 
---checkpoint is a `hf-vtok train-tokenizer` output (tokenizer/ + decoder/). Without --image a shapes-world scene
-is used. Prints the tokens and writes input | reconstruction side by side.
+--checkpoint is a `hf-vtok train-tokenizer` output (tokenizer/ + decoder/) or `shipped:<family>` (the default). Without
+--image a shapes-world scene is used. Prints the tokens and writes input | reconstruction side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import torch
 from PIL import Image
 
 
 def load(args):
-    """(tokenizer, image processor, decoder pipeline) from a checkpoint folder, or random tiny ones."""
-    if args.tiny or args.checkpoint is None:
+    """(tokenizer, image processor, decoder pipeline) from a checkpoint folder, or random tiny ones with --random."""
+    if args.random:
         from hf_vtok.trainer.mllm_trainer import build_visual_tokenizer
 
+        warnings.warn("--random: an untrained tiny model; its reconstruction is noise.", stacklevel=2)
         return build_visual_tokenizer(f"random:{args.family}", seed=args.seed)
+    from hf_vtok.data.pretokenize import resolve_tokenizer_source
     from hf_vtok.evaluation.tokenizers import load_tokenizer_folder
 
-    loaded = load_tokenizer_folder(args.checkpoint)
+    loaded = load_tokenizer_folder(resolve_tokenizer_source(args.checkpoint or f"shipped:{args.family}"))
     return loaded.model, loaded.image_processor, loaded.pipeline
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default=None, help="train-tokenizer output folder (tokenizer/ + decoder/)")
-    parser.add_argument("--tiny", action="store_true", help="use a random tiny tokenizer (no checkpoint needed)")
+    parser.add_argument("--checkpoint", default=None, help="train-tokenizer output folder (default: shipped:FAMILY)")
     parser.add_argument("--family", default="ddt", choices=("ddt", "slot_qformer", "setok"))
+    parser.add_argument("--random", action="store_true", help="an untrained tiny tokenizer of --family (output is noise)")
     parser.add_argument("--image", default=None, help="image file (default: a shapes-world scene)")
     parser.add_argument("--steps", type=int, default=25, help="decoder sampling steps")
     parser.add_argument("--seed", type=int, default=0)

@@ -161,7 +161,7 @@ def registered():
     return out
 
 before = registered()
-importlib.reload(hf_vtok.models.slot_qformer)  # registers again: fails unless registration tolerates a repeat
+importlib.reload(hf_vtok)  # registers again: fails unless registration tolerates a repeat
 print(json.dumps({"before": before, "after": registered()}))
 """
 
@@ -169,7 +169,7 @@ print(json.dumps({"before": before, "after": registered()}))
 @pytest.mark.slow
 def test_import_registers_and_is_idempotent():
     """A fresh interpreter: `import hf_vtok` maps every family's model type to its config, model and pre-training
-    classes; re-importing a family (reload) registers them again without an error and changes nothing."""
+    classes; re-importing hf_vtok (reload) registers them again without an error and changes nothing."""
     result = subprocess.run([sys.executable, "-c", REGISTRATION_PROBE], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

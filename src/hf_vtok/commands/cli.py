@@ -1,12 +1,14 @@
 """The ``hf-vtok`` command line: one module per subcommand in ``hf_vtok.commands``; this one only dispatches.
 
 Every subcommand has ``--help``. Heavy imports (torch models, datasets) happen inside the handlers so that
-``hf-vtok --help`` answers at once.
+``hf-vtok --help`` answers at once. Errors are one line on stderr: exit status 2 for bad arguments (a ``ValueError`` /
+``TypeError`` from the library), 1 for anything else; ``HF_VTOK_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,10 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.arguments = rest
     try:
         return args.handler(args)
-    except (ValueError, TypeError) as error:
-        # Argument problems found by the library: one clear line, not a traceback.
-        print(f"hf-vtok {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        if os.environ.get("HF_VTOK_DEBUG", "") not in ("", "0"):
+            raise
+        # Argument problems found by the library are exit status 2, like argparse's own; any other failure is 1.
+        usage_error = isinstance(error, (ValueError, TypeError))
+        message = " ".join(str(error).split()) or type(error).__name__
+        label = "error" if usage_error else f"error ({type(error).__name__}; HF_VTOK_DEBUG=1 shows the traceback)"
+        print(f"hf-vtok {args.command}: {label}: {message}", file=sys.stderr)
+        return 2 if usage_error else 1
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
-from ..utils.validation import check_int, describe
 from .arguments import non_negative_int, positive_int
 
 
@@ -56,6 +54,8 @@ def _family_sections() -> dict[str, Callable[[DemoContext], dict]]:
 
 def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     """The shipped checkpoint, or a freshly trained one with ``--train``; None when neither exists."""
+    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
@@ -75,6 +75,8 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
 
 def _mllm_folder(context: DemoContext) -> Path | None:
     """The shipped MLLM, or one trained now with ``--train`` (its DDT tokenizer first, then the MLLM)."""
+    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+
     if not context.train:
         folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
         return folder if (folder / "mllm" / "config.json").is_file() else None
@@ -280,6 +282,7 @@ def run_demo(
 ) -> dict:
     """Run the demo and return the metrics it printed (also written to ``out_dir/metrics.json``)."""
     from ..data.shapes import generate_shapes_dataset
+    from ..utils.validation import check_int, describe
 
     if not isinstance(out_dir, (str, Path)):
         raise TypeError(f"`out_dir` must be a path, got {describe(out_dir)}.")

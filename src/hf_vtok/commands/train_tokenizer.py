@@ -7,6 +7,7 @@ Every option is a field of :class:`~hf_vtok.trainer.arguments.TokenizerArguments
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DESCRIPTION = (
     "Train one stage of a tokenizer family with transformers.Trainer (shapes world by default), from a recipe "
@@ -23,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
         args.arguments, family_argument=True, prog="hf-vtok train-tokenizer", description=DESCRIPTION,
         usage="hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
     )
+    if script_args.init_from and not (Path(script_args.init_from) / "training_model").is_dir():
+        raise ValueError(f"`init_from` must be the output folder of a previous train-tokenizer stage (holding "
+                         f"training_model/), got {script_args.init_from!r}.")  # fmt: skip
     _, trainer = train_tokenizer(script_args, training_args)
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]

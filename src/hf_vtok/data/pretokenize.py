@@ -232,6 +232,8 @@ def pretokenize_dataset(
     batch_size = check_int("batch_size", batch_size, minimum=1)
     num_proc = check_int("num_proc", num_proc, minimum=1)
     shard_size = check_int("shard_size", shard_size, minimum=1)
+    if isinstance(dataset, str):
+        check_dataset_source(dataset)  # before the tokenizer loads
     if isinstance(tokenizer, (str, os.PathLike)):
         model, loaded_processor = load_visual_tokenizer(tokenizer)
         image_processor = image_processor or loaded_processor
@@ -368,6 +370,30 @@ def load_pretokenized(out_dir: str | os.PathLike, *, require_complete: bool = Tr
     return dataset
 
 
+# ``KIND:LOCATION`` sources; a string without a known kind is a Hub dataset name or a local dataset folder
+SOURCE_KINDS = {
+    "shapes": "shapes:N[:style[:seed]]",
+    "imagefolder": "imagefolder:DIR",
+    "arrow": "arrow:DIR",
+    "parquet": "parquet:GLOB",
+    "webdataset": "webdataset:GLOB",
+}
+
+
+def check_dataset_source(source: str) -> str:
+    """Refuse a source string that cannot name a dataset before anything slow is loaded (``name`` of errors:
+    ``dataset``): an unknown ``KIND:`` prefix, or a folder kind whose folder does not exist."""
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"`dataset` must be a non-empty source string, got {describe(source)}.")
+    kind, colon, location = source.partition(":")
+    if colon and kind not in SOURCE_KINDS and "/" not in kind:  # "org/name:..." is no kind; Hub names have no ":"
+        raise ValueError(f"`dataset` {source!r} has an unknown source kind {kind!r}; expected one of "
+                         f"{', '.join(SOURCE_KINDS.values())}, or a Hub dataset name.")  # fmt: skip
+    if kind in ("imagefolder", "arrow") and not Path(location).is_dir():
+        raise ValueError(f"`dataset` {source!r}: {kind} needs an existing folder, got {location!r}.")
+    return source
+
+
 def load_image_dataset(source: str, *, split: str = "train", streaming: bool = False):
     """Any ``datasets`` source with an image column: ``imagefolder:DIR``, ``parquet:GLOB``,
     ``webdataset:GLOB``, ``arrow:DIR`` (``save_to_disk`` output) or a Hub dataset name.
@@ -377,9 +403,7 @@ def load_image_dataset(source: str, *, split: str = "train", streaming: bool = F
     """
     import datasets
 
-    if not isinstance(source, str) or not source:
-        raise TypeError(f"`source` must be a non-empty string, got {describe(source)}.")
-    kind, _, location = source.partition(":")
+    kind, _, location = check_dataset_source(source).partition(":")
     if kind == "arrow":
         dataset = datasets.load_from_disk(location)
         return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
@@ -398,7 +422,7 @@ def load_image_dataset(source: str, *, split: str = "train", streaming: bool = F
 
 def dataset_from_source(source: str, *, split: str = "train"):
     """``shapes:N[:style[:seed]]`` (the built-in shapes world with edits) or any :func:`load_image_dataset` source."""
-    if source.startswith("shapes"):
+    if check_dataset_source(source).startswith("shapes"):
         from .shapes import generate_shapes_dataset
 
         parts = source.split(":")
@@ -415,6 +439,8 @@ def dataset_from_source(source: str, *, split: str = "train"):
 __all__ = [
     "MANIFEST_NAME",
     "PretokenizeResult",
+    "SOURCE_KINDS",
+    "check_dataset_source",
     "dataset_from_source",
     "load_image_dataset",
     "load_pretokenized",

@@ -318,7 +318,8 @@ def push_folder(
         private: create the repository as private.
         dry_run: stage only (no network); the returned plan's ``staging_dir`` is exactly what would be uploaded.
         token: a Hub token (default: the logged-in one).
-        staging_dir: where to stage (default: a temporary folder, removed after a real upload).
+        staging_dir: where to stage, kept (default: a temporary folder, removed after a real upload, also a failed one;
+            a dry run keeps it).
         include_training_model: also upload ``training_model/`` (to continue training elsewhere).
     """
     if not isinstance(repo_id, str) or not repo_id or repo_id.count("/") > 1 or " " in repo_id:
@@ -329,25 +330,30 @@ def push_folder(
     if staging.exists() and any(staging.iterdir()):
         raise ValueError(f"`staging_dir` {str(staging)!r} must be empty.")
     staging.mkdir(parents=True, exist_ok=True)
-    files, skipped = stage_folder(folder, staging, include_training_model=include_training_model)
-    card = build_model_card(folder, repo_id, license=license)
-    card.save(staging / "README.md")
-    files.append("README.md")
-    plan = UploadPlan(repo_id=repo_id, kind=info["kind"], staging_dir=staging, files=sorted(files), skipped=skipped)
-    if dry_run:
-        return plan
-    from huggingface_hub import HfApi
+    keep_staging = not temporary
+    try:
+        files, skipped = stage_folder(folder, staging, include_training_model=include_training_model)
+        card = build_model_card(folder, repo_id, license=license)
+        card.save(staging / "README.md")
+        files.append("README.md")
+        plan = UploadPlan(repo_id=repo_id, kind=info["kind"], staging_dir=staging, files=sorted(files), skipped=skipped)
+        if dry_run:
+            keep_staging = True  # the staged folder is what a dry run shows
+            return plan
+        from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        folder_path=str(staging), repo_id=repo_id, repo_type="model",
-        commit_message=commit_message or f"Upload {info['kind']} trained with hf_vtok",
-    )  # fmt: skip
-    plan.uploaded, plan.url = True, str(url)
-    if temporary:
-        shutil.rmtree(staging, ignore_errors=True)
-    return plan
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            folder_path=str(staging), repo_id=repo_id, repo_type="model",
+            commit_message=commit_message or f"Upload {info['kind']} trained with hf_vtok",
+        )  # fmt: skip
+        plan.uploaded, plan.url = True, str(url)
+        return plan
+    finally:
+        # a temporary staging folder never outlives a real push, whether the upload worked or failed
+        if not keep_staging:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 __all__ = ["PAPERS", "UploadPlan", "build_model_card", "describe_folder", "push_folder", "stage_folder"]

@@ -1,22 +1,21 @@
 """DDT tokenizer family: Discrete Diffusion Timestep tokens (Pan et al.) with an MMDiT decoder pipeline.
 
-Importing this package registers the config, models and image processors with the transformers Auto
-classes (idempotent). Every module lists its public names in ``__all__``.
+The public names are those in the ``__all__`` of each module of the family, imported on first use
+(``import hf_vtok`` registers the family with the Auto classes).
 """
 
-import sys
+from typing import TYPE_CHECKING
 
-from ...utils.modeling_utils import register_tokenizer_family
-from .analysis_ddt import *
-from .configuration_ddt import *
-from .image_processing_ddt import *
-from .modeling_ddt import *
-from .modeling_ddt_decoder import *
-from .pipeline_ddt import *
+from transformers.utils.import_utils import _LazyModule, define_import_structure
 
-register_tokenizer_family(
-    DDTTokenizerConfig, DDTTokenizerModel, DDTTokenizerForPreTraining, {"pil": DDTImageProcessorPil, "torch": DDTImageProcessor}
-)
+if TYPE_CHECKING:
+    from .analysis_ddt import *
+    from .configuration_ddt import *
+    from .image_processing_ddt import *
+    from .modeling_ddt import *
+    from .modeling_ddt_decoder import *
+    from .pipeline_ddt import *
+else:
+    import sys
 
-# the public names of every module of the family
-__all__ = [name for module in ("analysis_ddt", "configuration_ddt", "image_processing_ddt", "modeling_ddt", "modeling_ddt_decoder", "pipeline_ddt") for name in sys.modules[f"{__name__}.{module}"].__all__]
+    sys.modules[__name__] = _LazyModule(__name__, __file__, define_import_structure(__file__), module_spec=__spec__)

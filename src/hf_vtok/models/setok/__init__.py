@@ -1,22 +1,21 @@
 """SeTok: density-peak clustering tokenizer with a variable number of continuous tokens per image.
 
-Importing this package registers the config, models and image processors with the transformers Auto
-classes (idempotent). Every module lists its public names in ``__all__``.
+The public names are those in the ``__all__`` of each module of the family, imported on first use
+(``import hf_vtok`` registers the family with the Auto classes).
 """
 
-import sys
+from typing import TYPE_CHECKING
 
-from ...utils.modeling_utils import register_tokenizer_family
-from .clustering_setok import *
-from .configuration_setok import *
-from .image_processing_setok import *
-from .modeling_setok import *
-from .modeling_setok_decoder import *
-from .pipeline_setok import *
+from transformers.utils.import_utils import _LazyModule, define_import_structure
 
-register_tokenizer_family(
-    SeTokConfig, SeTokModel, SeTokForPreTraining, {"pil": SeTokImageProcessorPil, "torch": SeTokImageProcessor}
-)
+if TYPE_CHECKING:
+    from .clustering_setok import *
+    from .configuration_setok import *
+    from .image_processing_setok import *
+    from .modeling_setok import *
+    from .modeling_setok_decoder import *
+    from .pipeline_setok import *
+else:
+    import sys
 
-# the public names of every module of the family
-__all__ = [name for module in ("clustering_setok", "configuration_setok", "image_processing_setok", "modeling_setok", "modeling_setok_decoder", "pipeline_setok") for name in sys.modules[f"{__name__}.{module}"].__all__]
+    sys.modules[__name__] = _LazyModule(__name__, __file__, define_import_structure(__file__), module_spec=__spec__)

@@ -1,0 +1,49 @@
+"""Start-up time of ``import hf_vtok`` and of ``hf-vtok ... --help``: the median of fresh interpreters.
+
+Targets (issue 17, on 2 CPU cores): ``import hf_vtok`` <= 2 s, every ``hf-vtok ... --help`` <= 1.5 s. The bare
+interpreter is measured too, as the floor. Times only; the tests assert the behaviour (no torch loaded) instead.
+
+    python benchmarks/bench_startup.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+COMMANDS = {
+    "python -c pass (floor)": ["-c", "pass"],
+    "import hf_vtok": ["-c", "import hf_vtok"],
+    "hf-vtok --help": ["-m", "hf_vtok.commands.cli", "--help"],
+    **{f"hf-vtok {name} --help": ["-m", "hf_vtok.commands.cli", *name.split(), "--help"]
+       for name in ("demo", "eval", "pretokenize", "push", "data shapes", "train-tokenizer", "train-mllm")},
+}  # fmt: skip
+
+
+def median_seconds(arguments: list[str], repeats: int) -> float:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *arguments], env=environment, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="fresh interpreters per command (default: 5)")
+    args = parser.parse_args()
+    print(f"median of {args.repeats} fresh interpreters, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    for label, arguments in COMMANDS.items():
+        print(f"{label:<34} {median_seconds(arguments, args.repeats):6.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
