@@ -38,6 +38,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch
 
+# The one-image-at-a-time reference clustering lives with the tests that check the batched one against it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
 
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as handle:
@@ -94,6 +97,8 @@ def _merger(dim: int, grid: int):
 
 def released_style_clustering(features: torch.Tensor, **kwargs):
     """Per-image Algorithm 1 with ``torch.cdist`` distances, as the released code builds them."""
+    from setok_clustering_reference import _reference_paper_rule_single
+
     from hf_vtok.models.setok import clustering_setok as C
 
     options = {"min_clusters": 1, "score_threshold": None, "scope_threshold": 0.01, "hard_assignment": True,
@@ -109,7 +114,7 @@ def released_style_clustering(features: torch.Tensor, **kwargs):
                                    densest_delta=options["densest_delta"])[0]
         masks = torch.zeros(slots, image.shape[0])
         seeds = torch.full((slots,), -1, dtype=torch.long)
-        count = C._reference_paper_rule_single(distances, log_scores, masks, seeds, options)
+        count = _reference_paper_rule_single(distances, log_scores, masks, seeds, options)
         all_masks.append(masks)
         all_seeds.append(seeds)
         all_counts.append(count)
@@ -119,10 +124,9 @@ def released_style_clustering(features: torch.Tensor, **kwargs):
 
 def worker(args) -> dict:
     torch.set_num_threads(1)
-    from hf_vtok.models.setok.clustering_setok import (
-        _reference_density_peak_clustering,
-        density_peak_clustering,
-    )
+    from setok_clustering_reference import _reference_density_peak_clustering
+
+    from hf_vtok.models.setok.clustering_setok import density_peak_clustering
     from hf_vtok.models.setok.modeling_setok import _reference_cluster_merger
 
     features = make_features(args.features, args.batch, args.grid, args.dim)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from setok_clustering_reference import _reference_density_peak_clustering
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 import hf_vtok  # noqa: F401  (registers the Auto classes)
@@ -18,7 +19,6 @@ from hf_vtok.models.setok import (
     SeTokModel,
     density_peak_clustering,
 )
-from hf_vtok.models.setok.clustering_setok import _reference_density_peak_clustering
 from hf_vtok.models.setok.modeling_setok import _reference_cluster_merger
 
 

@@ -26,7 +26,6 @@ exactly one object. Scene ``i`` of a dataset depends only on ``(seed, i)``.
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import math
@@ -759,35 +758,18 @@ def _generate_scene(rng: np.random.Generator, config: ShapesWorldConfig, with_ed
     return scene
 
 
-def generate_scene(
-    seed: int | np.random.Generator,
-    *,
-    image_size: int = 64,
-    min_objects: int = 1,
-    max_objects: int = 4,
-    style: str = "textured",
-    shapes: Sequence[str] = SHAPES,
-    colors: Sequence[str] = tuple(COLORS),
-    with_edit: bool = True,
-) -> Scene:
+def generate_scene(seed: int | np.random.Generator, *, with_edit: bool = True, **scene_options) -> Scene:
     """Draw one random scene with its questions and (when ``with_edit``) an edit pair.
 
     Args:
         seed: a non-negative int or a ``np.random.Generator`` (consumed). The layout drawn for a seed is
             the same in both styles.
-        image_size, min_objects, max_objects, style, shapes, colors: see :class:`ShapesWorldConfig`.
         with_edit: also draw an edit (``scene.edit``; None in the rare case where no edit fits).
+        **scene_options: ``image_size``, ``min_objects``, ``max_objects``, ``style``, ``shapes``,
+            ``colors``; see :class:`ShapesWorldConfig`.
     """
     rng = _as_generator(seed)
-    config = ShapesWorldConfig(
-        num_images=1,
-        image_size=image_size,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        style=style,
-        shapes=shapes,
-        colors=colors,
-    )
+    config = ShapesWorldConfig(num_images=1, **scene_options)
     return _generate_scene(rng, config, with_edit=bool(with_edit))
 
 
@@ -804,12 +786,6 @@ def _iter_scenes(
 # --------------------------------------------------------------------------------------------------
 # Datasets: in memory (datasets.Dataset) and on disk (image folder)
 # --------------------------------------------------------------------------------------------------
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _features():
@@ -846,30 +822,33 @@ def _features():
     )
 
 
-def _edit_fields(scene: Scene) -> dict[str, Any]:
-    edit = scene.edit
-    if edit is None:
-        return {"edit_type": None, "edit_instruction": None, "edit_objects": [], "edit_caption": None}
-    return {
-        "edit_type": edit.edit_type,
-        "edit_instruction": edit.instruction,
-        "edit_objects": edit.target.objects,
-        "edit_caption": edit.target.caption,
+def _row(scene: Scene, with_edits: bool) -> dict[str, Any]:
+    """One dataset row; ``datasets`` encodes the PIL images as PNG itself."""
+    row = {
+        "image": scene.image,
+        "mask": scene.mask_image,
+        "objects": scene.objects,
+        "caption": scene.caption,
+        "questions": scene.questions,
     }
+    if with_edits and scene.edit is None:
+        row.update(dict.fromkeys(["edit_type", "edit_instruction", "edit_image", "edit_mask", "edit_caption"]))
+        row["edit_objects"] = []
+    elif with_edits:
+        target = scene.edit.target
+        row.update(
+            edit_type=scene.edit.edit_type,
+            edit_instruction=scene.edit.instruction,
+            edit_image=target.image,
+            edit_mask=target.mask_image,
+            edit_objects=target.objects,
+            edit_caption=target.caption,
+        )
+    return row
 
 
 def generate_shapes_dataset(
-    num_images: int = 1000,
-    *,
-    image_size: int = 64,
-    min_objects: int = 1,
-    max_objects: int = 4,
-    style: str = "textured",
-    seed: int = 0,
-    shapes: Sequence[str] = SHAPES,
-    colors: Sequence[str] = tuple(COLORS),
-    with_edits: bool = True,
-    progress: bool = True,
+    num_images: int = 1000, *, with_edits: bool = True, progress: bool = True, **scene_options
 ):
     """Generate the shapes world as an in-memory ``datasets.Dataset``.
 
@@ -878,56 +857,41 @@ def generate_shapes_dataset(
     ``questions`` (list of ``{"question", "answer", "type"}``) and, with ``with_edits``, ``edit_type``,
     ``edit_instruction``, ``edit_image``, ``edit_mask``, ``edit_objects`` and ``edit_caption``.
 
-    The same arguments give byte-identical images; row ``i`` depends only on ``(seed, i)``. Images are
-    held as PNG bytes in memory (about 10 kB per 64 px textured scene with its edit); for large sets,
-    write them to disk with :func:`write_shapes_dataset`.
+    ``scene_options`` are the other fields of :class:`ShapesWorldConfig` (``image_size``, ``style``,
+    ``seed``, ...). The same arguments give byte-identical images; row ``i`` depends only on
+    ``(seed, i)``. Images are held as PNG bytes in memory (about 10 kB per 64 px textured scene with its
+    edit); for large sets, write them to disk with :func:`write_shapes_dataset`.
     """
     from datasets import Dataset
 
-    config = ShapesWorldConfig(num_images, image_size, min_objects, max_objects, style, seed, shapes, colors)
+    config = ShapesWorldConfig(num_images, **scene_options)
     features = _features()
     if not with_edits:
         features = features.copy()
         for name in list(features):
             if name.startswith("edit_"):
                 del features[name]
-    rows: dict[str, list] = {name: [] for name in features}
-    for scene in _iter_scenes(config, bool(with_edits), progress, "Generating shapes scenes"):
-        rows["image"].append({"bytes": _png_bytes(scene.image), "path": None})
-        rows["mask"].append({"bytes": _png_bytes(scene.mask_image), "path": None})
-        rows["objects"].append(scene.objects)
-        rows["caption"].append(scene.caption)
-        rows["questions"].append(scene.questions)
-        if with_edits:
-            for name, value in _edit_fields(scene).items():
-                rows[name].append(value)
-            target = scene.edit.target if scene.edit is not None else None
-            rows["edit_image"].append(
-                None if target is None else {"bytes": _png_bytes(target.image), "path": None}
-            )
-            rows["edit_mask"].append(
-                None if target is None else {"bytes": _png_bytes(target.mask_image), "path": None}
-            )
-    return Dataset.from_dict(rows, features=features)
+    scenes = _iter_scenes(config, bool(with_edits), progress, "Generating shapes scenes")
+    return Dataset.from_list([_row(scene, with_edits) for scene in scenes], features=features)
 
 
-_WRITTEN_PATHS = ("images", "masks", "edit_images", "edit_masks", "metadata.jsonl")
+# Image columns and the folders (and metadata keys) they are written to.
+_IMAGE_FOLDERS = {
+    "image": ("images", "file_name"),
+    "mask": ("masks", "mask_file_name"),
+    "edit_image": ("edit_images", "edit_image_file_name"),
+    "edit_mask": ("edit_masks", "edit_mask_file_name"),
+}
 
 
 def write_shapes_dataset(
     out_dir: str | os.PathLike,
     num_images: int = 1000,
     *,
-    image_size: int = 64,
-    min_objects: int = 1,
-    max_objects: int = 4,
-    style: str = "textured",
-    seed: int = 0,
-    shapes: Sequence[str] = SHAPES,
-    colors: Sequence[str] = tuple(COLORS),
     with_edits: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    **scene_options,
 ) -> Path:
     """Write the shapes world as an image folder that ``datasets`` reads back.
 
@@ -947,7 +911,7 @@ def write_shapes_dataset(
     """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"`out_dir` must be a path, got {describe(out_dir)}.")
-    config = ShapesWorldConfig(num_images, image_size, min_objects, max_objects, style, seed, shapes, colors)
+    config = ShapesWorldConfig(num_images, **scene_options)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"`out_dir` must be a folder, got the file {str(out_dir)!r}.")
@@ -956,35 +920,25 @@ def write_shapes_dataset(
             raise ValueError(
                 f"`out_dir` {str(out_dir)!r} is not empty; pass overwrite=True to replace its dataset."
             )
-        for name in _WRITTEN_PATHS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        for folder, _ in _IMAGE_FOLDERS.values():
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
+        (out_dir / "metadata.jsonl").unlink(missing_ok=True)
     width = max(5, len(str(config.num_images - 1)))
-    folders = ["images", "masks"] + (["edit_images", "edit_masks"] if with_edits else [])
-    for folder in folders:
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-
+    out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "metadata.jsonl", "w", encoding="utf-8") as metadata:
         scenes = _iter_scenes(config, bool(with_edits), progress, f"Writing shapes scenes to {out_dir}")
         for index, scene in enumerate(scenes):
-            stem = f"{index:0{width}d}.png"
-            record: dict[str, Any] = {"file_name": f"images/{stem}", "mask_file_name": f"masks/{stem}"}
-            scene.image.save(out_dir / "images" / stem)
-            scene.mask_image.save(out_dir / "masks" / stem)
-            if with_edits and scene.edit is not None:
-                scene.edit.target.image.save(out_dir / "edit_images" / stem)
-                scene.edit.target.mask_image.save(out_dir / "edit_masks" / stem)
-                record["edit_image_file_name"] = f"edit_images/{stem}"
-                record["edit_mask_file_name"] = f"edit_masks/{stem}"
-            elif with_edits:
-                record["edit_image_file_name"] = record["edit_mask_file_name"] = None
-            record.update(caption=scene.caption, objects=scene.objects, questions=scene.questions)
-            if with_edits:
-                record.update(_edit_fields(scene))
-            metadata.write(json.dumps(record) + "\n")
+            row = _row(scene, with_edits)
+            record: dict[str, Any] = {}
+            for column, (folder, key) in _IMAGE_FOLDERS.items():
+                if column not in row:
+                    continue
+                image = row.pop(column)
+                record[key] = None if image is None else f"{folder}/{index:0{width}d}.png"
+                if image is not None:
+                    (out_dir / folder).mkdir(parents=True, exist_ok=True)
+                    image.save(out_dir / record[key])
+            metadata.write(json.dumps(record | row) + "\n")
     return out_dir
 
 

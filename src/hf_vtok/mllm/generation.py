@@ -24,16 +24,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm  # a transformers dependency
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import ModelOutput
 
 from ..utils.validation import check_float, check_int, describe
-
-try:  # tqdm ships with transformers
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
 
 
 class VisualWindowLogitsProcessor(LogitsProcessor):
@@ -189,7 +185,7 @@ def _progress(total: int, enabled, description: str):
     ``progress_bar``)."""
     if callable(enabled):
         return enabled(total, description)
-    if tqdm is None or not enabled:
+    if not enabled:
         return None
     return tqdm(total=total, desc=description, leave=False)
 

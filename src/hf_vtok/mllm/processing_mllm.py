@@ -22,7 +22,6 @@ computes it; the pipelines do this for you). A processor cannot hold a model, he
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..utils.validation import check_int, describe
 from .vocabulary import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, code_token
@@ -98,19 +98,6 @@ def check_task_prompts(task_prompts) -> dict[str, str] | None:
     return checked
 
 
-def _jinja():
-    try:
-        import jinja2
-    except ImportError as error:  # transformers lists jinja2 as an optional ("chat-template") dependency
-        raise ImportError("Chat templates need jinja2: `pip install jinja2`.") from error
-    return jinja2
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_template(template: str):
-    return _jinja().Environment(trim_blocks=True, lstrip_blocks=True).from_string(template)
-
-
 def resolve_chat_template(chat_template: str | None) -> str | None:
     """A Jinja chat template from a preset name (``CHAT_TEMPLATES``) or a Jinja string (validated)."""
     if chat_template is None:
@@ -123,7 +110,8 @@ def resolve_chat_template(chat_template: str | None) -> str | None:
         raise ValueError(
             f"`chat_template` must be one of {sorted(CHAT_TEMPLATES)} or a Jinja template, got {chat_template!r}."
         )
-    jinja2 = _jinja()
+    import jinja2  # transformers' optional "chat-template" dependency
+
     try:
         jinja2.Environment().parse(chat_template)
     except jinja2.TemplateSyntaxError as error:
@@ -277,13 +265,15 @@ class VTokMLLMProcessor(ProcessorMixin):
                 "`conversation` must be a list of {'role': ..., 'content': ...} messages, got "
                 f"{describe(messages)}."
             )
-        return _compiled_template(template).render(
-            messages=[self._flatten_message(message) for message in messages],
+        rendered, _ = render_jinja_template(
+            [[self._flatten_message(message) for message in messages]],
+            chat_template=template,
             add_generation_prompt=add_generation_prompt,
             eos_token=self.tokenizer.eos_token or "",
             bos_token=self.tokenizer.bos_token or "",
             image_token=self.image_token,
         )
+        return rendered[0]
 
     def _flatten_message(self, message: dict) -> dict:
         """Content lists (``[{"type": "image"}, {"type": "text", "text": ...}]``) → one string with ``<image>``

@@ -416,15 +416,10 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
         return Transformer2DModelOutput(sample=sample)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = [
     "DDTDecoderTransformer",
     "DDTJointTransformerBlock",
     "DDTTokenConditioner",
-    "count_parameters",
     "init_ddt_module",
     "visible_token_counts",
 ]
