@@ -110,10 +110,23 @@ def _register_text_to_image_task(pipelines) -> None:
     _defer(pipelines.PIPELINE_REGISTRY, "supported_tasks", {"text-to-image": register})
 
 
+def _import_pipeline_components() -> None:
+    """Import every module a saved hf_vtok pipeline may name as a component's library (the families, the MLLM, the
+    TAEF2 autoencoder): diffusers loads a component only from a module that is already imported."""
+    import pkgutil
+
+    for package_name in ("models", "mllm"):
+        package = importlib.import_module(f"{__name__}.{package_name}")
+        for module in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+            importlib.import_module(module.name)
+    importlib.import_module(f"{__name__}.utils.autoencoder_taef2")
+
+
 def _register_with_diffusers(diffusers) -> None:
     # ``DiffusionPipeline.from_pretrained`` finds the ``_class_name`` of model_index.json as ``diffusers.<name>``; the
     # lazy diffusers module answers from ``_objects`` first. A name diffusers defines itself is never shadowed.
     def register(name):
+        _import_pipeline_components()
         diffusers._objects[name] = __getattr__(name)
 
     names = [name for name in _DIFFUSERS_PIPELINES if name not in diffusers._class_to_module]
@@ -125,6 +138,7 @@ def register_pipelines_with_diffusers() -> None:
     makes them resolve on first use). Refuses to shadow a name that diffusers defines with another class."""
     import diffusers
 
+    _import_pipeline_components()
     for name in _DIFFUSERS_PIPELINES:
         cls = __getattr__(name)
         existing = diffusers.__dict__.get(name)
