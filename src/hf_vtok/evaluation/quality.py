@@ -143,7 +143,7 @@ def _decoys(tokens, every_image: list, generator: torch.Generator, batch: slice,
         return {"random": {"token_ids": torch.randint(0, codebook_size, ids.shape, generator=generator)},
                 "shuffled": {"token_ids": shuffled}}
     real = torch.cat(every_image)
-    noise = torch.randn(tokens.embeddings.shape, generator=generator) * real.std(0) + real.mean(0)
+    noise = torch.randn(tokens.embeddings.shape, generator=generator) * real.std(0, correction=0) + real.mean(0)
     partners = [every_image[(i + 1) % len(every_image)] for i in range(batch.start, batch.start + len(tokens.embeddings))]
     lengths = torch.tensor([len(p) for p in partners])
     return {"random": {"token_embeddings": noise, "attention_mask": tokens.attention_mask},

@@ -150,10 +150,9 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
 
     started = time.perf_counter()
     model, written = loaded.model, []
-    bits = int(model.config.num_visual_tokens) * math.log2(model.codebook_size) if model.is_discrete else None
     report: dict = {"folder": str(loaded.path), "model_type": model.config.model_type,
                     "num_visual_tokens": int(model.config.num_visual_tokens), "codebook_size": model.codebook_size,
-                    "bits_per_image": None if bits is None else round(bits, 2), "pictures": written, "styles": {}}
+                    "pictures": written, "styles": {}}
     steps, seed = options["num_inference_steps"], options["seed"]
 
     # --- held-out shapes scenes, every style: the figures, their gates, and a picture
@@ -168,6 +167,7 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
             values = np.atleast_1d(psnr(np.stack(shown["originals"]), np.stack(shown["reconstructions"])))
             _save(_reconstruction_grid(shown["originals"], shown["reconstructions"], values, shown["group_maps"],
                                        [style] * len(values), 96), out_dir / f"{name}_{style}.png", written)
+    report["bits_per_image"] = metrics["bits_per_image"]
     curves = {style: m["psnr_by_prefix"] for style, m in report["styles"].items() if "psnr_by_prefix" in m}
     if curves:  # DDT §5.4: PSNR vs the number of tokens the decoder sees
         lengths = [int(n) for n in next(iter(curves.values()))]
