@@ -328,18 +328,95 @@ def test_cli_eval_writes_the_table_pictures_and_json(folders, tmp_path, capsys):
 
     out = tmp_path / "eval"
     code = main(["eval", "--tokenizer", str(folders["ddt"]), str(folders["setok"]), str(folders["slot_qformer"]),
-                 "--num-images", "2", "--steps", "1", "--num-photos", "2", "--out", str(out)])
+                 "--num-images", "2", "--steps", "1", "--num-photos", "2", "--seed", "7", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "FG-ARI" in printed and "slot_qformer" in printed
+    assert "TAEF2 round trip (ceiling)" in printed and "thumbnail 4x4, 3 bit" in printed and "[gate] ddt textured" in printed
     report = json.loads((out / "eval.json").read_text())
     assert set(report["tokenizers"]) == {"ddt", "setok", "slot_qformer"}
-    assert len(report["table"]) == 6  # shapes + photos per tokenizer
+    settings = report["settings"]
+    assert (settings["seed"], settings["num_images_per_style"], settings["image_size"], settings["num_inference_steps"]) == (7, 2, 64, 1)
+    assert settings["commit"] and settings["gates_calibrated"] is False  # 2 scenes at 64 px: not a README figure
+    assert set(report["styles"]) == {"flat", "textured"} and report["styles"]["flat"]["num_images"] == 2
+    assert report["styles"]["flat"]["baselines"]["original image"]["colour_fidelity"] == 1.0
+    # per style: baselines + tokenizer rows (+ same-bits thumbnails, + SeTok's chance/majority); photos: one per tokenizer
+    assert sum(row.get("data") == "photos" for row in report["table"]) == 3
     ddt = report["tokenizers"]["ddt"]
     assert ddt["prefix_decoding"]["prefix_lengths"][-1] == 16 and "random_code_replacement" in ddt
-    assert "fg_ari" in report["tokenizers"]["setok"]["shapes"]
-    for name in ("ddt_prefix_curve.png", "ddt_counterfactual.png", "setok_photos.png", "slot_qformer_random_codes.png"):
+    assert ddt["bits_per_image"] == 144 and ddt["styles"]["flat"]["same_bits_thumbnail"]["bits"] == 144
+    assert "fg_ari" in report["tokenizers"]["setok"]["styles"]["textured"]
+    assert report["tokenizers"]["setok"]["bits_per_image"] is None
+    gates = report["gates"]["verdicts"]
+    assert report["gates"]["total"] == len(gates) == 2 * (5 + 5 + 8)  # DDT 5, SeTok 5, SlotQFormer 8 gates per style
+    assert all(isinstance(g["pass"], bool) and g["threshold"] is not None for g in gates)
+    for name in ("ddt_prefix_curve.png", "ddt_counterfactual.png", "setok_photos.png", "slot_qformer_random_codes.png",
+                 "setok_flat.png", "ddt_textured.png"):
         assert Image.open(out / name).size[0] > 0, name
+
+
+def test_gate_verdicts_flip_when_a_threshold_is_crossed():
+    from hf_vtok.evaluation import gate_verdicts
+
+    def verdicts(model_type, style="textured", baselines=None, **metrics):
+        return {v["gate"]: v["pass"] for v in gate_verdicts(model_type, style, metrics, baselines or {})}
+
+    ddt = {"random_psnr": 12.0, "psnr_by_prefix": {"1": 14.0, "8": 16.0, "16": 19.0}, "colour_fidelity": 0.95,
+           "bits_per_image": 144, "same_bits_thumbnail": {"psnr": 17.0}}
+    passing = verdicts("ddt_tokenizer", psnr=19.0, **ddt)
+    assert len(passing) == 5 and all(passing.values())
+    assert not verdicts("ddt_tokenizer", psnr=18.4, **ddt)["PSNR >= 18.5 dB"]
+    assert not verdicts("ddt_tokenizer", style="flat", psnr=19.0, **ddt)["PSNR >= 27.0 dB"]  # flat scenes ask for more
+    assert not verdicts("ddt_tokenizer", psnr=19.0, **{**ddt, "random_psnr": 13.5})["random tokens decode >= 6.0 dB worse"]
+    dip = {**ddt, "psnr_by_prefix": {"1": 14.0, "8": 13.0, "16": 19.0}}
+    assert not verdicts("ddt_tokenizer", psnr=19.0, **dip)["PSNR rises with every prefix length (smallest rise, dB)"]
+    thin = {**ddt, "same_bits_thumbnail": {"psnr": 18.0}}
+    assert not verdicts("ddt_tokenizer", psnr=19.0, **thin)["beats the same-bits thumbnail by >= 1.5 dB"]
+    assert not verdicts("ddt_tokenizer", psnr=19.0, **{**ddt, "colour_fidelity": 0.85})["object colour fidelity >= 90%"]
+    assert not verdicts("ddt_tokenizer", psnr=19.0, **{**ddt, "random_psnr": None})["random tokens decode >= 6.0 dB worse"]
+
+    slots = {"psnr": 18.0, "random_psnr": 13.0, "shuffled_psnr": 13.5, "colour_fidelity": 0.85, "fg_ari": 0.7,
+             "bits_per_image": 128, "same_bits_thumbnail": {"psnr": 16.0}}
+    baselines = {"colour k-means (k = objects + 1)": {"fg_ari": 0.65}, "fixed grid": {"fg_ari": 0.3}}
+    assert all(verdicts("slot_qformer", baselines=baselines, **slots).values())
+    beaten = verdicts("slot_qformer", baselines={**baselines, "fixed grid": {"fg_ari": 0.75}}, **slots)
+    assert not beaten["FG-ARI above fixed grid"] and beaten["FG-ARI above colour k-means (k = objects + 1)"]
+    assert not verdicts("slot_qformer", baselines=baselines, **{**slots, "shuffled_psnr": 14.5})["shuffled tokens decode >= 4.0 dB worse"]
+
+    setok = {"psnr": 18.0, "random_psnr": 10.0, "shuffled_psnr": 11.0, "colour_fidelity": 0.9, "bits_per_image": None}
+    counted = verdicts("setok", token_count={"share": 0.71}, **setok)
+    assert all(counted.values()) and not any("thumbnail" in gate for gate in counted)  # continuous: no bits, no thumbnail gate
+    assert not verdicts("setok", token_count={"share": 0.69}, **setok)["tokens = objects + 1 ± 1 on >= 70% of images"]
+    assert verdicts("my_tokenizer", psnr=30.0) == {}
+
+
+def test_random_and_shuffled_ids_go_through_the_same_decoder(folders, monkeypatch):
+    import functools
+
+    from hf_vtok.evaluation import load_scenes, measure_tokenizer
+
+    loaded = load_tokenizer_folder(folders["ddt"])
+    scenes = load_scenes("flat", 3, 64, seed=4)
+    real = loaded.model.encode(loaded.image_processor(scenes.pil, return_tensors="pt").pixel_values).ids
+    pipeline_class, calls = type(loaded.pipeline), []
+    original_call = pipeline_class.__call__
+
+    @functools.wraps(original_call)
+    def counting_call(self, *args, **kwargs):
+        calls.append((self, kwargs["token_ids"].clone(), kwargs.get("max_tokens")))
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", counting_call)
+    metrics = measure_tokenizer(loaded, scenes, num_inference_steps=1, seed=0, batch_size=2)
+    # 2 batches x (real ids + random + shuffled + prefixes 1, 2, 4, 8), every one through the loaded pipeline
+    assert len(calls) == 2 * 7 and all(pipe is loaded.pipeline for pipe, _, _ in calls)
+    first_batch = [ids for _, ids, limit in calls[:7] if limit is None]
+    assert torch.equal(first_batch[0], real[:2])  # the real ids
+    assert not torch.equal(first_batch[1], real[:2]) and int(first_batch[1].max()) < loaded.model.codebook_size  # random
+    assert torch.equal(first_batch[2].sort(-1).values, real[:2].sort(-1).values)  # shuffled: the same ids, reordered
+    assert [limit for _, _, limit in calls[3:7]] == [1, 2, 4, 8]
+    assert metrics["random_psnr"] is not None and list(metrics["psnr_by_prefix"]) == ["1", "2", "4", "8", "16"]
+    assert metrics["psnr_by_prefix"]["16"] == metrics["psnr"]
 
 
 def test_cli_eval_reports_bad_arguments(tmp_path, capsys, monkeypatch):
@@ -356,3 +433,22 @@ def test_cli_eval_reports_bad_arguments(tmp_path, capsys, monkeypatch):
     assert "--tokenizer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--num-images", "0"])
+
+
+def test_continuous_decoys_decode_another_scenes_tokens_and_matched_noise():
+    from types import SimpleNamespace
+
+    from hf_vtok.evaluation.quality import _decoys
+
+    # three scenes with 2, 3 and 1 real tokens of width 4, encoded as one padded batch
+    every_image = [torch.full((n, 4), float(i)) for i, n in enumerate((2, 3, 1))]
+    embeddings = torch.nn.utils.rnn.pad_sequence(every_image, batch_first=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    tokens = SimpleNamespace(ids=None, embeddings=embeddings, attention_mask=mask)
+    decoys = _decoys(tokens, every_image, torch.Generator().manual_seed(0), slice(0, 3), None)
+    shuffled = decoys["shuffled"]
+    assert shuffled["attention_mask"].sum(-1).tolist() == [3, 1, 2]  # scene i gets scene i + 1's tokens
+    assert shuffled["token_embeddings"][0, :3, 0].tolist() == [1.0, 1.0, 1.0] and shuffled["token_embeddings"][2, :2, 0].tolist() == [0.0, 0.0]
+    random = decoys["random"]
+    assert torch.equal(random["attention_mask"], mask) and random["token_embeddings"].shape == embeddings.shape
+    assert not torch.equal(random["token_embeddings"], embeddings)

@@ -167,3 +167,86 @@ def test_metric_arguments_are_validated():
         color_kmeans_segmentation(np.zeros((8, 8, 3)), 0)
     with pytest.raises(ValueError, match="image"):
         color_kmeans_segmentation(np.zeros((2, 8, 8, 3)), 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines of `hf-vtok eval` (hf_vtok.evaluation.baselines)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_mean_colour_baseline_psnr_is_the_hand_computation():
+    from hf_vtok.evaluation import mean_colour_images
+
+    images = np.random.default_rng(0).random((3, 16, 16, 3))
+    baseline = mean_colour_images(images)
+    for image, flat in zip(images, baseline):
+        mean = image.reshape(-1, 3).mean(0)
+        assert np.allclose(flat, mean)  # every pixel is the image's mean colour
+        expected = 10 * math.log10(1.0 / np.mean((image - mean) ** 2))  # PSNR against the per-channel mean
+        assert psnr(image, flat) == pytest.approx(expected, abs=1e-9)
+    assert psnr(images, baseline) == pytest.approx([psnr(i, b) for i, b in zip(images, baseline)])
+
+
+def test_same_bits_thumbnail_rule_stays_within_the_budget_and_is_monotone():
+    from hf_vtok.evaluation import thumbnail_for_bits
+
+    assert thumbnail_for_bits(144, max_side=128) == (4, 3)  # DDT: 16 ids x log2(512)
+    assert thumbnail_for_bits(16 * 16 * 3 * 8, max_side=128) == (16, 8)
+    assert thumbnail_for_bits(10**9, max_side=32) == (32, 8)  # capped at the image
+    used = []
+    for budget in range(3, 3000, 7):
+        side, bits = thumbnail_for_bits(budget, max_side=64)
+        used.append(side * side * 3 * bits)
+        assert 1 <= bits <= 8 and used[-1] <= budget
+        # no thumbnail within the budget carries more (brute force over every side and depth)
+        assert used[-1] == max(s * s * 3 * b for s in range(1, 65) for b in range(1, 9) if s * s * 3 * b <= budget)
+    assert all(a <= b for a, b in zip(used, used[1:]))
+    with pytest.raises(ValueError, match="budget_bits"):
+        thumbnail_for_bits(2, max_side=64)
+
+
+def test_thumbnails_carry_what_their_bits_allow():
+    from hf_vtok.evaluation import mean_colour_images, thumbnail_images
+
+    images = np.random.default_rng(1).random((2, 32, 32, 3))
+    assert np.abs(thumbnail_images(images, 32) - images).max() <= 0.5 / 255 + 1e-6  # full size: 8-bit rounding only
+    assert np.abs(thumbnail_images(images, 1) - mean_colour_images(images)).max() <= 0.5 / 255 + 1e-6
+    coarse, fine = psnr(images, thumbnail_images(images, 8, bits=1)), psnr(images, thumbnail_images(images, 8, bits=6))
+    assert np.all(fine > coarse)
+    levels = np.unique(thumbnail_images(np.full((1, 8, 8, 3), 0.3), 4, bits=2))
+    assert levels == pytest.approx([1 / 3])  # 2 bits: levels 0, 1/3, 2/3, 1
+
+
+def test_colour_fidelity_is_complete_on_flat_scenes_and_drops_for_a_recoloured_object():
+    from hf_vtok.data.shapes import COLORS
+    from hf_vtok.evaluation import colour_matches
+    from hf_vtok.evaluation.quality import load_scenes
+
+    flat = load_scenes("flat", 6, 64, seed=5)
+    assert colour_matches(flat.images, flat.masks, flat.colours).all()  # flat originals: 100 %
+    assert colour_matches(flat.images, flat.masks, flat.images).all()
+    recoloured = flat.images.copy()
+    first = flat.masks[0] == 1
+    other = next(name for name in COLORS if name != flat.colours[0][0])
+    recoloured[0][first] = np.asarray(COLORS[other]) / 255.0
+    matches = colour_matches(recoloured, flat.masks, flat.images)
+    assert not matches[0] and matches[1:].all()  # exactly the recoloured object is lost
+    assert not colour_matches(recoloured, flat.masks, flat.colours)[0]
+    textured = load_scenes("textured", 6, 64, seed=5)
+    share = colour_matches(textured.images, textured.masks, textured.colours).mean()
+    assert 0.3 < share < 1.0  # shading and texture move an object's mean colour
+    with pytest.raises(ValueError, match="reference"):
+        colour_matches(flat.images, flat.masks, [["no-such-colour"]] * 6)
+
+
+def test_grid_partition_and_token_count_agreement():
+    from hf_vtok.evaluation import grid_partition, token_count_agreement
+
+    assert grid_partition(4, 2).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    assert np.unique(grid_partition(9, 3)).tolist() == list(range(9))
+    counts = token_count_agreement([2, 3, 9, 5], [1, 1, 2, 4])  # targets 2, 2, 3, 5
+    assert counts["share"] == 0.75  # 2 and 3 are within 1 of 2, 9 is not within 1 of 3, 5 hits 5
+    assert counts["chance"] == pytest.approx(np.mean(np.abs(np.subtract.outer([2, 3, 9, 5], [2, 2, 3, 5])) <= 1))
+    assert counts["majority"] == 0.75 and counts["majority_count"] in (2, 3)  # a constant 2 or 3 covers 2, 2, 3
+    with pytest.raises(ValueError):
+        token_count_agreement([1, 2], [1])

@@ -1,4 +1,4 @@
-"""`hf-vtok eval`: the quality table of trained tokenizer folders, with pictures."""
+"""`hf-vtok eval`: every quality figure of trained tokenizer folders beside its baselines, with gate verdicts."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ def run(args: argparse.Namespace) -> int:
         args.tokenizer,
         out_dir=args.out,
         num_images=args.num_images,
+        styles=args.styles,
+        image_size=args.image_size,
         num_inference_steps=args.steps,
         seed=args.seed,
+        batch_size=args.batch_size,
         perceptual_backbone=args.perceptual_backbone,
         clip_path=args.clip,
         num_photos=args.num_photos,
@@ -25,26 +28,35 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands) -> None:
     """Add the subcommand to the ``hf-vtok`` parser's subparsers."""
+    from ..data.shapes import STYLES
+
     evaluate = commands.add_parser(
         "eval",
-        help="quality table of trained tokenizer folders, with pictures",
-        description="Reconstruction (PSNR, SSIM; LPIPS-style and CLIP scores with local weights), object discovery "
-        "(FG-ARI, mIoU), token counts, random-code replacement and prefix decoding of each tokenizer folder "
-        "(tokenizer/ + decoder/) on the shapes world and on natural photos; writes PNGs and eval.json to --out. "
-        "See docs/evaluation.md.",
+        help="quality of trained tokenizer folders beside baselines from the same run, with gate verdicts and pictures",
+        description="On held-out shapes scenes of each style: PSNR, SSIM, object colour fidelity, FG-ARI/mIoU, token "
+        "counts, random/shuffled-token and prefix decoding of each tokenizer folder (tokenizer/ + decoder/), printed "
+        "beside the mean-colour image, thumbnails (one with the same bits as the tokens), the TAEF2 round trip, colour "
+        "k-means and a fixed grid, with issue #16's gate verdicts; plus natural photos. Writes PNGs and eval.json "
+        "(seed, scene count, commit) to --out. See docs/evaluation.md.",
     )
     evaluate.add_argument(
         "--tokenizer", nargs="+", default=None, metavar="DIR",
         help="tokenizer folder(s) with tokenizer/ and decoder/ (default: every checkpoint shipped under hf_vtok/checkpoints)",
     )
-    evaluate.add_argument("--num-images", type=positive_int, default=16, help="shapes-world scenes (default: 16)")
+    evaluate.add_argument("--num-images", type=positive_int, default=256,
+                          help="held-out scenes per style (default: 256, the least for a README figure)")
+    evaluate.add_argument("--styles", nargs="+", choices=STYLES, default=["flat", "textured"], help="scene styles (default: both)")
+    evaluate.add_argument("--image-size", type=positive_int, default=None,
+                          help="scene size in pixels, a multiple of 8 (default: the tokenizers' own; the gates are set at 128)")
+    evaluate.add_argument("--seed", type=non_negative_int, default=999,
+                          help="scene seed, recorded in eval.json (default: 999; the shipped checkpoints train on seed 0)")
+    evaluate.add_argument("--steps", type=positive_int, default=10, help="decoder sampling steps (default: 10)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="scenes per encode/decode batch (default: 32)")
     evaluate.add_argument("--out", default="eval_out", help="output folder for PNGs and eval.json (default: eval_out)")
-    evaluate.add_argument("--steps", type=positive_int, default=25, help="decoder sampling steps (default: 25)")
-    evaluate.add_argument("--seed", type=non_negative_int, default=0)
     evaluate.add_argument(
         "--perceptual-backbone", default=None, metavar="DIR",
-        help="local transformers vision model folder (Dinov2, CLIP, ...) for the LPIPS-style distance",
+        help="local transformers vision model folder (Dinov2, CLIP, ...) for the LPIPS-style distance on photos",
     )
-    evaluate.add_argument("--clip", default=None, metavar="DIR", help="local CLIP folder (model + tokenizer) for CLIP-I/CLIP-T")
+    evaluate.add_argument("--clip", default=None, metavar="DIR", help="local CLIP folder (model + tokenizer) for CLIP-I/CLIP-T on photos")
     evaluate.add_argument("--num-photos", type=positive_int, default=None, help="natural photos to use (default: all bundled)")
     evaluate.set_defaults(handler=run)

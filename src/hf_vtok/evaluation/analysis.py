@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..utils.validation import check_float, check_int, describe
 from .metrics import psnr, ssim
-from .tokenizers import LoadedTokenizer, resize_images
+from .tokenizers import LoadedTokenizer, decode_tokens, resize_images
 
 __all__ = [
     "NATURAL_PHOTO_NAMES",
@@ -136,12 +136,6 @@ class ReplacementResult:
         return out
 
 
-def _decode_ids(loaded: LoadedTokenizer, ids: torch.LongTensor, steps: int, seed: int, **kwargs) -> np.ndarray:
-    generator = torch.Generator().manual_seed(seed)  # the same seed → the same initial noise for every variant
-    out = loaded.pipeline(token_ids=ids, num_inference_steps=steps, generator=generator, output_type="np", **kwargs)
-    return np.asarray(out.images, dtype=np.float64)
-
-
 def _processed(loaded: LoadedTokenizer, images: Any) -> tuple[torch.Tensor, np.ndarray]:
     if isinstance(images, (list, tuple)) and len(images) == 0:
         raise ValueError("`images` must contain at least one image, got an empty list.")
@@ -190,8 +184,8 @@ def random_code_replacement(
     replaced, _ = replace_random_codes(
         ids, loaded.model.codebook_size, fraction=fraction, group_size=group, generator=torch.Generator().manual_seed(seed)
     )
-    decoded = _decode_ids(loaded, ids, steps, seed, **pipeline_kwargs)
-    altered = _decode_ids(loaded, replaced, steps, seed, **pipeline_kwargs)
+    decoded = decode_tokens(loaded, {"token_ids": ids}, steps, seed, **pipeline_kwargs)
+    altered = decode_tokens(loaded, {"token_ids": replaced}, steps, seed, **pipeline_kwargs)
     targets = resize_images(originals, decoded.shape[1:3])
     result = ReplacementResult(fraction=float(fraction), group_size=group)
     for name, first, second in (("original", targets, decoded), ("replaced", targets, altered), ("between", decoded, altered)):
@@ -244,7 +238,7 @@ def prefix_decoding_curve(
     ids = loaded.model.encode(pixel_values).ids
     curve = {"prefix_lengths": prefix_lengths, "psnr": [], "ssim": [], "psnr_per_image": []}
     for n in prefix_lengths:
-        decoded = _decode_ids(loaded, ids, steps, seed, max_tokens=n, **pipeline_kwargs)
+        decoded = decode_tokens(loaded, {"token_ids": ids}, steps, seed, max_tokens=n, **pipeline_kwargs)
         targets = resize_images(originals, decoded.shape[1:3])
         values = np.atleast_1d(psnr(targets, decoded))
         curve["psnr_per_image"].append(values.tolist())

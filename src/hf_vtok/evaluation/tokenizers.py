@@ -17,7 +17,7 @@ from PIL import Image
 from ..utils.validation import check_int, check_safetensors_file, describe
 from .metrics import foreground_ari, mean_iou_matched, psnr, ssim
 
-__all__ = ["LoadedTokenizer", "TokenizerEvaluation", "evaluate_tokenizer", "load_tokenizer_folder", "resize_images"]
+__all__ = ["LoadedTokenizer", "TokenizerEvaluation", "decode_tokens", "evaluate_tokenizer", "load_tokenizer_folder", "resize_images"]
 
 
 @dataclass
@@ -70,6 +70,14 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
     pipeline = load_decoder_pipeline(path / "decoder")
     pipeline.set_progress_bar_config(disable=True)
     return LoadedTokenizer(model=model, image_processor=image_processor, pipeline=pipeline, path=path)
+
+
+def decode_tokens(loaded: LoadedTokenizer, tokens: dict, steps: int, seed: int, **pipeline_kwargs) -> np.ndarray:
+    """Decode ``tokens`` (``{"token_ids": ...}`` or ``{"token_embeddings": ..., "attention_mask": ...}``) with the
+    loaded pipeline to ``[B, H, W, 3]`` floats; the same ``seed`` gives every variant of a batch the same noise."""
+    generator = torch.Generator().manual_seed(seed)
+    out = loaded.pipeline(**tokens, num_inference_steps=steps, generator=generator, output_type="np", **pipeline_kwargs)
+    return np.asarray(out.images, dtype=np.float64)
 
 
 def assignment_maps(assignments: torch.Tensor, attention_mask: torch.Tensor | None = None) -> np.ndarray:
