@@ -101,6 +101,8 @@ def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
 @pytest.mark.slow
 def test_demo_writes_pictures_and_metrics(tmp_path):
     metrics = run_demo(tmp_path, num_images=2, seed=7)
+    run = json.loads((tmp_path / "metrics.json").read_text())["run"]  # what the figures were measured on
+    assert run["seed"] == 7 and run["num_scenes"] == {"textured": 2, "flat": 2} and run["commit"]
     assert (tmp_path / "shapes_world.png").is_file()
     for family in DEMO_RECIPES:
         assert (tmp_path / f"{family}_reconstructions.png").is_file()

@@ -282,6 +282,7 @@ def run_demo(
 ) -> dict:
     """Run the demo and return the metrics it printed (also written to ``out_dir/metrics.json``)."""
     from ..data.shapes import generate_shapes_dataset
+    from ..evaluation.report import code_revision
     from ..utils.validation import check_int, describe
 
     if not isinstance(out_dir, (str, Path)):
@@ -301,6 +302,9 @@ def run_demo(
     dataset = generate_shapes_dataset(num_images, seed=seed, style="textured", progress=False)
     flat = generate_shapes_dataset(num_images, seed=seed, style="flat", progress=False)
     context = DemoContext(out_dir=out_dir, dataset=dataset, train=train, seed=seed, flat_dataset=flat)
+    # what every figure below was measured on (sections that need more scenes record their own counts)
+    context.metrics["run"] = {"seed": seed, "num_scenes": {"textured": num_images, "flat": num_images},
+                              "image_size": 64, "commit": code_revision(), "trained_here": train}
     _shapes_section(context)
     for name, section in sections.items():
         context.metrics[name] = section(context)

@@ -26,10 +26,11 @@ import torch
 from ..utils.validation import check_choice, check_int, describe
 from .analysis import line_chart, natural_photos, random_code_replacement
 from .metrics import psnr
-from .quality import GRID, KMEANS, ORIGINAL, gate_verdicts, load_scenes, measure_tokenizer, style_baselines
+from .quality import GRID, gate_verdicts, load_scenes, measure_tokenizer, style_baselines
 from .tokenizers import evaluate_tokenizer, load_tokenizer_folder
 
-__all__ = ["default_tokenizer_folders", "format_table", "run_eval"]
+__all__ = ["code_revision", "default_tokenizer_folders", "format_table", "run_eval"]
+
 
 TABLE_COLUMNS = (
     ("tokenizer", "tokenizer", "{}"),
@@ -117,7 +118,7 @@ def _reconstruction_grid(originals, reconstructions, psnr_values, group_maps, na
     return make_grid(tiles, ncols=count, captions=captions, tile_size=tile_size)
 
 
-def _commit() -> str:
+def code_revision() -> str:
     """``git rev-parse HEAD`` of the checkout this package runs from (``-dirty`` with local changes), else the version."""
     from .. import __version__
 
@@ -308,7 +309,7 @@ def run_eval(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"seed": seed, "num_images_per_style": num_images, "styles": styles, "image_size": image_size,
-                "num_inference_steps": num_inference_steps, "batch_size": batch_size, "commit": _commit(),
+                "num_inference_steps": num_inference_steps, "batch_size": batch_size, "commit": code_revision(),
                 "training_dataset_seeds": training_seeds,
                 "gates_calibrated": image_size == 128 and num_images >= 256,
                 "perceptual_backbone": None if perceptual_backbone is None else str(perceptual_backbone),
