@@ -7,7 +7,8 @@ One code path serves the CLI (``hf-vtok train-tokenizer``), the script ``trainin
   instance ``mask`` and cached ``latents`` when present) into the batch keys the family's
   ``XForPreTraining.forward`` takes: ``pixel_values`` always, ``input_ids``/``attention_mask`` (text),
   ``instance_mask`` and ``latents`` only when the forward signature asks for them.
-* A decoder that works in an autoencoder's latent space (DDT with ``vae_scale_factor > 1``) trains on the latents of
+* A decoder that works in an autoencoder's latent space (``config.decoder_latent_shape`` is not None: DDT with
+  ``vae_scale_factor > 1``, SlotQFormer / SeTok with ``decoder_config.vae = "taef2"``) trains on the latents of
   the training images, computed ONCE by :func:`~hf_vtok.utils.latent_cache.cache_latents` (a ``datasets`` cache
   keyed by the data and the autoencoder): no training step encodes an image. The autoencoder (``vae``, the shipped
   TAEF2 by default) becomes the ``vae`` component of the exported decoder pipeline.
@@ -108,7 +109,7 @@ class TokenizerTrainingCollator:
 
 def build_training_model(script_args: TokenizerArguments):
     """The family's ``ForPreTraining`` model (fresh from the preset, or continued from ``init_from``) at its stage."""
-    from transformers import CONFIG_MAPPING, AutoModelForPreTraining
+    from transformers import CONFIG_MAPPING, AutoModel, AutoModelForPreTraining
 
     model_type = FAMILY_MODEL_TYPES[script_args.family]
     if script_args.init_from:
@@ -119,7 +120,14 @@ def build_training_model(script_args: TokenizerArguments):
     else:
         config_class = CONFIG_MAPPING[model_type]
         preset = config_class.tiny if script_args.preset == "tiny" else config_class
-        model = AutoModelForPreTraining.from_config(preset(**script_args.config_overrides))
+        overrides = dict(script_args.config_overrides)
+        vision_path = overrides.get("vision_model_name_or_path")
+        if vision_path:  # a pretrained (frozen) vision encoder: its config replaces the preset's, its weights load below
+            vision = AutoModel.from_pretrained(vision_path)
+            overrides["vision_config"] = vision.config.to_dict()
+        model = AutoModelForPreTraining.from_config(preset(**overrides))
+        if vision_path:
+            model.tokenizer.vision_model.load_state_dict(vision.state_dict())
     if hasattr(model, "set_stage"):
         model.set_stage(script_args.stage)
     return model
@@ -155,22 +163,27 @@ def load_autoencoder(name: str):
 
 
 def decoder_autoencoder(model, vae: str | None):
-    """The autoencoder whose latents ``model``'s decoder works in (None for a pixel-space decoder), checked against
-    the decoder's latent shape."""
-    if getattr(model.config, "decoder_in_pixel_space", True):
+    """The autoencoder whose latents ``model``'s decoder works in (None when ``config.decoder_latent_shape`` is None:
+    a pixel-space decoder, or one with its own VAE), checked against that latent shape."""
+    shape = model.config.decoder_latent_shape
+    if shape is None:
         return None
-    decoder = model.config.decoder_config
     if vae is None:
-        raise ValueError(f"`vae` is None, but the decoder works in latent space (decoder_config.vae_scale_factor = "
-                         f"{decoder.vae_scale_factor}): name its autoencoder, e.g. 'taef2'.")  # fmt: skip
+        raise ValueError(f"`vae` is None, but the decoder works in latent space (latents of shape {list(shape)}): "
+                         "name its autoencoder, e.g. 'taef2'.")  # fmt: skip
     autoencoder = load_autoencoder(vae)
     found = (autoencoder.config.latent_channels, autoencoder.spatial_compression_ratio)
-    if found != (decoder.in_channels, decoder.vae_scale_factor):
-        raise ValueError(
-            f"`vae` {vae!r} makes {found[0]}-channel latents at 1/{found[1]} resolution, but the decoder expects "
-            f"decoder_config.in_channels = {decoder.in_channels} at vae_scale_factor = {decoder.vae_scale_factor}."
-        )
+    # a decoder config that states its compression (DDT's vae_scale_factor) must agree with the autoencoder's
+    expected = (shape[0], getattr(model.config.decoder_config, "vae_scale_factor", found[1]))
+    if found != expected:
+        raise ValueError(f"`vae` {vae!r} makes {found[0]}-channel latents at 1/{found[1]} resolution, but the decoder "
+                         f"denoises latents of shape {list(shape)} (in_channels = {expected[0]}) at 1/{expected[1]}.")  # fmt: skip
     return autoencoder
+
+
+def decoder_image_size(model, autoencoder) -> int:
+    """The resolution whose ``autoencoder`` latents the decoder denoises (``decoder_latent_shape`` x compression)."""
+    return model.config.decoder_latent_shape[-1] * autoencoder.spatial_compression_ratio
 
 
 def cache_training_latents(dataset, autoencoder, image_size: int):
@@ -217,8 +230,10 @@ def train_tokenizer(
     set_seed(training_args.seed)
     model = build_training_model(script_args)
     parameters = list(inspect.signature(model.forward).parameters)
-    if train_dataset is None and script_args.dataset == "shapes":
-        train_dataset = generate_training_scenes(script_args.num_train_images, model.config.image_size,
+    vae = decoder_autoencoder(model, script_args.vae)
+    latent_image_size = decoder_image_size(model, vae) if vae is not None else 0
+    if train_dataset is None and script_args.dataset == "shapes":  # scenes at the larger of the two resolutions
+        train_dataset = generate_training_scenes(script_args.num_train_images, max(model.config.image_size, latent_image_size),
                                                  script_args.dataset_style, script_args.dataset_seed)  # fmt: skip
     elif train_dataset is None:
         from ..data.pretokenize import load_image_dataset
@@ -228,9 +243,8 @@ def train_tokenizer(
         from ..data.text_tokenizer import build_text_tokenizer
 
         text_tokenizer = build_text_tokenizer()
-    vae = decoder_autoencoder(model, script_args.vae)
     if vae is not None:
-        train_dataset = cache_training_latents(train_dataset, vae, model.config.image_size)
+        train_dataset = cache_training_latents(train_dataset, vae, latent_image_size)
     image_processor = image_processor_for(model.config)
     collator = TokenizerTrainingCollator(image_processor, parameters, text_tokenizer=text_tokenizer)
     callbacks = []

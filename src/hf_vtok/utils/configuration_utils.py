@@ -56,9 +56,36 @@ def check_normalization(name: str, values: Any, num_channels: int) -> list[float
     return values
 
 
-def check_unet_channels(unet: dict, vae: dict | None, num_channels: int) -> None:
-    """A UNet denoises VAE latents (``vae["latent_channels"]``) or, without a VAE, the pixels themselves."""
-    expected = vae.get("latent_channels", 4) if vae else num_channels
+# Frozen autoencoders shipped with the package that a decoder config may name instead of building its own VAE
+# (``decoder_config.vae = "taef2"``): latent channels and spatial compression (utils/autoencoder_taef2.py).
+SHIPPED_AUTOENCODERS: dict[str, dict[str, int]] = {"taef2": {"latent_channels": 32, "spatial_compression_ratio": 8}}
+
+
+def check_decoder_vae(vae: Any) -> None:
+    """``decoder_config.vae``: AutoencoderKL kwargs (the decoder's own VAE), a shipped autoencoder's name, or None."""
+    if vae is not None and not isinstance(vae, dict) and vae not in SHIPPED_AUTOENCODERS:
+        raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs, one of "
+                        f"{sorted(SHIPPED_AUTOENCODERS)} (a shipped frozen autoencoder) or None, got {describe(vae)}.")  # fmt: skip
+
+
+def shipped_latent_shape(vae: Any, image_size: int) -> tuple[int, int, int] | None:
+    """``(channels, height, width)`` of a shipped autoencoder's latents of ``image_size`` images; None for ``vae``
+    kwargs (the decoder's own VAE) or None (pixel space)."""
+    if not isinstance(vae, str):
+        return None
+    shipped = SHIPPED_AUTOENCODERS[vae]
+    side = image_size // shipped["spatial_compression_ratio"]
+    return (shipped["latent_channels"], side, side)
+
+
+def check_unet_channels(unet: dict, vae: dict | str | None, num_channels: int) -> None:
+    """A UNet denoises VAE latents (``vae["latent_channels"]`` or a shipped autoencoder's) or, without a VAE, the
+    pixels themselves."""
+    check_decoder_vae(vae)
+    if isinstance(vae, str):
+        expected = SHIPPED_AUTOENCODERS[vae]["latent_channels"]
+    else:
+        expected = vae.get("latent_channels", 4) if vae else num_channels
     for key in ("in_channels", "out_channels"):
         if unet.get(key, 4) != expected:
             raise ValueError(
@@ -127,6 +154,14 @@ class VTokConfig(PreTrainedConfig):
         check_derived_fields(self, kwargs)  # e.g. token_embedding_dim in an edited config.json
         super().__post_init__(**kwargs)
         self.validate()
+
+    @property
+    def decoder_latent_shape(self) -> tuple[int, int, int] | None:
+        """``(channels, height, width)`` of the latents the decoder denoises when they come from a frozen autoencoder
+        outside the model (shipped with the package, e.g. TAEF2): the tokenizer trainer encodes the training images
+        with it ONCE and passes the cached ``latents`` to ``forward``. None when the decoder denoises pixels or the
+        latents of a VAE it owns. Every family answers."""
+        raise NotImplementedError(f"{type(self).__name__} must define `decoder_latent_shape`.")
 
     def validate(self) -> None:
         """transformers' checks (also run by ``save_pretrained``), then the shared fields; a family's override
@@ -220,8 +255,11 @@ __all__ = [
     "LEGACY_NAMES",
     "VTokConfig",
     "VTokDecoderConfig",
+    "SHIPPED_AUTOENCODERS",
     "VTokSubConfig",
+    "check_decoder_vae",
     "check_normalization",
     "check_unet_channels",
     "deep_merge",
+    "shipped_latent_shape",
 ]

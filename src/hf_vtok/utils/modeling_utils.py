@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from .validation import check_pixel_values, check_safetensors_file, check_token_ids
+from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids
 
 TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 
@@ -191,6 +191,58 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     latents = encoded.latent_dist.sample() if hasattr(encoded, "latent_dist") else encoded.latents
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
+
+
+def with_patch_colors(features: torch.Tensor, pixel_values: torch.Tensor, mean, std, patch_size: int, weight: float):
+    """Patch features ``[B, N, C]`` L2-normalised, with each patch's mean RGB in [0, 1] times ``weight`` concatenated
+    (``[B, N, C + 3]``; the grouping docs/dinov2.md measured); ``features`` unchanged when ``weight`` is 0."""
+    if not weight:
+        return features
+    colors = torch.nn.functional.avg_pool2d(unnormalize(pixel_values.float(), mean, std), patch_size)
+    colors = colors.flatten(2).transpose(1, 2).to(features.dtype)
+    if colors.shape[:2] != features.shape[:2]:
+        raise ValueError(f"`pixel_values` make {colors.shape[1]} patches of {patch_size} px, but `features` has "
+                         f"{features.shape[1]}.")  # fmt: skip
+    return torch.cat([torch.nn.functional.normalize(features, dim=-1), weight * colors], dim=-1)
+
+
+class ShippedAutoencoderMixin:
+    """For a training model whose decoder may denoise the latents of a frozen autoencoder shipped with the package
+    (``config.decoder_config.vae = "taef2"``) instead of those of a VAE it owns (``self.vae``) or pixels.
+
+    The shipped autoencoder is loaded on first use and kept out of the module tree: it is never trained and never
+    saved with the model (the package ships it; the exported decoder pipeline carries it as ``vae``).
+    """
+
+    def decoder_autoencoder(self):
+        """The frozen autoencoder the decoder works with: the model's own VAE, the shipped one, or None (pixels)."""
+        if self.vae is not None:
+            return self.vae
+        name = self.config.decoder_config.vae
+        if not isinstance(name, str):
+            return None
+        if "_shipped_autoencoder" not in self.__dict__:
+            from .autoencoder_taef2 import load_taef2
+
+            self.__dict__["_shipped_autoencoder"] = load_taef2().requires_grad_(False)  # not a submodule
+        return self.__dict__["_shipped_autoencoder"]
+
+    def decoder_samples(self, images, latents: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """What the decoder denoises: the batch's cached ``latents`` (shaped ``config.decoder_latent_shape``), else
+        ``images()`` (in [-1, 1] at the decoder's resolution) encoded by :meth:`decoder_autoencoder`, or the images
+        themselves in pixel space."""
+        shape = self.config.decoder_latent_shape
+        if latents is not None:
+            if shape is None:
+                raise ValueError("`latents` were given, but this decoder does not work in a shipped autoencoder's latent "
+                                 "space (decoder_config.vae is AutoencoderKL kwargs or None): leave them out.")
+            check_tensor("latents", latents, ndim=4, floating=True, finite=True)
+            if tuple(latents.shape) != (batch_size, *shape):
+                raise ValueError(f"`latents` must have shape {[batch_size, *shape]}, got {list(latents.shape)}.")
+            return latents
+        images = images()
+        vae = self.decoder_autoencoder()
+        return images if vae is None else encode_latents(vae.to(images.device), images)
 
 
 def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kwargs) -> torch.Tensor:

@@ -333,6 +333,12 @@ class DDTTokenizerConfig(VTokConfig):
     def decoder_in_pixel_space(self) -> bool:
         return self.decoder_config.vae_scale_factor == 1
 
+    @property
+    def decoder_latent_shape(self) -> tuple[int, int, int] | None:
+        """The MMDiT's input ``(in_channels, sample_size, sample_size)`` when it works in a VAE's latent space."""
+        decoder = self.decoder_config
+        return None if self.decoder_in_pixel_space else (decoder.in_channels, decoder.sample_size, decoder.sample_size)
+
     # ------------------------------------------------------------------ decoder component kwargs
     def conditioner_kwargs(self) -> dict[str, Any]:
         return {

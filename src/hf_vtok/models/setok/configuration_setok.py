@@ -39,11 +39,13 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ...utils.configuration_utils import (
+    SHIPPED_AUTOENCODERS,
     VTokConfig,
     VTokDecoderConfig,
     VTokSubConfig,
     check_unet_channels,
     deep_merge,
+    shipped_latent_shape,
 )
 from ...utils.validation import check_choice, check_float, check_int, describe
 
@@ -124,7 +126,9 @@ class SeTokDecoderConfig(VTokDecoderConfig):
     Args:
         feature_mapper, unet, vae, scheduler: the arguments of the diffusers components
             (:class:`SeTokFeatureMapper`, ``UNet2DConditionModel``, ``AutoencoderKL`` or `None` for pixel space,
-            ``DDPMScheduler``); a partial dict overrides the paper values key by key.
+            ``DDPMScheduler``); a partial dict overrides the paper values key by key. ``vae`` may instead name
+            a frozen autoencoder shipped with the package (``"taef2"``: 32 channels at 1/8 resolution), whose
+            scaled latents the UNet then denoises (cached once by the tokenizer trainer).
         condition_dropout_prob: classifier-free-guidance dropout (not in the paper; the usual 10%).
         unet_trainable: Sec. 2.2: "keys and values within the U-Net" are trained (``"cross_attention_kv"``);
             ``"all"`` / ``"none"`` are the alternatives.
@@ -135,7 +139,7 @@ class SeTokDecoderConfig(VTokDecoderConfig):
 
     feature_mapper: dict = field(default_factory=dict)
     unet: dict = field(default_factory=dict)
-    vae: dict | None = field(default_factory=dict)
+    vae: dict | str | None = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     unet_trainable: str = "cross_attention_kv"
 
@@ -143,10 +147,11 @@ class SeTokDecoderConfig(VTokDecoderConfig):
         super().__post_init__(**kwargs)
         for key, defaults in PAPER_DECODER_PARTS.items():
             value = getattr(self, key)
+            if key == "vae" and not isinstance(value, dict):
+                continue  # None (pixel space) or a shipped autoencoder's name, checked by check_unet_channels
             if value is not None and not isinstance(value, dict):
                 raise TypeError(f"`decoder_config['{key}']` must be a dict, got {describe(value)}.")
-            if value is not None or key != "vae":
-                setattr(self, key, deep_merge(defaults, value or {}))
+            setattr(self, key, deep_merge(defaults, value or {}))
         check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
         mapper, unet = self.feature_mapper, self.unet
         if mapper["hidden_size"] % mapper["num_heads"]:
@@ -170,6 +175,18 @@ class SeTokConfig(VTokConfig):
             Config of any transformers vision model returning patch features (CLS/register tokens, when present,
             come first and are dropped). Defaults to EVA-CLIP ViT-g/14 at 336 px (24 x 24 patches, width 1408),
             the paper's "ViT-G/14-336", as a `CLIPVisionConfig`.
+        vision_model_name_or_path (`str`, *optional*):
+            A folder of pretrained vision-encoder weights (``AutoModel.from_pretrained``) that a freshly built
+            training model loads (the tokenizer trainer); its config replaces ``vision_config``, so a saved model is
+            self-contained. `None`: random initialisation.
+        input_image_size (`int`, *optional*):
+            The tokenizer's input resolution when it is not ``vision_config.image_size`` (an encoder pretrained at
+            another size that interpolates its position embeddings, as DINOv2 does). `None`: the encoder's size.
+        color_feature_weight (`float`, defaults to 0.0):
+            Departure from the paper (0 = off): the clustering reads the L2-normalised patch features with each
+            patch's mean RGB in [0, 1] times this weight concatenated (the merger still pools the encoder's
+            features). DINOv2 separates same-texture objects of different colours worse than colour does
+            (docs/dinov2.md).
         vision_feature_layer (`int`, defaults to -1):
             Hidden state used as patch features (-1 = last; the released code uses -2).
         freeze_vision_encoder (`bool`, defaults to `True`):
@@ -246,6 +263,9 @@ class SeTokConfig(VTokConfig):
         "decoder_config": SubConfigSpec(config_class=SeTokDecoderConfig),
     }
 
+    vision_model_name_or_path: str | None = None
+    input_image_size: int | None = None
+    color_feature_weight: float = 0.0  # paper: 0 (clustering on the encoder's features only)
     vision_feature_layer: int = -1
     # clustering
     knn_size: int = 64
@@ -310,6 +330,12 @@ class SeTokConfig(VTokConfig):
             self.merger_intermediate_size = 4 * self.vision_config.hidden_size
         super().validate()
         check_int("vision_feature_layer", self.vision_feature_layer)
+        check_float("color_feature_weight", self.color_feature_weight, minimum=0.0)
+        if self.input_image_size is not None:
+            check_int("input_image_size", self.input_image_size, minimum=self.vision_config.patch_size)
+            if self.input_image_size % self.vision_config.patch_size:
+                raise ValueError(f"`input_image_size` ({self.input_image_size}) must be a multiple of "
+                                 f"`vision_config.patch_size` ({self.vision_config.patch_size}).")  # fmt: skip
         check_int("knn_size", self.knn_size, minimum=1)
         check_float("kernel_scale", self.kernel_scale, minimum=0.0, strict_minimum=True)
         check_int("max_clusters", self.max_clusters, minimum=1)
@@ -380,11 +406,11 @@ class SeTokConfig(VTokConfig):
 
     @property
     def image_size(self) -> int:
-        return self.vision_config.image_size
+        return self.input_image_size or self.vision_config.image_size
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        side = self.vision_config.image_size // self.vision_config.patch_size
+        side = self.image_size // self.vision_config.patch_size
         return (side, side)
 
     @property
@@ -395,6 +421,14 @@ class SeTokConfig(VTokConfig):
     @property
     def feature_dim(self) -> int:
         return self.vision_config.hidden_size
+
+    @property
+    def decoder_latent_shape(self) -> tuple[int, int, int] | None:
+        vae = self.decoder_config.vae
+        if not isinstance(vae, str):
+            return None
+        ratio = SHIPPED_AUTOENCODERS[vae]["spatial_compression_ratio"]
+        return shipped_latent_shape(vae, self.decoder_config.unet["sample_size"] * ratio)
 
     def clustering_kwargs(self) -> dict:
         """Keyword arguments of :func:`density_peak_clustering` taken from this config."""

@@ -436,6 +436,18 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
             )
         return (side, side)
 
+    def clustering_features(self, features: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """What the clustering reads: the patch features, with the patches' mean colours when
+        ``config.color_feature_weight > 0`` (then ``pixel_values`` are required)."""
+        config = self.config
+        if not config.color_feature_weight:
+            return features
+        if pixel_values is None:
+            raise ValueError(f"`pixel_values` are required: color_feature_weight = {config.color_feature_weight} "
+                             "adds the patches' mean colours to the clustering features.")  # fmt: skip
+        return vtok.with_patch_colors(features, pixel_values, config.image_mean, config.image_std,
+                                      config.vision_config.patch_size, config.color_feature_weight)  # fmt: skip
+
     def cluster(self, features: torch.Tensor, grid_size=None) -> SeTokClusteringOutput:
         """Density-peak clustering of patch features ``[B, N, C]`` with the config's settings."""
         features = check_tensor("features", features, ndim=3, floating=True)  # NaN/Inf raise in the clustering
@@ -449,7 +461,7 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
             generator = torch.Generator(device=features.device).manual_seed(self.config.density_noise_seed)
         return density_peak_clustering(features, generator=generator, **self.config.clustering_kwargs())
 
-    def _tokenize(self, features, grid_size=None) -> tuple[vtok.VisualTokens, SeTokClusteringOutput]:
+    def _tokenize(self, features, grid_size=None, pixel_values=None) -> tuple[vtok.VisualTokens, SeTokClusteringOutput]:
         features = check_tensor("features", features, ndim=3, floating=True)
         if features.shape[-1] != self.config.feature_dim:
             raise ValueError(
@@ -457,23 +469,26 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
                 f"got shape {tuple(features.shape)}."
             )
         grid = self._resolve_grid(features.shape[1], grid_size)
-        clusters = self.cluster(features, grid_size=grid)
+        clusters = self.cluster(self.clustering_features(features, pixel_values), grid_size=grid)
         embeddings = self.merger(features, clusters.masks.to(features.dtype), clusters.attention_mask, grid_size=grid)
         tokens = vtok.VisualTokens(
             ids=None, embeddings=embeddings, attention_mask=clusters.attention_mask, assignments=clusters.masks
         )
         return tokens, clusters
 
-    def tokenize_features(self, features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> vtok.VisualTokens:
-        """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid)."""
-        return self._tokenize(features, grid_size)[0]
+    def tokenize_features(
+        self, features: torch.Tensor, grid_size: tuple[int, int] | None = None, pixel_values: torch.Tensor | None = None
+    ) -> vtok.VisualTokens:
+        """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid;
+        ``pixel_values``, the images they come from, when ``config.color_feature_weight > 0``)."""
+        return self._tokenize(features, grid_size, pixel_values)[0]
 
     def encode(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
         """Images ``[B, C, H, W]`` (normalised by :class:`SeTokImageProcessor`) → :class:`VisualTokens` (with the
         vision encoder's ``hidden_states`` when asked)."""
         pixel_values = self._check_pixel_values(pixel_values)
         features = self.get_image_features(pixel_values.to(self.dtype), output_hidden_states=output_hidden_states)
-        tokens = self._tokenize(features.last_hidden_state)[0]
+        tokens = self._tokenize(features.last_hidden_state, pixel_values=pixel_values)[0]
         tokens.hidden_states = features.hidden_states
         return tokens
 
@@ -622,7 +637,7 @@ class SeTokForPreTrainingOutput(ModelOutput):
     mask_logits: torch.FloatTensor | None = None
 
 
-class SeTokForPreTraining(SeTokPreTrainedModel):
+class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
     """SeTok with its stage-I training heads, trainable by ``transformers.Trainer``.
 
     Submodules: ``tokenizer`` (:class:`SeTokModel`), ``feature_mapper`` (:class:`SeTokFeatureMapper`), ``unet``
@@ -634,6 +649,8 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         * ``instance_mask`` ``[B, H', W']`` (integer; stage 2 only): instance-id map, 0 = background, any
           resolution (nearest-resized to the mask decoder's); e.g. the shapes world's ``mask`` column through
           ``SeTokImageProcessor.preprocess_instance_masks``.
+        * ``latents`` ``[B, *config.decoder_latent_shape]`` (optional): with ``decoder_config.vae = "taef2"``, the
+          scaled latents of the image, cached by the trainer; by default encoded here.
 
     Stages (the two sub-phases of stage I, Sec. 2.2): ``set_stage(1)`` trains merger + feature mapper + the UNet
     parts named by ``decoder_config.unet_trainable`` with the diffusion loss; ``set_stage(2)`` adds the mask
@@ -646,7 +663,8 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         self.tokenizer = SeTokModel(config)
         self.feature_mapper = SeTokFeatureMapper(token_dim=config.token_embedding_dim, **decoder.feature_mapper)
         self.unet = UNet2DConditionModel(**decoder.unet)
-        self.vae = AutoencoderKL(**decoder.vae) if decoder.vae is not None else None
+        # the decoder's own VAE; a shipped one (decoder_config.vae = "taef2") is not a submodule, see decoder_autoencoder
+        self.vae = AutoencoderKL(**decoder.vae) if isinstance(decoder.vae, dict) else None
         self.mask_decoder = SeTokMaskDecoder(config)
         # The diffusers parts initialise themselves; keep transformers' init away from them.
         for part in (self.feature_mapper, self.unet, self.vae):
@@ -692,7 +710,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
 
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
         """The :class:`SeTokDecoderPipeline` made of this model's own modules; ``scheduler`` defaults to DDIM with the
-        training noise schedule, ``vae`` to this model's."""
+        training noise schedule, ``vae`` to this model's (or the shipped one named by ``decoder_config.vae``)."""
         from .pipeline_setok import SeTokDecoderPipeline
 
         return SeTokDecoderPipeline(
@@ -700,15 +718,25 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
             feature_mapper=self.feature_mapper,
             unet=self.unet,
             scheduler=DDIMScheduler.from_config(self.noise_scheduler.config) if scheduler is None else scheduler,
-            vae=self.vae if vae is None else vae,
+            vae=self.decoder_autoencoder() if vae is None else vae,
         )
 
-    def _diffusion_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] at the decoder's resolution, encoded to latents when there is a VAE."""
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
-        size = self.unet.config.sample_size * scale
-        images = vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
-        return (images if self.vae is None else vtok.encode_latents(self.vae, images)).to(self.unet.dtype)
+    def _diffusion_inputs(self, pixel_values: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """What the UNet denoises: cached ``latents``, else the images in [-1, 1] at the decoder's resolution,
+        encoded to latents when there is a VAE."""
+
+        def images():
+            vae = self.decoder_autoencoder()
+            if vae is None:
+                scale = 1
+            elif isinstance(self.config.decoder_config.vae, str):
+                scale = vae.spatial_compression_ratio
+            else:
+                scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            size = self.unet.config.sample_size * scale
+            return vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
+
+        return self.decoder_samples(images, latents, pixel_values.shape[0]).to(self.unet.dtype)
 
     def forward(
         self,
@@ -716,6 +744,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         instance_mask: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> SeTokForPreTrainingOutput | tuple:
         """Stage-I losses for a batch (see the class docstring for the keys); ``noise``/``timesteps`` are optional."""
@@ -731,7 +760,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
             if int(instance_mask.min()) < 0:
                 raise ValueError("`instance_mask` must hold non-negative instance ids (0 = background).")
         features = self.tokenizer.get_image_features(pixel_values).last_hidden_state
-        tokens, clusters = self.tokenizer._tokenize(features)
+        tokens, clusters = self.tokenizer._tokenize(features, pixel_values=pixel_values)
 
         # Image decoder: ε-prediction (eq. 3) with condition dropout for classifier-free guidance.
         condition = self.feature_mapper(tokens.embeddings, tokens.attention_mask)
@@ -739,7 +768,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
         if self.training and dropout > 0:
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
-        clean = self._diffusion_inputs(pixel_values)
+        clean = self._diffusion_inputs(pixel_values, latents)
         if noise is not None and tuple(noise.shape) != tuple(clean.shape):
             raise ValueError(f"`noise` must have shape {tuple(clean.shape)}, got {describe(noise)}.")
         diffusion_loss = vtok.denoising_loss(

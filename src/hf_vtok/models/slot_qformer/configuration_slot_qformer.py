@@ -36,6 +36,7 @@ from ...utils.configuration_utils import (
     check_normalization,
     check_unet_channels,
     deep_merge,
+    shipped_latent_shape,
 )
 from ...utils.validation import check_choice, check_float, check_int, describe
 
@@ -95,6 +96,8 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
         conditioner, unet, scheduler, vae: the arguments of the diffusers components
             (:class:`SlotQFormerDecoderConditioner`, ``UNet2DConditionModel``, ``DDPMScheduler``,
             ``AutoencoderKL`` or `None` for a pixel-space decoder), which carry their own configs once built.
+            ``vae`` may instead name a frozen autoencoder shipped with the package (``"taef2"``: 32 latent channels
+            at 1/8 resolution); the UNet then denoises its scaled latents, which the tokenizer trainer caches once.
     """
 
     model_type = "slot_qformer_decoder"
@@ -121,7 +124,7 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
         "prediction_type": "epsilon",  # paper: ε-prediction
         "clip_sample": False,
     })  # fmt: skip
-    vae: dict | None = field(default_factory=lambda: {
+    vae: dict | str | None = field(default_factory=lambda: {
         "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
         "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
         "latent_channels": 4, "sample_size": 768, "scaling_factor": 0.18215,
@@ -156,8 +159,6 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
                 f"{expected} (global_embedding_dim{' x 2 with noise_level_embedding' if expected != global_dim else ''}), "
                 f"got {unet.get('projection_class_embeddings_input_dim')!r}."
             )
-        if vae is not None and not isinstance(vae, dict):
-            raise TypeError(f"`decoder_config['vae']` must be a dict of AutoencoderKL kwargs or None, got {vae!r}.")
         check_unet_channels(unet, vae, num_channels=3)
 
 
@@ -171,6 +172,12 @@ class SlotQFormerConfig(VTokConfig):
             normalisation as DINOv2 expects).
         vision_projection / encoder_hidden_size: LayerNorm + MLP from the vision width to the
             Q-Former's key/value width (1408, the EVA-CLIP width BLIP-2's cross-attention expects).
+        vision_model_name_or_path: a folder of pretrained vision-encoder weights (``AutoModel.from_pretrained``)
+            that a freshly built training model loads (the tokenizer trainer, :meth:`from_pretrained_parts`); its
+            config replaces ``vision_config``, so a saved model is self-contained. None: random initialisation.
+        color_feature_weight: departure from the paper (0 = off, the paper): concatenate each patch's mean RGB in
+            [0, 1] times this weight to the L2-normalised patch features before the slot attention. DINOv2
+            separates same-texture objects of different colours worse than colour does (docs/dinov2.md).
 
     Slot Q-Former:
         num_slots, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
@@ -216,6 +223,8 @@ class SlotQFormerConfig(VTokConfig):
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     vision_projection: bool = True
+    vision_model_name_or_path: str | None = None
+    color_feature_weight: float = 0.0  # paper: 0 (patch features only)
     encoder_hidden_size: int = 1408  # EVA-CLIP's width, which BLIP-2's cross-attention expects
 
     # Slot Q-Former: BERT-base with 32 queries
@@ -281,6 +290,16 @@ class SlotQFormerConfig(VTokConfig):
         return self.hidden_size
 
     @property
+    def vision_feature_dim(self) -> int:
+        """Width of the patch features the slot attention reads (before the projection): the encoder's, plus the
+        mean colour channels when ``color_feature_weight > 0``."""
+        return self.vision_config.hidden_size + (self.num_channels if self.color_feature_weight else 0)
+
+    @property
+    def decoder_latent_shape(self) -> tuple[int, int, int] | None:
+        return shipped_latent_shape(self.decoder_config.vae, self.decoder_config.image_size)
+
+    @property
     def vision_patch_size(self) -> int:
         patch = getattr(self.vision_config, "patch_size", None)
         if isinstance(patch, (list, tuple)):
@@ -303,6 +322,7 @@ class SlotQFormerConfig(VTokConfig):
         check_int("rebuild_num_layers", self.rebuild_num_layers, minimum=0)
         check_int("text_pad_token_id", self.text_pad_token_id, minimum=0, maximum=self.vocab_size - 1)
         check_float("slot_attention_epsilon", self.slot_attention_epsilon, minimum=0.0)
+        check_float("color_feature_weight", self.color_feature_weight, minimum=0.0)
         check_float("itc_temperature", self.itc_temperature, minimum=0.0, strict_minimum=True)
         check_float("itc_label_smoothing", self.itc_label_smoothing, minimum=0.0, maximum=1.0)
         check_float("itg_label_smoothing", self.itg_label_smoothing, minimum=0.0, maximum=1.0)

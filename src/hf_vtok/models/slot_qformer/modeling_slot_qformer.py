@@ -348,7 +348,7 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
         self.vision_model = AutoModel.from_config(config.vision_config)
         if config.freeze_vision_encoder:
             self.vision_model.requires_grad_(False)
-        vision_width = config.vision_config.hidden_size
+        vision_width = config.vision_feature_dim
         if config.vision_projection:
             # LayerNorm + MLP to the key/value width BLIP-2's cross-attention was trained with
             self.vision_projection = nn.Sequential(
@@ -394,6 +394,9 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
                 "expected from `image_size` and the vision config's `patch_size`."
             )
         hidden = hidden[:, hidden.shape[1] - num_patches :]  # CLS / register tokens come first
+        config = self.config
+        hidden = vtok.with_patch_colors(hidden, pixel_values, config.image_mean, config.image_std,
+                                        config.vision_patch_size, config.color_feature_weight)  # fmt: skip
         if self.vision_projection is not None:
             hidden = self.vision_projection(hidden)
         return BaseModelOutput(last_hidden_state=hidden)
@@ -662,7 +665,7 @@ def _teacher_embedding_dim(config) -> int:
     return int(config.hidden_size)
 
 
-class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
+class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoencoderMixin):
     """Slot Q-Former with everything its two training stages need; ``transformers.Trainer`` trains it.
 
     Batch keys (``forward`` arguments):
@@ -675,6 +678,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             the image the decoder reconstructs; default: ``pixel_values`` un-normalised and resized.
         teacher_pixel_values (optional): the teacher's input; default: ``pixel_values`` un-normalised,
             resized to the teacher's image size and normalised with ``teacher_image_mean/std``.
+        latents (`[B, *config.decoder_latent_shape]`, optional): with ``decoder_config.vae = "taef2"``, the scaled
+            latents of the decoder's target image, cached by the trainer; default: encoded here.
 
     Stage 1 (``set_stage(1)``): trains the Q-Former (and the vision projection), the text branch, the
     conditioner and the UNet (its cross-attention only with ``unet_trainable="cross_attention"``) with
@@ -716,7 +721,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             slot_dim=config.hidden_size, num_slots=config.num_slots, **conditioner_kwargs
         )
         self.unet = UNet2DConditionModel(**decoder.unet)
-        self.vae = AutoencoderKL(**decoder.vae) if decoder.vae else None
+        # the decoder's own VAE; a shipped one (decoder_config.vae = "taef2") is not a submodule, see decoder_autoencoder
+        self.vae = AutoencoderKL(**decoder.vae) if isinstance(decoder.vae, dict) and decoder.vae else None
         if self.vae is not None:
             self.vae.requires_grad_(False)
         # the schedule's tensors must be real even when from_pretrained builds the model on meta
@@ -823,17 +829,17 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         return embedding
 
     def diffusion_loss(
-        self, slot_embeddings: torch.Tensor, targets: torch.Tensor, condition_dropout: bool, noise=None, timesteps=None
+        self, slot_embeddings: torch.Tensor, latents: torch.Tensor, condition_dropout: bool, noise=None, timesteps=None
     ):
-        """ε-prediction loss of the UNet conditioned on ``slot_embeddings`` (random ``noise``/``timesteps`` unless
-        given; conditions dropped only in training); also returns the conditions."""
+        """Denoising loss of the UNet on ``latents`` (what it denoises: VAE latents or pixels, see
+        ``decoder_samples``) conditioned on ``slot_embeddings`` (random ``noise``/``timesteps`` unless given;
+        conditions dropped only in training); also returns the conditions."""
         batch = slot_embeddings.shape[0]
         drop = None
         probability = self.config.decoder_config.condition_dropout_prob
         if condition_dropout and self.training and probability > 0:
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
-        latents = targets if self.vae is None else vtok.encode_latents(self.vae, targets)
         if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != latents.shape):
             raise ValueError(f"`noise` must be a tensor of shape {tuple(latents.shape)}, got {describe(noise)}.")
         if timesteps is not None:
@@ -927,6 +933,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         teacher_pixel_values: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         timesteps: torch.LongTensor | None = None,
+        latents: torch.Tensor | None = None,
         return_dict: bool = True,
         **kwargs,
     ) -> SlotQFormerForPreTrainingOutput:
@@ -937,12 +944,12 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         if kwargs:
             raise TypeError(
                 f"SlotQFormerForPreTraining.forward got unexpected batch keys {sorted(kwargs)}; expected "
-                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values, noise, timesteps."
+                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values, noise, timesteps, latents."
             )
         config = self.config
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
         batch = pixel_values.shape[0]
-        targets = self.decoder_targets(pixel_values, decoder_pixel_values)
+        clean = self.decoder_samples(lambda: self.decoder_targets(pixel_values, decoder_pixel_values), latents, batch)
         teacher = self.teacher_embedding(pixel_values, teacher_pixel_values)
         if config.stage == 1:
             needs_text = config.contrastive_loss_weight > 0 or config.text_generation_loss_weight > 0
@@ -959,7 +966,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                 input_ids, attention_mask = self._check_text(input_ids, attention_mask, batch)
                 loss_itc, loss_itg = self.text_losses(slots, encoded.layer_inputs, input_ids, attention_mask)
                 loss = loss + config.contrastive_loss_weight * loss_itc + config.text_generation_loss_weight * loss_itg
-            loss_diffusion, condition = self.diffusion_loss(slots, targets, True, noise, timesteps)
+            loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
             output = SlotQFormerForPreTrainingOutput(
@@ -979,7 +986,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             rebuilt = self.tokenizer.rebuild_slots(quantized.quantized)
             loss_reconstruction = F.mse_loss(rebuilt.float(), slots.float())
             loss_commitment = quantized.loss
-            loss_diffusion, condition = self.diffusion_loss(rebuilt, targets, False, noise, timesteps)
+            loss_diffusion, condition = self.diffusion_loss(rebuilt, clean, False, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = (
                 config.reconstruction_loss_weight * loss_reconstruction
@@ -1004,7 +1011,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
         """The decoder as a :class:`SlotQFormerDecoderPipeline` built from THIS model's modules.
 
-        ``vae`` defaults to this model's (``None`` for a pixel-space decoder). ``scheduler`` defaults to
+        ``vae`` defaults to this model's (the shipped one named by ``decoder_config.vae``; ``None`` for a pixel-space
+        decoder). ``scheduler`` defaults to
         DPM-Solver (multistep) with the training noise schedule, as in the paper, for a latent-space decoder. A
         pixel-space decoder (no VAE, the tiny preset) samples with DDIM and clips the predicted image to [-1, 1]:
         with the cosine schedule ᾱ(999) ≈ 2e-9, so an unclipped ε-prediction sampler amplifies the model's error
@@ -1014,7 +1022,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
 
         from .pipeline_slot_qformer import SlotQFormerDecoderPipeline
 
-        vae = self.vae if vae is None else vae
+        vae = self.decoder_autoencoder() if vae is None else vae
         if scheduler is None and vae is None:
             scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=True, clip_sample_range=1.0)
         elif scheduler is None:
@@ -1043,7 +1051,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         vision = teacher = None
         if vision_model_path is not None:
             vision = _load_part(AutoModel, vision_model_path, "vision_model_path")
-            config.vision_config = vision.config
+            config.vision_config, config.vision_model_name_or_path = vision.config, os.fspath(vision_model_path)
         if teacher_model_path is not None:
             teacher_config = transformers.AutoConfig.from_pretrained(teacher_model_path)
             architectures = teacher_config.architectures or []
