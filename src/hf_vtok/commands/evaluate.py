@@ -28,8 +28,6 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands) -> None:
     """Add the subcommand to the ``hf-vtok`` parser's subparsers."""
-    from ..data.shapes import STYLES
-
     evaluate = commands.add_parser(
         "eval",
         help="quality of trained tokenizer folders beside baselines from the same run, with gate verdicts and pictures",
@@ -45,7 +43,10 @@ def register(commands) -> None:
     )
     evaluate.add_argument("--num-images", type=positive_int, default=256,
                           help="held-out scenes per style (default: 256, the least for a README figure)")
-    evaluate.add_argument("--styles", nargs="+", choices=STYLES, default=["flat", "textured"], help="scene styles (default: both)")
+    # the styles of data.shapes.STYLES, written out: importing the shapes world would load torch for --help
+    evaluate.add_argument(
+        "--styles", nargs="+", choices=("flat", "textured"), default=["flat", "textured"], help="scene styles (default: both)"
+    )
     evaluate.add_argument("--image-size", type=positive_int, default=None,
                           help="scene size in pixels, a multiple of 8 (default: the tokenizers' own; the gates are set at 128)")
     evaluate.add_argument("--seed", type=non_negative_int, default=999,

@@ -120,7 +120,7 @@ def _reconstruction_grid(originals, reconstructions, psnr_values, group_maps, na
 
 def code_revision() -> str:
     """``git rev-parse HEAD`` of the checkout this package runs from (``-dirty`` with local changes), else the version."""
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
     here = Path(__file__).resolve()
     try:
@@ -134,7 +134,10 @@ def code_revision() -> str:
                 return head.stdout.strip() + ("-dirty" if git("diff", "--quiet", "HEAD").returncode else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"hf_vtok {__version__}"
+    try:
+        return f"hf_vtok {version('hf-vtok')}"
+    except PackageNotFoundError:
+        return "hf_vtok (unknown version)"
 
 
 def _training_seed(folder: Path) -> int | None:
