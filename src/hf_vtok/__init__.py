@@ -111,15 +111,15 @@ def _register_text_to_image_task(pipelines) -> None:
 
 
 def _import_pipeline_components() -> None:
-    """Import every module a saved hf_vtok pipeline may name as a component's library (the families, the MLLM, the
-    TAEF2 autoencoder): diffusers loads a component only from a module that is already imported."""
+    """Import every module a saved hf_vtok pipeline may name as a component's library (the families' modules, the
+    MLLM's model and processor, the TAEF2 autoencoder): diffusers loads a component only from an imported module."""
     import pkgutil
 
-    for package_name in ("models", "mllm"):
-        package = importlib.import_module(f"{__name__}.{package_name}")
-        for module in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
-            importlib.import_module(module.name)
-    importlib.import_module(f"{__name__}.utils.autoencoder_taef2")
+    models = importlib.import_module(f"{__name__}.models")
+    names = [module.name for module in pkgutil.walk_packages(models.__path__, prefix=f"{models.__name__}.")]
+    names += [f"{__name__}.mllm.{name}" for name in ("modeling_mllm", "processing_mllm", "pipeline_mllm")]
+    for name in [*names, f"{__name__}.utils.autoencoder_taef2"]:
+        importlib.import_module(name)
 
 
 def _register_with_diffusers(diffusers) -> None:
