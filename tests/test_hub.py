@@ -147,6 +147,7 @@ print("remote code ran:", any("hf_vtok_classes" in name for name in sys.modules)
 """
 
 
+@pytest.mark.slow  # four fresh interpreters
 def test_a_staged_mllm_folder_stops_loudly_without_hf_vtok(mllm_run, tmp_path):
     """Without `import hf_vtok`, AutoProcessor used to return a plain text tokenizer that dropped images; the staged
     configs' `auto_map` now stops the load, while after `import hf_vtok` the registered classes load and the remote

@@ -21,7 +21,7 @@ import glob
 import math
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import torch
 import torch.distributed as dist
@@ -296,12 +296,9 @@ class SlotRebuilder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- models
-class SlotQFormerPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
     config: SlotQFormerConfig
     config_class = SlotQFormerConfig
-    base_model_prefix = "tokenizer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     # nearest-code search must not change with the model dtype
     _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["codebooks"]
     _no_split_modules: ClassVar[list[str]] = ["SlotQFormerLayer", "TransformerBlock"]
@@ -594,14 +591,13 @@ class SlotQFormerTextHead(nn.Module):
 
 
 @dataclass
-class SlotQFormerForPreTrainingOutput(ModelOutput):
+class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Losses of one training step (weighted ``loss`` first, then each unweighted component).
 
     Stage 1 fills ``loss_contrastive``, ``loss_text_generation``, ``loss_diffusion``, ``loss_global_mse``;
     stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``.
     """
 
-    loss: torch.FloatTensor | None = None
     loss_contrastive: torch.FloatTensor | None = None
     loss_text_generation: torch.FloatTensor | None = None
     loss_diffusion: torch.FloatTensor | None = None
@@ -834,13 +830,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
         latents = targets if self.vae is None else vtok.encode_latents(self.vae, targets)
-        if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != latents.shape):
-            raise ValueError(f"`noise` must be a tensor of shape {tuple(latents.shape)}, got {describe(noise)}.")
-        if timesteps is not None:
-            check_tensor("timesteps", timesteps, ndim=1, integer=True)
-            high = self.noise_scheduler.config.num_train_timesteps
-            if timesteps.shape[0] != batch or int(timesteps.min()) < 0 or int(timesteps.max()) >= high:
-                raise ValueError(f"`timesteps` must be {batch} integer timesteps in [0, {high}), got {describe(timesteps)}.")
+        vtok.check_diffusion_draws(noise, timesteps, latents, self.noise_scheduler.config.num_train_timesteps)
         unet_dtype = self.unet.dtype
         loss = vtok.denoising_loss(
             self.unet,
@@ -918,6 +908,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         return loss_itc, loss_itg
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -925,20 +916,12 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         decoder_pixel_values: torch.Tensor | None = None,
         teacher_pixel_values: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        timesteps: torch.LongTensor | None = None,
-        return_dict: bool = True,
-        **kwargs,
+        **kwargs: Unpack[vtok.PreTrainingKwargs],
     ) -> SlotQFormerForPreTrainingOutput:
         """Weighted loss of the current stage (``config.stage``); see the class docstring for the keys. ``noise``
         (shaped like the decoder input) and ``timesteps`` (`[B]` integers) fix the diffusion loss's random draws:
         with both, an eval-mode call is deterministic."""
-        kwargs.pop("num_items_in_batch", None)  # passed by transformers.Trainer
-        if kwargs:
-            raise TypeError(
-                f"SlotQFormerForPreTraining.forward got unexpected batch keys {sorted(kwargs)}; expected "
-                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values, noise, timesteps."
-            )
+        noise, timesteps = self._pretraining_draws(kwargs)
         config = self.config
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
         batch = pixel_values.shape[0]
@@ -998,7 +981,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                 assignments=encoded.assignments,
                 codebook_perplexity=quantized.perplexity,
             )
-        return output if return_dict else output.to_tuple()
+        return output
 
     # ------------------------------------------------------------------ export / init
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
