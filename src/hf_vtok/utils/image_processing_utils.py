@@ -37,20 +37,15 @@ def images_to_list(images: Any, name: str = "images", convert_rgb: bool = True) 
     """Normalise the accepted inputs to a non-empty list of RGB ``PIL.Image``.
 
     Accepts one image or a sequence or iterable of images (list, tuple, generator, a ``datasets`` column), each a
-    PIL image, a file path, encoded bytes, a
-    numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
+    PIL image, a file path, encoded bytes, a numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
     (CxHxW or HxWxC, or a batch of them; uint8 or float in [0, 1]). Without ``convert_rgb`` (the processor's
     ``do_convert_rgb=False``) an image that is not already 3-channel raises instead of being converted.
     """
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        images = list(images)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
     given = type(images).__name__
-    if isinstance(images, (str, bytes, np.ndarray, torch.Tensor, Image.Image, os.PathLike, Mapping)):
-        images = [images]
-    elif isinstance(images, Iterable):  # a tuple, a generator, a `datasets` Column: anything that yields images
-        images = list(images)
+    batch = isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+    one_image = (str, bytes, np.ndarray, torch.Tensor, Image.Image, os.PathLike, Mapping)
+    if batch or (isinstance(images, Iterable) and not isinstance(images, one_image)):
+        images = list(images)  # a batch tensor, a tuple, a generator, a `datasets` Column: whatever yields images
     else:
         images = [images]
     if len(images) == 0:

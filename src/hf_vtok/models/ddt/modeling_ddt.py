@@ -19,9 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-# PreTrainedModel is not used here, but diffusers finds how to load a pipeline component (model_index.json names this
-# module) by looking that name up in the module.
-from transformers import AutoModel, PreTrainedModel  # noqa: F401
+from transformers import AutoModel, PreTrainedModel  # noqa: F401 - diffusers' loader looks it up here
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import can_return_tuple
@@ -471,7 +469,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             entropy = self.tokenizer.entropy_loss(z)
         loss = cfg.diffusion_loss_weight * diffusion_loss + quantization_loss + cfg.entropy_loss_weight * entropy
 
-        output = DDTTokenizerForPreTrainingOutput(
+        return DDTTokenizerForPreTrainingOutput(
             loss=loss,
             diffusion_loss=diffusion_loss.detach(),
             commitment_loss=commitment.detach(),
@@ -483,7 +481,6 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             timesteps=timesteps,
             ids=ids,
         )
-        return output
 
 
 __all__ = [

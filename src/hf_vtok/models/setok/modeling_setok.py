@@ -34,9 +34,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
-# PreTrainedModel is not used here, but diffusers finds how to load a pipeline component (model_index.json names this
-# module) by looking that name up in the module.
-from transformers import AutoModel, PreTrainedModel  # noqa: F401
+from transformers import AutoModel, PreTrainedModel  # noqa: F401 - diffusers' loader looks it up here
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import can_return_tuple
@@ -761,7 +759,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
             )
             loss = loss + mask_loss
 
-        output = SeTokForPreTrainingOutput(
+        return SeTokForPreTrainingOutput(
             loss=loss,
             diffusion_loss=diffusion_loss,
             mask_loss=mask_loss,
@@ -771,7 +769,6 @@ class SeTokForPreTraining(SeTokPreTrainedModel):
             num_tokens=tokens.attention_mask.sum(-1).float().mean(),
             mask_logits=mask_logits,
         )
-        return output
 
 
 __all__ = [

@@ -945,7 +945,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
             loss_diffusion, condition = self.diffusion_loss(slots, targets, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
-            output = SlotQFormerForPreTrainingOutput(
+            return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_contrastive=loss_itc,
                 loss_text_generation=loss_itg,
@@ -970,7 +970,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                 + config.stage2_diffusion_loss_weight * loss_diffusion
                 + config.stage2_global_mse_loss_weight * loss_mse
             )
-            output = SlotQFormerForPreTrainingOutput(
+            return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
@@ -981,7 +981,6 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel):
                 assignments=encoded.assignments,
                 codebook_perplexity=quantized.perplexity,
             )
-        return output
 
     # ------------------------------------------------------------------ export / init
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
