@@ -125,6 +125,32 @@ def test_return_dict_false_returns_the_output_tuple(tokenizers, family):
     assert_same(as_tuple, output.to_tuple())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pretraining_models_share_their_output_base_and_their_argument_checks(family):
+    """Every ``XForPreTraining``: a ``VTokPreTrainingOutput`` (``loss`` first), ``return_dict=False`` gives its tuple,
+    and the shared keyword arguments are checked alike: unknown batch keys, out-of-range ``timesteps``."""
+    from hf_vtok.utils.modeling_utils import VTokPreTrainingOutput
+
+    overrides = {"contrastive_loss_weight": 0.0, "text_generation_loss_weight": 0.0} if family == "slot_qformer" else {}
+    torch.manual_seed(0)
+    model = AutoModelForPreTraining.from_config(CONFIG_MAPPING[FAMILY_MODEL_TYPES[family]].tiny(**overrides)).eval()
+    x = pixels()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        output = model(x)
+        torch.manual_seed(1)
+        as_tuple = model(x, return_dict=False)
+    assert isinstance(output, VTokPreTrainingOutput) and next(iter(output.keys())) == "loss"
+    assert isinstance(as_tuple, tuple)
+    assert_same(as_tuple, output.to_tuple())
+    with pytest.raises(TypeError, match=r"unexpected batch keys \['labels'\]; expected pixel_values, .*noise, timesteps"):
+        model(x, labels=torch.zeros(2))
+    bad = torch.tensor([0.5, 1.5]) if family == "ddt" else torch.tensor([10, 10**7])
+    expected = "2 noise levels in" if family == "ddt" else "2 integer timesteps in"
+    with pytest.raises(ValueError, match=f"`timesteps` must be {expected}"):
+        model(x, timesteps=bad)
+
+
 @pytest.mark.parametrize("family", ("ddt", "setok"))
 def test_mllm_return_dict_false_returns_the_output_tuple(mllms, family):
     model, processor = mllms[family]

@@ -107,6 +107,20 @@ def test_image_processor_refuses_empty_batches():
         TinyPil()([])
 
 
+def test_image_processors_take_a_datasets_column_a_tuple_or_a_generator():
+    from hf_vtok.data.shapes import generate_shapes_dataset
+
+    column = generate_shapes_dataset(3)["image"]  # a `datasets` Column, not a list
+    assert not isinstance(column, (list, tuple))
+    as_list = [image.copy() for image in column]
+    for processor in (TinyPil(), TinyTorch()):
+        expected = processor(as_list, return_tensors="pt").pixel_values
+        for images in (column, tuple(as_list), (image for image in as_list)):
+            assert torch.equal(processor(images, return_tensors="pt").pixel_values, expected), type(images)
+    with pytest.raises(ValueError, match="at least one image, got an empty generator"):
+        TinyPil()(image for image in ())
+
+
 def test_images_to_list_names_the_bad_item():
     with pytest.raises(ValueError, match=r"images\[1\]"):
         images_to_list([Image.new("RGB", (4, 4)), b"junk"])

@@ -81,11 +81,10 @@ def test_tokenizer_folder_is_staged_with_a_card_and_loads_back(tokenizer_run, tm
     assert np.array_equal(pipe(generator=torch.Generator().manual_seed(0), **call).images, reference)
 
 
-def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
-    from diffusers import DiffusionPipeline
-    from huggingface_hub import ModelCard
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+@pytest.fixture(scope="module")
+def mllm_run(tmp_path_factory):
+    """A `hf-vtok train-mllm` output (plus pre-tokenised data) staged by a dry-run push."""
+    tmp_path = tmp_path_factory.mktemp("mllm_run")
     script_args, model_args = MLLMArguments(visual_tokenizer="random:slot_qformer"), MLLMModelConfig(use_peft=True)
     model, processor, decoder = build_mllm(script_args, model_args)
     recipe = {**recorded_arguments(script_args, model_args), "finetuning": "lora"}
@@ -94,6 +93,15 @@ def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
     (tmp_path / "run" / "pretokenized").mkdir()
     (tmp_path / "run" / "pretokenized" / "shard-00000.parquet").write_bytes(b"data")
     plan = push_folder(tmp_path / "run", "me/slot-mllm-tiny", dry_run=True, staging_dir=tmp_path / "staged")
+    return plan, model, processor, decoder
+
+
+def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(mllm_run):
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    plan, model, processor, decoder = mllm_run
     assert plan.kind == "mllm" and "model_index.json" in plan.files and "mllm/model.safetensors" in plan.files
     assert "processor/processor_config.json" in plan.files and not any(n.startswith("pretokenized") for n in plan.files)
     card = ModelCard.load(plan.staging_dir / "README.md")
@@ -115,6 +123,66 @@ def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(tmp_path):
     # ids are identical; pixels agree to float rounding (a reloaded UNet's kernels may round differently,
     # which the clipped-DDIM step of the pixel-space SlotQFormer decoder passes through at ~1e-7)
     assert torch.equal(first.token_ids, second.token_ids) and np.allclose(first.images, second.images, atol=1e-6)
+
+
+LOAD_STAGED_MLLM = """
+import sys
+folder, mode = sys.argv[1], sys.argv[2]
+if mode == "hf_vtok missing":  # as in an environment without the package
+    class NoHfVtok:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "hf_vtok":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, NoHfVtok())
+elif mode == "imported":
+    import hf_vtok
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+trust = {"trust_remote_code": True} if "trusted" in sys.argv else {}
+for loader in (AutoProcessor, AutoConfig, AutoModelForImageTextToText):
+    try:
+        print(loader.__name__, "->", type(loader.from_pretrained(folder, **trust)).__name__)
+    except Exception as error:
+        print(loader.__name__, "!!", type(error).__name__, " ".join(str(error).split()))
+print("remote code ran:", any("hf_vtok_classes" in name for name in sys.modules))
+"""
+
+
+@pytest.mark.slow  # four fresh interpreters
+def test_a_staged_mllm_folder_stops_loudly_without_hf_vtok(mllm_run, tmp_path):
+    """Without `import hf_vtok`, AutoProcessor used to return a plain text tokenizer that dropped images; the staged
+    configs' `auto_map` now stops the load, while after `import hf_vtok` the registered classes load and the remote
+    stub is never run, with or without `trust_remote_code` (each case in a fresh interpreter, stdin closed)."""
+    import os
+    import subprocess
+    import sys
+
+    staged = mllm_run[0].staging_dir
+    assert (staged / "mllm" / "hf_vtok_classes.py").is_file() and (staged / "processor" / "hf_vtok_classes.py").is_file()
+    assert "hf_vtok_classes.py" not in os.listdir(staged / "decoder")
+    for name, auto_class in (("config.json", "AutoConfig"), ("processor_config.json", "AutoProcessor")):
+        auto_map = json.loads((staged / "mllm" / name).read_text())["auto_map"]
+        assert auto_map[auto_class].startswith("hf_vtok_classes.VTokMLLM")
+    assert "_map" not in (staged / "decoder" / "tokenizer" / "config.json").read_text()
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+
+    def load(*mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", LOAD_STAGED_MLLM, str(staged / "mllm"), *mode], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    for mode in (("imported",), ("imported", "trusted")):
+        printed = load(*mode)
+        assert "AutoProcessor -> VTokMLLMProcessor" in printed and "AutoConfig -> VTokMLLMConfig" in printed, printed
+        assert "AutoModelForImageTextToText -> VTokMLLMForConditionalGeneration" in printed, printed
+        assert "remote code ran: False" in printed, printed
+    printed = load("not imported")
+    for auto_class in ("AutoProcessor", "AutoConfig", "AutoModelForImageTextToText"):
+        assert f"{auto_class} !! ValueError" in printed and "trust_remote_code=True" in printed, printed
+    assert "remote code ran: False" in printed and "->" not in printed, printed
+    printed = load("hf_vtok missing", "trusted")
+    missing = "requires the following packages that were not found in your environment: hf_vtok"
+    assert printed.count(missing) == 3 and "->" not in printed, printed
 
 
 def test_real_push_uploads_the_staged_folder(tokenizer_run, monkeypatch):

@@ -75,6 +75,24 @@ PAPERS = {
     },
 }
 FAMILY_OF_MODEL_TYPE = {model_type: family for family, model_type in FAMILY_MODEL_TYPES.items()}
+
+# Without `import hf_vtok`, transformers does not know the MLLM's classes and AutoProcessor silently falls back to a
+# plain text tokenizer that drops images. An `auto_map` to this stub (staged next to each MLLM config) makes such a
+# load stop instead: transformers refuses the remote code, or, with `trust_remote_code=True`, names the missing
+# hf_vtok package. After `import hf_vtok` the registered classes win and the stub is never read (transformers runs
+# `auto_map` code only when no local class is registered, or one from transformers itself).
+REMOTE_CODE_MODULE = "hf_vtok_classes"
+REMOTE_CODE = (
+    '"""The classes of this repository live in the hf_vtok library: `pip install hf_vtok`, then `import hf_vtok`."""\n'
+    "from hf_vtok.mllm import VTokMLLMConfig, VTokMLLMForConditionalGeneration, VTokMLLMModel, VTokMLLMProcessor\n"
+)
+MLLM_AUTO_MAP = {
+    "config.json": {"AutoConfig": "VTokMLLMConfig", "AutoModel": "VTokMLLMModel",
+                    "AutoModelForCausalLM": "VTokMLLMForConditionalGeneration",
+                    "AutoModelForImageTextToText": "VTokMLLMForConditionalGeneration"},
+    "processor_config.json": {"AutoProcessor": "VTokMLLMProcessor"},
+    "preprocessor_config.json": {"AutoProcessor": "VTokMLLMProcessor"},
+}  # fmt: skip
 # Base-model names that `resolve_base_model` understands → the Hub repository they come from (model card metadata).
 BASE_MODEL_HUB_IDS = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
@@ -295,7 +313,30 @@ def stage_folder(folder: str | os.PathLike, staging_dir: str | os.PathLike, *, i
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
         files.append(str(relative))
+    files += _add_mllm_auto_map(staging_dir)
     return files, skipped
+
+
+def _is_mllm_file(path: Path) -> bool:
+    data = _read_json(path)
+    return data.get("model_type") == "vtok_mllm" or data.get("processor_class") == "VTokMLLMProcessor"
+
+
+def _add_mllm_auto_map(staging_dir: Path) -> list[str]:
+    """Point the MLLM configs of each staged folder at :data:`REMOTE_CODE_MODULE` (written beside them, as
+    transformers looks for it); returns the written modules."""
+    folders = {path.parent for name in MLLM_AUTO_MAP for path in staging_dir.rglob(name) if _is_mllm_file(path)}
+    written = []
+    for folder in sorted(folders):
+        for name, classes in MLLM_AUTO_MAP.items():
+            path = folder / name
+            if _is_mllm_file(path):
+                data = _read_json(path)
+                data["auto_map"] = {auto: f"{REMOTE_CODE_MODULE}.{cls}" for auto, cls in classes.items()}
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        (folder / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
+        written.append(str((folder / f"{REMOTE_CODE_MODULE}.py").relative_to(staging_dir)))
+    return written
 
 
 def push_folder(

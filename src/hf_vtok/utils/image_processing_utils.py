@@ -6,9 +6,8 @@ Both backends do the same steps: convert to RGB, resize the shortest edge to ``s
 ``crop_size``, rescale to [0, 1], normalise with ``image_mean``/``image_std``.
 
 A family sets its defaults (size, mean, std) as class attributes of ``XImageProcessorPil(VTokImageProcessorPil)``,
-adds ``XImageProcessor(VTokTorchBackend, XImageProcessorPil)`` and registers both with
-:func:`~hf_vtok.utils.modeling_utils.register_tokenizer_family`; ``AutoImageProcessor`` falls back to the PIL one
-when torchvision is missing. Inputs are checked first: every PIL mode is converted (alpha on white, 16-bit
+adds ``XImageProcessor(VTokTorchBackend, XImageProcessorPil)`` and registers both with ``AutoImageProcessor``
+(in ``hf_vtok/__init__.py``), which falls back to the PIL one when torchvision is missing. Inputs are checked first: every PIL mode is converted (alpha on white, 16-bit
 rescaled), and empty, corrupt, non-finite or oversized images raise a ``ValueError`` naming ``images``.
 
 There is one way to build the processor of a tokenizer: from its folder (``AutoImageProcessor.from_pretrained``) or
@@ -19,6 +18,8 @@ registered for the config), which honours the config's ``image_size``, ``image_m
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,19 +36,20 @@ from .validation import check_int, describe, load_image
 def images_to_list(images: Any, name: str = "images", convert_rgb: bool = True) -> list:
     """Normalise the accepted inputs to a non-empty list of RGB ``PIL.Image``.
 
-    Accepts one image or a list/tuple of images, each a PIL image, a file path, encoded bytes, a
-    numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
+    Accepts one image or a sequence or iterable of images (list, tuple, generator, a ``datasets`` column), each a
+    PIL image, a file path, encoded bytes, a numpy array (HxW, HxWxC or CxHxW; uint8, uint16, bool, or float in [0, 1]) or a torch tensor
     (CxHxW or HxWxC, or a batch of them; uint8 or float in [0, 1]). Without ``convert_rgb`` (the processor's
     ``do_convert_rgb=False``) an image that is not already 3-channel raises instead of being converted.
     """
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        images = list(images)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    if not isinstance(images, (list, tuple)):
+    given = type(images).__name__
+    batch = isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+    one_image = (str, bytes, np.ndarray, torch.Tensor, Image.Image, os.PathLike, Mapping)
+    if batch or (isinstance(images, Iterable) and not isinstance(images, one_image)):
+        images = list(images)  # a batch tensor, a tuple, a generator, a `datasets` Column: whatever yields images
+    else:
         images = [images]
     if len(images) == 0:
-        raise ValueError(f"`{name}` must contain at least one image, got an empty {type(images).__name__}.")
+        raise ValueError(f"`{name}` must contain at least one image, got an empty {given}.")
     converted = []
     for index, image in enumerate(images):
         item_name = f"{name}[{index}]"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids
+from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids, describe
 
 TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 
@@ -63,6 +64,22 @@ class VisualTokens(ModelOutput):
     def num_tokens(self) -> torch.LongTensor:
         """Number of real tokens per image, shape `(batch_size,)`."""
         return self.attention_mask.sum(dim=-1)
+
+
+class PreTrainingKwargs(TypedDict, total=False):
+    """The keyword arguments every ``XForPreTraining.forward`` takes besides its batch keys."""
+
+    noise: torch.Tensor  # the decoder loss's noise, shaped like the decoder's input (pixels or VAE latents)
+    timesteps: torch.Tensor  # [B]: integer steps of the noise schedule, or noise levels in [0, 1] (rectified flow)
+    num_items_in_batch: int  # passed by transformers.Trainer; the losses are means, so it is not used
+
+
+@dataclass
+class VTokPreTrainingOutput(ModelOutput):
+    """Base of the families' ``XForPreTrainingOutput``: ``loss``, the weighted sum the Trainer optimises, comes first;
+    each family adds its unweighted components and diagnostics."""
+
+    loss: torch.FloatTensor | None = None
 
 
 class VisualTokenizerMixin:
@@ -245,6 +262,25 @@ class ShippedAutoencoderMixin:
         return images if vae is None else encode_latents(vae.to(images.device), images)
 
 
+def check_diffusion_draws(noise, timesteps, sample: torch.Tensor, num_train_timesteps: int | None) -> None:
+    """Check the fixed random draws given to a pre-training step: ``noise`` shaped like the decoder's input ``sample``,
+    and one timestep per sample: an integer step in ``[0, num_train_timesteps)`` of a diffusers noise schedule, or a
+    noise level in [0, 1] (rectified flow: ``num_train_timesteps=None``)."""
+    if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != sample.shape):
+        raise ValueError(f"`noise` must be a tensor of shape {tuple(sample.shape)}, got {describe(noise)}.")
+    if timesteps is None:
+        return
+    batch = sample.shape[0]
+    if num_train_timesteps is None:
+        check_tensor("timesteps", timesteps, ndim=1, floating=True, finite=True)
+        expected, low, high = f"{batch} noise levels in [0, 1]", 0.0, 1.0
+    else:
+        check_tensor("timesteps", timesteps, ndim=1, integer=True)
+        expected, low, high = f"{batch} integer timesteps in [0, {num_train_timesteps})", 0, num_train_timesteps - 1
+    if timesteps.shape[0] != batch or timesteps.min() < low or timesteps.max() > high:
+        raise ValueError(f"`timesteps` must be {expected}, got {describe(timesteps)}.")
+
+
 def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kwargs) -> torch.Tensor:
     """MSE of ``unet`` on ``clean`` samples noised by a diffusers ``scheduler`` at random (or given) timesteps;
     the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says."""
@@ -342,8 +378,8 @@ class TransformerBlock(torch.nn.Module):
 # Loading checks (issue 8: bad inputs). transformers' own errors for a folder that cannot be this model
 # are unclear (an AttributeError for a config of another model type, a SafetensorError that does not name
 # the file, a RuntimeError pointing at a log report), and `ignore_mismatched_sizes=True` would silently
-# re-initialise a codebook whose size disagrees with config.json. Each family's `XPreTrainedModel` lists
-# `CheckedLoadingMixin` first among its bases.
+# re-initialise a codebook whose size disagrees with config.json. Each family's `XPreTrainedModel` inherits
+# `CheckedLoadingMixin` through `VTokPreTrainedModel`.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -454,10 +490,24 @@ class CheckedLoadingMixin:
         return (model, loading_info) if output_loading_info else model
 
 
-def register_tokenizer_family(config_class, model_class, pretraining_class, image_processor_classes: dict) -> None:
-    """Register a tokenizer family with AutoConfig / AutoModel / AutoModelForPreTraining / AutoImageProcessor
-    (idempotent). ``image_processor_classes``: ``{"pil": XImageProcessorPil, "torch": XImageProcessor}``."""
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, model_class, exist_ok=True)
-    AutoModelForPreTraining.register(config_class, pretraining_class, exist_ok=True)
-    AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=True)
+class VTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+    """Base of each family's ``XPreTrainedModel``: images in, the tokenizer under ``tokenizer`` in training wrappers."""
+
+    base_model_prefix = "tokenizer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _pretraining_draws(self, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``noise`` and ``timesteps`` from the ``**kwargs`` of a pre-training ``forward``; any other key raises.
+        Given both, an eval-mode step is deterministic. Checked against the decoder input by
+        :func:`check_diffusion_draws`."""
+        unexpected = sorted(set(kwargs) - set(PreTrainingKwargs.__annotations__))
+        if unexpected:
+            import inspect
+
+            expected = [name for name in inspect.signature(self.forward).parameters if name != "kwargs"]
+            raise TypeError(
+                f"{type(self).__name__}.forward got unexpected batch keys {unexpected}; expected "
+                f"{', '.join(expected + ['noise', 'timesteps'])}."
+            )
+        return kwargs.get("noise"), kwargs.get("timesteps")

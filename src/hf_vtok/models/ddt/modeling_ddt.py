@@ -13,16 +13,16 @@ trained end to end.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel  # noqa: F401 - diffusers' loader looks it up here
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from ...utils import modeling_utils as vtok
 from ...utils.modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
@@ -38,12 +38,9 @@ from .modeling_ddt_decoder import (
 )
 
 
-class DDTPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class DDTPreTrainedModel(vtok.VTokPreTrainedModel):
     config_class = DDTTokenizerConfig
     config: DDTTokenizerConfig
-    base_model_prefix = "tokenizer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["DDTEncoderLayer", "DDTJointTransformerBlock"]
     # nearest-code search must not depend on the model dtype
@@ -287,7 +284,7 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
 
 
 @dataclass
-class DDTTokenizerForPreTrainingOutput(ModelOutput):
+class DDTTokenizerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Output of :class:`DDTTokenizerForPreTraining`.
 
     Args:
@@ -304,7 +301,6 @@ class DDTTokenizerForPreTrainingOutput(ModelOutput):
         ids: the token ids of each image.
     """
 
-    loss: torch.FloatTensor | None = None
     diffusion_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     entropy_loss: torch.FloatTensor | None = None
@@ -413,16 +409,16 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
         return vtok.encode_latents(self._vae, pixel_values)
 
     # ------------------------------------------------------------------ training step
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         latents: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        return_loss: bool = True,
-        return_dict: bool = True,
-    ) -> DDTTokenizerForPreTrainingOutput | tuple:
+        return_loss: bool = True,  # tells transformers.Trainer that the loss needs no labels
+        **kwargs: Unpack[vtok.PreTrainingKwargs],
+    ) -> DDTTokenizerForPreTrainingOutput:
         """One rectified-flow step: ``loss`` and its components (see the class docstring for the keys)."""
+        noise, timesteps = self._pretraining_draws(kwargs)
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
         cfg = self.config
         batch = pixel_values.shape[0]
@@ -442,17 +438,12 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             usage = (counts > 0).float().mean()
 
         x0 = self._decoder_target(pixel_values, latents)
+        vtok.check_diffusion_draws(noise, timesteps, x0, num_train_timesteps=None)  # rectified flow: t in [0, 1]
         if timesteps is None:
             timesteps = self._sample_timesteps(batch, x0.device)
-        else:
-            check_tensor("timesteps", timesteps, ndim=1, floating=True, finite=True)
-            if timesteps.shape[0] != batch or float(timesteps.min()) < 0 or float(timesteps.max()) > 1:
-                raise ValueError(f"`timesteps` must be {batch} noise levels in [0, 1], got {describe(timesteps)}.")
         timesteps = timesteps.to(device=x0.device, dtype=torch.float32)
         if noise is None:
             noise = torch.randn_like(x0)
-        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
-            raise ValueError(f"`noise` must be a tensor of shape {tuple(x0.shape)}, got {describe(noise)}.")
         t = timesteps.view(-1, 1, 1, 1).to(x0.dtype)
         x_t = t * noise + (1 - t) * x0
 
@@ -478,7 +469,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             entropy = self.tokenizer.entropy_loss(z)
         loss = cfg.diffusion_loss_weight * diffusion_loss + quantization_loss + cfg.entropy_loss_weight * entropy
 
-        output = DDTTokenizerForPreTrainingOutput(
+        return DDTTokenizerForPreTrainingOutput(
             loss=loss,
             diffusion_loss=diffusion_loss.detach(),
             commitment_loss=commitment.detach(),
@@ -490,7 +481,6 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             timesteps=timesteps,
             ids=ids,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

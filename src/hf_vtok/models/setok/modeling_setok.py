@@ -28,16 +28,16 @@ that its weights map one to one, see :class:`SeTokReleasedMergerBlock`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel  # noqa: F401 - diffusers' loader looks it up here
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from ...utils import modeling_utils as vtok
 from ...utils.modeling_utils import Attention, FeedForward, sinusoidal_embedding_2d
@@ -353,11 +353,8 @@ def _reference_cluster_merger(
 # Models
 
 
-class SeTokPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class SeTokPreTrainedModel(vtok.VTokPreTrainedModel):
     config_class = SeTokConfig
-    base_model_prefix = "tokenizer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = False
     _no_split_modules: ClassVar[list[str]] = ["SeTokMergerBlock", "SeTokReleasedMergerBlock"]
 
@@ -615,7 +612,7 @@ def _consistency_kl(cluster_masks, log_pi, factor: int, grid_size, eps: float = 
 
 
 @dataclass
-class SeTokForPreTrainingOutput(ModelOutput):
+class SeTokForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Losses of :class:`SeTokForPreTraining` (``loss`` is the weighted sum that the Trainer optimises).
 
     Args:
@@ -627,7 +624,6 @@ class SeTokForPreTrainingOutput(ModelOutput):
         mask_logits: per-token mask logits ``[B, T, H_m, W_m]`` (stage 2).
     """
 
-    loss: torch.FloatTensor | None = None
     diffusion_loss: torch.FloatTensor | None = None
     mask_loss: torch.FloatTensor | None = None
     mask_bce_loss: torch.FloatTensor | None = None
@@ -738,16 +734,16 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
 
         return self.decoder_samples(images, latents, pixel_values.shape[0]).to(self.unet.dtype)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         instance_mask: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-    ) -> SeTokForPreTrainingOutput | tuple:
+        **kwargs: Unpack[vtok.PreTrainingKwargs],
+    ) -> SeTokForPreTrainingOutput:
         """Stage-I losses for a batch (see the class docstring for the keys); ``noise``/``timesteps`` are optional."""
+        noise, timesteps = self._pretraining_draws(kwargs)
         pixel_values = self.tokenizer._check_pixel_values(pixel_values).to(self.dtype)
         batch = pixel_values.shape[0]
         stage = self.config.stage
@@ -769,8 +765,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
         clean = self._diffusion_inputs(pixel_values, latents)
-        if noise is not None and tuple(noise.shape) != tuple(clean.shape):
-            raise ValueError(f"`noise` must have shape {tuple(clean.shape)}, got {describe(noise)}.")
+        vtok.check_diffusion_draws(noise, timesteps, clean, self.noise_scheduler.config.num_train_timesteps)
         diffusion_loss = vtok.denoising_loss(
             self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)
         )
@@ -793,7 +788,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
             )
             loss = loss + mask_loss
 
-        output = SeTokForPreTrainingOutput(
+        return SeTokForPreTrainingOutput(
             loss=loss,
             diffusion_loss=diffusion_loss,
             mask_loss=mask_loss,
@@ -803,7 +798,6 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
             num_tokens=tokens.attention_mask.sum(-1).float().mean(),
             mask_logits=mask_logits,
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [

@@ -21,7 +21,7 @@ import glob
 import math
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import torch
 import torch.distributed as dist
@@ -296,12 +296,9 @@ class SlotRebuilder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- models
-class SlotQFormerPreTrainedModel(vtok.CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)
+class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
     config: SlotQFormerConfig
     config_class = SlotQFormerConfig
-    base_model_prefix = "tokenizer"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     # nearest-code search must not change with the model dtype
     _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["codebooks"]
     _no_split_modules: ClassVar[list[str]] = ["SlotQFormerLayer", "TransformerBlock"]
@@ -597,14 +594,13 @@ class SlotQFormerTextHead(nn.Module):
 
 
 @dataclass
-class SlotQFormerForPreTrainingOutput(ModelOutput):
+class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Losses of one training step (weighted ``loss`` first, then each unweighted component).
 
     Stage 1 fills ``loss_contrastive``, ``loss_text_generation``, ``loss_diffusion``, ``loss_global_mse``;
     stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``.
     """
 
-    loss: torch.FloatTensor | None = None
     loss_contrastive: torch.FloatTensor | None = None
     loss_text_generation: torch.FloatTensor | None = None
     loss_diffusion: torch.FloatTensor | None = None
@@ -840,13 +836,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         if condition_dropout and self.training and probability > 0:
             drop = torch.rand(batch, device=slot_embeddings.device) < probability
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
-        if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != latents.shape):
-            raise ValueError(f"`noise` must be a tensor of shape {tuple(latents.shape)}, got {describe(noise)}.")
-        if timesteps is not None:
-            check_tensor("timesteps", timesteps, ndim=1, integer=True)
-            high = self.noise_scheduler.config.num_train_timesteps
-            if timesteps.shape[0] != batch or int(timesteps.min()) < 0 or int(timesteps.max()) >= high:
-                raise ValueError(f"`timesteps` must be {batch} integer timesteps in [0, {high}), got {describe(timesteps)}.")
+        vtok.check_diffusion_draws(noise, timesteps, latents, self.noise_scheduler.config.num_train_timesteps)
         unet_dtype = self.unet.dtype
         loss = vtok.denoising_loss(
             self.unet,
@@ -924,6 +914,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         return loss_itc, loss_itg
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -931,21 +922,13 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         attention_mask: torch.LongTensor | None = None,
         decoder_pixel_values: torch.Tensor | None = None,
         teacher_pixel_values: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        timesteps: torch.LongTensor | None = None,
         latents: torch.Tensor | None = None,
-        return_dict: bool = True,
-        **kwargs,
+        **kwargs: Unpack[vtok.PreTrainingKwargs],
     ) -> SlotQFormerForPreTrainingOutput:
         """Weighted loss of the current stage (``config.stage``); see the class docstring for the keys. ``noise``
         (shaped like the decoder input) and ``timesteps`` (`[B]` integers) fix the diffusion loss's random draws:
         with both, an eval-mode call is deterministic."""
-        kwargs.pop("num_items_in_batch", None)  # passed by transformers.Trainer
-        if kwargs:
-            raise TypeError(
-                f"SlotQFormerForPreTraining.forward got unexpected batch keys {sorted(kwargs)}; expected "
-                "pixel_values, input_ids, attention_mask, decoder_pixel_values, teacher_pixel_values, noise, timesteps, latents."
-            )
+        noise, timesteps = self._pretraining_draws(kwargs)
         config = self.config
         pixel_values = self.tokenizer._check_pixel_values(pixel_values)
         batch = pixel_values.shape[0]
@@ -969,7 +952,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
-            output = SlotQFormerForPreTrainingOutput(
+            return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_contrastive=loss_itc,
                 loss_text_generation=loss_itg,
@@ -994,7 +977,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 + config.stage2_diffusion_loss_weight * loss_diffusion
                 + config.stage2_global_mse_loss_weight * loss_mse
             )
-            output = SlotQFormerForPreTrainingOutput(
+            return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
@@ -1005,7 +988,6 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 assignments=encoded.assignments,
                 codebook_perplexity=quantized.perplexity,
             )
-        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ export / init
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
