@@ -41,25 +41,9 @@ def pretrained_dinov2(tmp_path):
     return tmp_path / "dinov2", model
 
 
-@pytest.fixture
-def encoder_calls(monkeypatch, tmp_path):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
-    calls = []
-    encode = AutoencoderTAEF2.encode
-
-    def counting_encode(self, x, *args, **kwargs):
-        calls.append(int(x.shape[0]))
-        return encode(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(AutoencoderTAEF2, "encode", counting_encode)
-    return calls
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["slot_qformer_latent_128", "setok_latent_128"])
-def test_latent_recipe_loads_the_pretrained_encoder_and_trains_on_cached_latents(recipe, tmp_path, pretrained_dinov2, encoder_calls):
+def test_latent_recipe_loads_the_pretrained_encoder_and_trains_on_cached_latents(recipe, tmp_path, pretrained_dinov2, datasets_cache, encoder_calls):
     folder, dinov2 = pretrained_dinov2
     argv = ["--recipe", recipe, "--num_train_images", "4", "--per_device_train_batch_size", "2", "--max_steps", "2",
             "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(tmp_path / "run")]  # fmt: skip

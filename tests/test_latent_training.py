@@ -36,28 +36,6 @@ torch.set_num_threads(1)
 LATENT_DECODER = {"decoder_config": {"patch_size": 2, "in_channels": 32, "vae_scale_factor": 8}}
 
 
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    """Images passed through ``AutoencoderTAEF2.encode`` (one entry per call: the batch size)."""
-    calls = []
-    encode = AutoencoderTAEF2.encode
-
-    def counting_encode(self, x, *args, **kwargs):
-        calls.append(int(x.shape[0]))
-        return encode(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(AutoencoderTAEF2, "encode", counting_encode)
-    return calls
-
-
-@pytest.fixture
-def datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
-    return tmp_path / "datasets_cache"
-
-
 def latent_ddt_argv(output_dir, *extra):
     return ["--recipe", "ddt_tiny", "--config_overrides", json.dumps(LATENT_DECODER), "--num_train_images", "8",
             "--per_device_train_batch_size", "4", "--max_steps", "2", "--logging_steps", "1", "--report_to", "none",
