@@ -10,7 +10,7 @@ This benchmark runs, on the same features (batch 32, 24 x 24 patches of width 11
   them (``torch.cdist``: N x N square roots, squared again for the kernel): it is the speed the issue quotes
   for the released code, and may differ from the others only where a float tie flips (reported);
 * merger: ``SeTokClusterMerger`` (all clusters of a chunk of images in one pass, same-cluster attention) vs
-  ``_reference_cluster_merger`` (one cluster at a time); the tokens must agree to float tolerance.
+  ``reference_cluster_merger`` (one cluster at a time); the tokens must agree to float tolerance.
 
 Each measurement runs in its own subprocess, so that peak memory (VmHWM, reset after the inputs are built) is
 not polluted by the other path; "extra" is the peak minus the resident size just before the timed call.
@@ -124,10 +124,9 @@ def released_style_clustering(features: torch.Tensor, **kwargs):
 
 def worker(args) -> dict:
     torch.set_num_threads(1)
-    from setok_clustering_reference import _reference_density_peak_clustering
+    from setok_clustering_reference import _reference_density_peak_clustering, reference_cluster_merger
 
     from hf_vtok.models.setok.clustering_setok import density_peak_clustering
-    from hf_vtok.models.setok.modeling_setok import _reference_cluster_merger
 
     features = make_features(args.features, args.batch, args.grid, args.dim)
     if args.stage == "clustering":
@@ -148,7 +147,7 @@ def worker(args) -> dict:
             with torch.no_grad():
                 if args.path == "batched":
                     return merger(features, masks, attention_mask)
-                return _reference_cluster_merger(merger, features, masks, attention_mask)
+                return reference_cluster_merger(merger, features, masks, attention_mask)
 
     before = _status_kb("VmRSS")
     reset = _reset_peak()

@@ -22,7 +22,7 @@ numbers of the same run):
 * ``agreement``: the partition of every image, hf_vtok vs the re-implementation, over ``--images`` images of each
   kind (same noise);
 * ``merger``: batch 32, Voronoi partitions with 5 and 64 clusters (ragged sizes), width 1152, 2 heads, FFN 4608:
-  packed vs the same layers cluster by cluster (``_reference_cluster_merger``, equal FLOPs), for the paper and the
+  packed vs the same layers cluster by cluster (``reference_cluster_merger``, equal FLOPs), for the paper and the
   released layout, and the released re-implementation's loop.
 
 Usage::
@@ -44,10 +44,12 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 from bench_setok_clustering import make_features
+from setok_clustering_reference import reference_cluster_merger, released_dpc_knn, same_partition
 
 from hf_vtok.models.setok import SeTokConfig, density_peak_clustering
-from hf_vtok.models.setok.modeling_setok import SeTokClusterMerger, _reference_cluster_merger
+from hf_vtok.models.setok.modeling_setok import SeTokClusterMerger
 
 K, THRESHOLD, FALLBACK, NOISE = 64, 0.55, 64, 1e-6
 
@@ -56,31 +58,9 @@ K, THRESHOLD, FALLBACK, NOISE = 64, 0.55, 64, 1e-6
 # Re-implementation of the released code's operations (benchmark reference; not the released code itself)
 
 
-def released_dpc_knn(x: torch.Tensor, k: int = K, threshold: float = THRESHOLD, fallback: int = FALLBACK):
-    """One image ``[N, C]``: (centre indices, label per patch), as the released clustering computes them.
-
-    The density noise comes from the global RNG, as in the released code (seed it before the loop).
-    """
-    channels = x.shape[1]
-    dist = torch.cdist(x, x) / channels**0.5
-    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
-    density = (-(nearest**2).mean(dim=-1)).exp()
-    density = density + torch.rand(density.shape, dtype=density.dtype) * NOISE
-    mask = (density[None, :] > density[:, None]).to(x.dtype)
-    dist_max = dist.flatten(1).max(dim=-1)[0][None, None]
-    delta = (dist * mask + dist_max * (1 - mask)).min(dim=-1)[0]
-    score = delta * density
-    centres = torch.nonzero(score.reshape(-1) > threshold).reshape(-1)
-    if centres.numel() == 0:
-        centres = torch.sort(torch.topk(score, k=fallback, dim=-1)[1]).values.reshape(-1)
-    labels = dist[centres, :].argmin(dim=0)
-    labels[centres] = torch.arange(centres.numel())
-    return centres, labels
-
-
 def released_clustering(features: torch.Tensor, seed: int):
-    torch.manual_seed(seed)
-    return [released_dpc_knn(image) for image in features]
+    torch.manual_seed(seed)  # the released code draws its density noise from the global RNG, image by image
+    return [released_dpc_knn(image, K, THRESHOLD, FALLBACK, torch.rand(image.shape[0]) * NOISE)[:2] for image in features]
 
 
 def released_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -116,11 +96,6 @@ def timed(function, repeats: int):
         function_result = function()
         best = min(best, time.process_time() - start)
     return best, function_result
-
-
-def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
-    pairs = torch.stack([a, b], dim=1).unique(dim=0)
-    return pairs.shape[0] == a.unique().numel() == b.unique().numel()
 
 
 def hf_kwargs(num_patches: int, max_clusters: int | None = None) -> dict:
@@ -231,7 +206,7 @@ def section_merger(args):
                     return merger(features, masks, attention_mask)
 
                 def run_loop(merger=merger, masks=masks, attention_mask=attention_mask):
-                    return _reference_cluster_merger(merger, features, masks, attention_mask)
+                    return reference_cluster_merger(merger, features, masks, attention_mask)
 
                 t_packed, packed = timed(run_packed, args.merger_repeats)
                 t_loop, loop = timed(run_loop, args.merger_repeats)

@@ -1,5 +1,7 @@
-"""SeTok's density-peak clustering one image at a time and one cluster at a time, for checking the batched
-:func:`hf_vtok.models.setok.clustering_setok.density_peak_clustering` (tests and ``benchmarks/``)."""
+"""References for SeTok (tests and ``benchmarks/``): the density-peak clustering one image and one cluster at a time,
+for checking the batched :func:`hf_vtok.models.setok.clustering_setok.density_peak_clustering`; this project's
+re-implementation of the released code's per-image clustering (``released_dpc_knn``, not the released code itself);
+the cluster merger one image and one cluster at a time."""
 
 from __future__ import annotations
 
@@ -119,3 +121,60 @@ def _reference_paper_rule_single(distances, log_scores, masks, seeds, options) -
         masks[count] = remainder
         count += 1
     return count
+
+
+def released_dpc_knn(x: torch.Tensor, k: int, threshold: float, fallback: int, noise: torch.Tensor | None):
+    """The released clustering of one image ``x`` ``[N, C]``: (centre indices in index order, label per patch)."""
+    channels = x.shape[1]
+    dist = torch.cdist(x, x) / channels**0.5
+    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    if noise is not None:
+        density = density + noise
+    mask = (density[None, :] > density[:, None]).to(x.dtype)
+    dist_max = dist.flatten(1).max(dim=-1)[0][None, None]  # [1, 1, N]: broadcast over the last axis
+    delta = (dist * mask + dist_max * (1 - mask)).min(dim=-1)[0]  # [1, N]
+    score = delta * density
+    centres = torch.nonzero(score.reshape(-1) > threshold).reshape(-1)
+    if centres.numel() == 0:
+        centres = torch.sort(torch.topk(score, k=fallback, dim=-1)[1]).values.reshape(-1)
+    labels = dist[centres, :].argmin(dim=0)
+    labels[centres] = torch.arange(centres.numel())
+    return centres, labels, score.reshape(-1)
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two label vectors describe the same partition (up to the names of the clusters)."""
+    pairs = torch.stack([a, b], dim=1).unique(dim=0)
+    return pairs.shape[0] == a.unique().numel() == b.unique().numel()
+
+
+def reference_cluster_merger(
+    merger,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    attention_mask: torch.Tensor,
+    grid_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The merger one image and one cluster at a time (the released code's loop), for tests and benchmarks."""
+    grid_size = merger.grid_size if grid_size is None else grid_size
+    position = merger.position_embeddings(grid_size, features.device, features.dtype)
+    out = features.new_zeros(masks.shape[0], masks.shape[1], merger.output_projection.out_features
+                             if merger.output_projection is not None else merger.dim)
+    for image in range(features.shape[0]):
+        count = int(attention_mask[image].sum())
+        tokens = []
+        for cluster in range(count):
+            weights = masks[image, cluster].to(features.dtype)
+            members = (weights > 0).nonzero(as_tuple=True)[0]  # raster-scan order
+            sequence = ((features[image, members] + position[members]) * weights[members, None])[None]
+            for layer in merger.layers:
+                sequence = layer(sequence)
+            tokens.append((weights[members, None] * sequence[0]).sum(0) / weights[members].sum())
+        tokens = torch.stack(tokens)[None]
+        for layer in merger.inter_cluster_layers:
+            tokens = layer(tokens)
+        if merger.output_projection is not None:
+            tokens = merger.output_projection(tokens)
+        out[image, :count] = tokens[0]
+    return out

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from setok_clustering_reference import _reference_density_peak_clustering
+from setok_clustering_reference import _reference_density_peak_clustering, reference_cluster_merger
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 import hf_vtok  # noqa: F401  (registers the Auto classes)
@@ -19,7 +19,6 @@ from hf_vtok.models.setok import (
     SeTokModel,
     density_peak_clustering,
 )
-from hf_vtok.models.setok.modeling_setok import _reference_cluster_merger
 
 
 def colour_scene(num_objects: int, generator: torch.Generator, grid: int = 8, channels: int = 3) -> torch.Tensor:
@@ -233,7 +232,7 @@ def test_batched_merger_equals_cluster_by_cluster_loop(overrides):
     features = torch.randn(3, 64, 32)
     with torch.no_grad():
         tokens, clusters = model._tokenize(features)
-        reference = _reference_cluster_merger(model.merger, features, clusters.masks, clusters.attention_mask)
+        reference = reference_cluster_merger(model.merger, features, clusters.masks, clusters.attention_mask)
     torch.testing.assert_close(tokens.embeddings, reference, atol=2e-5, rtol=1e-4)
 
 

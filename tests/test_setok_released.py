@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from setok_clustering_reference import reference_cluster_merger, released_dpc_knn, same_partition
 from torch import nn
 
 from hf_vtok.models.setok import SeTokConfig, SeTokModel, density_peak_clustering
@@ -18,39 +19,12 @@ from hf_vtok.models.setok.clustering_setok import _released_distances
 from hf_vtok.models.setok.modeling_setok import (
     SeTokClusterMerger,
     SeTokReleasedMergerBlock,
-    _reference_cluster_merger,
 )
 
 RELEASED = {
     "center_rule": "released", "distance_scale": "sqrt_dim", "density": "released", "delta_distance": "euclidean",
     "densest_delta": "released",
 }
-
-
-def released_dpc_knn(x: torch.Tensor, k: int, threshold: float, fallback: int, noise: torch.Tensor | None):
-    """The released clustering of one image ``x`` ``[N, C]``: (centre indices in index order, label per patch)."""
-    channels = x.shape[1]
-    dist = torch.cdist(x, x) / channels**0.5
-    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
-    density = (-(nearest**2).mean(dim=-1)).exp()
-    if noise is not None:
-        density = density + noise
-    mask = (density[None, :] > density[:, None]).to(x.dtype)
-    dist_max = dist.flatten(1).max(dim=-1)[0][None, None]  # [1, 1, N]: broadcast over the last axis
-    delta = (dist * mask + dist_max * (1 - mask)).min(dim=-1)[0]  # [1, N]
-    score = delta * density
-    centres = torch.nonzero(score.reshape(-1) > threshold).reshape(-1)
-    if centres.numel() == 0:
-        centres = torch.sort(torch.topk(score, k=fallback, dim=-1)[1]).values.reshape(-1)
-    labels = dist[centres, :].argmin(dim=0)
-    labels[centres] = torch.arange(centres.numel())
-    return centres, labels, score.reshape(-1)
-
-
-def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two label vectors describe the same partition (up to the names of the clusters)."""
-    pairs = torch.stack([a, b], dim=1).unique(dim=0)
-    return pairs.shape[0] == a.unique().numel() == b.unique().numel()
 
 
 def library_labels(features, **kwargs):
@@ -246,7 +220,7 @@ def test_packed_merger_equals_the_per_cluster_loop_on_ragged_clusters(layout):
     attention_mask = torch.ones(2, 4, dtype=torch.long)
     with torch.no_grad():
         packed = merger(features, masks, attention_mask)
-        loop = _reference_cluster_merger(merger, features, masks, attention_mask)
+        loop = reference_cluster_merger(merger, features, masks, attention_mask)
         # the same clusters through the dense (unpacked) path of the layers: attention over the whole image differs
         whole = merger.layers[0](features + merger.position_embeddings((24, 24), features.device, features.dtype))
     torch.testing.assert_close(packed, loop, rtol=1e-5, atol=1e-5)

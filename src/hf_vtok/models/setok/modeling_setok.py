@@ -318,37 +318,6 @@ def _pack_clusters(labels: torch.Tensor, slots: int):
     return order, segments
 
 
-def _reference_cluster_merger(
-    merger: SeTokClusterMerger,
-    features: torch.Tensor,
-    masks: torch.Tensor,
-    attention_mask: torch.Tensor,
-    grid_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """The merger one image and one cluster at a time (the released code's loop), for tests and benchmarks."""
-    grid_size = merger.grid_size if grid_size is None else grid_size
-    position = merger.position_embeddings(grid_size, features.device, features.dtype)
-    out = features.new_zeros(masks.shape[0], masks.shape[1], merger.output_projection.out_features
-                             if merger.output_projection is not None else merger.dim)
-    for image in range(features.shape[0]):
-        count = int(attention_mask[image].sum())
-        tokens = []
-        for cluster in range(count):
-            weights = masks[image, cluster].to(features.dtype)
-            members = (weights > 0).nonzero(as_tuple=True)[0]  # raster-scan order
-            sequence = ((features[image, members] + position[members]) * weights[members, None])[None]
-            for layer in merger.layers:
-                sequence = layer(sequence)
-            tokens.append((weights[members, None] * sequence[0]).sum(0) / weights[members].sum())
-        tokens = torch.stack(tokens)[None]
-        for layer in merger.inter_cluster_layers:
-            tokens = layer(tokens)
-        if merger.output_projection is not None:
-            tokens = merger.output_projection(tokens)
-        out[image, :count] = tokens[0]
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------
 # Models
 
