@@ -481,20 +481,9 @@ def test_quantizer_inputs():
 # ------------------------------------------------------------------------------------------------------ MLLM
 @pytest.fixture(scope="module")
 def mllm(parts):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_mllm import build_tiny_mllm
 
-    from hf_vtok.data.text_tokenizer import build_text_tokenizer
-    from hf_vtok.mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
-
-    torch.manual_seed(0)
-    text_tokenizer = build_text_tokenizer()
-    special = {"pad_token_id": text_tokenizer.pad_token_id, "bos_token_id": text_tokenizer.bos_token_id,
-               "eos_token_id": text_tokenizer.eos_token_id}
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(text_tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, **special))
-    visual = parts["ddt"]["tokenizer"]
-    model = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(lm, visual, text_tokenizer).eval()
-    return model, VTokMLLMProcessor.from_visual_tokenizer(text_tokenizer, visual)
+    return build_tiny_mllm(parts["ddt"]["tokenizer"])
 
 
 def test_mllm_processor_and_generation_inputs(mllm):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CONFIG_MAPPING, AutoModel, AutoModelForPreTraining, LlamaConfig, LlamaForCausalLM
+from tiny_mllm import build_tiny_mllm
+from transformers import CONFIG_MAPPING, AutoModel, AutoModelForPreTraining
 from transformers.modeling_outputs import BaseModelOutput
 
 import hf_vtok  # noqa: F401  (registers everything)
-from hf_vtok.data.text_tokenizer import build_text_tokenizer
-from hf_vtok.mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
+from hf_vtok.mllm import VTokMLLMForConditionalGeneration
 from hf_vtok.models.slot_qformer import SlotQFormerConfig, SlotQFormerForPreTraining
 from hf_vtok.trainer.arguments import FAMILY_MODEL_TYPES
 from hf_vtok.utils.quantizers import Codebook
@@ -39,20 +39,9 @@ def tokenizers():
     return {family: AutoModel.from_config(tiny_config(family)).eval() for family in FAMILIES}
 
 
-def build_mllm(visual_tokenizer):
-    torch.manual_seed(0)
-    text_tokenizer = build_text_tokenizer()
-    special = {"pad_token_id": text_tokenizer.pad_token_id, "bos_token_id": text_tokenizer.bos_token_id,
-               "eos_token_id": text_tokenizer.eos_token_id}
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(text_tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, **special))
-    model = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(lm, visual_tokenizer, text_tokenizer)
-    return model.eval(), VTokMLLMProcessor.from_visual_tokenizer(text_tokenizer, visual_tokenizer)
-
-
 @pytest.fixture(scope="module")
 def mllms(tokenizers):
-    return {family: build_mllm(tokenizers[family]) for family in ("ddt", "setok")}
+    return {family: build_tiny_mllm(tokenizers[family]) for family in ("ddt", "setok")}
 
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
