@@ -707,7 +707,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        instance_mask: torch.Tensor | None = None,
+        instance_mask: torch.Tensor | None = None,  # [B, H, W] instance ids (0 = background), stage 2
         latents: torch.Tensor | None = None,
         **kwargs: Unpack[vtok.PreTrainingKwargs],
     ) -> SeTokForPreTrainingOutput:
@@ -740,33 +740,24 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
         )
         loss = self.config.diffusion_loss_weight * diffusion_loss
 
-        mask_loss = bce_loss = dice_loss = kl_loss = mask_logits = None
+        mask_terms = {}  # stage 2: the mask decoder's losses and logits
         if stage == 2:
             mask_logits = self.mask_decoder(tokens.embeddings, tokens.attention_mask, features)
             targets, valid = _instance_targets(
                 instance_mask.to(mask_logits.device), tuple(mask_logits.shape[-2:]), self.config.mask_include_background
             )
             bce_loss, dice_loss, log_pi = _mask_losses(mask_logits, tokens.attention_mask.bool(), targets, valid)
-            kl_loss = _consistency_kl(
-                clusters.masks, log_pi, self.mask_decoder.upsample_factor, self.config.grid_size
-            )
+            kl_loss = _consistency_kl(clusters.masks, log_pi, self.mask_decoder.upsample_factor, self.config.grid_size)
             mask_loss = (
                 self.config.mask_kl_loss_weight * kl_loss
                 + self.config.mask_bce_loss_weight * bce_loss
                 + self.config.mask_dice_loss_weight * dice_loss
             )
             loss = loss + mask_loss
-
-        return SeTokForPreTrainingOutput(
-            loss=loss,
-            diffusion_loss=diffusion_loss,
-            mask_loss=mask_loss,
-            mask_bce_loss=bce_loss,
-            mask_dice_loss=dice_loss,
-            mask_kl_loss=kl_loss,
-            num_tokens=tokens.attention_mask.sum(-1).float().mean(),
-            mask_logits=mask_logits,
-        )
+            mask_terms = {"mask_loss": mask_loss, "mask_bce_loss": bce_loss, "mask_dice_loss": dice_loss,
+                          "mask_kl_loss": kl_loss, "mask_logits": mask_logits}  # fmt: skip
+        num_tokens = tokens.attention_mask.sum(-1).float().mean()
+        return SeTokForPreTrainingOutput(loss=loss, diffusion_loss=diffusion_loss, num_tokens=num_tokens, **mask_terms)
 
 
 __all__ = [
