@@ -33,7 +33,7 @@ from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPI
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..utils.validation import check_int, describe
+from ..utils.validation import check_int, check_token_ids, describe
 from .vocabulary import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, code_token
 
 _CONTENT_MACRO = (
@@ -580,11 +580,7 @@ class VTokMLLMProcessor(ProcessorMixin):
             raise TypeError(f"`ids` must be an integer tensor of shape [N] or [B, N], got {describe(ids)}.")
         single = ids.ndim == 1
         ids = ids[None] if single else ids
-        if ids.shape[1] != self.num_visual_tokens:
-            raise ValueError(f"`ids` must hold {self.num_visual_tokens} ids per image, got shape {tuple(ids.shape)}.")
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= self.codebook_size:
-            raise ValueError(f"`ids` must be codebook indices in [0, {self.codebook_size}), got values in [{low}, {high}].")
+        ids = check_token_ids(ids, codebook_size=self.codebook_size, num_tokens=self.num_visual_tokens)
         texts = [
             self.boi_token + "".join(code_token(i, self.codebook_size) for i in row) + self.eoi_token
             for row in ids.tolist()

@@ -26,7 +26,7 @@ from transformers.utils import can_return_tuple
 
 from ...utils import modeling_utils as vtok
 from ...utils.modeling_utils import sinusoidal_embedding_1d, sinusoidal_embedding_2d
-from ...utils.quantizers import Codebook, VectorQuantizer
+from ...utils.quantizers import Codebook, VectorQuantizer, _usage_statistics
 from ...utils.validation import check_tensor, describe
 from .configuration_ddt import DDTTokenizerConfig
 from .modeling_ddt_decoder import (
@@ -432,10 +432,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
                 tokens = self.tokenizer.encode(pixel_values)
             codes, ids, z = tokens.embeddings, tokens.ids, None
             commitment = quantization_loss = codes.new_zeros(())
-            counts = torch.bincount(ids.reshape(-1), minlength=cfg.codebook_size).float()
-            probs = counts / counts.sum()
-            perplexity = torch.exp(-(probs * probs.clamp(min=1e-12).log()).sum())
-            usage = (counts > 0).float().mean()
+            perplexity, usage = _usage_statistics(ids, cfg.codebook_size)  # what the quantizer reports in stage 1
 
         x0 = self._decoder_target(pixel_values, latents)
         vtok.check_diffusion_draws(noise, timesteps, x0, num_train_timesteps=None)  # rectified flow: t in [0, 1]
