@@ -144,26 +144,11 @@ def _mllm_section(context: DemoContext) -> dict:
     return result
 
 
-def _natural_photos() -> list:
-    from PIL import Image
-    from skimage import data as skimage_data
-
-    photos = []
-    for name in NATURAL_PHOTOS:
-        array = getattr(skimage_data, name)()
-        photos.append(Image.fromarray(array).convert("RGB"))
-    return photos
-
-
 def _tokenizer_section(family: str, context: DemoContext) -> dict:
     """Reconstructions, token maps and metrics of one family on the demo scenes."""
-    from ..evaluation.tokenizers import (
-        assignment_maps,
-        evaluate_tokenizer,
-        load_tokenizer_folder,
-        upsample_labels,
-    )
-    from ..evaluation.visualization import make_grid, overlay_masks, save_png
+    from ..evaluation.analysis import natural_photos
+    from ..evaluation.tokenizers import encode_images, evaluate_tokenizer, group_maps, load_tokenizer_folder
+    from ..evaluation.visualization import make_grid, overlay_masks, reconstruction_grid, save_png
 
     folder = _checkpoint_folder(family, context)
     if folder is None:
@@ -173,24 +158,16 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
     loaded = load_tokenizer_folder(folder)
     evaluation = evaluate_tokenizer(loaded, context.dataset, num_inference_steps=25, seed=context.seed)
     metrics = evaluation.summary()
-    count = len(evaluation.originals)
-    tiles = list(evaluation.originals) + list(evaluation.reconstructions)
-    captions = ["input"] * count + [f"{value:.1f} dB" for value in evaluation.psnr[:count]]
-    if evaluation.group_maps:
-        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(evaluation.originals, evaluation.group_maps)]
-        captions += [f"{len(set(labels.ravel().tolist()))} groups" for labels in evaluation.group_maps]
-    path = save_png(make_grid(tiles, ncols=count, captions=captions, tile_size=96), context.out_dir / f"{family}_reconstructions.png")
+    grid = reconstruction_grid(evaluation.originals, evaluation.reconstructions, evaluation.psnr, evaluation.group_maps,
+                               ["input"] * len(evaluation.originals), 96)
+    path = save_png(grid, context.out_dir / f"{family}_reconstructions.png")
     print(f"[{family}] inputs / reconstructions / token maps -> {path}")
     if evaluation.group_maps:
-        photos = _natural_photos()
-        pixel_values = loaded.image_processor(photos, return_tensors="pt").pixel_values
-        tokens = loaded.model.encode(pixel_values)
-        maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), loaded.image_size)
-        shown = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
-        overlays = [overlay_masks(image, labels, background_id=None) for image, labels in zip(shown, maps)]
+        tokens, shown = encode_images(loaded, list(natural_photos(NATURAL_PHOTOS, include_sklearn=False).values()))
+        overlays = [overlay_masks(image, labels, background_id=None) for image, labels in zip(shown, group_maps(tokens, loaded.image_size))]
         counts = tokens.attention_mask.sum(-1).tolist()
         path = save_png(
-            make_grid(list(shown) + overlays, ncols=len(photos), captions=list(NATURAL_PHOTOS) + [f"{n} tokens" for n in counts], tile_size=128),
+            make_grid(list(shown) + overlays, ncols=len(shown), captions=list(NATURAL_PHOTOS) + [f"{n} tokens" for n in counts], tile_size=128),
             context.out_dir / f"{family}_token_maps_photos.png",
         )
         print(f"[{family}] token maps on natural photos -> {path}")
@@ -205,9 +182,8 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
 
 def _token_count_statistics(family: str, loaded, context: DemoContext, num_scenes: int = 128) -> dict:
     """Mean token count per object count on flat and textured scenes, and the cluster maps of the flat demo scenes."""
-    import numpy as np
-
     from ..data.shapes import generate_shapes_dataset
+    from ..evaluation.analysis import tokens_by_object_count
     from ..evaluation.tokenizers import evaluate_tokenizer
     from ..evaluation.visualization import make_grid, overlay_masks, save_png
 
@@ -215,10 +191,10 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
     for style in ("flat", "textured"):
         scenes = generate_shapes_dataset(num_scenes, seed=context.seed + 1, style=style, with_edits=False, progress=False)
         evaluation = evaluate_tokenizer(loaded, scenes, reconstruct=False, keep_images=0)
-        tokens, objects = np.asarray(evaluation.num_tokens, dtype=float), np.asarray(evaluation.num_objects)
-        means = {int(k): round(float(tokens[objects == k].mean()), 2) for k in np.unique(objects)}
-        correlation = float(np.corrcoef(tokens, objects)[0, 1]) if tokens.std() > 0 else float("nan")
-        statistics[style] = {"mean_tokens": means, "correlation": round(correlation, 3)}
+        counts = tokens_by_object_count(evaluation.num_tokens, evaluation.num_objects)
+        means = {row["objects"]: round(row["mean_tokens"], 2) for row in counts["table"]}
+        correlation = float("nan") if counts["correlation"] is None else round(counts["correlation"], 3)
+        statistics[style] = {"mean_tokens": means, "correlation": correlation}
         table = ", ".join(f"{k} object{'' if k == 1 else 's'}: {v:.1f}" for k, v in means.items())
         print(f"[{family}] tokens per image on {num_scenes} {style} scenes by object count: {table} (r = {correlation:.2f})")
     flat = context.flat_dataset

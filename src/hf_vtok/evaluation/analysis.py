@@ -25,8 +25,7 @@ import torch
 from PIL import Image
 
 from ..utils.validation import check_float, check_int, describe
-from .metrics import psnr, ssim
-from .tokenizers import LoadedTokenizer, decode_tokens, resize_images
+from .tokenizers import LoadedTokenizer, decode_tokens, encode_images, reconstruction_scores, resize_images
 
 __all__ = [
     "NATURAL_PHOTO_NAMES",
@@ -136,14 +135,6 @@ class ReplacementResult:
         return out
 
 
-def _processed(loaded: LoadedTokenizer, images: Any) -> tuple[torch.Tensor, np.ndarray]:
-    if isinstance(images, (list, tuple)) and len(images) == 0:
-        raise ValueError("`images` must contain at least one image, got an empty list.")
-    pixel_values = loaded.image_processor(images, return_tensors="pt").pixel_values
-    originals = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
-    return pixel_values, originals.astype(np.float64)
-
-
 @torch.no_grad()
 def random_code_replacement(
     loaded: LoadedTokenizer,
@@ -179,18 +170,18 @@ def random_code_replacement(
     steps = check_int("num_inference_steps", num_inference_steps, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     group = _ids_per_unit(loaded.model.config) if group_size == "auto" else check_int("group_size", group_size, minimum=1)
-    pixel_values, originals = _processed(loaded, images)
-    ids = loaded.model.encode(pixel_values).ids
+    tokens, originals = encode_images(loaded, images)
     replaced, _ = replace_random_codes(
-        ids, loaded.model.codebook_size, fraction=fraction, group_size=group, generator=torch.Generator().manual_seed(seed)
+        tokens.ids, loaded.model.codebook_size, fraction=fraction, group_size=group, generator=torch.Generator().manual_seed(seed)
     )
-    decoded = decode_tokens(loaded, {"token_ids": ids}, steps, seed, **pipeline_kwargs)
+    decoded = decode_tokens(loaded, {"token_ids": tokens.ids}, steps, seed, **pipeline_kwargs)
     altered = decode_tokens(loaded, {"token_ids": replaced}, steps, seed, **pipeline_kwargs)
     targets = resize_images(originals, decoded.shape[1:3])
     result = ReplacementResult(fraction=float(fraction), group_size=group)
     for name, first, second in (("original", targets, decoded), ("replaced", targets, altered), ("between", decoded, altered)):
-        getattr(result, f"psnr_{name}").extend(np.atleast_1d(psnr(first, second)).tolist())
-        getattr(result, f"ssim_{name}").extend(np.atleast_1d(ssim(first, second)).tolist())
+        psnr_values, ssim_values = reconstruction_scores(first, second)
+        getattr(result, f"psnr_{name}").extend(psnr_values)
+        getattr(result, f"ssim_{name}").extend(ssim_values)
     result.images = {"input": list(targets[:keep_images]), "decoded": list(decoded[:keep_images]), "replaced": list(altered[:keep_images])}
     return result
 
@@ -205,6 +196,22 @@ def default_prefix_lengths(total: int) -> list[int]:
     return [2**i for i in range(math.ceil(math.log2(total)))] + [total]
 
 
+def has_prefix_decoding(pipeline) -> bool:
+    """Whether the decoder can render from the first ``n`` tokens only (a ``max_tokens`` argument: DDT)."""
+    return "max_tokens" in inspect.signature(pipeline.__call__).parameters
+
+
+def decode_prefixes(loaded: LoadedTokenizer, token_ids, prefix_lengths: Sequence[int], steps: int, seed: int, **pipeline_kwargs) -> dict:
+    """``{n: token_ids decoded from their first n ids}`` for every ``n`` of ``prefix_lengths``, all from the same
+    initial noise (DDT: the decoder sees ``min(k(t), n)`` tokens)."""
+    if not has_prefix_decoding(loaded.pipeline):
+        raise TypeError(
+            f"prefix decoding needs a decoder pipeline with a `max_tokens` argument (DDT); "
+            f"{type(loaded.pipeline).__name__} has none."
+        )
+    return {n: decode_tokens(loaded, {"token_ids": token_ids}, steps, seed, max_tokens=n, **pipeline_kwargs) for n in prefix_lengths}
+
+
 @torch.no_grad()
 def prefix_decoding_curve(
     loaded: LoadedTokenizer,
@@ -216,16 +223,11 @@ def prefix_decoding_curve(
     **pipeline_kwargs,
 ) -> dict:
     """PSNR/SSIM of decoding each image from its first ``n`` tokens only, for every ``n`` in ``prefix_lengths``
-    (DDT: the decoder sees ``min(k(t), n)`` tokens; default 1, 2, 4, ..., T). Same initial noise for every ``n``.
+    (:func:`decode_prefixes`; default 1, 2, 4, ..., T).
 
     Returns ``{"prefix_lengths": [...], "psnr": [...], "ssim": [...], "psnr_per_image": [[...], ...]}`` (means over
     images, then the per-image values for each ``n``).
     """
-    if "max_tokens" not in inspect.signature(loaded.pipeline.__call__).parameters:
-        raise TypeError(
-            f"prefix decoding needs a decoder pipeline with a `max_tokens` argument (DDT); "
-            f"{type(loaded.pipeline).__name__} has none."
-        )
     total = int(loaded.model.config.num_visual_tokens)
     if prefix_lengths is None:
         prefix_lengths = default_prefix_lengths(total)
@@ -234,16 +236,14 @@ def prefix_decoding_curve(
     prefix_lengths = [check_int("prefix_lengths", n, minimum=1, maximum=total) for n in prefix_lengths]
     steps = check_int("num_inference_steps", num_inference_steps, minimum=1)
     seed = check_int("seed", seed, minimum=0)
-    pixel_values, originals = _processed(loaded, images)
-    ids = loaded.model.encode(pixel_values).ids
+    tokens, originals = encode_images(loaded, images)
     curve = {"prefix_lengths": prefix_lengths, "psnr": [], "ssim": [], "psnr_per_image": []}
-    for n in prefix_lengths:
-        decoded = decode_tokens(loaded, {"token_ids": ids}, steps, seed, max_tokens=n, **pipeline_kwargs)
-        targets = resize_images(originals, decoded.shape[1:3])
-        values = np.atleast_1d(psnr(targets, decoded))
-        curve["psnr_per_image"].append(values.tolist())
-        curve["psnr"].append(float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else float("inf"))
-        curve["ssim"].append(float(np.mean(np.atleast_1d(ssim(targets, decoded)))))
+    for decoded in decode_prefixes(loaded, tokens.ids, prefix_lengths, steps, seed, **pipeline_kwargs).values():
+        psnr_values, ssim_values = reconstruction_scores(originals, decoded)
+        finite = [value for value in psnr_values if np.isfinite(value)]
+        curve["psnr_per_image"].append(psnr_values)
+        curve["psnr"].append(float(np.mean(finite)) if finite else float("inf"))
+        curve["ssim"].append(float(np.mean(ssim_values)))
     return curve
 
 

@@ -9,7 +9,6 @@ a ``max_tokens`` argument (DDT), from every prefix, all from the same initial no
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections import defaultdict
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from ..utils.validation import check_int
-from .analysis import default_prefix_lengths
+from .analysis import decode_prefixes, default_prefix_lengths, has_prefix_decoding, replace_random_codes
 from .baselines import (
     colour_matches,
     grid_partition,
@@ -30,7 +29,7 @@ from .baselines import (
     token_count_agreement,
 )
 from .metrics import color_kmeans_segmentation, foreground_ari, mean_iou_matched, psnr, ssim
-from .tokenizers import LoadedTokenizer, assignment_maps, decode_tokens, resize_images, upsample_labels
+from .tokenizers import LoadedTokenizer, decode_tokens, encode_images, group_maps, resize_images, token_inputs
 
 __all__ = ["GATES", "THUMBNAIL_MARGIN_DB", "Scenes", "gate_verdicts", "load_scenes", "measure_tokenizer", "style_baselines"]
 
@@ -140,7 +139,8 @@ def _decoys(tokens, every_image: list, generator: torch.Generator, batch: slice,
     if tokens.ids is not None:
         ids = tokens.ids
         shuffled = torch.stack([row[torch.randperm(len(row), generator=generator)] for row in ids])
-        return {"random": {"token_ids": torch.randint(0, codebook_size, ids.shape, generator=generator)},
+        random_ids, _ = replace_random_codes(ids, codebook_size, fraction=1.0, generator=generator)
+        return {"random": {"token_ids": random_ids},
                 "shuffled": {"token_ids": shuffled}}
     real = torch.cat(every_image)
     noise = torch.randn(tokens.embeddings.shape, generator=generator) * real.std(0, correction=0) + real.mean(0)
@@ -149,12 +149,6 @@ def _decoys(tokens, every_image: list, generator: torch.Generator, batch: slice,
     return {"random": {"token_embeddings": noise, "attention_mask": tokens.attention_mask},
             "shuffled": {"token_embeddings": torch.nn.utils.rnn.pad_sequence(partners, batch_first=True),
                          "attention_mask": (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long()}}
-
-
-def _as_pipeline_input(tokens) -> dict:
-    if tokens.ids is not None:
-        return {"token_ids": tokens.ids}
-    return {"token_embeddings": tokens.embeddings, "attention_mask": tokens.attention_mask}
 
 
 @torch.no_grad()
@@ -177,12 +171,11 @@ def measure_tokenizer(
     num_visual_tokens = int(model.config.num_visual_tokens)
     codebook_size = model.codebook_size if model.is_discrete else None
     bits = num_visual_tokens * math.log2(codebook_size) if codebook_size else None
-    has_prefixes = "max_tokens" in inspect.signature(loaded.pipeline.__call__).parameters
-    prefixes = default_prefix_lengths(num_visual_tokens)[:-1] if has_prefixes else []
+    prefixes = default_prefix_lengths(num_visual_tokens)[:-1] if has_prefix_decoding(loaded.pipeline) else []
     thumbnail = thumbnail_for_bits(bits, max_side=size) if bits else None
 
     batches = scenes.batches(batch_size)
-    encoded = [model.encode(loaded.image_processor(scenes.pil[batch], return_tensors="pt").pixel_values) for batch in batches]
+    encoded = [encode_images(loaded, scenes.pil[batch])[0] for batch in batches]
     every_image = [] if model.is_discrete else [t.embeddings[i, t.attention_mask[i].bool()] for t in encoded for i in range(len(t.embeddings))]
     generator = torch.Generator().manual_seed(seed)
     scores, counts, pictures = _Scores(), [], {"originals": [], "reconstructions": [], "group_maps": []}
@@ -190,21 +183,20 @@ def measure_tokenizer(
     for batch, tokens in zip(batches, encoded):
         targets, masks = scenes.images[batch], scenes.masks[batch]
         noise_seed = seed + batch.start  # every variant of a batch starts from the same noise
-        reconstructions = decode_tokens(loaded, _as_pipeline_input(tokens), steps, noise_seed)
+        reconstructions = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed)
         scores.add_reconstruction("", targets, reconstructions, masks)
         for name, decoy in _decoys(tokens, every_image, generator, batch, codebook_size).items():
             scores.add_reconstruction(f"{name}_", targets, decode_tokens(loaded, decoy, steps, noise_seed), masks)
-        for n in prefixes:
-            decoded = resize_images(decode_tokens(loaded, {"token_ids": tokens.ids}, steps, noise_seed, max_tokens=n), (size, size))
-            scores.add(f"prefix_{n}", psnr(targets, decoded))
+        for n, decoded in (decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed) if prefixes else {}).items():
+            scores.add(f"prefix_{n}", psnr(targets, resize_images(decoded, (size, size))))
         if thumbnail:
             scores.add_reconstruction("thumbnail_", targets, thumbnail_images(targets, *thumbnail), masks)
         counts += tokens.attention_mask.sum(-1).tolist()
         kept = len(pictures["originals"])
         pictures["originals"] += list(targets[: keep_images - kept])
         pictures["reconstructions"] += list(resize_images(reconstructions, (size, size))[: keep_images - kept])
-        if tokens.assignments is not None:
-            maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), size)
+        maps = group_maps(tokens, size)
+        if maps is not None:
             scores.add("fg_ari", foreground_ari(masks, maps))
             scores.add("miou", mean_iou_matched(masks, maps))
             pictures["group_maps"] += list(maps[: keep_images - kept])

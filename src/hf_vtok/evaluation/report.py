@@ -105,19 +105,6 @@ def _save(image, path: Path, written: list) -> None:
     written.append(str(save_png(image, path)))
 
 
-def _reconstruction_grid(originals, reconstructions, psnr_values, group_maps, names: list[str], tile_size: int):
-    """Inputs, reconstructions (captioned with their PSNR) and, when the tokens group patches, the group maps."""
-    from .visualization import make_grid, overlay_masks
-
-    count = len(originals)
-    tiles = list(originals) + list(reconstructions)
-    captions = names[:count] + [f"{v:.1f} dB" for v in psnr_values[:count]]
-    if group_maps:
-        tiles += [overlay_masks(image, labels, background_id=None) for image, labels in zip(originals, group_maps)]
-        captions += [f"{len(np.unique(labels))} groups" for labels in group_maps]
-    return make_grid(tiles, ncols=count, captions=captions, tile_size=tile_size)
-
-
 def code_revision() -> str:
     """``git rev-parse HEAD`` of the checkout this package runs from (``-dirty`` with local changes), else the version."""
     from importlib.metadata import PackageNotFoundError, version
@@ -150,7 +137,7 @@ def _training_seed(folder: Path) -> int | None:
 def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, photo_names, out_dir: Path, options: dict) -> dict:
     from tqdm.auto import tqdm
 
-    from .visualization import make_grid
+    from .visualization import make_grid, reconstruction_grid
 
     started = time.perf_counter()
     model, written = loaded.model, []
@@ -169,7 +156,7 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
             metrics["gates"] = gate_verdicts(model.config.model_type, style, metrics, baselines[style])
             report["styles"][style] = metrics
             values = np.atleast_1d(psnr(np.stack(shown["originals"]), np.stack(shown["reconstructions"])))
-            _save(_reconstruction_grid(shown["originals"], shown["reconstructions"], values, shown["group_maps"],
+            _save(reconstruction_grid(shown["originals"], shown["reconstructions"], values, shown["group_maps"],
                                        [style] * len(values), 96), out_dir / f"{name}_{style}.png", written)
     report["bits_per_image"] = metrics["bits_per_image"]
     curves = {style: m["psnr_by_prefix"] for style, m in report["styles"].items() if "psnr_by_prefix" in m}
@@ -186,7 +173,7 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
               "clip_path": options["clip_path"]}
     photo_eval = evaluate_tokenizer(loaded, photos, **common)
     report["photos"] = photo_eval.summary()
-    _save(_reconstruction_grid(photo_eval.originals, photo_eval.reconstructions, photo_eval.psnr, photo_eval.group_maps,
+    _save(reconstruction_grid(photo_eval.originals, photo_eval.reconstructions, photo_eval.psnr, photo_eval.group_maps,
                                list(photo_names), 128), out_dir / f"{name}_photos.png", written)
 
     images = next(iter(scenes.values())).pil[: options["analysis_images"]]

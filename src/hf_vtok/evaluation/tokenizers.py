@@ -72,12 +72,36 @@ def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
     return LoadedTokenizer(model=model, image_processor=image_processor, pipeline=pipeline, path=path)
 
 
+def encode_images(loaded: LoadedTokenizer, images) -> tuple:
+    """Encode ``images`` (anything the image processor takes); returns the ``VisualTokens`` and the processed inputs
+    as ``[B, H, W, 3]`` floats in [0, 1], what every reconstruction is compared with."""
+    if isinstance(images, (list, tuple)) and len(images) == 0:
+        raise ValueError("`images` must contain at least one image, got an empty list.")
+    pixel_values = loaded.image_processor(images, return_tensors="pt").pixel_values
+    originals = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
+    return loaded.model.encode(pixel_values), originals.astype(np.float64)
+
+
+def token_inputs(tokens) -> dict:
+    """The decoder pipeline's arguments for ``VisualTokens``: the ids of a discrete family, else the embeddings."""
+    if tokens.ids is not None:
+        return {"token_ids": tokens.ids}
+    return {"token_embeddings": tokens.embeddings, "attention_mask": tokens.attention_mask}
+
+
 def decode_tokens(loaded: LoadedTokenizer, tokens: dict, steps: int, seed: int, **pipeline_kwargs) -> np.ndarray:
-    """Decode ``tokens`` (``{"token_ids": ...}`` or ``{"token_embeddings": ..., "attention_mask": ...}``) with the
-    loaded pipeline to ``[B, H, W, 3]`` floats; the same ``seed`` gives every variant of a batch the same noise."""
+    """Decode ``tokens`` (:func:`token_inputs`: ``{"token_ids": ...}`` or ``{"token_embeddings": ...,
+    "attention_mask": ...}``) with the loaded pipeline to ``[B, H, W, 3]`` floats; the same ``seed`` gives every
+    variant of a batch the same noise."""
     generator = torch.Generator().manual_seed(seed)
     out = loaded.pipeline(**tokens, num_inference_steps=steps, generator=generator, output_type="np", **pipeline_kwargs)
     return np.asarray(out.images, dtype=np.float64)
+
+
+def reconstruction_scores(originals: np.ndarray, decoded: np.ndarray) -> tuple[list, list]:
+    """PSNR and SSIM per image of ``decoded`` against ``originals`` resized to the decoder's resolution."""
+    targets = resize_images(originals, decoded.shape[1:3])
+    return np.atleast_1d(psnr(targets, decoded)).tolist(), np.atleast_1d(ssim(targets, decoded)).tolist()
 
 
 def assignment_maps(assignments: torch.Tensor, attention_mask: torch.Tensor | None = None) -> np.ndarray:
@@ -96,6 +120,15 @@ def assignment_maps(assignments: torch.Tensor, attention_mask: torch.Tensor | No
     return labels.reshape(-1, side, side).cpu().numpy()
 
 
+def group_maps(tokens, size: int) -> np.ndarray | None:
+    """The tokens' per-patch groups (slot attention, clusters) as ``[B, size, size]`` label maps (nearest-neighbour
+    upsampling), or ``None`` when the tokens carry no assignments."""
+    if tokens.assignments is None:
+        return None
+    labels = assignment_maps(tokens.assignments, tokens.attention_mask).astype(np.int32)
+    return np.stack([np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST)) for m in labels])
+
+
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a ``[B, H, W, C]`` float batch to ``size`` = (height, width), bilinear with antialiasing.
 
@@ -108,13 +141,6 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
     tensor = torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
     return tensor.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy().astype(np.float64)
-
-
-def upsample_labels(labels: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour upsampling of ``[B, h, w]`` label maps to ``[B, size, size]``."""
-    return np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST)) for m in labels]
-    )
 
 
 @dataclass
@@ -185,24 +211,23 @@ def evaluate_tokenizer(
     size = loaded.image_size
     result = TokenizerEvaluation()
     generator = torch.Generator().manual_seed(seed)
+    extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         images = [image.convert("RGB") for image in rows["image"]]
-        pixel_values = loaded.image_processor(images, return_tensors="pt").pixel_values
-        tokens = loaded.model.encode(pixel_values)
+        tokens, originals = encode_images(loaded, images)
         result.num_tokens += tokens.attention_mask.sum(-1).tolist()
         if "objects" in rows:
             result.num_objects += [len(objects) for objects in rows["objects"]]
-        originals = loaded.image_processor.postprocess_pixel_values(pixel_values).permute(0, 2, 3, 1).numpy()
         if reconstruct:
-            extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
             out = loaded.pipeline(
                 images=images, num_inference_steps=num_inference_steps, generator=generator, output_type="np", **extra
             )
             reconstructions = np.asarray(out.images, dtype=np.float64)
+            psnr_values, ssim_values = reconstruction_scores(originals, reconstructions)
+            result.psnr += psnr_values
+            result.ssim += ssim_values
             targets = resize_images(originals, reconstructions.shape[1:3])
-            result.psnr += list(np.atleast_1d(psnr(targets, reconstructions)))
-            result.ssim += list(np.atleast_1d(ssim(targets, reconstructions)))
             if perceptual_backbone is not None:
                 from .perceptual import perceptual_distance
 
@@ -215,8 +240,8 @@ def evaluate_tokenizer(
                     result.clip_t += list(np.atleast_1d(clip_score(reconstructions, list(rows[caption_column]), clip_path)))
             _keep(result.reconstructions, reconstructions, keep_images)
         _keep(result.originals, originals, keep_images)
-        if tokens.assignments is not None:
-            maps = upsample_labels(assignment_maps(tokens.assignments, tokens.attention_mask), size)
+        maps = group_maps(tokens, size)
+        if maps is not None:
             _keep(result.group_maps, maps, keep_images)
             if "mask" in rows:
                 true = np.stack([np.asarray(m.resize((size, size), Image.Resampling.NEAREST)) for m in rows["mask"]])

@@ -216,6 +216,18 @@ def make_grid(
     return grid
 
 
+def reconstruction_grid(originals, reconstructions, psnr_values, group_maps, captions: Sequence[str], tile_size: int):
+    """Inputs (captioned with ``captions``), reconstructions (with their PSNR) and, when the tokens group patches,
+    the group maps over the inputs: one column per image."""
+    count = len(originals)
+    tiles = list(originals) + list(reconstructions)
+    labels = list(captions[:count]) + [f"{v:.1f} dB" for v in psnr_values[:count]]
+    if group_maps:
+        tiles += [overlay_masks(image, groups, background_id=None) for image, groups in zip(originals, group_maps)]
+        labels += [f"{len(np.unique(groups))} groups" for groups in group_maps]
+    return make_grid(tiles, ncols=count, captions=labels, tile_size=tile_size)
+
+
 def save_png(image: Any, path: str | os.PathLike) -> Path:
     """Save an image as PNG, creating parent folders. PIL images keep their mode (e.g. an ``"L"`` mask);
     arrays and tensors are converted as described in the module docstring. Returns the path."""
