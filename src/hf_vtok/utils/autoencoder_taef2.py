@@ -39,6 +39,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
 from torch import nn
 
+from .validation import check_int, describe
+
 __all__ = [
     "DEFAULT_SCALING_FACTOR",
     "DEFAULT_SHIFT_FACTOR",
@@ -65,31 +67,16 @@ def taef2_checkpoint_dir() -> Path:
     return TAEF2_CHECKPOINT_DIR
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:77] + '...' if len(text) > 80 else text}"
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {_describe(value)}.")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}.")
-    return value
-
-
 def _check_block_counts(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or len(value) < 1:
-        raise TypeError(f"`{name}` must be a non-empty list/tuple of ints, got {_describe(value)}.")
-    return tuple(_check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+        raise TypeError(f"`{name}` must be a non-empty list/tuple of ints, got {describe(value)}.")
+    return tuple(check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
 
 
 def _check_image_batch(name: str, value: Any, channels: int, multiple: int) -> torch.Tensor:
     """A floating ``(B, channels, H, W)`` tensor with ``H`` and ``W`` multiples of ``multiple``."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {_describe(value)}.")
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {describe(value)}.")
     if value.ndim != 4:
         raise ValueError(
             f"`{name}` must have shape (batch, {channels}, height, width), got shape {tuple(value.shape)}."
@@ -213,7 +200,7 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
             ("pool_channels", pool_channels),
             ("pool_groups", pool_groups),
         ):
-            _check_positive_int(name, value)
+            check_int(name, value, minimum=1)
         enc_blocks = _check_block_counts("num_encoder_blocks", num_encoder_blocks)
         dec_blocks = _check_block_counts("num_decoder_blocks", num_decoder_blocks)
         if len(enc_blocks) != len(dec_blocks):
@@ -227,9 +214,9 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
             )
         for name, value in (("latent_magnitude", latent_magnitude), ("scaling_factor", scaling_factor)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"`{name}` must be a positive number, got {_describe(value)}.")
+                raise ValueError(f"`{name}` must be a positive number, got {describe(value)}.")
         if isinstance(shift_factor, bool) or not isinstance(shift_factor, (int, float)):
-            raise TypeError(f"`shift_factor` must be a number, got {_describe(shift_factor)}.")
+            raise TypeError(f"`shift_factor` must be a number, got {describe(shift_factor)}.")
 
         width = hidden_channels
 
@@ -266,7 +253,7 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
         """``(latent_channels, height / r, width / r)`` for an image of that size."""
         r = self.spatial_compression_ratio
         for name, value in (("height", height), ("width", width)):
-            _check_positive_int(name, value)
+            check_int(name, value, minimum=1)
             if value % r:
                 raise ValueError(f"`{name}` must be a multiple of {r}, got {value}.")
         return (self.config.latent_channels, height // r, width // r)
@@ -332,14 +319,14 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
         default (TAEF2) configuration.
         """
         if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-            raise TypeError(f"`torch_dtype` must be a floating torch.dtype, got {_describe(torch_dtype)}.")
+            raise TypeError(f"`torch_dtype` must be a floating torch.dtype, got {describe(torch_dtype)}.")
         model = cls(**config)
         for name, path, part in (
             ("encoder_path", encoder_path, model.encoder),
             ("decoder_path", decoder_path, model.decoder),
         ):
             if not isinstance(path, (str, os.PathLike)):
-                raise TypeError(f"`{name}` must be a path, got {_describe(path)}.")
+                raise TypeError(f"`{name}` must be a path, got {describe(path)}.")
             if not Path(path).is_file():
                 raise ValueError(f"`{name}` must be an existing safetensors file, got {str(path)!r}.")
             state = load_file(str(path))
@@ -368,7 +355,7 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
 def load_taef2(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> AutoencoderTAEF2:
     """The shipped TAEF2 weights (float16 on disk) as a ``dtype`` model on ``device``, in eval mode."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"`dtype` must be a floating torch.dtype, got {_describe(dtype)}.")
+        raise TypeError(f"`dtype` must be a floating torch.dtype, got {describe(dtype)}.")
     model = AutoencoderTAEF2.from_pretrained(TAEF2_CHECKPOINT_DIR, torch_dtype=dtype)
     return model.to(device).eval()
 

@@ -21,15 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .validation import describe
+
 __all__ = ["cache_latents", "latents_fingerprint"]
 
 _CACHE_VERSION = "hf_vtok.latent_cache.v1"  # bump when the encoding recipe below changes
 _DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:77] + '...' if len(text) > 80 else text}"
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -44,7 +41,7 @@ def _dtype_name(dtype: Any) -> str:
             name = None
     if name not in _DTYPES:
         raise ValueError(
-            f"`dtype` must be 'float16' or 'float32' (or the torch/numpy dtype), got {_describe(dtype)}."
+            f"`dtype` must be 'float16' or 'float32' (or the torch/numpy dtype), got {describe(dtype)}."
         )
     return name
 
@@ -128,17 +125,17 @@ def cache_latents(
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"`dataset` must be a datasets.Dataset, got {_describe(dataset)}.")
+        raise TypeError(f"`dataset` must be a datasets.Dataset, got {describe(dataset)}.")
     for name in ("encode", "scale_latents", "config", "spatial_compression_ratio"):
         if not hasattr(autoencoder, name):
             raise TypeError(
-                f"`autoencoder` must have `{name}` (like AutoencoderTAEF2), got {_describe(autoencoder)}."
+                f"`autoencoder` must have `{name}` (like AutoencoderTAEF2), got {describe(autoencoder)}."
             )
     if not isinstance(autoencoder, torch.nn.Module):
-        raise TypeError(f"`autoencoder` must be a torch.nn.Module, got {_describe(autoencoder)}.")
+        raise TypeError(f"`autoencoder` must be a torch.nn.Module, got {describe(autoencoder)}.")
     for name, value in (("image_column", image_column), ("latents_column", latents_column)):
         if not isinstance(value, str):
-            raise TypeError(f"`{name}` must be a str, got {_describe(value)}.")
+            raise TypeError(f"`{name}` must be a str, got {describe(value)}.")
     if image_column not in dataset.column_names:
         raise ValueError(
             f"`image_column` {image_column!r} is not a column of `dataset` {dataset.column_names}."
@@ -150,14 +147,14 @@ def cache_latents(
     ratio = int(autoencoder.spatial_compression_ratio)
     for name, value in (("image_size", image_size), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {_describe(value)}.")
+            raise ValueError(f"`{name}` must be a positive int, got {describe(value)}.")
     if image_size % ratio:
         raise ValueError(
             f"`image_size` must be a multiple of {ratio} (the autoencoder's downsampling), got {image_size}."
         )
     dtype = _dtype_name(dtype)
     if not isinstance(scaled, bool):
-        raise TypeError(f"`scaled` must be a bool, got {_describe(scaled)}.")
+        raise TypeError(f"`scaled` must be a bool, got {describe(scaled)}.")
 
     fingerprint = latents_fingerprint(
         dataset,
@@ -190,7 +187,7 @@ def cache_latents(
         pixels = []
         for image in images:
             if not isinstance(image, Image.Image):
-                raise TypeError(f"`{image_column}` must hold PIL images, got {_describe(image)}.")
+                raise TypeError(f"`{image_column}` must hold PIL images, got {describe(image)}.")
             image = image.convert("RGB")
             if image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.BICUBIC)
