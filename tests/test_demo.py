@@ -107,6 +107,8 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
     for family in DEMO_RECIPES:
         assert (tmp_path / f"{family}_reconstructions.png").is_file()
         assert metrics[family]["psnr"] > 0
+        # beside each reconstruction: the TAEF2 round trip (the latent ceiling) and the same decoder on random tokens
+        assert metrics[family]["taef2_psnr"] > max(metrics[family]["psnr"], metrics[family]["random_psnr"]) > 0
     assert (tmp_path / "ddt_prefix_strip.png").is_file() and (tmp_path / "ddt_counterfactual.png").is_file()
     assert 0.0 <= metrics["slot_qformer"]["fg_ari"] <= 1.0
     # SeTok's variable token count against the object count, on flat and textured scenes

@@ -438,14 +438,14 @@ def test_cli_eval_reports_bad_arguments(tmp_path, capsys, monkeypatch):
 def test_continuous_decoys_decode_another_scenes_tokens_and_matched_noise():
     from types import SimpleNamespace
 
-    from hf_vtok.evaluation.quality import _decoys
+    from hf_vtok.evaluation.quality import decoy_tokens
 
     # three scenes with 2, 3 and 1 real tokens of width 4, encoded as one padded batch
     every_image = [torch.full((n, 4), float(i)) for i, n in enumerate((2, 3, 1))]
     embeddings = torch.nn.utils.rnn.pad_sequence(every_image, batch_first=True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
     tokens = SimpleNamespace(ids=None, embeddings=embeddings, attention_mask=mask)
-    decoys = _decoys(tokens, every_image, torch.Generator().manual_seed(0), slice(0, 3), None)
+    decoys = decoy_tokens(tokens, every_image, torch.Generator().manual_seed(0), slice(0, 3), None)
     shuffled = decoys["shuffled"]
     assert shuffled["attention_mask"].sum(-1).tolist() == [3, 1, 2]  # scene i gets scene i + 1's tokens
     assert shuffled["token_embeddings"][0, :3, 0].tolist() == [1.0, 1.0, 1.0] and shuffled["token_embeddings"][2, :2, 0].tolist() == [0.0, 0.0]

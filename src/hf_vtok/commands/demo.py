@@ -146,6 +146,8 @@ def _mllm_section(context: DemoContext) -> dict:
 
 def _tokenizer_section(family: str, context: DemoContext) -> dict:
     """Reconstructions, token maps and metrics of one family on the demo scenes."""
+    import numpy as np
+
     from ..evaluation.analysis import natural_photos
     from ..evaluation.tokenizers import encode_images, evaluate_tokenizer, group_maps, load_tokenizer_folder
     from ..evaluation.visualization import make_grid, overlay_masks, reconstruction_grid, save_png
@@ -158,10 +160,12 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
     loaded = load_tokenizer_folder(folder)
     evaluation = evaluate_tokenizer(loaded, context.dataset, num_inference_steps=25, seed=context.seed)
     metrics = evaluation.summary()
+    references = _reference_rows(loaded, context)
+    metrics.update({f"{name.lower()}_psnr": round(float(np.mean(values)), 4) for name, _, values in references})
     grid = reconstruction_grid(evaluation.originals, evaluation.reconstructions, evaluation.psnr, evaluation.group_maps,
-                               ["input"] * len(evaluation.originals), 96)
+                               ["input"] * len(evaluation.originals), 96, extra_rows=references)
     path = save_png(grid, context.out_dir / f"{family}_reconstructions.png")
-    print(f"[{family}] inputs / reconstructions / token maps -> {path}")
+    print(f"[{family}] inputs / reconstructions / TAEF2 round trip (the latent ceiling) / random tokens / token maps -> {path}")
     if evaluation.group_maps:
         tokens, shown = encode_images(loaded, list(natural_photos(NATURAL_PHOTOS, include_sklearn=False).values()))
         maps = group_maps(tokens, loaded.image_size)
@@ -177,6 +181,25 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     print(f"[{family}] " + ", ".join(f"{key} {value}" for key, value in metrics.items() if not isinstance(value, dict)))
     return metrics
+
+
+def _reference_rows(loaded, context: DemoContext) -> list[tuple[str, np.ndarray, list]]:
+    """What the reconstructions stand beside: the TAEF2 round trip of the demo scenes (the best any latent decoder
+    can do) and the same decoder given random tokens (random ids; for SeTok, noise with the tokens' statistics)."""
+    import torch
+
+    from ..evaluation.baselines import taef2_round_trip
+    from ..evaluation.quality import decoy_tokens
+    from ..evaluation.tokenizers import decode_tokens, encode_images, reconstruction_scores
+
+    tokens, originals = encode_images(loaded, list(context.dataset["image"]))
+    every_image = [e[m.bool()] for e, m in zip(tokens.embeddings, tokens.attention_mask)] if tokens.ids is None else []
+    codebook_size = loaded.model.codebook_size if loaded.model.is_discrete else None
+    decoys = decoy_tokens(tokens, every_image, torch.Generator().manual_seed(context.seed), slice(0, len(originals)), codebook_size)
+    random = decode_tokens(loaded, decoys["random"], 25, context.seed)
+    ceiling = taef2_round_trip(originals)
+    return [("TAEF2", ceiling, reconstruction_scores(originals, ceiling)[0]),
+            ("random", random, reconstruction_scores(originals, random)[0])]
 
 
 def _token_count_statistics(family: str, loaded, context: DemoContext, num_scenes: int = 128) -> dict:

@@ -129,7 +129,7 @@ def style_baselines(scenes: Scenes, *, batch_size: int = 32, autoencoder=None) -
     return rows
 
 
-def _decoys(tokens, every_image: list, generator: torch.Generator, batch: slice, codebook_size: int | None) -> dict:
+def decoy_tokens(tokens, every_image: list, generator: torch.Generator, batch: slice, codebook_size: int | None) -> dict:
     """Random and shuffled versions of one batch's tokens, as pipeline arguments.
 
     Discrete: ids drawn uniformly from the codebook, and each image's ids in a random order. Continuous: Gaussian
@@ -185,7 +185,7 @@ def measure_tokenizer(
         noise_seed = seed + batch.start  # every variant of a batch starts from the same noise
         reconstructions = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed)
         scores.add_reconstruction("", targets, reconstructions, masks)
-        for name, decoy in _decoys(tokens, every_image, generator, batch, codebook_size).items():
+        for name, decoy in decoy_tokens(tokens, every_image, generator, batch, codebook_size).items():
             scores.add_reconstruction(f"{name}_", targets, decode_tokens(loaded, decoy, steps, noise_seed), masks)
         prefix_decodes = decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed) if prefixes else {}
         for n, decoded in prefix_decodes.items():

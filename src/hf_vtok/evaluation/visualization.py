@@ -216,12 +216,18 @@ def make_grid(
     return grid
 
 
-def reconstruction_grid(originals, reconstructions, psnr_values, group_maps, captions: Sequence[str], tile_size: int):
-    """Inputs (captioned with ``captions``), reconstructions (with their PSNR) and, when the tokens group patches,
-    the group maps over the inputs: one column per image."""
+def reconstruction_grid(
+    originals, reconstructions, psnr_values, group_maps, captions: Sequence[str], tile_size: int, extra_rows: Sequence = ()
+):
+    """Inputs (captioned with ``captions``), reconstructions (with their PSNR), each ``(name, images, psnr_values)``
+    of ``extra_rows`` (e.g. the autoencoder's round trip, random tokens) and, when the tokens group patches, the
+    group maps over the inputs: one column per image."""
     count = len(originals)
     tiles = list(originals) + list(reconstructions)
     labels = list(captions[:count]) + [f"{v:.1f} dB" for v in psnr_values[:count]]
+    for name, images, values in extra_rows:
+        tiles += list(images[:count])
+        labels += [f"{name} {v:.1f}dB" for v in values[:count]]
     if group_maps:
         tiles += [overlay_masks(image, groups, background_id=None) for image, groups in zip(originals, group_maps)]
         labels += [f"{len(np.unique(groups))} groups" for groups in group_maps]
