@@ -8,7 +8,7 @@ and tensors of wrong dtypes / ranges / shapes / NaN, empty batches, pixel_values
 channels, numpy), ids (out of range, negative, wrong count, wrong rank, float/bool dtype, continuous families),
 pipelines (input combinations, steps, guidance, output type, generators and batch sizes, latents, token
 embeddings, masks), saved folders (truncated/garbage/empty safetensors, config of another model type, codebook
-size edited, invalid config.json, missing weights / processor files, broken decoder components), quantizers,
+size or RVQ depths edited, invalid config.json, missing weights / processor files, broken decoder components), quantizers,
 the MLLM processor and generation, the shapes world, the metrics and the CLI.
 """
 
@@ -406,6 +406,31 @@ def test_shape_defining_field_edited_in_config_json_is_refused(saved, tmp_path, 
     for load in (AutoModel.from_pretrained, inference_class(family).from_pretrained):
         with pytest.raises(error, match=message):
             load(folder)
+
+
+@pytest.mark.parametrize("depths", [3, 1])
+def test_rvq_depths_edited_in_config_json_is_refused(parts, saved, tmp_path, depths):
+    """Kind: SlotQFormer's `rvq_depths` edited in config.json. With the (default) shared codebook no weight has a
+    per-depth shape, so the model used to load silently and give every id another meaning; the quantizer's per-depth
+    usage counts record the depth count, and loading names the field, the saved value and the edited one, also with
+    ignore_mismatched_sizes=True and for the training model."""
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    saved_depths = parts["slot_qformer"]["tokenizer"].config.rvq_depths
+    parts["slot_qformer"]["model"].save_pretrained(tmp_path / "training_model")
+    for folder, loaders in (
+        (copy_of(saved["slot_qformer"], tmp_path) / "tokenizer", (AutoModel, inference_class("slot_qformer"))),
+        (tmp_path / "training_model", (AutoModelForPreTraining,)),
+    ):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["shared_codebook"] and config["rvq_depths"] == saved_depths != depths
+        config["rvq_depths"] = depths
+        (folder / "config.json").write_text(json.dumps(config))
+        message = rf"`rvq_depths` in config.json must be {saved_depths}, .*`(tokenizer\.)?quantizer\.codebook_usage`.* got {depths}"
+        for loader in loaders:
+            for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+                with pytest.raises(CheckpointMismatchError, match=message):
+                    loader.from_pretrained(folder, **kwargs)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -444,7 +444,8 @@ class CheckedLoadingMixin:
     re-initialised codebook gives every id a random meaning. A tokenizer weight the checkpoint lacks raises too
     (a config.json field such as ``token_embedding_dim`` edited to build a layer the saved model never had);
     only the training wrapper's own parts (decoder, teacher) may be missing, e.g. when it starts from an
-    exported tokenizer.
+    exported tokenizer. A model lists in ``_config_fields_in_shapes`` the weights whose shape records a config field
+    (``{"quantizer.codebook_usage": ("rvq_depths", 0)}``: dimension 0 is ``rvq_depths``); a mismatch there names it.
     """
 
     @classmethod
@@ -460,6 +461,15 @@ class CheckedLoadingMixin:
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
+        for key, saved, built in mismatched:  # a weight whose shape records a config field: name the field
+            for suffix, (name, dim) in getattr(cls, "_config_fields_in_shapes", {}).items():
+                if (key == suffix or key.endswith(f".{suffix}")) and saved[dim] != built[dim]:
+                    raise CheckpointMismatchError(
+                        f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): `{name}` in config.json "
+                        f"must be {saved[dim]}, the value the checkpoint was saved with (`{key}` has shape {tuple(saved)}), "
+                        f"got {built[dim]}; restore it."
+                    )
         tokenizer_prefix = "" if isinstance(model, VisualTokenizerMixin) else f"{model.base_model_prefix}."
         missing = sorted(key for key in loading_info.get("missing_keys") or () if key.startswith(tokenizer_prefix))
         if missing:
@@ -469,7 +479,6 @@ class CheckedLoadingMixin:
                 "which config.json builds: a shape-defining field of config.json (e.g. `token_embedding_dim`, "
                 "`rvq_depths` with per-depth codebooks) differs from the saved model's; restore it."
             )
-        mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
         strict = [item for item in mismatched if "codebook" in item[0]]
         if mismatched and (strict or not ignore_mismatched_sizes):
             shown = strict or mismatched
