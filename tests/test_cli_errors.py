@@ -237,8 +237,8 @@ def test_staged_model_cards_say_that_import_hf_vtok_is_needed(tmp_path):
     from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
     from hf_vtok.trainer.hub import push_folder
 
-    # a tokenizer folder: what transformers does without hf_vtok; an MLLM folder stops loudly (auto_map stub)
-    for name, consequence in (("ddt", "silently returns a plain text tokenizer"), ("mllm", "hf_vtok_classes.py")):
+    # tokenizer and MLLM folders stop loudly without hf_vtok (auto_map stub), and their cards say why
+    for name, consequence in (("ddt", "hf_vtok_classes.py"), ("mllm", "hf_vtok_classes.py")):
         plan = push_folder(SHIPPED_CHECKPOINTS_DIR / name, f"me/{name}", dry_run=True, staging_dir=tmp_path / name)
         card = (plan.staging_dir / "README.md").read_text()
         assert "import hf_vtok" in card and consequence in card, card[:2000]
