@@ -18,10 +18,10 @@ DESCRIPTION = (
 )
 
 
-PARSER_OPTIONS = dict(
-    prog="hf-vtok train-mllm", description=DESCRIPTION,
-    usage="hf-vtok train-mllm [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
-)  # fmt: skip
+PARSER_OPTIONS = {
+    "prog": "hf-vtok train-mllm", "description": DESCRIPTION,
+    "usage": "hf-vtok train-mllm [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
+}  # fmt: skip
 
 
 def build_parser():

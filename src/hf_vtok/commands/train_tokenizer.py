@@ -19,10 +19,10 @@ DESCRIPTION = (
 )
 
 
-PARSER_OPTIONS = dict(
-    family_argument=True, prog="hf-vtok train-tokenizer", description=DESCRIPTION,
-    usage="hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
-)  # fmt: skip
+PARSER_OPTIONS = {
+    "family_argument": True, "prog": "hf-vtok train-tokenizer", "description": DESCRIPTION,
+    "usage": "hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
+}  # fmt: skip
 
 
 def build_parser():
