@@ -29,9 +29,11 @@ COMMANDS = {
 }  # fmt: skip
 # what --help of the training commands cost when it was rendered by their parsers (TrainingArguments / SFTConfig)
 REAL_PARSERS = {
-    f"{name} (its TRL parser)": ["-c", f"from hf_vtok.commands import {module}; {module}.build_parser().format_help()"]
-    for name, module in (("train-tokenizer", "train_tokenizer"), ("train-mllm", "train_mllm"))
-}
+    f"{name} (its TRL parser)": ["-c", (f"from hf_vtok.commands.{module} import PARSER_OPTIONS\n"
+                                        f"from hf_vtok.trainer.arguments import build_parser\n"
+                                        f"build_parser({kind!r}, **PARSER_OPTIONS).format_help()")]
+    for name, module, kind in (("train-tokenizer", "train_tokenizer", "tokenizer"), ("train-mllm", "train_mllm", "mllm"))
+}  # fmt: skip
 
 
 def median_seconds(arguments: list[str], repeats: int) -> float:

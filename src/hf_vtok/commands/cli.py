@@ -35,7 +35,7 @@ SUBCOMMANDS = (
     push, data, convert_dinov2,
 )
 # subcommands whose --help is the shipped text of their real (slow to import) parser: see `arguments.HELP_TEXTS_DIR`
-SHIPPED_HELP = {"train-tokenizer": train_tokenizer, "train-mllm": train_mllm}
+SHIPPED_HELP = {"train-tokenizer": (train_tokenizer, "tokenizer"), "train-mllm": (train_mllm, "mllm")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def help_texts() -> dict[str, str]:
-    """The ``--help`` of every subcommand that ships it (those whose parser is TRL's), rendered from the real parsers."""
-    return {name: render_help(module.build_parser()) for name, module in SHIPPED_HELP.items()}
+    """The ``--help`` of every subcommand that ships it (those whose parser is TRL's), rendered from the real parsers
+    (building them imports torch and TRL)."""
+    from ..trainer.arguments import build_parser
+
+    return {name: render_help(build_parser(kind, **module.PARSER_OPTIONS)) for name, (module, kind) in SHIPPED_HELP.items()}
 
 
 def write_help_texts() -> None:

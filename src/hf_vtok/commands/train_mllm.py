@@ -17,18 +17,10 @@ DESCRIPTION = (
     "adapters and only the new visual rows. Several devices: `accelerate launch -m hf_vtok.commands.cli train-mllm ...`."
 )
 
-
 PARSER_OPTIONS = {
     "prog": "hf-vtok train-mllm", "description": DESCRIPTION,
     "usage": "hf-vtok train-mllm [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
 }  # fmt: skip
-
-
-def build_parser():
-    """The real parser of the options (TRL's, over the argument dataclasses); building it imports torch and TRL."""
-    from ..trainer.arguments import build_parser
-
-    return build_parser("mllm", **PARSER_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,18 +18,10 @@ DESCRIPTION = (
     "`accelerate launch -m hf_vtok.commands.cli train-tokenizer ...`."
 )
 
-
 PARSER_OPTIONS = {
     "family_argument": True, "prog": "hf-vtok train-tokenizer", "description": DESCRIPTION,
     "usage": "hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
 }  # fmt: skip
-
-
-def build_parser():
-    """The real parser of the options (TRL's, over the argument dataclasses); building it imports torch and TRL."""
-    from ..trainer.arguments import build_parser
-
-    return build_parser("tokenizer", **PARSER_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
