@@ -433,6 +433,31 @@ def test_rvq_depths_edited_in_config_json_is_refused(parts, saved, tmp_path, dep
                     loader.from_pretrained(folder, **kwargs)
 
 
+def test_slot_qformer_saved_before_the_usage_counts_loads_and_says_rvq_depths_is_unchecked(parts, tmp_path, caplog):
+    """A SlotQFormer saved before the quantizer kept its per-depth usage counts still loads, with the same weights,
+    but the log says that `rvq_depths` cannot be checked against it (instead of refusing the folder)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = parts["slot_qformer"]["tokenizer"]
+    tokenizer.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["quantizer.codebook_usage"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            loaded = AutoModel.from_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert "`rvq_depths` in config.json cannot be checked" in caplog.text
+    saved_state, loaded_state = tokenizer.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[key], loaded_state[key]) for key in saved_state if not key.endswith("codebook_usage"))
+    assert int(loaded.quantizer.codebook_usage.abs().sum()) == 0
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unnormalised_pixel_values_are_refused(parts, family):
     """Kind: pixel values that never went through the image processor (0-255 values, 1e6): the tokens would be

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +45,34 @@ def asks_for_help(arguments: Sequence[str]) -> bool:
     return any(argument in ("-h", "--help") for argument in options)
 
 
-def print_shipped_help(command: str) -> int:
-    """Print the shipped ``--help`` of ``command`` (exit status 0, as argparse's ``--help``)."""
-    sys.stdout.write((HELP_TEXTS_DIR / f"{command}.txt").read_text(encoding="utf-8"))
-    return 0
+# the packages whose dataclasses fill the training parsers: the shipped text holds only for the versions it was
+# rendered with (recorded in help/versions.json); with any other installed version the real parser answers
+HELP_PACKAGES = ("transformers", "trl", "peft")
+
+
+def installed_versions() -> dict[str, str]:
+    """The installed versions of :data:`HELP_PACKAGES` (package metadata only: nothing is imported)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in HELP_PACKAGES}
+
+
+def shipped_help(command: str) -> str | None:
+    """The shipped ``--help`` of ``command``, or ``None`` when the installed transformers / TRL / PEFT are not the
+    versions it was rendered with (the caller then lets the real parser print it)."""
+    recorded = json.loads((HELP_TEXTS_DIR / "versions.json").read_text(encoding="utf-8"))
+    if recorded != installed_versions():
+        return None
+    return (HELP_TEXTS_DIR / f"{command}.txt").read_text(encoding="utf-8")
+
+
+def print_shipped_help(command: str, arguments: Sequence[str]) -> bool:
+    """Print the shipped ``--help`` of ``command`` if ``arguments`` ask for help and the text holds for the installed
+    versions; ``False`` leaves the arguments (and any ``--help``) to the real parser."""
+    text = shipped_help(command) if asks_for_help(arguments) else None
+    if text is not None:
+        sys.stdout.write(text)
+    return text is not None
 
 
 def render_help(parser: argparse.ArgumentParser) -> str:

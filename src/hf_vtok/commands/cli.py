@@ -9,6 +9,7 @@ Every subcommand has ``--help``. Heavy imports (torch models, datasets) happen i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from . import (
     train_tokenizer,
     visualize,
 )
-from .arguments import HELP_TEXTS_DIR, render_help
+from .arguments import HELP_TEXTS_DIR, installed_versions, render_help
 
 SUBCOMMANDS = (
     demo, tokenize, reconstruct, visualize, generate, describe, train_tokenizer, evaluate, train_mllm, pretokenize,
@@ -65,6 +66,7 @@ def write_help_texts() -> None:
     HELP_TEXTS_DIR.mkdir(exist_ok=True)
     for name, text in help_texts().items():
         (HELP_TEXTS_DIR / f"{name}.txt").write_text(text, encoding="utf-8")
+    (HELP_TEXTS_DIR / "versions.json").write_text(json.dumps(installed_versions(), indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

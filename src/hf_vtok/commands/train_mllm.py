@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import asks_for_help, print_shipped_help
+from .arguments import print_shipped_help
 
 DESCRIPTION = (
     "Train one MLLM stage from a recipe (training/recipes/mllm/*.yaml by name, or a YAML/JSON path) and any SFTConfig / "
@@ -24,8 +24,8 @@ PARSER_OPTIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    if asks_for_help(args.arguments):
-        return print_shipped_help("train-mllm")
+    if print_shipped_help("train-mllm", args.arguments):
+        return 0
     from ..trainer.arguments import parse_mllm_arguments
     from ..trainer.mllm_trainer import loss_fell, train_mllm
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import asks_for_help, print_shipped_help
+from .arguments import print_shipped_help
 
 DESCRIPTION = (
     "Train one stage of a tokenizer family with transformers.Trainer (shapes world by default), from a recipe "
@@ -25,8 +25,8 @@ PARSER_OPTIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    if asks_for_help(args.arguments):
-        return print_shipped_help("train-tokenizer")
+    if print_shipped_help("train-tokenizer", args.arguments):
+        return 0
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import loss_dropped, train_tokenizer
 

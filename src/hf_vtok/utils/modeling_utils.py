@@ -15,9 +15,11 @@ from typing import TypedDict
 import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids, describe
+
+logger = logging.get_logger(__name__)
 
 TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 
@@ -472,6 +474,17 @@ class CheckedLoadingMixin:
                     )
         tokenizer_prefix = "" if isinstance(model, VisualTokenizerMixin) else f"{model.base_model_prefix}."
         missing = sorted(key for key in loading_info.get("missing_keys") or () if key.startswith(tokenizer_prefix))
+        records = getattr(cls, "_config_fields_in_shapes", {})
+        older = [key for key in missing if any(key == s or key.endswith(f".{s}") for s in records)]
+        if older:  # saved before these records existed: load (they start at zero) but say what cannot be checked
+            fields = sorted({name for s, (name, _) in records.items() if any(k == s or k.endswith(f".{s}") for k in older)})
+            logger.warning(
+                "%s.from_pretrained(%r): the checkpoint predates %s, so %s in config.json cannot be checked against the "
+                "saved weights; re-save it with save_pretrained to record it.",
+                cls.__name__, str(pretrained_model_name_or_path), ", ".join(f"`{k}`" for k in older),
+                ", ".join(f"`{f}`" for f in fields),
+            )  # fmt: skip
+            missing = [key for key in missing if key not in older]
         if missing:
             shown = ", ".join(f"`{key}`" for key in missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
             raise CheckpointMismatchError(
