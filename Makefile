@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench help-texts clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+
+# The training commands' --help is shipped as text (src/hf_vtok/commands/help/); regenerate it from their real parsers
+# after changing the training arguments (tests/test_cli_errors.py fails until then).
+help-texts: $(STAMP)
+	$(PY) -c "from hf_vtok.commands.cli import write_help_texts; write_help_texts()"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -8,7 +8,7 @@ and tensors of wrong dtypes / ranges / shapes / NaN, empty batches, pixel_values
 channels, numpy), ids (out of range, negative, wrong count, wrong rank, float/bool dtype, continuous families),
 pipelines (input combinations, steps, guidance, output type, generators and batch sizes, latents, token
 embeddings, masks), saved folders (truncated/garbage/empty safetensors, config of another model type, codebook
-size edited, invalid config.json, missing weights / processor files, broken decoder components), quantizers,
+size or RVQ depths edited, invalid config.json, missing weights / processor files, broken decoder components), quantizers,
 the MLLM processor and generation, the shapes world, the metrics and the CLI.
 """
 
@@ -406,6 +406,56 @@ def test_shape_defining_field_edited_in_config_json_is_refused(saved, tmp_path, 
     for load in (AutoModel.from_pretrained, inference_class(family).from_pretrained):
         with pytest.raises(error, match=message):
             load(folder)
+
+
+@pytest.mark.parametrize("depths", [3, 1])
+def test_rvq_depths_edited_in_config_json_is_refused(parts, saved, tmp_path, depths):
+    """Kind: SlotQFormer's `rvq_depths` edited in config.json. With the (default) shared codebook no weight has a
+    per-depth shape, so the model used to load silently and give every id another meaning; the quantizer's per-depth
+    usage counts record the depth count, and loading names the field, the saved value and the edited one, also with
+    ignore_mismatched_sizes=True and for the training model."""
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    saved_depths = parts["slot_qformer"]["tokenizer"].config.rvq_depths
+    parts["slot_qformer"]["model"].save_pretrained(tmp_path / "training_model")
+    for folder, loaders in (
+        (copy_of(saved["slot_qformer"], tmp_path) / "tokenizer", (AutoModel, inference_class("slot_qformer"))),
+        (tmp_path / "training_model", (AutoModelForPreTraining,)),
+    ):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["shared_codebook"] and config["rvq_depths"] == saved_depths != depths
+        config["rvq_depths"] = depths
+        (folder / "config.json").write_text(json.dumps(config))
+        message = rf"`rvq_depths` in config.json must be {saved_depths}, .*`(tokenizer\.)?quantizer\.codebook_usage`.* got {depths}"
+        for loader in loaders:
+            for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+                with pytest.raises(CheckpointMismatchError, match=message):
+                    loader.from_pretrained(folder, **kwargs)
+
+
+def test_slot_qformer_saved_before_the_usage_counts_loads_and_says_rvq_depths_is_unchecked(parts, tmp_path, caplog):
+    """A SlotQFormer saved before the quantizer kept its per-depth usage counts still loads, with the same weights,
+    but the log says that `rvq_depths` cannot be checked against it (instead of refusing the folder)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = parts["slot_qformer"]["tokenizer"]
+    tokenizer.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["quantizer.codebook_usage"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            loaded = AutoModel.from_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert "`rvq_depths` in config.json cannot be checked" in caplog.text
+    saved_state, loaded_state = tokenizer.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[key], loaded_state[key]) for key in saved_state if not key.endswith("codebook_usage"))
+    assert int(loaded.quantizer.codebook_usage.abs().sum()) == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

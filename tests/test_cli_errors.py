@@ -123,8 +123,8 @@ HEAVY = ("torch", "transformers", "diffusers", "datasets", "trl", "peft", "accel
 
 
 def test_import_hf_vtok_and_cli_help_load_no_heavy_library():
-    """``import hf_vtok`` and every subcommand's ``--help`` (but the training commands', which list the fields of
-    transformers' TrainingArguments / TRL's SFTConfig) import none of torch, transformers, diffusers, datasets."""
+    """``import hf_vtok`` and every subcommand's ``--help`` (the training commands' too: theirs is the shipped text of
+    their TRL parsers) import none of torch, transformers, diffusers, datasets, TRL, PEFT, accelerate."""
     report = fresh_python(
         "import json, sys\n"
         "import hf_vtok\n"
@@ -134,8 +134,6 @@ def test_import_hf_vtok_and_cli_help_load_no_heavy_library():
         "subcommands = build_parser()._subparsers._group_actions[0].choices\n"
         "helped = []\n"
         "for name, parser in subcommands.items():\n"
-        "    if parser.get_default('forwards_arguments'):\n"
-        "        continue\n"
         "    for argv in ([name, '--help'], ['--help']):\n"
         "        try:\n"
         "            main(argv)\n"
@@ -146,7 +144,38 @@ def test_import_hf_vtok_and_cli_help_load_no_heavy_library():
         "                  'after_help': sorted(name for name in heavy if name in sys.modules)}))\n"
     )
     assert report["after_import"] == [] and report["after_help"] == [], report
-    assert {"demo", "eval", "data", "pretokenize", "push"} <= set(report["helped"])
+    assert {"demo", "eval", "data", "pretokenize", "push", "train-tokenizer", "train-mllm"} <= set(report["helped"])
+
+
+def test_shipped_help_of_the_training_commands_is_what_their_real_parsers_print(capsys, monkeypatch):
+    """The training commands' ``--help`` is a shipped text (their TRL parsers take seconds to import); with the
+    transformers / TRL / PEFT versions it was rendered with it must be exactly what the live parsers print (a changed
+    argument dataclass fails here until ``make help-texts`` regenerates it), and with any other installed version the
+    real parser answers instead. Any other argument still goes to the real parser."""
+    from hf_vtok.commands import arguments
+    from hf_vtok.commands.cli import SHIPPED_HELP, help_texts
+
+    live = help_texts()
+    assert set(live) == set(SHIPPED_HELP) == {path.stem for path in arguments.HELP_TEXTS_DIR.glob("*.txt")}
+    recorded = json.loads((arguments.HELP_TEXTS_DIR / "versions.json").read_text())
+    for name, text in live.items():
+        assert "--output_dir" in text and "--recipe" in text and "--learning_rate" in text
+        if recorded == arguments.installed_versions():
+            shipped = (arguments.HELP_TEXTS_DIR / f"{name}.txt").read_text(encoding="utf-8")
+            assert shipped == text, f"{name}: the shipped --help differs from its parser's; run `make help-texts`"
+            assert arguments.shipped_help(name) == shipped
+        for argv in ([name, "--help"], [name, "ddt", "-h", "--max_steps", "3"]):
+            assert main(argv) == 0 and capsys.readouterr().out == text
+    # other versions installed than the text was rendered with: the shipped text is not used, the real parser prints
+    monkeypatch.setattr(arguments, "installed_versions", lambda: {**recorded, "trl": "0.0.1"})
+    for name, text in live.items():
+        assert arguments.shipped_help(name) is None
+        with pytest.raises(SystemExit) as exit_info:  # argparse's own --help exits
+            main([name, "--help"])
+        assert exit_info.value.code == 0 and capsys.readouterr().out == text
+    # after `--` a "--help" is not an option: the real parser sees the arguments (and refuses the stray ones)
+    code, err = run_cli(["train-mllm", "--output_dir", "x", "--", "--help"], capsys)
+    assert code == 2 and "--help" in err
 
 
 def test_auto_classes_find_hf_vtok_models_right_after_import(tmp_path):
@@ -219,8 +248,8 @@ def test_staged_model_cards_say_that_import_hf_vtok_is_needed(tmp_path):
     from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
     from hf_vtok.trainer.hub import push_folder
 
-    # a tokenizer folder: what transformers does without hf_vtok; an MLLM folder stops loudly (auto_map stub)
-    for name, consequence in (("ddt", "silently returns a plain text tokenizer"), ("mllm", "hf_vtok_classes.py")):
+    # tokenizer and MLLM folders stop loudly without hf_vtok (auto_map stub), and their cards say why
+    for name, consequence in (("ddt", "hf_vtok_classes.py"), ("mllm", "hf_vtok_classes.py")):
         plan = push_folder(SHIPPED_CHECKPOINTS_DIR / name, f"me/{name}", dry_run=True, staging_dir=tmp_path / name)
         card = (plan.staging_dir / "README.md").read_text()
         assert "import hf_vtok" in card and consequence in card, card[:2000]

@@ -125,9 +125,10 @@ def test_mllm_folder_is_staged_and_loads_as_pipeline_and_auto_model(mllm_run):
     assert torch.equal(first.token_ids, second.token_ids) and np.allclose(first.images, second.images, atol=1e-6)
 
 
-LOAD_STAGED_MLLM = """
+LOAD_STAGED = """
 import sys
-folder, mode = sys.argv[1], sys.argv[2]
+import transformers
+folder, loaders, mode = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 if mode == "hf_vtok missing":  # as in an environment without the package
     class NoHfVtok:
         def find_spec(self, name, path=None, target=None):
@@ -136,15 +137,32 @@ if mode == "hf_vtok missing":  # as in an environment without the package
     sys.meta_path.insert(0, NoHfVtok())
 elif mode == "imported":
     import hf_vtok
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 trust = {"trust_remote_code": True} if "trusted" in sys.argv else {}
-for loader in (AutoProcessor, AutoConfig, AutoModelForImageTextToText):
+for loader in map(getattr, [transformers] * len(loaders), loaders):
     try:
-        print(loader.__name__, "->", type(loader.from_pretrained(folder, **trust)).__name__)
+        loaded = loader.from_pretrained(folder, **trust)
+        print(loader.__name__, "->", type(loaded).__name__, type(loaded).__module__)
     except Exception as error:
         print(loader.__name__, "!!", type(error).__name__, " ".join(str(error).split()))
 print("remote code ran:", any("hf_vtok_classes" in name for name in sys.modules))
 """
+
+
+def load_staged(folder, loaders, *mode: str, modules_cache) -> str:
+    """What each Auto class in ``loaders`` gives for ``folder`` in a fresh interpreter (stdin closed: a prompt fails),
+    with hf_vtok imported or not, missing, and with ``trust_remote_code`` ("trusted" in ``mode``)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(modules_cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", LOAD_STAGED, str(folder), ",".join(loaders), *mode], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+MISSING_HF_VTOK = "requires the following packages that were not found in your environment: hf_vtok"
 
 
 @pytest.mark.slow  # four fresh interpreters
@@ -153,8 +171,6 @@ def test_a_staged_mllm_folder_stops_loudly_without_hf_vtok(mllm_run, tmp_path):
     configs' `auto_map` now stops the load, while after `import hf_vtok` the registered classes load and the remote
     stub is never run, with or without `trust_remote_code` (each case in a fresh interpreter, stdin closed)."""
     import os
-    import subprocess
-    import sys
 
     staged = mllm_run[0].staging_dir
     assert (staged / "mllm" / "hf_vtok_classes.py").is_file() and (staged / "processor" / "hf_vtok_classes.py").is_file()
@@ -162,14 +178,14 @@ def test_a_staged_mllm_folder_stops_loudly_without_hf_vtok(mllm_run, tmp_path):
     for name, auto_class in (("config.json", "AutoConfig"), ("processor_config.json", "AutoProcessor")):
         auto_map = json.loads((staged / "mllm" / name).read_text())["auto_map"]
         assert auto_map[auto_class].startswith("hf_vtok_classes.VTokMLLM")
-    assert "_map" not in (staged / "decoder" / "tokenizer" / "config.json").read_text()
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    # the decoder's tokenizer component is a tokenizer folder: its own auto_map (see the tokenizer test below)
+    assert json.loads((staged / "decoder" / "tokenizer" / "config.json").read_text())["auto_map"]["AutoModel"] == (
+        "hf_vtok_classes.SlotQFormerModel"
+    )
+    loaders = ("AutoProcessor", "AutoConfig", "AutoModelForImageTextToText")
 
     def load(*mode: str) -> str:
-        done = subprocess.run([sys.executable, "-c", LOAD_STAGED_MLLM, str(staged / "mllm"), *mode], env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        return load_staged(staged / "mllm", loaders, *mode, modules_cache=tmp_path / "modules")
 
     for mode in (("imported",), ("imported", "trusted")):
         printed = load(*mode)
@@ -181,8 +197,39 @@ def test_a_staged_mllm_folder_stops_loudly_without_hf_vtok(mllm_run, tmp_path):
         assert f"{auto_class} !! ValueError" in printed and "trust_remote_code=True" in printed, printed
     assert "remote code ran: False" in printed and "->" not in printed, printed
     printed = load("hf_vtok missing", "trusted")
-    missing = "requires the following packages that were not found in your environment: hf_vtok"
-    assert printed.count(missing) == 3 and "->" not in printed, printed
+    assert printed.count(MISSING_HF_VTOK) == 3 and "->" not in printed, printed
+
+
+@pytest.mark.slow  # four fresh interpreters
+def test_a_staged_tokenizer_folder_stops_loudly_without_hf_vtok(tokenizer_run, tmp_path):
+    """Without `import hf_vtok`, a pushed tokenizer folder used to answer "model type not recognised ... pip install
+    --upgrade transformers"; the staged config.json / preprocessor_config.json now carry an `auto_map` to a stub that
+    only imports hf_vtok's classes, so the load stops and says what is missing, while after `import hf_vtok` the
+    installed classes load, without a prompt and without running the stub (each case a fresh interpreter, stdin
+    closed)."""
+    plan = push_folder(tokenizer_run[0], "me/ddt-tiny", dry_run=True, staging_dir=tmp_path / "staged")
+    classes = {"AutoConfig": "DDTTokenizerConfig", "AutoModel": "DDTTokenizerModel",
+               "AutoImageProcessor": "DDTImageProcessorPil"}  # fmt: skip
+    for folder in ("tokenizer", "decoder/tokenizer"):
+        assert f"{folder}/hf_vtok_classes.py" in plan.files
+        assert "from hf_vtok import" in (plan.staging_dir / folder / "hf_vtok_classes.py").read_text()
+    training_config = json.loads((plan.staging_dir / "training_model" / "config.json").read_text())
+    assert training_config["auto_map"]["AutoModelForPreTraining"] == "hf_vtok_classes.DDTTokenizerForPreTraining"
+
+    def load(*mode: str) -> str:
+        return load_staged(plan.staging_dir / "tokenizer", classes, *mode, modules_cache=tmp_path / "modules")
+
+    for mode in (("imported",), ("imported", "trusted")):
+        printed = load(*mode)
+        for auto_class, expected in classes.items():
+            assert f"{auto_class} -> {expected} hf_vtok.models.ddt." in printed, printed
+        assert "remote code ran: False" in printed, printed
+    printed = load("not imported")
+    assert printed.count("!! ValueError") == printed.count("Please pass the argument `trust_remote_code=True`") == 3, printed
+    assert "pip install --upgrade transformers" not in printed and "->" not in printed, printed
+    assert "remote code ran: False" in printed, printed
+    printed = load("hf_vtok missing", "trusted")
+    assert printed.count(MISSING_HF_VTOK) == 3 and "->" not in printed, printed
 
 
 def test_real_push_uploads_the_staged_folder(tokenizer_run, monkeypatch):

@@ -163,6 +163,23 @@ def test_shared_codebook_is_one_tensor_and_encode_decode_agree():
     assert len(separate.codebooks) == 4
 
 
+def test_residual_quantizer_counts_each_depths_codes_in_training_only():
+    """``codebook_usage[d, c]``: how often depth d picked code c in training forwards (the shared codebook's EMA
+    statistics mix the depths); evaluation and ``encode`` leave it alone."""
+    rvq = ResidualVectorQuantizer(16, 32, num_depths=3, code_dim=4, shared_codebook=True)
+    assert rvq.codebook_usage.shape == (3, 32) and int(rvq.codebook_usage.abs().sum()) == 0
+    expected = torch.zeros(3, 32, dtype=torch.long)
+    for _ in range(2):
+        ids = rvq.train()(torch.randn(4, 5, 16)).ids.reshape(-1, 3)
+        expected += torch.stack([torch.bincount(ids[:, depth], minlength=32) for depth in range(3)])
+    assert torch.equal(rvq.codebook_usage, expected) and (expected.sum(dim=1) == 40).all()
+    rvq.eval()(torch.randn(4, 16))
+    rvq.encode(torch.randn(4, 16))
+    assert torch.equal(rvq.codebook_usage, expected)
+    rvq.half()  # counts, not statistics of the codes: never cast
+    assert rvq.codebook_usage.dtype == torch.long
+
+
 def test_gradients_flow_through_residual_quantizer_projections():
     rvq = ResidualVectorQuantizer(16, 32, num_depths=2, code_dim=4)
     x = torch.randn(8, 16, requires_grad=True)

@@ -444,6 +444,24 @@ def test_make_grid_layout_and_captions():
         make_grid(tiles, ncols=0)
 
 
+def test_grid_captions_show_the_spaces_between_words():
+    """Issue 17's "Asmall red circle": PIL's default 10 px font draws a space 2 px wide, no wider than the gaps between
+    letters, so the captions under the demo's tiles read as run-together words. The spaces must leave the widest blank
+    gaps of a caption line, at least 2 px wider than any gap between letters."""
+    import itertools
+
+    caption = "A small red circle right of a large orange triangle."
+
+    def blank_gaps(text: str) -> list[int]:
+        grid = make_grid([np.zeros((4, 600, 3), np.uint8)], captions=[text], pad=0)  # one line: 600 px wide
+        ink = (np.asarray(grid.convert("L"))[4:] < 160).any(axis=0)  # the caption rows, below the 4 px tile
+        columns = np.flatnonzero(ink)
+        return [len(list(run)) for blank, run in itertools.groupby(~ink[columns[0] : columns[-1] + 1]) if blank]
+
+    gaps, spaces = sorted(blank_gaps(caption), reverse=True), caption.count(" ")
+    assert gaps[spaces - 1] >= gaps[spaces] + 2, gaps
+
+
 def test_masks_overlay_and_png(tmp_path):
     scene = generate_scene(2, style="flat")
     colored = np.asarray(mask_to_color(scene.mask))

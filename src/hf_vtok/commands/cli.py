@@ -1,13 +1,15 @@
 """The ``hf-vtok`` command line: one module per subcommand in ``hf_vtok.commands``; this one only dispatches.
 
 Every subcommand has ``--help``. Heavy imports (torch models, datasets) happen inside the handlers so that
-``hf-vtok --help`` answers at once. Errors are one line on stderr: exit status 2 for bad arguments (a ``ValueError`` /
+``hf-vtok --help`` answers at once; the training commands print the shipped text of their TRL parsers (see
+:data:`~.arguments.HELP_TEXTS_DIR`). Errors are one line on stderr: exit status 2 for bad arguments (a ``ValueError`` /
 ``TypeError`` from the library), 1 for anything else; ``HF_VTOK_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -27,11 +29,14 @@ from . import (
     train_tokenizer,
     visualize,
 )
+from .arguments import HELP_TEXTS_DIR, installed_versions, render_help
 
 SUBCOMMANDS = (
     demo, tokenize, reconstruct, visualize, generate, describe, train_tokenizer, evaluate, train_mllm, pretokenize,
     push, data, convert_dinov2,
 )
+# subcommands whose --help is the shipped text of their real (slow to import) parser: see `arguments.HELP_TEXTS_DIR`
+SHIPPED_HELP = {"train-tokenizer": (train_tokenizer, "tokenizer"), "train-mllm": (train_mllm, "mllm")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMANDS:
         module.register(commands)
     return parser
+
+
+def help_texts() -> dict[str, str]:
+    """The ``--help`` of every subcommand that ships it (those whose parser is TRL's), rendered from the real parsers
+    (building them imports torch and TRL)."""
+    from ..trainer.arguments import build_parser
+
+    return {name: render_help(build_parser(kind, **module.PARSER_OPTIONS)) for name, (module, kind) in SHIPPED_HELP.items()}
+
+
+def write_help_texts() -> None:
+    """Regenerate the shipped ``--help`` texts (``make help-texts``) after a change to the training arguments."""
+    HELP_TEXTS_DIR.mkdir(exist_ok=True)
+    for name, text in help_texts().items():
+        (HELP_TEXTS_DIR / f"{name}.txt").write_text(text, encoding="utf-8")
+    (HELP_TEXTS_DIR / "versions.json").write_text(json.dumps(installed_versions(), indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,15 @@
 """`hf-vtok train-mllm`: one MLLM training stage with TRL and PEFT.
 
 Every option is a field of :class:`~hf_vtok.trainer.arguments.MLLMArguments`, TRL's ``SFTConfig`` or ``ModelConfig``
-(``--help`` lists them); ``--recipe`` reads a YAML recipe first, the other options override it.
+(``--help`` lists them, from the text those parsers print, shipped: see :data:`~.arguments.HELP_TEXTS_DIR`);
+``--recipe`` reads a YAML recipe first, the other options override it.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .arguments import print_shipped_help
 
 DESCRIPTION = (
     "Train one MLLM stage from a recipe (training/recipes/mllm/*.yaml by name, or a YAML/JSON path) and any SFTConfig / "
@@ -14,13 +17,19 @@ DESCRIPTION = (
     "adapters and only the new visual rows. Several devices: `accelerate launch -m hf_vtok.commands.cli train-mllm ...`."
 )
 
+PARSER_OPTIONS = {
+    "prog": "hf-vtok train-mllm", "description": DESCRIPTION,
+    "usage": "hf-vtok train-mllm [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
+}  # fmt: skip
+
 
 def run(args: argparse.Namespace) -> int:
+    if print_shipped_help("train-mllm", args.arguments):
+        return 0
     from ..trainer.arguments import parse_mllm_arguments
     from ..trainer.mllm_trainer import loss_fell, train_mllm
 
-    arguments = parse_mllm_arguments(args.arguments, prog="hf-vtok train-mllm", description=DESCRIPTION,
-                                     usage="hf-vtok train-mllm [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)")
+    arguments = parse_mllm_arguments(args.arguments, **PARSER_OPTIONS)
     _, _, summary = train_mllm(*arguments)
     if summary["first_loss"] is not None:
         trend = "fell" if loss_fell(summary) else "did not fall clearly"

@@ -1,7 +1,8 @@
 """`hf-vtok train-tokenizer FAMILY`: one training stage of a tokenizer family with ``transformers.Trainer``.
 
 Every option is a field of :class:`~hf_vtok.trainer.arguments.TokenizerArguments` or of ``TrainingArguments``
-(``--help`` lists them); ``--recipe`` reads a YAML recipe first, the other options override it.
+(``--help`` lists them, from the text those parsers print, shipped: see :data:`~.arguments.HELP_TEXTS_DIR`);
+``--recipe`` reads a YAML recipe first, the other options override it.
 """
 
 from __future__ import annotations
@@ -9,21 +10,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .arguments import print_shipped_help
+
 DESCRIPTION = (
     "Train one stage of a tokenizer family with transformers.Trainer (shapes world by default), from a recipe "
     "(training/recipes/tokenizer/*.yaml by name, or a YAML/JSON path) and any TrainingArguments flag. Several devices: "
     "`accelerate launch -m hf_vtok.commands.cli train-tokenizer ...`."
 )
 
+PARSER_OPTIONS = {
+    "family_argument": True, "prog": "hf-vtok train-tokenizer", "description": DESCRIPTION,
+    "usage": "hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
+}  # fmt: skip
+
 
 def run(args: argparse.Namespace) -> int:
+    if print_shipped_help("train-tokenizer", args.arguments):
+        return 0
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import loss_dropped, train_tokenizer
 
-    script_args, training_args = parse_tokenizer_arguments(
-        args.arguments, family_argument=True, prog="hf-vtok train-tokenizer", description=DESCRIPTION,
-        usage="hf-vtok train-tokenizer FAMILY [--recipe NAME_OR_PATH] [--FIELD VALUE ...] (--help lists the fields)",
-    )
+    script_args, training_args = parse_tokenizer_arguments(args.arguments, **PARSER_OPTIONS)
     if script_args.init_from and not (Path(script_args.init_from) / "training_model").is_dir():
         raise ValueError(f"`init_from` must be the output folder of a previous train-tokenizer stage (holding "
                          f"training_model/), got {script_args.init_from!r}.")  # fmt: skip

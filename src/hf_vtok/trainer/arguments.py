@@ -288,15 +288,29 @@ def read_recipe(path: Path, dataclass_types) -> dict:
     return values
 
 
-def parse_arguments(dataclass_types, kind: str, argv=None, *, family_argument: bool = False, **parser_kwargs):
-    """Parse ``argv`` (``sys.argv`` by default) into ``dataclass_types``: ``--recipe``'s values first, then the flags.
+ARGUMENT_TYPES = {
+    "tokenizer": (TokenizerArguments, TokenizerTrainingArguments),
+    "mllm": (MLLMArguments, MLLMTrainingArguments, MLLMModelConfig),
+}
 
-    ``family_argument`` adds the positional FAMILY of ``hf-vtok train-tokenizer``; a recipe for another family is refused.
+
+def build_parser(kind: str, *, family_argument: bool = False, **parser_kwargs) -> TrlParser:
+    """TRL's parser over the argument dataclasses of ``kind`` (``"tokenizer"`` / ``"mllm"``), plus ``--recipe``.
+
+    ``family_argument`` adds the positional FAMILY of ``hf-vtok train-tokenizer``.
     """
-    parser = TrlParser(dataclass_types, **parser_kwargs)
+    parser = TrlParser(ARGUMENT_TYPES[check_choice("kind", kind, tuple(ARGUMENT_TYPES))], **parser_kwargs)
     parser.add_argument("--recipe", "--config", help=f"a shipped recipe ({', '.join(list_recipes(kind))}) or a YAML/JSON path")
     if family_argument:
         parser.add_argument("family_argument", metavar="FAMILY", choices=FAMILIES)
+    return parser
+
+
+def parse_arguments(kind: str, argv=None, *, family_argument: bool = False, **parser_kwargs):
+    """Parse ``argv`` (``sys.argv`` by default) into the dataclasses of ``kind``: ``--recipe``'s values first, then the
+    flags. With ``family_argument`` a recipe for another family than FAMILY is refused."""
+    parser = build_parser(kind, family_argument=family_argument, **parser_kwargs)
+    dataclass_types = ARGUMENT_TYPES[kind]
     namespace = parser.parse_known_args(argv)[0]
     values = {}
     if namespace.recipe:
@@ -311,11 +325,11 @@ def parse_arguments(dataclass_types, kind: str, argv=None, *, family_argument: b
 
 
 def parse_tokenizer_arguments(argv=None, **kwargs) -> tuple[TokenizerArguments, TokenizerTrainingArguments]:
-    return parse_arguments((TokenizerArguments, TokenizerTrainingArguments), "tokenizer", argv, **kwargs)
+    return parse_arguments("tokenizer", argv, **kwargs)
 
 
 def parse_mllm_arguments(argv=None, **kwargs) -> tuple[MLLMArguments, MLLMTrainingArguments, MLLMModelConfig]:
-    return parse_arguments((MLLMArguments, MLLMTrainingArguments, MLLMModelConfig), "mllm", argv, **kwargs)
+    return parse_arguments("mllm", argv, **kwargs)
 
 
 # Set by the machine or by `__post_init__`, or secret: never recorded.

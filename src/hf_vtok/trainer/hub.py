@@ -76,16 +76,15 @@ PAPERS = {
 }
 FAMILY_OF_MODEL_TYPE = {model_type: family for family, model_type in FAMILY_MODEL_TYPES.items()}
 
-# Without `import hf_vtok`, transformers does not know the MLLM's classes and AutoProcessor silently falls back to a
-# plain text tokenizer that drops images. An `auto_map` to this stub (staged next to each MLLM config) makes such a
-# load stop instead: transformers refuses the remote code, or, with `trust_remote_code=True`, names the missing
-# hf_vtok package. After `import hf_vtok` the registered classes win and the stub is never read (transformers runs
-# `auto_map` code only when no local class is registered, or one from transformers itself).
+# Without `import hf_vtok`, transformers does not know hf_vtok's classes: a tokenizer folder fails with "model type not
+# recognised ... pip install --upgrade transformers" (upgrading does not help), and AutoProcessor silently falls back
+# to a plain text tokenizer that drops the images of an MLLM folder. An `auto_map` to a stub module (staged next to
+# each tokenizer and MLLM config) makes such a load stop instead: transformers refuses the remote code, or, with
+# `trust_remote_code=True`, names the missing hf_vtok package. After `import hf_vtok` the registered classes win and
+# the stub is never read (transformers runs `auto_map` code only when no local class is registered, or one from
+# transformers itself).
 REMOTE_CODE_MODULE = "hf_vtok_classes"
-REMOTE_CODE = (
-    '"""The classes of this repository live in the hf_vtok library: `pip install hf_vtok`, then `import hf_vtok`."""\n'
-    "from hf_vtok.mllm import VTokMLLMConfig, VTokMLLMForConditionalGeneration, VTokMLLMModel, VTokMLLMProcessor\n"
-)
+REMOTE_CODE_DOCSTRING = '"""The classes of this repository live in the hf_vtok library: `pip install hf_vtok`, then `import hf_vtok`."""'
 MLLM_AUTO_MAP = {
     "config.json": {"AutoConfig": "VTokMLLMConfig", "AutoModel": "VTokMLLMModel",
                     "AutoModelForCausalLM": "VTokMLLMForConditionalGeneration",
@@ -313,7 +312,7 @@ def stage_folder(folder: str | os.PathLike, staging_dir: str | os.PathLike, *, i
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
         files.append(str(relative))
-    files += _add_mllm_auto_map(staging_dir)
+    files += _add_auto_maps(staging_dir)
     return files, skipped
 
 
@@ -322,19 +321,46 @@ def _is_mllm_file(path: Path) -> bool:
     return data.get("model_type") == "vtok_mllm" or data.get("processor_class") == "VTokMLLMProcessor"
 
 
-def _add_mllm_auto_map(staging_dir: Path) -> list[str]:
-    """Point the MLLM configs of each staged folder at :data:`REMOTE_CODE_MODULE` (written beside them, as
-    transformers looks for it); returns the written modules."""
-    folders = {path.parent for name in MLLM_AUTO_MAP for path in staging_dir.rglob(name) if _is_mllm_file(path)}
+def _tokenizer_auto_map(model_type: str) -> dict[str, dict[str, str]]:
+    """The classes ``import hf_vtok`` registers for a tokenizer family's ``model_type``, per config file."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING, MODEL_MAPPING
+
+    config_class = CONFIG_MAPPING[model_type]
+    return {
+        "config.json": {"AutoConfig": config_class.__name__, "AutoModel": MODEL_MAPPING[config_class].__name__,
+                        "AutoModelForPreTraining": MODEL_FOR_PRETRAINING_MAPPING[config_class].__name__},
+        # the PIL backend: what Auto picks without torchvision (see HF_NOTES)
+        "preprocessor_config.json": {"AutoImageProcessor": IMAGE_PROCESSOR_MAPPING[config_class]["pil"].__name__},
+    }  # fmt: skip
+
+
+def _auto_maps_of(folder: Path) -> dict[str, dict[str, str]]:
+    """``{config file: {Auto class: hf_vtok class}}`` for the files of ``folder`` that an hf_vtok class loads."""
+    auto_maps = {name: classes for name, classes in MLLM_AUTO_MAP.items() if _is_mllm_file(folder / name)}
+    model_type = _read_json(folder / "config.json").get("model_type")
+    if model_type in FAMILY_OF_MODEL_TYPE:  # a tokenizer (or its training model) with its image processor
+        auto_maps.update(
+            {name: classes for name, classes in _tokenizer_auto_map(model_type).items() if (folder / name).is_file()}
+        )
+    return auto_maps
+
+
+def _add_auto_maps(staging_dir: Path) -> list[str]:
+    """Point the tokenizer and MLLM configs of each staged folder at :data:`REMOTE_CODE_MODULE` (written beside them,
+    as transformers looks for it, importing exactly the classes named); returns the written modules."""
     written = []
-    for folder in sorted(folders):
-        for name, classes in MLLM_AUTO_MAP.items():
-            path = folder / name
-            if _is_mllm_file(path):
-                data = _read_json(path)
-                data["auto_map"] = {auto: f"{REMOTE_CODE_MODULE}.{cls}" for auto, cls in classes.items()}
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        (folder / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
+    for folder in sorted({path.parent for path in staging_dir.rglob("*.json")}):
+        auto_maps = _auto_maps_of(folder)
+        if not auto_maps:
+            continue
+        for name, classes in auto_maps.items():
+            data = _read_json(folder / name)
+            data["auto_map"] = {auto: f"{REMOTE_CODE_MODULE}.{cls}" for auto, cls in classes.items()}
+            (folder / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        names = sorted({cls for classes in auto_maps.values() for cls in classes.values()})
+        (folder / f"{REMOTE_CODE_MODULE}.py").write_text(f"{REMOTE_CODE_DOCSTRING}\nfrom hf_vtok import {', '.join(names)}\n")
         written.append(str((folder / f"{REMOTE_CODE_MODULE}.py").relative_to(staging_dir)))
     return written
 

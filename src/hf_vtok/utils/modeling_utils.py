@@ -15,9 +15,11 @@ from typing import TypedDict
 import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids, describe
+
+logger = logging.get_logger(__name__)
 
 TOKEN_ORDERS = ("slot_major", "depth_major", "recursive", "cluster_scan")
 
@@ -444,7 +446,8 @@ class CheckedLoadingMixin:
     re-initialised codebook gives every id a random meaning. A tokenizer weight the checkpoint lacks raises too
     (a config.json field such as ``token_embedding_dim`` edited to build a layer the saved model never had);
     only the training wrapper's own parts (decoder, teacher) may be missing, e.g. when it starts from an
-    exported tokenizer.
+    exported tokenizer. A model lists in ``_config_fields_in_shapes`` the weights whose shape records a config field
+    (``{"quantizer.codebook_usage": ("rvq_depths", 0)}``: dimension 0 is ``rvq_depths``); a mismatch there names it.
     """
 
     @classmethod
@@ -460,8 +463,28 @@ class CheckedLoadingMixin:
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
+        for key, saved, built in mismatched:  # a weight whose shape records a config field: name the field
+            for suffix, (name, dim) in getattr(cls, "_config_fields_in_shapes", {}).items():
+                if (key == suffix or key.endswith(f".{suffix}")) and saved[dim] != built[dim]:
+                    raise CheckpointMismatchError(
+                        f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): `{name}` in config.json "
+                        f"must be {saved[dim]}, the value the checkpoint was saved with (`{key}` has shape {tuple(saved)}), "
+                        f"got {built[dim]}; restore it."
+                    )
         tokenizer_prefix = "" if isinstance(model, VisualTokenizerMixin) else f"{model.base_model_prefix}."
         missing = sorted(key for key in loading_info.get("missing_keys") or () if key.startswith(tokenizer_prefix))
+        records = getattr(cls, "_config_fields_in_shapes", {})
+        older = [key for key in missing if any(key == s or key.endswith(f".{s}") for s in records)]
+        if older:  # saved before these records existed: load (they start at zero) but say what cannot be checked
+            fields = sorted({name for s, (name, _) in records.items() if any(k == s or k.endswith(f".{s}") for k in older)})
+            logger.warning(
+                "%s.from_pretrained(%r): the checkpoint predates %s, so %s in config.json cannot be checked against the "
+                "saved weights; re-save it with save_pretrained to record it.",
+                cls.__name__, str(pretrained_model_name_or_path), ", ".join(f"`{k}`" for k in older),
+                ", ".join(f"`{f}`" for f in fields),
+            )  # fmt: skip
+            missing = [key for key in missing if key not in older]
         if missing:
             shown = ", ".join(f"`{key}`" for key in missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
             raise CheckpointMismatchError(
@@ -469,7 +492,6 @@ class CheckedLoadingMixin:
                 "which config.json builds: a shape-defining field of config.json (e.g. `token_embedding_dim`, "
                 "`rvq_depths` with per-depth codebooks) differs from the saved model's; restore it."
             )
-        mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
         strict = [item for item in mismatched if "codebook" in item[0]]
         if mismatched and (strict or not ignore_mismatched_sizes):
             shown = strict or mismatched

@@ -401,7 +401,11 @@ class ResidualVectorQuantizer(nn.Module):
     With ``shared_codebook`` every depth searches the same :class:`Codebook`, whose EMA statistics
     are then accumulated over all depths and applied once per step.
 
-    ``ids`` have shape ``[..., num_depths]``.
+    ``ids`` have shape ``[..., num_depths]``. The buffer ``codebook_usage`` (`[num_depths, codebook_size]`, int64) counts
+    how often each depth picked each code in training forwards (summed over processes): which codes a depth really
+    uses over a whole run, where ``QuantizerOutput.usage`` sees one batch. Its shape is also the only record of
+    ``num_depths`` in a checkpoint with a shared codebook, so a config edited to another depth count fails to load
+    instead of silently giving every id another meaning.
     """
 
     def __init__(
@@ -445,6 +449,21 @@ class ResidualVectorQuantizer(nn.Module):
             Codebook(codebook_size, code_dim, **codebook_kwargs)
             for _ in range(1 if self.shared_codebook else self.num_depths)
         )
+        self.register_buffer("codebook_usage", torch.empty(self.num_depths, codebook_size, dtype=torch.long))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """No code used yet (the codebooks reset themselves). The families' ``_init_weights`` call it, so that a model
+        built on the meta device gets real counts; a count loaded by ``from_pretrained`` is left alone."""
+        init.zeros_(self.codebook_usage)
+
+    @torch.no_grad()
+    def _count_usage(self, ids: torch.LongTensor) -> None:
+        """Add the codes each depth picked (``ids``: `[N, num_depths]`) to ``codebook_usage``, summed over processes."""
+        depth_offsets = torch.arange(self.num_depths, device=ids.device) * self.codebook_size
+        counts = torch.bincount((ids + depth_offsets).reshape(-1), minlength=self.codebook_usage.numel())
+        self.codebook_usage += _all_reduce_sum(counts).view_as(self.codebook_usage)
 
     def codebook_at(self, depth: int) -> Codebook:
         return self.codebooks[0 if self.shared_codebook else depth]
@@ -490,6 +509,8 @@ class ResidualVectorQuantizer(nn.Module):
                 self.codebooks[0].ema_update(vectors, torch.cat(ids))
                 self.codebooks[0].revive_dead_codes(vectors)
         ids = torch.stack(ids, dim=-1)
+        if self.training:
+            self._count_usage(ids)
         quantized = self.project_out(total.to(self._out_dtype())).reshape(*x.shape[:-1], self.dim)
         stats = [_usage_statistics(ids[:, d], self.codebook_size) for d in range(self.num_depths)]
         return QuantizerOutput(

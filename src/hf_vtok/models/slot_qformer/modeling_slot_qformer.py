@@ -302,6 +302,8 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
     # nearest-code search must not change with the model dtype
     _keep_in_fp32_modules_strict: ClassVar[list[str]] = ["codebooks"]
     _no_split_modules: ClassVar[list[str]] = ["SlotQFormerLayer", "TransformerBlock"]
+    # a shared codebook has no per-depth weight: only the usage counts' rows record `rvq_depths` in a checkpoint
+    _config_fields_in_shapes: ClassVar[dict[str, tuple[str, int]]] = {"quantizer.codebook_usage": ("rvq_depths", 0)}
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -321,7 +323,7 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
                 init.constant_(module.query_log_sigma, math.log(std))
         elif isinstance(module, SlotQFormerTextHead):
             init.zeros_(module.bias)
-        elif isinstance(module, Codebook):
+        elif isinstance(module, (Codebook, ResidualVectorQuantizer)):
             module.reset_parameters()
         elif isinstance(module, SlotQFormerForPreTraining):
             init.constant_(module.itc_temperature, self.config.itc_temperature)
