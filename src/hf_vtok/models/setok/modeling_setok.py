@@ -345,7 +345,7 @@ def _pack_clusters(labels: torch.Tensor, slots: int):
     Returns ``order`` (indices into the flattened ``[B * N]`` patches: sorted by cluster size, then image and
     cluster, raster order inside a cluster) and ``segments`` = ``[(start, stop, size)]``, one per distinct size.
     """
-    batch, num = labels.shape
+    batch = labels.shape[0]
     cluster = (labels + slots * torch.arange(batch, device=labels.device)[:, None]).flatten()  # global cluster id
     sizes = torch.bincount(cluster, minlength=batch * slots)
     key = sizes[cluster] * (batch * slots) + cluster
