@@ -11,7 +11,8 @@ index), every patch to its nearest centre; the merger runs one cluster at a time
 hf_vtok runs ``density_peak_clustering`` with the matching flags (``center_rule="released"``,
 ``densest_delta="released"``, ``density_noise=1e-6`` drawn from a generator seeded like the released loop's global
 RNG) and **no cap** (``max_clusters`` = number of patches, as the released code), and ``SeTokClusterMerger``
-(packed: attention once per distinct cluster size) in both block layouts.
+(packed: attention once per distinct cluster size; a pre-norm last block, as the released layout's, applies its FFN
+output projection to the cluster means) in both block layouts.
 
 Sections (one process, one thread, CPU time of this process, best of ``--repeats``; every ratio compares two
 numbers of the same run):
@@ -21,9 +22,11 @@ numbers of the same run):
   ``bench_setok_clustering.make_features`` (about 10 centres);
 * ``agreement``: the partition of every image, hf_vtok vs the re-implementation, over ``--images`` images of each
   kind (same noise);
-* ``merger``: batch 32, Voronoi partitions with 5 and 64 clusters (ragged sizes), width 1152, 2 heads, FFN 4608:
-  packed vs the same layers cluster by cluster (``reference_cluster_merger``, equal FLOPs), for the paper and the
-  released layout, and the released re-implementation's loop.
+* ``merger``: batch 32, Voronoi partitions with ``--clusters`` clusters (ragged sizes; default 5 and 64), width
+  1152, 2 heads, FFN 4608: packed vs the same layers cluster by cluster (``reference_cluster_merger``; equal FLOPs
+  for the paper layout, whose post-norm last block leaves nothing to move past the mean; the released layout's
+  packed path does a quarter fewer multiply-adds), for the paper and the released layout, and the released
+  re-implementation's loop.
 
 Usage::
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from hf_vtok.models.setok import (
     SeTokModel,
     density_peak_clustering,
 )
+from hf_vtok.models.setok.clustering_setok import _nearest_denser
 
 
 def colour_scene(num_objects: int, generator: torch.Generator, grid: int = 8, channels: int = 3) -> torch.Tensor:
@@ -167,6 +169,25 @@ def test_batched_equals_reference_on_large_maps():
     out = density_peak_clustering(features, **kwargs)
     reference = _reference_density_peak_clustering(features, **kwargs)
     assert torch.equal(out.masks, reference.masks) and torch.equal(out.num_tokens, reference.num_tokens)
+
+
+@pytest.mark.parametrize("densest_delta", ["global", "row", "released"])
+def test_nearest_denser_distance_follows_its_definition_with_tied_densities(densest_delta):
+    generator = torch.Generator().manual_seed(5)
+    distances = torch.rand(3, 40, 40, generator=generator) * 4.0  # not symmetric: nothing may rely on it
+    density = torch.randint(0, 6, (3, 40), generator=generator).float()  # many ties, the densest level too
+    density[2] = 1.0  # one image where no patch is denser than any other
+    expected = torch.empty(3, 40)
+    for image, i in itertools.product(range(3), range(40)):
+        denser = density[image] > density[image, i]
+        row_maxima = distances[image].amax(dim=-1)
+        if densest_delta == "released":  # every patch j that is not denser contributes its own row maximum
+            expected[image, i] = torch.where(denser, distances[image, i], row_maxima).min()
+        elif bool(denser.any()):
+            expected[image, i] = distances[image, i][denser].min()
+        else:
+            expected[image, i] = distances[image].max() if densest_delta == "global" else row_maxima[i]
+    assert torch.equal(_nearest_denser(distances, density, densest_delta), expected)
 
 
 def test_clustering_is_deterministic_and_independent_of_the_batch():

@@ -246,3 +246,31 @@ def test_released_layout_reproduces_the_released_block_weight_for_weight():
         labels = masks[0].argmax(0)
         expected = torch.stack([released(x[labels == cluster][None])[0].mean(0) for cluster in range(4)])
     torch.testing.assert_close(ours[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("layout", "norm"), [("released", "pre"), ("paper", "pre"), ("paper", "post")])
+def test_last_block_pools_inside_without_changing_values_or_gradients(layout, norm):
+    # A pre-norm last block applies its FFN output projection to the cluster means. Against the plain stack pooled
+    # afterwards (masks @ hidden / |cluster|): one cluster holding the whole image, so that attention inside it is
+    # the padded path's attention, and one empty slot, which must still pool to exactly zero (no bias leaks in).
+    torch.manual_seed(0)
+    merger = SeTokClusterMerger(merger_config(layout, merger_norm=norm)).eval()
+    for parameter in merger.parameters():
+        nn.init.normal_(parameter, std=0.3)
+    features = torch.randn(2, 576, 32, requires_grad=True)
+    masks = torch.zeros(2, 2, 576)
+    masks[:, 0] = 1.0
+    masks.requires_grad_()
+    weights = torch.randn(2, 2, 32) * torch.tensor([1.0, 0.0])[:, None]  # gradients through the real cluster
+    ours = merger(features, masks, torch.ones(2, 2, dtype=torch.long))  # the empty slot is not masked out
+    ours_grads = torch.autograd.grad((ours * weights).sum(), (features, masks))
+    hidden = features + merger.position_embeddings((24, 24), features.device, features.dtype)
+    for layer in merger.layers:
+        hidden = layer(hidden)
+    expected = torch.bmm(masks, hidden) / masks.sum(-1, keepdim=True).clamp_min(1e-6)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (features, masks))
+    assert torch.equal(ours[:, 1].detach(), torch.zeros(2, 32))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours_grads, expected_grads, strict=True):
+        assert want.abs().max() > 1e-4
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -16,8 +16,11 @@ The merger runs every cluster of a chunk of images in one pass, *packed*: with h
 by (cluster size, cluster), so that the clusters of equal size sit next to each other in one token list. The
 linear layers, norms and FFN run on that list (no padding, every patch once); attention runs once per distinct
 cluster size on a ``[clusters, size, heads, head_dim]`` view of it (no mask, no padding: exactly the per-cluster
-attention work sum_i n_i^2, in at most ~sqrt(2 x tokens) calls). Soft masks use padded per-cluster sequences
-because every patch belongs to every cluster with some weight.
+attention work sum_i n_i^2, in at most ~sqrt(2 x tokens) calls). The cluster means are taken inside the last
+block: a pre-norm block (the released layout, or ``merger_norm="pre"``) applies its FFN's output projection to the
+means instead of to every patch, since a mean commutes with a linear layer (a quarter fewer multiply-adds; the
+cost is otherwise all in the linear layers, which the packing cannot make cheaper than a per-cluster loop). Soft
+masks use padded per-cluster sequences because every patch belongs to every cluster with some weight.
 
 Two block layouts (``config.merger_block_layout``): ``"paper"`` (default; Sec. 2.1 and D.1: each block is
 self-attention, residual and normalisation, feed-forward) and ``"released"`` (the released code's one block: L
@@ -67,8 +70,7 @@ def _segment_attention(query, key, value, segments) -> torch.Tensor:
         def view(tensor, start=start, stop=stop, size=size):
             return tensor[start:stop].view(-1, size, heads, head_dim).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(view(query), view(key), view(value))
-        out[start:stop] = attended.transpose(1, 2).reshape(stop - start, heads, head_dim)
+        view(out).copy_(F.scaled_dot_product_attention(view(query), view(key), view(value)))
     return out
 
 
@@ -82,12 +84,41 @@ def _packed_attention(attention: Attention, hidden_states: torch.Tensor, segment
     return attention.to_out(_segment_attention(query, key, value, segments).flatten(1))
 
 
+class _PackedClusterMean:
+    """``pool(rows [P, width]) -> [batch, slots, width]``: cluster means of packed rows, for ``masks``
+    ``[batch, slots, N]`` whose patches were packed by ``order``.
+
+    The pooling matrix is the (block-diagonal) masks with their columns in packed order, so rows are pooled where
+    they lie (no unpacking copy); the masks carry the gradient, as ``masks @ rows / |cluster|`` does.
+    ``coverage`` ``[batch, slots, 1]`` is the pool of a row of ones (1 for a cluster, 0 for an empty slot).
+    """
+
+    def __init__(self, masks: torch.Tensor, order: torch.Tensor):
+        self.shape = masks.shape[:2]
+        self.weights = (torch.block_diag(*masks) if masks.shape[0] > 1 else masks[0])[:, order]  # [batch * slots, P]
+        mass = masks.sum(dim=-1, keepdim=True)
+        self.scale = mass.clamp_min(1e-6)
+        self.coverage = mass / self.scale
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return (self.weights @ rows).unflatten(0, self.shape) / self.scale
+
+
+def _pooled_residual_mlp(pool, residual, mlp_input, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+    """``pool(residual + fc2(act(fc1(mlp_input))))`` with ``fc2`` applied after the pooling: a cluster mean commutes
+    with a linear layer, so a pre-norm block's last projection runs once per cluster instead of once per patch
+    (a quarter of the block's multiply-adds; equal to float rounding)."""
+    pooled_hidden = pool(act(fc1(mlp_input)))
+    return pool(residual) + F.linear(pooled_hidden, fc2.weight) + pool.coverage * fc2.bias
+
+
 class SeTokMergerBlock(nn.Module):
     """Paper layout: self-attention and feed-forward with residuals; "Add & Norm" after each (``post``) or
     pre-norm (``pre``).
 
     ``forward(hidden_states [B, L, C], attention_mask)`` runs padded sequences; with ``segments`` it runs a packed
-    token list ``[P, C]`` whose attention stays inside each cluster (see :func:`_segment_attention`).
+    token list ``[P, C]`` whose attention stays inside each cluster (see :func:`_segment_attention`), and with
+    ``pool`` (:class:`_PackedClusterMean`) it returns the cluster means of its output.
     """
 
     def __init__(self, dim: int, num_heads: int, intermediate_size: int, norm: str, eps: float):
@@ -104,12 +135,16 @@ class SeTokMergerBlock(nn.Module):
         return self.attention(hidden_states, attention_mask=attention_mask)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                segments=None) -> torch.Tensor:
+                segments=None, pool=None) -> torch.Tensor:
         if self.post_norm:
             hidden_states = self.attention_norm(hidden_states + self._attend(hidden_states, attention_mask, segments))
-            return self.mlp_norm(hidden_states + self.mlp(hidden_states))
+            hidden_states = self.mlp_norm(hidden_states + self.mlp(hidden_states))
+            return hidden_states if pool is None else pool(hidden_states)
         hidden_states = hidden_states + self._attend(self.attention_norm(hidden_states), attention_mask, segments)
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        if pool is None:
+            return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        fc1, act, fc2 = self.mlp
+        return _pooled_residual_mlp(pool, hidden_states, self.mlp_norm(hidden_states), fc1, act, fc2)
 
 
 class SeTokReleasedAttention(nn.Module):
@@ -174,10 +209,14 @@ class SeTokReleasedMergerBlock(nn.Module):
         self.mlp = SeTokReleasedMlp(dim, intermediate_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                segments=None) -> torch.Tensor:
+                segments=None, pool=None) -> torch.Tensor:
+        """As :meth:`SeTokMergerBlock.forward` (``segments``: packed clusters; ``pool``: return cluster means)."""
         for attention in self.layers:
             hidden_states = hidden_states + attention(self.norm1(hidden_states), attention_mask, segments)
-        return hidden_states + self.mlp(self.norm2(hidden_states))
+        if pool is None:
+            return hidden_states + self.mlp(self.norm2(hidden_states))
+        mlp = self.mlp
+        return _pooled_residual_mlp(pool, hidden_states, self.norm2(hidden_states), mlp.fc1, mlp.act, mlp.fc2)
 
 
 def _merger_blocks(config: SeTokConfig, depth: int) -> nn.ModuleList:
@@ -269,17 +308,18 @@ class SeTokClusterMerger(nn.Module):
         # threshold, so their memory is reused instead of page-faulted in again on every pass (4k-patch chunks
         # were ~10% slower on one CPU thread).
         chunk = self.chunk_size or max(1, _PACKED_CHUNK_TOKENS // max(num, 1))
-        hidden_all = []
+        pooled = []
         for start in range(0, batch, chunk):
-            hidden = (features[start : start + chunk] + position).flatten(0, 1)  # [P, C]
-            order, segments = _pack_clusters(labels[start : start + chunk], slots)
-            packed = hidden[order]
-            for layer in self.layers:
+            images = slice(start, start + chunk)
+            order, segments = _pack_clusters(labels[images], slots)
+            packed = (features[images] + position).flatten(0, 1)[order]  # [P, C]
+            # Average pooling per cluster; the (straight-through) masks carry the gradient to the clustering. The
+            # last block pools its own output (a pre-norm block before its last projection).
+            pool = _PackedClusterMean(masks[images], order)
+            for layer in self.layers[:-1]:
                 packed = layer(packed, segments=segments)
-            hidden_all.append(torch.empty_like(packed).index_copy_(0, order, packed).unflatten(0, (-1, num)))
-        hidden = torch.cat(hidden_all, dim=0) if len(hidden_all) > 1 else hidden_all[0]
-        # Average pooling per cluster; the (straight-through) masks carry the gradient to the clustering.
-        return torch.bmm(masks, hidden) / masks.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+            pooled.append(self.layers[-1](packed, segments=segments, pool=pool) if len(self.layers) else pool(packed))
+        return torch.cat(pooled, dim=0)
 
     def _merge_soft(self, features, position, masks, token_mask) -> torch.Tensor:
         # Soft masks: one padded sequence per real cluster, X̂_i = (PE(X) + X) ⊙ M_i over the patches with M_i > 0,
@@ -305,7 +345,7 @@ def _pack_clusters(labels: torch.Tensor, slots: int):
     Returns ``order`` (indices into the flattened ``[B * N]`` patches: sorted by cluster size, then image and
     cluster, raster order inside a cluster) and ``segments`` = ``[(start, stop, size)]``, one per distinct size.
     """
-    batch, num = labels.shape
+    batch = labels.shape[0]
     cluster = (labels + slots * torch.arange(batch, device=labels.device)[:, None]).flatten()  # global cluster id
     sizes = torch.bincount(cluster, minlength=batch * slots)
     key = sizes[cluster] * (batch * slots) + cluster
