@@ -25,7 +25,7 @@ PARSER_OPTIONS = {
 
 def run(args: argparse.Namespace) -> int:
     if print_shipped_help("train-mllm", args.arguments):
-        return 0
+        raise SystemExit(0)  # as argparse does after its own --help
     from ..trainer.arguments import parse_mllm_arguments
     from ..trainer.mllm_trainer import loss_fell, train_mllm
 

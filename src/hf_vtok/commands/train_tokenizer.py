@@ -26,7 +26,7 @@ PARSER_OPTIONS = {
 
 def run(args: argparse.Namespace) -> int:
     if print_shipped_help("train-tokenizer", args.arguments):
-        return 0
+        raise SystemExit(0)  # as argparse does after its own --help
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import loss_dropped, train_tokenizer
 
