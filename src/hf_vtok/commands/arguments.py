@@ -66,13 +66,14 @@ def shipped_help(command: str) -> str | None:
     return (HELP_TEXTS_DIR / f"{command}.txt").read_text(encoding="utf-8")
 
 
-def print_shipped_help(command: str, arguments: Sequence[str]) -> bool:
-    """Print the shipped ``--help`` of ``command`` if ``arguments`` ask for help and the text holds for the installed
-    versions; ``False`` leaves the arguments (and any ``--help``) to the real parser."""
+def print_shipped_help(command: str, arguments: Sequence[str]) -> None:
+    """If ``arguments`` ask for help and the shipped text of ``command`` holds for the installed versions, print it
+    and exit with status 0, as argparse does after its own ``--help``; otherwise return and leave the arguments (and
+    any ``--help``) to the real parser."""
     text = shipped_help(command) if asks_for_help(arguments) else None
     if text is not None:
         sys.stdout.write(text)
-    return text is not None
+        raise SystemExit(0)
 
 
 def render_help(parser: argparse.ArgumentParser) -> str:

@@ -24,8 +24,7 @@ PARSER_OPTIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    if print_shipped_help("train-mllm", args.arguments):
-        raise SystemExit(0)  # as argparse does after its own --help
+    print_shipped_help("train-mllm", args.arguments)  # exits when it prints
     from ..trainer.arguments import parse_mllm_arguments
     from ..trainer.mllm_trainer import loss_fell, train_mllm
 

@@ -25,8 +25,7 @@ PARSER_OPTIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    if print_shipped_help("train-tokenizer", args.arguments):
-        raise SystemExit(0)  # as argparse does after its own --help
+    print_shipped_help("train-tokenizer", args.arguments)  # exits when it prints
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import loss_dropped, train_tokenizer
 
