@@ -463,26 +463,29 @@ class CheckedLoadingMixin:
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        records = getattr(cls, "_config_fields_in_shapes", {})
+
+        def recorded_field(key: str) -> tuple[str, int] | None:  # the config field a weight's shape records, if any
+            return next((record for suffix, record in records.items() if key == suffix or key.endswith(f".{suffix}")), None)
+
         mismatched = sorted(loading_info.get("mismatched_keys") or (), key=lambda item: item[0])
         for key, saved, built in mismatched:  # a weight whose shape records a config field: name the field
-            for suffix, (name, dim) in getattr(cls, "_config_fields_in_shapes", {}).items():
-                if (key == suffix or key.endswith(f".{suffix}")) and saved[dim] != built[dim]:
-                    raise CheckpointMismatchError(
-                        f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): `{name}` in config.json "
-                        f"must be {saved[dim]}, the value the checkpoint was saved with (`{key}` has shape {tuple(saved)}), "
-                        f"got {built[dim]}; restore it."
-                    )
+            name, dim = recorded_field(key) or (None, 0)
+            if name is not None and saved[dim] != built[dim]:
+                raise CheckpointMismatchError(
+                    f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): `{name}` in config.json "
+                    f"must be {saved[dim]}, the value the checkpoint was saved with (`{key}` has shape {tuple(saved)}), "
+                    f"got {built[dim]}; restore it."
+                )
         tokenizer_prefix = "" if isinstance(model, VisualTokenizerMixin) else f"{model.base_model_prefix}."
         missing = sorted(key for key in loading_info.get("missing_keys") or () if key.startswith(tokenizer_prefix))
-        records = getattr(cls, "_config_fields_in_shapes", {})
-        older = [key for key in missing if any(key == s or key.endswith(f".{s}") for s in records)]
+        older = [key for key in missing if recorded_field(key)]
         if older:  # saved before these records existed: load (they start at zero) but say what cannot be checked
-            fields = sorted({name for s, (name, _) in records.items() if any(k == s or k.endswith(f".{s}") for k in older)})
             logger.warning(
                 "%s.from_pretrained(%r): the checkpoint predates %s, so %s in config.json cannot be checked against the "
                 "saved weights; re-save it with save_pretrained to record it.",
                 cls.__name__, str(pretrained_model_name_or_path), ", ".join(f"`{k}`" for k in older),
-                ", ".join(f"`{f}`" for f in fields),
+                ", ".join(sorted({f"`{recorded_field(k)[0]}`" for k in older})),
             )  # fmt: skip
             missing = [key for key in missing if key not in older]
         if missing:
