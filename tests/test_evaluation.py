@@ -347,6 +347,9 @@ def test_cli_eval_writes_the_table_pictures_and_json(folders, tmp_path, capsys):
     assert ddt["bits_per_image"] == 144 and ddt["styles"]["flat"]["same_bits_thumbnail"]["bits"] == 144
     assert "fg_ari" in report["tokenizers"]["setok"]["styles"]["textured"]
     assert report["tokenizers"]["setok"]["bits_per_image"] is None
+    # distinct codes per image: between 1 and the 16 tokens for the discrete tokenizers, undefined for SeTok
+    assert 1 <= ddt["styles"]["flat"]["distinct_ids_per_image"] <= 16
+    assert report["tokenizers"]["setok"]["styles"]["flat"]["distinct_ids_per_image"] is None
     gates = report["gates"]["verdicts"]
     assert report["gates"]["total"] == len(gates) == 2 * (5 + 5 + 8)  # DDT 5, SeTok 5, SlotQFormer 8 gates per style
     assert all(isinstance(g["pass"], bool) and g["threshold"] is not None for g in gates)

@@ -250,3 +250,16 @@ def test_grid_partition_and_token_count_agreement():
     assert counts["majority"] == 0.75 and counts["majority_count"] in (2, 3)  # a constant 2 or 3 covers 2, 2, 3
     with pytest.raises(ValueError):
         token_count_agreement([1, 2], [1])
+
+
+def test_distinct_ids_per_image_counts_codes_not_tokens():
+    from hf_vtok.evaluation import distinct_ids_per_image
+
+    ids = torch.tensor([[5, 5, 5, 5], [1, 2, 3, 4], [7, 7, 9, 0]])
+    # a collapsed image (one code repeated) counts 1 whatever its length; padding (mask 0) is not a code
+    assert distinct_ids_per_image(ids).tolist() == [1, 4, 3]
+    assert distinct_ids_per_image(ids, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])).tolist() == [1, 2, 2]
+    with pytest.raises(ValueError, match="integer"):
+        distinct_ids_per_image(ids.float())
+    with pytest.raises(ValueError, match="attention_mask"):
+        distinct_ids_per_image(ids, torch.ones(3, 2))

@@ -27,6 +27,7 @@ from ..utils.validation import check_float, check_int, describe
 __all__ = [
     "adjusted_rand_index",
     "color_kmeans_segmentation",
+    "distinct_ids_per_image",
     "foreground_ari",
     "mean_iou_matched",
     "psnr",
@@ -182,6 +183,20 @@ def color_kmeans_segmentation(
 # --------------------------------------------------------------------------------------------------
 # Reconstruction
 # --------------------------------------------------------------------------------------------------
+
+
+def distinct_ids_per_image(ids: Any, attention_mask: Any = None) -> np.ndarray:
+    """How many different codes each image uses among its kept tokens: ``[B]``.
+
+    A tokenizer whose tokens all repeat one or two codes carries a handful of codes' worth of bits, however many
+    tokens it emits; this exposes that collapse next to ``bits_per_image`` (which counts every token)."""
+    ids = _to_numpy("ids", ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"`ids` must be an integer array [batch, tokens], got {ids.dtype} of shape {ids.shape}.")
+    keep = np.ones(ids.shape, dtype=bool) if attention_mask is None else _to_numpy("attention_mask", attention_mask).astype(bool)
+    if keep.shape != ids.shape:
+        raise ValueError(f"`attention_mask` must have the shape of `ids` {ids.shape}, got {keep.shape}.")
+    return np.array([np.unique(row[mask]).size for row, mask in zip(ids, keep)], dtype=np.int64)
 
 
 def psnr(a: Any, b: Any, *, data_range: float = 1.0) -> float | np.ndarray:

@@ -28,7 +28,7 @@ from .baselines import (
     thumbnail_images,
     token_count_agreement,
 )
-from .metrics import color_kmeans_segmentation, foreground_ari, mean_iou_matched, psnr, ssim
+from .metrics import color_kmeans_segmentation, distinct_ids_per_image, foreground_ari, mean_iou_matched, psnr, ssim
 from .tokenizers import LoadedTokenizer, decode_tokens, encode_images, group_maps, resize_images, token_inputs
 
 __all__ = ["GATES", "THUMBNAIL_MARGIN_DB", "Scenes", "gate_verdicts", "load_scenes", "measure_tokenizer", "style_baselines"]
@@ -178,7 +178,7 @@ def measure_tokenizer(
     encoded = [encode_images(loaded, scenes.pil[batch])[0] for batch in batches]
     every_image = [] if model.is_discrete else [t.embeddings[i, t.attention_mask[i].bool()] for t in encoded for i in range(len(t.embeddings))]
     generator = torch.Generator().manual_seed(seed)
-    scores, counts, pictures = _Scores(), [], {"originals": [], "reconstructions": [], "group_maps": []}
+    scores, counts, distinct, pictures = _Scores(), [], [], {"originals": [], "reconstructions": [], "group_maps": []}
     started = time.perf_counter()
     for batch, tokens in zip(batches, encoded):
         targets, masks = scenes.images[batch], scenes.masks[batch]
@@ -193,6 +193,8 @@ def measure_tokenizer(
         if thumbnail:
             scores.add_reconstruction("thumbnail_", targets, thumbnail_images(targets, *thumbnail), masks)
         counts += tokens.attention_mask.sum(-1).tolist()
+        if model.is_discrete:
+            distinct += distinct_ids_per_image(tokens.ids, tokens.attention_mask).tolist()
         kept = len(pictures["originals"])
         pictures["originals"] += list(targets[: keep_images - kept])
         pictures["reconstructions"] += list(resize_images(reconstructions, (size, size))[: keep_images - kept])
@@ -215,6 +217,7 @@ def measure_tokenizer(
     if prefixes:
         result["psnr_by_prefix"] = {**{str(n): summary[f"prefix_{n}"] for n in prefixes}, str(num_visual_tokens): result["psnr"]}
     result["mean_tokens"] = round(float(np.mean(counts)), 4)
+    result["distinct_ids_per_image"] = round(float(np.mean(distinct)), 4) if distinct else None
     num_objects = [len(names) for names in scenes.colours]
     if len(set(counts)) > 1 or not model.is_discrete:  # variable token counts: SeTok's one token per object (+ bg)
         result["token_count"] = token_count_agreement(counts, num_objects)

@@ -57,6 +57,7 @@ STYLE_COLUMNS = (
     ("miou", "mIoU", "{:.3f}"),
     ("mean_tokens", "tokens", "{:.1f}"),
     ("count_share", "tok=obj+1", "{:.0%}"),
+    ("distinct_ids_per_image", "distinct ids", "{:.1f}"),
     ("bits_per_image", "bits", "{:.0f}"),
     ("random_psnr", "random", "{:.2f}"),
     ("shuffled_psnr", "shuffled", "{:.2f}"),
