@@ -224,10 +224,10 @@ def evaluate_tokenizer(
                 images=images, num_inference_steps=num_inference_steps, generator=generator, output_type="np", **extra
             )
             reconstructions = np.asarray(out.images, dtype=np.float64)
-            psnr_values, ssim_values = reconstruction_scores(originals, reconstructions)
+            targets = resize_images(originals, reconstructions.shape[1:3])
+            psnr_values, ssim_values = reconstruction_scores(targets, reconstructions)  # already at the decoder's size
             result.psnr += psnr_values
             result.ssim += ssim_values
-            targets = resize_images(originals, reconstructions.shape[1:3])
             if perceptual_backbone is not None:
                 from .perceptual import perceptual_distance
 
