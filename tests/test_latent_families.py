@@ -125,6 +125,39 @@ def test_clustering_reads_patch_colors_only_when_weighted(monkeypatch):
         model.tokenize_features(features)
 
 
+def test_merger_pixel_embedding_puts_a_clusters_own_pixels_into_its_token_only():
+    # The frozen encoder's features fixed, recolouring the patches of one cluster changes that cluster's token (the
+    # merger pools the embedded pixels too) and no other; with the flag off (the paper) the tokens ignore the pixels.
+    torch.manual_seed(0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    for flag in (False, True):
+        torch.manual_seed(1)
+        model = SeTokModel(SeTokConfig.tiny(merger_pixel_embedding=flag)).eval()
+        assert model.config.merger_pixel_embedding is flag and (model.pixel_embedding is not None) is flag
+        with torch.no_grad():
+            features = model.get_image_features(pixel_values).last_hidden_state
+            tokens = model.tokenize_features(features, pixel_values=pixel_values)
+            labels = tokens.assignments.argmax(dim=1)[0].reshape(8, 8)  # image 0's cluster of every 8 px patch
+            recoloured = pixel_values.clone()
+            inside = (labels == labels[0, 0]).repeat_interleave(8, 0).repeat_interleave(8, 1)
+            recoloured[0, 0][inside] += 2.0  # more red in the first patch's cluster, features unchanged
+            changed = model.tokenize_features(features, pixel_values=recoloured)
+        assert torch.equal(changed.attention_mask, tokens.attention_mask)  # the clustering reads the features only
+        moved = (changed.embeddings - tokens.embeddings).abs().amax(dim=-1)  # [B, T]
+        if not flag:
+            assert moved.max() == 0
+            continue
+        assert moved[0, labels[0, 0]] > 1e-3
+        others = torch.ones_like(moved, dtype=torch.bool)
+        others[0, labels[0, 0]] = False
+        assert moved[others].max() == 0
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.tokenize_features(features)
+    with pytest.raises(TypeError, match="merger_pixel_embedding"):
+        SeTokConfig.tiny(merger_pixel_embedding=1)
+    assert SeTokConfig().merger_pixel_embedding is False  # the paper's merger
+
+
 def test_paper_and_tiny_decoders_are_unchanged():
     assert isinstance(SlotQFormerConfig().decoder_config.vae, dict) and SlotQFormerConfig().decoder_latent_shape is None
     assert isinstance(SeTokConfig().decoder_config.vae, dict) and SeTokConfig().decoder_latent_shape is None

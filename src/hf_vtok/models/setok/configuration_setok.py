@@ -187,6 +187,11 @@ class SeTokConfig(VTokConfig):
             patch's mean RGB in [0, 1] times this weight concatenated (the merger still pools the encoder's
             features). DINOv2 separates same-texture objects of different colours worse than colour does
             (docs/dinov2.md).
+        merger_pixel_embedding (`bool`, defaults to `False`):
+            Departure from the paper (False = off): the merger pools the encoder's patch features plus a linear
+            embedding of each patch's pixels (a convolution with kernel = stride = the encoder's patch size), so the
+            tokens carry the colours and edges a frozen encoder drops; requires ``pixel_values`` when tokenizing
+            precomputed features. DINOv2's features leave an object's colour out of its token (docs/setok.md).
         vision_feature_layer (`int`, defaults to -1):
             Hidden state used as patch features (-1 = last; the released code uses -2).
         freeze_vision_encoder (`bool`, defaults to `True`):
@@ -266,6 +271,7 @@ class SeTokConfig(VTokConfig):
     vision_model_name_or_path: str | None = None
     input_image_size: int | None = None
     color_feature_weight: float = 0.0  # paper: 0 (clustering on the encoder's features only)
+    merger_pixel_embedding: bool = False  # paper: False (the merger pools the encoder's features only)
     vision_feature_layer: int = -1
     # clustering
     knn_size: int = 64

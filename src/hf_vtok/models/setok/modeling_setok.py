@@ -391,6 +391,13 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
     def __init__(self, config: SeTokConfig):
         super().__init__(config)
         self.vision_model = AutoModel.from_config(config.vision_config)
+        # departure from the paper (merger_pixel_embedding): the patches' pixels, linearly embedded, join the features
+        # the merger pools, so a token can carry the colour a frozen encoder leaves out
+        patch = config.vision_config.patch_size
+        self.pixel_embedding = (
+            nn.Conv2d(config.num_channels, config.feature_dim, kernel_size=patch, stride=patch)
+            if config.merger_pixel_embedding else None
+        )
         self.merger = SeTokClusterMerger(config)
         self.post_init()
         self.set_vision_encoder_trainable(not config.freeze_vision_encoder)
@@ -454,6 +461,20 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
         return vtok.with_patch_colors(features, pixel_values, config.image_mean, config.image_std,
                                       config.vision_config.patch_size, config.color_feature_weight)  # fmt: skip
 
+    def merger_features(self, features: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """What the merger pools: the patch features, plus the embedded patch pixels when
+        ``config.merger_pixel_embedding`` (then ``pixel_values`` are required)."""
+        if self.pixel_embedding is None:
+            return features
+        if pixel_values is None:
+            raise ValueError("`pixel_values` are required: merger_pixel_embedding = True adds the embedded patch "
+                             "pixels to the features the merger pools.")  # fmt: skip
+        pixels = self.pixel_embedding(pixel_values.to(self.pixel_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        if pixels.shape[:2] != features.shape[:2]:
+            raise ValueError(f"`pixel_values` of shape {tuple(pixel_values.shape)} make {pixels.shape[1]} patches, "
+                             f"but `features` has {features.shape[1]}.")  # fmt: skip
+        return features + pixels.to(features.dtype)
+
     def cluster(self, features: torch.Tensor, grid_size=None) -> SeTokClusteringOutput:
         """Density-peak clustering of patch features ``[B, N, C]`` with the config's settings."""
         features = check_tensor("features", features, ndim=3, floating=True)  # NaN/Inf raise in the clustering
@@ -476,7 +497,10 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
             )
         grid = self._resolve_grid(features.shape[1], grid_size)
         clusters = self.cluster(self.clustering_features(features, pixel_values), grid_size=grid)
-        embeddings = self.merger(features, clusters.masks.to(features.dtype), clusters.attention_mask, grid_size=grid)
+        embeddings = self.merger(
+            self.merger_features(features, pixel_values), clusters.masks.to(features.dtype), clusters.attention_mask,
+            grid_size=grid,
+        )
         tokens = vtok.VisualTokens(
             ids=None, embeddings=embeddings, attention_mask=clusters.attention_mask, assignments=clusters.masks
         )
@@ -486,7 +510,8 @@ class SeTokModel(SeTokPreTrainedModel, vtok.VisualTokenizerMixin):
         self, features: torch.Tensor, grid_size: tuple[int, int] | None = None, pixel_values: torch.Tensor | None = None
     ) -> vtok.VisualTokens:
         """Tokens from precomputed patch features ``[B, N, C]`` (``grid_size`` defaults to the config's grid;
-        ``pixel_values``, the images they come from, when ``config.color_feature_weight > 0``)."""
+        ``pixel_values``, the images they come from, when ``config.color_feature_weight > 0`` or
+        ``config.merger_pixel_embedding``)."""
         return self._tokenize(features, grid_size, pixel_values)[0]
 
     def encode(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> vtok.VisualTokens:
