@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_vtok.evaluation.tokenizers import load_tokenizer_folder
 from hf_vtok.models.setok.configuration_setok import SeTokConfig
 from hf_vtok.models.setok.modeling_setok import SeTokForPreTraining, SeTokModel
 from hf_vtok.models.slot_qformer.configuration_slot_qformer import SlotQFormerConfig
@@ -69,6 +70,9 @@ def test_latent_recipe_loads_the_pretrained_encoder_and_trains_on_cached_latents
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     decoder_dir = tmp_path / "run" / "decoder"
+    # the tokenizer reads 126 px, the decoder draws 128 px: `hf-vtok eval` scores at the decoder's size by default
+    loaded = load_tokenizer_folder(tmp_path / "run")
+    assert (loaded.image_size, loaded.decoder_image_size) == (126, 128)
     assert (decoder_dir / "vae" / "LICENSE").read_text() == (TAEF2_CHECKPOINT_DIR / "LICENSE").read_text()
     # the saved tokenizer is self-contained: its config holds the pretrained encoder's, its weights the encoder's
     reloaded = type(trained.tokenizer).from_pretrained(tmp_path / "run" / "tokenizer")

@@ -48,7 +48,7 @@ def register(commands) -> None:
         "--styles", nargs="+", choices=("flat", "textured"), default=["flat", "textured"], help="scene styles (default: both)"
     )
     evaluate.add_argument("--image-size", type=positive_int, default=None,
-                          help="scene size in pixels, a multiple of 8 (default: the tokenizers' own; the gates are set at 128)")
+                          help="scene size in pixels, a multiple of 8 (default: the size the decoders draw; the gates are set at 128)")
     evaluate.add_argument("--seed", type=non_negative_int, default=999,
                           help="scene seed, recorded in eval.json (default: 999; the shipped checkpoints train on seed 0)")
     evaluate.add_argument("--steps", type=positive_int, default=10, help="decoder sampling steps (default: 10)")

@@ -240,7 +240,7 @@ def run_eval(
 ) -> dict:
     """Evaluate tokenizer folders (default: every shipped checkpoint) and write PNGs and ``eval.json``.
 
-    ``num_images`` scenes per style of ``styles`` at ``image_size`` pixels (default: the tokenizers' own size, the
+    ``num_images`` scenes per style of ``styles`` at ``image_size`` pixels (default: the size the decoders draw, the
     largest when they differ; the gates are defined at 128 px on 256 scenes), seed ``seed`` (the shipped checkpoints
     train on seed 0). ``num_photos`` limits the natural photos; ``analysis_images`` the scenes of the random-code and
     counterfactual pictures. Returns the dictionary written to ``eval.json`` (``settings``, ``styles`` with the
@@ -290,7 +290,7 @@ def run_eval(
         while name in loaded:
             name = f"{name}_{len(loaded)}"
         loaded[name] = load_tokenizer_folder(folder)
-    image_size = image_size or max(tokenizer.image_size for tokenizer in loaded.values())
+    image_size = image_size or max(tokenizer.decoder_image_size for tokenizer in loaded.values())
     if image_size % 8:
         raise ValueError(f"`image_size` must be a multiple of 8 (the TAEF2 baseline's latent grid), got {image_size}.")
     training_seeds = {name: _training_seed(Path(folder)) for name, folder in zip(loaded, folders)}

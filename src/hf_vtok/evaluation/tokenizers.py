@@ -31,7 +31,18 @@ class LoadedTokenizer:
 
     @property
     def image_size(self) -> int:
+        """The tokenizer's input size."""
         return int(self.model.config.image_size)
+
+    @property
+    def decoder_image_size(self) -> int:
+        """The side of the images the decoder draws: its denoiser's sample size, times the autoencoder's compression
+        for a latent decoder (SeTok on DINOv2 reads 126 px and draws 128 px)."""
+        size = int(self.pipeline.denoiser.config.sample_size)
+        vae = self.pipeline.vae
+        if vae is not None:
+            size *= getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(vae.config.block_out_channels) - 1)
+        return size
 
 
 def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:
