@@ -27,7 +27,8 @@ from hf_vtok.utils.autoencoder_taef2 import TAEF2_CHECKPOINT_DIR, AutoencoderTAE
 torch.set_num_threads(1)
 
 SQ_LATENT_DECODER = {"image_size": 64, "vae": "taef2", "unet": {"sample_size": 8, "in_channels": 32, "out_channels": 32}}
-SETOK_LATENT_DECODER = {"vae": "taef2", "unet": {"sample_size": 8, "in_channels": 32, "out_channels": 32}}
+SETOK_LATENT_DECODER = {"vae": "taef2", "unet": {"sample_size": 8, "in_channels": 32, "out_channels": 32},
+                        "scheduler": {"clip_sample": False}}
 
 
 @pytest.fixture
@@ -170,7 +171,32 @@ def test_paper_and_tiny_decoders_are_unchanged():
     with pytest.raises(TypeError, match="decoder_config\\['vae'\\]"):
         SlotQFormerConfig.tiny(decoder_config={"vae": "sd3"})
     with pytest.raises(ValueError, match="in_channels"):
-        SeTokConfig.tiny(decoder_config={"vae": "taef2"})  # a 3-channel UNet cannot denoise 32-channel latents
+        SeTokConfig.tiny(decoder_config={"vae": "taef2", "scheduler": {"clip_sample": False}})  # 3-channel UNet
+    # the tiny preset clamps its predicted pixels to [-1, 1]; a latent decoder must not (TAEF2 latents reach +-8)
+    with pytest.raises(ValueError, match="clip_sample"):
+        SeTokConfig.tiny(decoder_config=dict(SETOK_LATENT_DECODER, scheduler={"clip_sample": True}))
+    wide = SeTokConfig.tiny(decoder_config=dict(SETOK_LATENT_DECODER, scheduler={"clip_sample": True, "clip_sample_range": 5.0}))
+    assert wide.decoder_config.scheduler["clip_sample_range"] == 5.0
+
+
+def test_clamping_taef2_latents_to_the_unit_range_ruins_the_round_trip():
+    # Why a latent decoder must not clip its predicted sample to [-1, 1]: a fraction of TAEF2 latents lies outside.
+    from hf_vtok.data.shapes import generate_shapes_dataset
+    from hf_vtok.utils.autoencoder_taef2 import load_taef2
+
+    vae = load_taef2().eval()
+    scenes = generate_shapes_dataset(4, image_size=64, style="flat", seed=5, progress=False)
+    images = torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"))) for image in scenes["image"]])
+    images = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        latents = vae.scale_latents(vae.encode(images).latents)  # the space the decoders denoise
+
+        def psnr(scaled):
+            decoded = vae.decode(vae.unscale_latents(scaled)).sample
+            return float(10 * torch.log10(4.0 / ((decoded - images) ** 2).mean()))
+
+        assert (latents.abs() > 1).float().mean() > 0.05
+        assert psnr(latents) > psnr(latents.clamp(-1, 1)) + 6
 
 
 FAMILIES = [
