@@ -514,3 +514,28 @@ def test_latent_space_decoder_with_a_vae(tmp_path):
     loaded.set_progress_bar_config(disable=True)
     again = loaded(pixel_values=images, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert np.allclose(out, again, atol=1e-6)
+
+
+def test_query_locality_prior_makes_each_token_read_its_anchor_region_first():
+    # Paper (prior 0): at initialisation every query reads the same average of the image, so a change in one corner
+    # moves all tokens alike. With the prior, the token anchored at that corner moves far more than one anchored in the
+    # middle of the image, and the first four anchors are one per quadrant (every prefix covers the image).
+    from hf_vtok.models.ddt.modeling_ddt import coarse_to_fine_order, query_anchor_distances
+
+    assert [divmod(int(i), 8) for i in coarse_to_fine_order(8)[:4]] == [(0, 0), (0, 4), (4, 0), (4, 4)]
+    assert sorted(coarse_to_fine_order(3).tolist()) == list(range(9))
+    assert query_anchor_distances(64, 16)[3].argmin() == 36  # query 3 -> patch (4, 4)
+    images = _images(2)
+    changed = images.clone()
+    changed[:, :, :8, :8] = -changed[:, :, :8, :8]  # the top-left 8 px patch
+    ratios = {}
+    for prior in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = DDTTokenizerModel(DDTTokenizerConfig.tiny(query_locality_prior=prior)).eval()
+        with torch.no_grad():
+            moved = (model.encode_features(changed) - model.encode_features(images)).norm(dim=-1).mean(0)  # [T]
+        ratios[prior] = float(moved[0] / moved[3])  # query 0 is anchored at (0, 0), query 3 at (4, 4)
+    assert ratios[0.0] < 2.0 and ratios[2.0] > 5.0, ratios
+    assert DDTTokenizerConfig().query_locality_prior == 0.0
+    with pytest.raises(ValueError, match="query_locality_prior"):
+        DDTTokenizerConfig.tiny(query_locality_prior=-1.0)

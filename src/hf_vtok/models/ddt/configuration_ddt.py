@@ -131,6 +131,13 @@ class DDTTokenizerConfig(VTokConfig):
             queries.
         query_adaptive_norm (`bool`, defaults to `False`): successor code: each query stream norm is
             modulated (shift, scale, gate; zero-initialised) by a projection of the query's position.
+        query_locality_prior (`float`, defaults to 0.0): departure from the paper (0 = off). Each query gets an
+            anchor patch and, in every encoder layer, its attention logits to the image patches are lowered by
+            ``query_locality_prior`` x the squared distance (in patches) to that anchor, so the queries start as
+            different local summaries instead of the same average of the image (at 128 px with 192 tokens the
+            paper's encoder gave an image 7 distinct codes among its tokens, docs/ddt.md). Anchors follow a
+            coarse-to-fine order of the patch grid (bit-reversed Morton order), so every prefix of the recursive
+            tokens covers the whole image; the content logits can still move a query anywhere.
         vision_config (`dict` or `PreTrainedConfig`, *optional*): the paper patchifies raw pixels (default
             ``None``). Set a transformers vision config (e.g. Dinov2) to feed that model's patch features to
             the image stream instead; CLS/register tokens are dropped.
@@ -205,6 +212,7 @@ class DDTTokenizerConfig(VTokConfig):
     mlp_ratio: float = 4.0
     image_attends_to_queries: bool = True
     query_adaptive_norm: bool = False
+    query_locality_prior: float = 0.0  # paper: 0 (queries attend to the image without a spatial prior)
     vision_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     vision_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -256,6 +264,7 @@ class DDTTokenizerConfig(VTokConfig):
             )
         for name in ("mlp_ratio", "entropy_temperature", "logit_std", "timestep_shift"):
             check_float(name, getattr(self, name), minimum=0.0, strict_minimum=True)
+        check_float("query_locality_prior", self.query_locality_prior, minimum=0.0)
         for name in ("vision_image_mean", "vision_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
         check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)

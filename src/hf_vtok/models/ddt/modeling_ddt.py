@@ -12,6 +12,7 @@ trained end to end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Unpack
 
@@ -50,6 +51,30 @@ class DDTPreTrainedModel(vtok.VTokPreTrainedModel):
         if isinstance(module, Codebook):
             module.reset_parameters()
         init_ddt_module(module, self.config.initializer_range)
+
+
+def coarse_to_fine_order(side: int) -> torch.LongTensor:
+    """The patches of a ``side x side`` grid (row-major indices) in bit-reversed Morton order: every prefix is spread
+    over the whole grid (the first four are one per quadrant, the next twelve fill a 4 x 4 division, ...)."""
+    bits = max(1, (side - 1).bit_length())
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    code = torch.zeros_like(rows)
+    for bit in range(bits):  # interleave, most significant bit last, i.e. the Morton code with its bits reversed
+        code |= ((rows >> (bits - 1 - bit)) & 1) << (2 * bit + 1)
+        code |= ((cols >> (bits - 1 - bit)) & 1) << (2 * bit)
+    return torch.argsort(code.flatten())
+
+
+def query_anchor_distances(num_patches: int, num_queries: int, device=None) -> torch.Tensor:
+    """Squared distance (in patches) from each query's anchor patch to every patch: ``[num_queries, num_patches]``.
+    Query ``i`` is anchored at the ``i mod num_patches``-th patch of :func:`coarse_to_fine_order`."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"`query_locality_prior` needs a square patch grid, got {num_patches} patches.")
+    anchors = coarse_to_fine_order(side)[torch.arange(num_queries) % num_patches]
+    rows, cols = torch.arange(num_patches) // side, torch.arange(num_patches) % side
+    distance = (rows[anchors, None] - rows[None]) ** 2 + (cols[anchors, None] - cols[None]) ** 2
+    return distance.float().to(device)
 
 
 class DDTEncoderLayer(GradientCheckpointingLayer):
@@ -184,13 +209,20 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
         positions = sinusoidal_embedding_2d(grid, grid, self.config.hidden_size, device=tokens.device)
         return BaseModelOutput(last_hidden_state=tokens + positions.to(tokens.dtype))
 
-    def _encoder_attention_mask(self, num_image: int, device) -> torch.Tensor | None:
-        if self.config.image_attends_to_queries:
+    def _encoder_attention_mask(self, num_image: int, device, dtype) -> torch.Tensor | None:
+        """None (full joint attention), or an additive ``[L, L]`` bias over the image + query streams."""
+        config = self.config
+        if config.image_attends_to_queries and not config.query_locality_prior:
             return None
-        total = num_image + self.config.num_visual_tokens
-        mask = torch.ones(total, total, dtype=torch.bool, device=device)
-        mask[:num_image, num_image:] = False  # successor code: image tokens do not see the queries
-        return mask
+        total = num_image + config.num_visual_tokens
+        bias = torch.zeros(total, total, dtype=dtype, device=device)
+        if not config.image_attends_to_queries:
+            bias[:num_image, num_image:] = float("-inf")  # successor code: image tokens do not see the queries
+        if config.query_locality_prior:
+            bias[num_image:, :num_image] = -config.query_locality_prior * query_anchor_distances(
+                num_image, config.num_visual_tokens, device
+            ).to(dtype)
+        return bias
 
     def get_input_embeddings(self) -> nn.Module:
         """The patch embedding whose output the first encoder layer reads (what `enable_input_require_grads` hooks)."""
@@ -206,7 +238,7 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
             torch.arange(self.config.num_visual_tokens, device=image.device), self.config.hidden_size
         ).to(image.dtype)
         queries = (self.queries.to(image.dtype) + positions).unsqueeze(0).expand(image.shape[0], -1, -1)
-        mask = self._encoder_attention_mask(image.shape[1], image.device)
+        mask = self._encoder_attention_mask(image.shape[1], image.device, image.dtype)
         hidden_states = [queries]
         for layer in self.layers:
             image, queries = layer(image, queries, positions, mask)

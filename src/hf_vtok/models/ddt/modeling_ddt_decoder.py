@@ -103,7 +103,8 @@ def joint_attention(
 ) -> list[torch.Tensor]:
     """One attention over the concatenation of several streams' (q, k, v) `[B, L_i, D]`; outputs split back.
 
-    ``attention_mask``: boolean, True = attend, broadcastable to ``[B, heads, L, L]`` (L = sum of L_i).
+    ``attention_mask``: boolean (True = attend) or an additive float bias, broadcastable to ``[B, heads, L, L]``
+    (L = sum of L_i).
     """
     lengths = [q.shape[1] for q, _, _ in streams]
     query, key, value = (torch.cat([s[i] for s in streams], dim=1) for i in range(3))
