@@ -147,6 +147,18 @@ def test_import_hf_vtok_and_cli_help_load_no_heavy_library():
     assert {"demo", "eval", "data", "pretokenize", "push", "train-tokenizer", "train-mllm"} <= set(report["helped"])
 
 
+def test_install_constraints_pin_the_versions_the_help_texts_were_rendered_with():
+    # `make install` resolves to constraints.txt; a newer transformers on the index would otherwise make the training
+    # commands' --help fall back to their real (heavy) parsers on a fresh install.
+    recorded = json.loads((SRC / "hf_vtok" / "commands" / "help" / "versions.json").read_text())
+    pins = {}
+    for line in (SRC.parent / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    assert pins == recorded
+
+
 def test_shipped_help_of_the_training_commands_is_what_their_real_parsers_print(capsys, monkeypatch):
     """The training commands' ``--help`` is a shipped text (their TRL parsers take seconds to import); with the
     transformers / TRL / PEFT versions it was rendered with it must be exactly what the live parsers print (a changed
