@@ -38,11 +38,10 @@ class LoadedTokenizer:
     def decoder_image_size(self) -> int:
         """The side of the images the decoder draws: its denoiser's sample size, times the autoencoder's compression
         for a latent decoder (SeTok on DINOv2 reads 126 px and draws 128 px)."""
-        size = int(self.pipeline.denoiser.config.sample_size)
+        from ..utils.modeling_utils import autoencoder_compression
+
         vae = self.pipeline.vae
-        if vae is not None:
-            size *= getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(vae.config.block_out_channels) - 1)
-        return size
+        return int(self.pipeline.denoiser.config.sample_size) * (1 if vae is None else autoencoder_compression(vae))
 
 
 def load_tokenizer_folder(path: str | Path) -> LoadedTokenizer:

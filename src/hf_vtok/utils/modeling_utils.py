@@ -203,6 +203,12 @@ def decoder_images(pixel_values: torch.Tensor, mean, std, size: int) -> torch.Te
 
 
 @torch.no_grad()
+def autoencoder_compression(vae) -> int:
+    """How many pixels one latent covers along a side: a shipped autoencoder's ``spatial_compression_ratio``, else a
+    diffusers ``AutoencoderKL``'s 2^(levels - 1)."""
+    return int(getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(vae.config.block_out_channels) - 1))
+
+
 def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] → scaled (and shifted, for VAEs that have a shift) latents of a frozen diffusers VAE."""
     encoded = vae.encode(images.to(next(vae.parameters()).dtype))

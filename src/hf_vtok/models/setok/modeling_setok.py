@@ -757,13 +757,7 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
 
         def images():
             vae = self.decoder_autoencoder()
-            if vae is None:
-                scale = 1
-            elif isinstance(self.config.decoder_config.vae, str):
-                scale = vae.spatial_compression_ratio
-            else:
-                scale = 2 ** (len(vae.config.block_out_channels) - 1)
-            size = self.unet.config.sample_size * scale
+            size = self.unet.config.sample_size * (1 if vae is None else vtok.autoencoder_compression(vae))
             return vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, size)
 
         return self.decoder_samples(images, latents, pixel_values.shape[0]).to(self.unet.dtype)
