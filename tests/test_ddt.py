@@ -12,6 +12,7 @@ from PIL import Image
 import hf_vtok  # noqa: F401  (registers the Auto classes)
 from hf_vtok.models.ddt import (
     DDTDecoderPipeline,
+    DDTDecoderTransformer,
     DDTImageProcessor,
     DDTImageProcessorPil,
     DDTTokenConditioner,
@@ -520,7 +521,8 @@ def test_query_locality_prior_makes_each_token_read_its_anchor_region_first():
     # Paper (prior 0): at initialisation every query reads the same average of the image, so a change in one corner
     # moves all tokens alike. With the prior, the token anchored at that corner moves far more than one anchored in the
     # middle of the image, and the first four anchors are one per quadrant (every prefix covers the image).
-    from hf_vtok.models.ddt.modeling_ddt import coarse_to_fine_order, query_anchor_distances
+    from hf_vtok.models.ddt.modeling_ddt import query_anchor_distances
+    from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order
 
     assert [divmod(int(i), 8) for i in coarse_to_fine_order(8)[:4]] == [(0, 0), (0, 4), (4, 0), (4, 4)]
     assert sorted(coarse_to_fine_order(3).tolist()) == list(range(9))
@@ -539,3 +541,34 @@ def test_query_locality_prior_makes_each_token_read_its_anchor_region_first():
     assert DDTTokenizerConfig().query_locality_prior == 0.0
     with pytest.raises(ValueError, match="query_locality_prior"):
         DDTTokenizerConfig.tiny(query_locality_prior=-1.0)
+
+
+def test_token_locality_prior_makes_each_image_patch_read_the_tokens_anchored_near_it():
+    # Paper (prior 0): every image patch of the MMDiT reads all tokens alike, so changing the token anchored at the
+    # top-left corner moves the whole prediction about evenly. With the decoder-side prior the top-left patch moves
+    # far more than the bottom-right one; the anchors agree with the encoder's even on a finer decoder grid.
+    from hf_vtok.models.ddt.modeling_ddt import query_anchor_distances
+    from hf_vtok.models.ddt.modeling_ddt_decoder import token_anchor_distances
+
+    assert torch.equal(token_anchor_distances(16, 8, 8, 8), query_anchor_distances(64, 16).T)
+    fine = token_anchor_distances(16, 8, 16, 16)  # a 16 x 16 decoder grid under the encoder's 8 x 8 anchors
+    assert divmod(int(fine[:, 3].argmin()), 16) in {(8, 8), (8, 9), (9, 8), (9, 9)}  # token 3 -> encoder patch (4, 4)
+    ratios = {}
+    for prior in (0.0, 2.0):
+        config = DDTTokenizerConfig.tiny(decoder_config={"patch_size": 8, "token_locality_prior": prior})
+        torch.manual_seed(0)
+        transformer = DDTDecoderTransformer(**config.transformer_kwargs()).eval()
+        with torch.no_grad():
+            for parameter in transformer.parameters():  # leave adaLN-Zero's all-zero start, which outputs 0
+                parameter.normal_(std=0.05)
+            noisy = torch.randn(2, 3, 64, 64)
+            tokens = torch.randn(2, 16, transformer.inner_dim)
+            changed = tokens.clone()
+            changed[:, 0] = torch.randn(2, transformer.inner_dim)  # token 0 is anchored at the top-left patch
+            timestep = torch.full((2,), 500.0)
+            moved = (transformer(noisy, timestep, changed).sample - transformer(noisy, timestep, tokens).sample).abs()
+        ratios[prior] = float(moved[..., :8, :8].mean() / moved[..., -8:, -8:].mean())
+    assert ratios[0.0] < 2.0 and ratios[2.0] > 5.0, ratios
+    assert DDTTokenizerConfig().decoder_config.token_locality_prior == 0.0
+    with pytest.raises(ValueError, match="token_locality_prior"):
+        DDTTokenizerConfig.tiny(decoder_config={"token_locality_prior": -1.0})

@@ -73,6 +73,10 @@ class DDTDecoderConfig(VTokDecoderConfig):
         num_train_timesteps: the timestep scale the transformer's embedding sees.
         condition_dropout_prob: probability of training a sample with no visible token (the null condition of
             classifier-free guidance; not in the paper, the usual 10%).
+        token_locality_prior: departure from the paper (0 = off): each image patch's attention logits to the tokens
+            are lowered by this value x the squared distance (in decoder patches) to the token's anchor, the patch
+            that the encoder's ``query_locality_prior`` ties the token to; the decoder's half of breaking the
+            symmetry in which every position reads all tokens alike (docs/ddt.md).
     """
 
     model_type = "ddt_decoder"
@@ -89,6 +93,7 @@ class DDTDecoderConfig(VTokDecoderConfig):
     hidden_token_mode: str = "mask"
     vae_scale_factor: int = 8
     num_train_timesteps: int = 1000
+    token_locality_prior: float = 0.0  # paper: 0 (every image patch attends to all tokens without a spatial prior)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -96,6 +101,7 @@ class DDTDecoderConfig(VTokDecoderConfig):
                     "attention_head_dim", "vae_scale_factor", "num_train_timesteps"):
             check_int(f'decoder_config["{key}"]', getattr(self, key), minimum=1)
         check_float('decoder_config["mlp_ratio"]', self.mlp_ratio, minimum=0.0, strict_minimum=True)
+        check_float('decoder_config["token_locality_prior"]', self.token_locality_prior, minimum=0.0)
         check_choice('decoder_config["hidden_token_mode"]', self.hidden_token_mode, HIDDEN_TOKEN_MODES)
         if self.sample_size % self.patch_size:
             raise ValueError(
@@ -364,7 +370,11 @@ class DDTTokenizerConfig(VTokConfig):
     def transformer_kwargs(self) -> dict[str, Any]:
         names = ("sample_size", "patch_size", "in_channels", "num_layers", "num_attention_heads", "attention_head_dim",
                  "mlp_ratio", "qk_norm")
-        return {name: getattr(self.decoder_config, name) for name in names}
+        kwargs = {name: getattr(self.decoder_config, name) for name in names}
+        if self.decoder_config.token_locality_prior:
+            kwargs["token_locality_prior"] = self.decoder_config.token_locality_prior
+            kwargs["token_anchor_grid"] = self.image_size // self.patch_size  # the encoder's patch grid
+        return kwargs
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         return {"num_train_timesteps": self.decoder_config.num_train_timesteps, "shift": self.timestep_shift}

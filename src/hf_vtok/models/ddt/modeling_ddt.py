@@ -36,6 +36,7 @@ from .modeling_ddt_decoder import (
     DDTTokenConditioner,
     init_ddt_module,
     joint_attention,
+    token_anchor_distances,
 )
 
 
@@ -53,28 +54,14 @@ class DDTPreTrainedModel(vtok.VTokPreTrainedModel):
         init_ddt_module(module, self.config.initializer_range)
 
 
-def coarse_to_fine_order(side: int) -> torch.LongTensor:
-    """The patches of a ``side x side`` grid (row-major indices) in bit-reversed Morton order: every prefix is spread
-    over the whole grid (the first four are one per quadrant, the next twelve fill a 4 x 4 division, ...)."""
-    bits = max(1, (side - 1).bit_length())
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    code = torch.zeros_like(rows)
-    for bit in range(bits):  # interleave, most significant bit last, i.e. the Morton code with its bits reversed
-        code |= ((rows >> (bits - 1 - bit)) & 1) << (2 * bit + 1)
-        code |= ((cols >> (bits - 1 - bit)) & 1) << (2 * bit)
-    return torch.argsort(code.flatten())
-
-
 def query_anchor_distances(num_patches: int, num_queries: int, device=None) -> torch.Tensor:
     """Squared distance (in patches) from each query's anchor patch to every patch: ``[num_queries, num_patches]``.
-    Query ``i`` is anchored at the ``i mod num_patches``-th patch of :func:`coarse_to_fine_order`."""
+    Query ``i`` is anchored at the ``i mod num_patches``-th patch of :func:`coarse_to_fine_order` (the anchors the
+    decoder's ``token_locality_prior`` uses too)."""
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise ValueError(f"`query_locality_prior` needs a square patch grid, got {num_patches} patches.")
-    anchors = coarse_to_fine_order(side)[torch.arange(num_queries) % num_patches]
-    rows, cols = torch.arange(num_patches) // side, torch.arange(num_patches) % side
-    distance = (rows[anchors, None] - rows[None]) ** 2 + (cols[anchors, None] - cols[None]) ** 2
-    return distance.float().to(device)
+    return token_anchor_distances(num_queries, side, side, side, device).T
 
 
 class DDTEncoderLayer(GradientCheckpointingLayer):

@@ -95,6 +95,37 @@ def zero_init(layer: nn.Module) -> nn.Module:
     return layer
 
 
+# ---------------------------------------------------------------------------------------------- token anchors
+def coarse_to_fine_order(side: int) -> torch.LongTensor:
+    """The patches of a ``side x side`` grid (row-major indices) in bit-reversed Morton order: every prefix is spread
+    over the whole grid (the first four are one per quadrant, the next twelve fill a 4 x 4 division, ...)."""
+    bits = max(1, (side - 1).bit_length())
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    code = torch.zeros_like(rows)
+    for bit in range(bits):  # interleave, most significant bit last, i.e. the Morton code with its bits reversed
+        code |= ((rows >> (bits - 1 - bit)) & 1) << (2 * bit + 1)
+        code |= ((cols >> (bits - 1 - bit)) & 1) << (2 * bit)
+    return torch.argsort(code.flatten())
+
+
+def token_anchor_distances(num_tokens: int, anchor_grid: int, grid_height: int, grid_width: int, device=None):
+    """Squared distance from each patch of a ``grid_height x grid_width`` grid to each token's anchor, in units of
+    that grid's patches: ``[grid_height * grid_width, num_tokens]``.
+
+    Token ``i`` is anchored at the centre of the ``i mod anchor_grid²``-th patch of :func:`coarse_to_fine_order`
+    on the tokenizer's ``anchor_grid x anchor_grid`` patch grid, so encoder and decoder agree on where a token
+    lives even when their grids differ."""
+    anchors = coarse_to_fine_order(anchor_grid)[torch.arange(num_tokens) % (anchor_grid * anchor_grid)]
+    anchor_rows = (anchors // anchor_grid + 0.5) / anchor_grid  # image fractions
+    anchor_cols = (anchors % anchor_grid + 0.5) / anchor_grid
+    rows = (torch.arange(grid_height * grid_width) // grid_width + 0.5) / grid_height
+    cols = (torch.arange(grid_height * grid_width) % grid_width + 0.5) / grid_width
+    distance = ((rows[:, None] - anchor_rows[None]) * grid_height) ** 2 + (
+        (cols[:, None] - anchor_cols[None]) * grid_width
+    ) ** 2
+    return distance.float().to(device)
+
+
 # ---------------------------------------------------------------------------------------------- blocks
 def joint_attention(
     streams: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -296,6 +327,11 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
     without the pooled text projection and with ``encoder_attention_mask``.
 
     ``timestep`` is on the scheduler's scale (``t · num_train_timesteps``, 0..1000).
+
+    ``token_locality_prior`` (departure from the paper, 0 = off): every image patch's attention logits to the
+    tokens are lowered by the prior x the squared distance (in patches) to each token's anchor
+    (:func:`token_anchor_distances` on the tokenizer's ``token_anchor_grid``, by default this grid's side), so
+    each patch starts by reading the tokens of its own neighbourhood instead of averaging all of them.
     """
 
     _supports_gradient_checkpointing = True
@@ -314,8 +350,13 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         qk_norm: bool = False,
         frequency_embedding_dim: int = 256,
+        token_locality_prior: float = 0.0,
+        token_anchor_grid: int | None = None,
     ):
         super().__init__()
+        check_float("token_locality_prior", token_locality_prior, minimum=0.0)
+        if token_anchor_grid is not None:
+            check_int("token_anchor_grid", token_anchor_grid, minimum=1)
         check_int("sample_size", sample_size, minimum=1)
         check_int("patch_size", patch_size, minimum=1)
         if sample_size % patch_size:
@@ -399,6 +440,8 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
             image_keys = torch.ones(batch, x.shape[1], dtype=torch.bool, device=x.device)
             keys = torch.cat([image_keys, encoder_attention_mask.to(device=x.device, dtype=torch.bool)], dim=1)
             attention_mask = keys[:, None, None, :]
+        if cfg.token_locality_prior:
+            attention_mask = self._locality_bias(patches_h, patches_w, context.shape[1], attention_mask, x.dtype)
 
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -416,12 +459,30 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
 
+    def _locality_bias(self, patches_h, patches_w, num_context, key_mask, dtype) -> torch.Tensor:
+        """Additive ``[B or 1, 1, L, L]`` attention bias: image rows x token columns get ``-prior x distance²``;
+        keys hidden by ``key_mask`` (``[B, 1, 1, L]`` bool) get ``-inf``."""
+        device = self.pos_embed.weight.device
+        num_image = patches_h * patches_w
+        total = num_image + num_context
+        distances = token_anchor_distances(
+            num_context, self.config.token_anchor_grid or patches_h, patches_h, patches_w, device
+        )
+        bias = torch.zeros(total, total, dtype=dtype, device=device)
+        bias[:num_image, num_image:] = -self.config.token_locality_prior * distances.to(dtype)
+        bias = bias[None, None]
+        if key_mask is not None:
+            bias = bias.masked_fill(~key_mask, float("-inf"))
+        return bias
+
 
 __all__ = [
     "DDTDecoderTransformer",
     "DDTJointTransformerBlock",
     "DDTTokenConditioner",
+    "coarse_to_fine_order",
     "init_ddt_module",
+    "token_anchor_distances",
     "visible_token_counts",
 ]
 
