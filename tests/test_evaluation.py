@@ -39,6 +39,7 @@ from hf_vtok.evaluation import (
     text_to_image_accuracy,
     tokens_by_object_count,
 )
+from hf_vtok.evaluation.tokenizers import decode_tokens, encode_images, token_inputs
 from hf_vtok.mllm.processing_mllm import image_processor_for
 from hf_vtok.trainer.arguments import FAMILY_MODEL_TYPES
 
@@ -168,6 +169,21 @@ def test_evaluate_tokenizer_with_perceptual_and_clip_at_the_decoder_resolution(f
         assert key in summary and np.isfinite(summary[key]), key
     assert len(result.psnr) == len(result.clip_t) == len(shapes)
     assert result.reconstructions[0].shape == (64, 64, 3)  # the decoder returns the input resolution
+
+
+@pytest.mark.parametrize("family", ["slot_qformer", "setok", "ddt"])
+def test_evaluate_tokenizer_decodes_the_tokens_it_measured_without_encoding_again(folders, shapes, family):
+    # The reconstruction must come from the very tokens whose counts and maps were measured: the pipeline's own
+    # tokenizer is never asked to encode, and the images equal a direct decode of those tokens with the same seed.
+    loaded = load_tokenizer_folder(folders[family])
+    pipeline_encodes = []
+    original_encode = loaded.pipeline.tokenizer.encode
+    loaded.pipeline.tokenizer.encode = lambda *args, **kwargs: pipeline_encodes.append(1) or original_encode(*args, **kwargs)
+    result = evaluate_tokenizer(loaded, shapes, batch_size=len(shapes), num_inference_steps=2, seed=5)
+    assert pipeline_encodes == []
+    tokens, _ = encode_images(loaded, [row.convert("RGB") for row in shapes["image"]])
+    direct = decode_tokens(loaded, token_inputs(tokens), steps=2, seed=5)
+    assert np.allclose(np.stack(result.reconstructions), direct, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ token analyses

@@ -230,8 +230,8 @@ def evaluate_tokenizer(
         if "objects" in rows:
             result.num_objects += [len(objects) for objects in rows["objects"]]
         if reconstruct:
-            out = loaded.pipeline(
-                images=images, num_inference_steps=num_inference_steps, generator=generator, output_type="np", **extra
+            out = loaded.pipeline(  # decode the tokens just measured, not a second encoding of the images
+                **token_inputs(tokens), num_inference_steps=num_inference_steps, generator=generator, output_type="np", **extra
             )
             reconstructions = np.asarray(out.images, dtype=np.float64)
             targets = resize_images(originals, reconstructions.shape[1:3])
