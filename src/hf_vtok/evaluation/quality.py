@@ -28,7 +28,14 @@ from .baselines import (
     thumbnail_images,
     token_count_agreement,
 )
-from .metrics import color_kmeans_segmentation, distinct_ids_per_image, foreground_ari, mean_iou_matched, psnr, ssim
+from .metrics import (
+    color_kmeans_segmentation,
+    distinct_ids_per_image,
+    foreground_ari,
+    mean_iou_matched,
+    psnr,
+    ssim,
+)
 from .tokenizers import LoadedTokenizer, decode_tokens, encode_images, group_maps, resize_images, token_inputs
 
 __all__ = ["GATES", "THUMBNAIL_MARGIN_DB", "Scenes", "gate_verdicts", "load_scenes", "measure_tokenizer", "style_baselines"]
