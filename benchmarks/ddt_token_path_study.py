@@ -31,6 +31,7 @@ from hf_vtok.models.ddt.configuration_ddt import DDTTokenizerConfig
 from hf_vtok.models.ddt.modeling_ddt import DDTTokenizerForPreTraining
 from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order
 from hf_vtok.utils.autoencoder_taef2 import load_taef2
+from hf_vtok.utils.modeling_utils import encode_latents as encode_latents_of
 from hf_vtok.utils.modeling_utils import sinusoidal_embedding_1d
 
 GRID, TOKENS, CODE_DIM, LATENT_CHANNELS = 8, 192, 16, 32
@@ -45,9 +46,7 @@ def scenes(n: int, style: str, seed: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def encode_latents(vae, images_u8: torch.Tensor) -> torch.Tensor:
-    chunks = [vae.scale_latents(vae.encode(images_u8[i : i + 64].float() / 127.5 - 1).latents)
-              for i in range(0, len(images_u8), 64)]
-    return torch.cat(chunks)
+    return torch.cat([encode_latents_of(vae, images_u8[i : i + 64].float() / 127.5 - 1) for i in range(0, len(images_u8), 64)])
 
 
 def load_data(cache: Path, vae) -> dict[str, torch.Tensor]:
