@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--token-position-scale", type=float, default=None,
                         help="keep the token positions, multiplied by this (implies --no-token-positions for the library's own)")
     parser.add_argument("--decoder-prior", type=float, default=0.5, help="decoder_config.token_locality_prior")
+    parser.add_argument("--encoder-prior", type=float, default=0.5, help="query_locality_prior (query → image patches)")
     parser.add_argument("--query-query-prior", type=float, default=0.0,
                         help="also lower each encoder query's attention to other queries by prior x squared anchor distance")
     parser.add_argument("--threads", type=int, default=1)
@@ -119,7 +120,7 @@ def main() -> None:
     token_positions = not (args.no_token_positions or args.token_position_scale is not None)
     config = DDTTokenizerConfig.tiny(
         image_size=128, patch_size=16, num_visual_tokens=TOKENS, hidden_size=128, num_hidden_layers=4,
-        num_attention_heads=4, codebook_size=1024, codebook_dim=CODE_DIM, loss_target="x0", query_locality_prior=0.5,
+        num_attention_heads=4, codebook_size=1024, codebook_dim=CODE_DIM, loss_target="x0", query_locality_prior=args.encoder_prior,
         decoder_config={"patch_size": 2, "in_channels": LATENT_CHANNELS, "num_layers": 4, "num_attention_heads": 4,
                         "attention_head_dim": 32, "vae_scale_factor": 8, "sample_size": 16,
                         "token_position_embedding": token_positions, "token_locality_prior": args.decoder_prior},
