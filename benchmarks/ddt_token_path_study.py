@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_vtok.data import generate_shapes_dataset
+from hf_vtok.evaluation.metrics import psnr
 from hf_vtok.models.ddt.configuration_ddt import DDTTokenizerConfig
 from hf_vtok.models.ddt.modeling_ddt import DDTTokenizerForPreTraining
-from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order
+from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order, token_anchor_distances
 from hf_vtok.utils.autoencoder_taef2 import load_taef2
 from hf_vtok.utils.modeling_utils import encode_latents as encode_latents_of
 from hf_vtok.utils.modeling_utils import sinusoidal_embedding_1d
@@ -135,9 +136,9 @@ def main() -> None:
 
     tokenizer = model.tokenizer
     if args.query_query_prior:
-        anchors = order[torch.arange(TOKENS) % (GRID * GRID)]
-        rows, cols = anchors // GRID, anchors % GRID
-        query_distances = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
+        # the squared distance between two queries' anchors: the library's patch-to-anchor table, read at each
+        # query's own anchor patch
+        query_distances = token_anchor_distances(TOKENS, GRID, GRID, GRID)[order[torch.arange(TOKENS) % (GRID * GRID)]]
         library_mask = type(tokenizer)._encoder_attention_mask
 
         def encoder_mask(self, num_image, device, dtype):
@@ -164,15 +165,12 @@ def main() -> None:
                                      encoder_attention_mask=mask).sample
         return x_t - velocity  # x0 = x_t - t·v
 
-    def psnr(a, b):
-        return 10 * torch.log10(1.0 / ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10))
-
     def evaluate(step):
         model.eval()
         with torch.inference_mode():
             latents = decode(encode(data["eval_u8"], data["eval_lat"]))
             images = (vae.decode(vae.unscale_latents(latents)).sample.clamp(-1, 1) + 1) / 2
-            scores = psnr(images, data["eval_u8"].float() / 255)
+            scores = psnr(images, data["eval_u8"])  # per image, as `hf-vtok eval` measures it
         model.train()
         print(f"step {step}: one-step decode PSNR flat {scores[:32].mean():.2f} dB, textured {scores[32:].mean():.2f} dB",
               flush=True)
