@@ -10,7 +10,7 @@ the TAEF2 decoder, PSNR in dB, every 100 steps.
     python benchmarks/ddt_token_path_study.py --encoder transformer --decoder mmdit --steps 400
     python benchmarks/ddt_token_path_study.py --encoder conv --decoder mmdit --no-token-positions
 
-Diagnostic only: the variants patch the library's modules in this process. The training data (2,400 scenes, half
+Diagnostic only. The training data (2,400 scenes, half
 flat seed 100, half textured seed 101, and their TAEF2 latents) is cached in --cache. About 1.3 s per step with the
 transformer halves on one CPU thread.
 """
@@ -30,7 +30,7 @@ from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.metrics import psnr
 from hf_vtok.models.ddt.configuration_ddt import DDTTokenizerConfig
 from hf_vtok.models.ddt.modeling_ddt import DDTTokenizerForPreTraining
-from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order, token_anchor_distances
+from hf_vtok.models.ddt.modeling_ddt_decoder import coarse_to_fine_order
 from hf_vtok.utils.autoencoder_taef2 import load_taef2
 from hf_vtok.utils.modeling_utils import encode_latents as encode_latents_of
 from hf_vtok.utils.modeling_utils import sinusoidal_embedding_1d
@@ -107,7 +107,11 @@ def main() -> None:
     parser.add_argument("--decoder-prior", type=float, default=0.5, help="decoder_config.token_locality_prior")
     parser.add_argument("--encoder-prior", type=float, default=0.5, help="query_locality_prior (query → image patches)")
     parser.add_argument("--query-query-prior", type=float, default=0.0,
-                        help="also lower each encoder query's attention to other queries by prior x squared anchor distance")
+                        help="query_query_locality_prior: the encoder queries' attention to each other")
+    parser.add_argument("--anchor-init", action="store_true",
+                        help="query_anchor_init: each encoder query starts from its anchor patch's embedding")
+    parser.add_argument("--anchor-injection", action="store_true",
+                        help="decoder_config.token_anchor_injection: each MMDiT patch adds its cell's tokens to its input")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache/ddt_token_path.pt"))
     args = parser.parse_args()
@@ -122,9 +126,11 @@ def main() -> None:
     config = DDTTokenizerConfig.tiny(
         image_size=128, patch_size=16, num_visual_tokens=TOKENS, hidden_size=128, num_hidden_layers=4,
         num_attention_heads=4, codebook_size=1024, codebook_dim=CODE_DIM, loss_target="x0", query_locality_prior=args.encoder_prior,
+        query_query_locality_prior=args.query_query_prior, query_anchor_init=args.anchor_init,
         decoder_config={"patch_size": 2, "in_channels": LATENT_CHANNELS, "num_layers": 4, "num_attention_heads": 4,
                         "attention_head_dim": 32, "vae_scale_factor": 8, "sample_size": 16,
-                        "token_position_embedding": token_positions, "token_locality_prior": args.decoder_prior},
+                        "token_position_embedding": token_positions, "token_locality_prior": args.decoder_prior,
+                        "token_anchor_injection": args.anchor_injection},
     )
     model = DDTTokenizerForPreTraining(config)
     order = coarse_to_fine_order(GRID)
@@ -135,18 +141,6 @@ def main() -> None:
             model.add_module(name, module)
 
     tokenizer = model.tokenizer
-    if args.query_query_prior:
-        # the squared distance between two queries' anchors: the library's patch-to-anchor table, read at each
-        # query's own anchor patch
-        query_distances = token_anchor_distances(TOKENS, GRID, GRID, GRID)[order[torch.arange(TOKENS) % (GRID * GRID)]]
-        library_mask = type(tokenizer)._encoder_attention_mask
-
-        def encoder_mask(self, num_image, device, dtype):
-            bias = library_mask(self, num_image, device, dtype)
-            bias[num_image:, num_image:] = -args.query_query_prior * query_distances.to(device=device, dtype=dtype)
-            return bias
-
-        tokenizer._encoder_attention_mask = encoder_mask.__get__(tokenizer)
 
     def encode(images_u8, latents):
         z = conv_encoder(latents) if conv_encoder is not None else tokenizer.encode_features(images_u8.float() / 127.5 - 1)

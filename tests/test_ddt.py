@@ -543,6 +543,91 @@ def test_query_locality_prior_makes_each_token_read_its_anchor_region_first():
         DDTTokenizerConfig.tiny(query_locality_prior=-1.0)
 
 
+def test_query_query_locality_prior_keeps_distant_queries_from_reading_each_other():
+    # Paper (prior 0): every query reads every other query, so changing query 0's learned embedding moves all tokens.
+    # With the query->query prior a query anchored away from query 0 barely notices (query 3 sits at patch (4, 4)).
+    from hf_vtok.models.ddt.modeling_ddt import query_anchor_patches
+
+    assert query_anchor_patches(64, 16)[3] == 36 and query_anchor_patches(64, 130)[128] == 0
+    images = _images(2)
+    moved_others = {}
+    for prior in (0.0, 4.0):
+        torch.manual_seed(0)
+        model = DDTTokenizerModel(
+            DDTTokenizerConfig.tiny(query_locality_prior=2.0, query_query_locality_prior=prior)
+        ).eval()
+        with torch.no_grad():
+            before = model.encode_features(images)
+            model.queries[0] += torch.randn(model.queries.shape[1])
+            moved = (model.encode_features(images) - before).norm(dim=-1).mean(0)  # [T]
+        assert moved[0] > 5 * moved[1:].max()  # query 0 itself moves most either way
+        moved_others[prior] = float(moved[1:].max())
+    assert moved_others[4.0] < 0.25 * moved_others[0.0], moved_others
+    assert DDTTokenizerConfig().query_query_locality_prior == 0.0
+    with pytest.raises(ValueError, match="query_query_locality_prior"):
+        DDTTokenizerConfig.tiny(query_query_locality_prior=-0.5)
+
+
+def test_query_anchor_init_ties_each_token_to_its_anchor_patch_without_any_prior():
+    # Paper (learned queries only, no prior): a change in the top-left patch moves every token about alike. With
+    # query_anchor_init each query starts from its anchor patch's embedding, so the token anchored there moves most.
+    images = _images(2)
+    changed = images.clone()
+    changed[:, :, :8, :8] = -changed[:, :, :8, :8]
+    ratios = {}
+    for anchor_init in (False, True):
+        torch.manual_seed(0)
+        model = DDTTokenizerModel(DDTTokenizerConfig.tiny(query_anchor_init=anchor_init)).eval()
+        with torch.no_grad():
+            moved = (model.encode_features(changed) - model.encode_features(images)).norm(dim=-1).mean(0)
+        ratios[anchor_init] = float(moved[0] / moved[3])
+    assert ratios[False] < 2.0 and ratios[True] > 5.0, ratios
+    assert DDTTokenizerConfig().query_anchor_init is False
+    with pytest.raises(TypeError, match="query_anchor_init"):
+        DDTTokenizerConfig.tiny(query_anchor_init="yes")
+
+
+def test_token_anchor_injection_feeds_each_patch_the_visible_tokens_of_its_cell():
+    # Paper (tokens reach the image only through attention): changing the token anchored at the top-left moves the
+    # whole prediction about evenly. With token_anchor_injection the top-left patch moves far more; a token hidden
+    # by the prefix mask changes nothing; a null condition (no visible token) injects nothing.
+    from hf_vtok.models.ddt.modeling_ddt_decoder import token_anchor_distances, token_anchor_slots
+
+    slots = token_anchor_slots(192, 8, 8, 8)  # 3 tokens per cell of the 8 x 8 grid
+    distances = token_anchor_distances(192, 8, 8, 8)
+    assert slots.shape == (64, 3) and all(float(distances[p, slots[p]].max()) == 0.0 for p in range(64))
+    assert sorted(slots.flatten().tolist()) == list(range(192))
+    assert (token_anchor_slots(16, 4, 8, 8)[:, 1:] == -1).all()
+    ratios = {}
+    for injection in (False, True):
+        config = DDTTokenizerConfig.tiny(decoder_config={"patch_size": 8, "token_anchor_injection": injection})
+        torch.manual_seed(0)
+        transformer = DDTDecoderTransformer(**config.transformer_kwargs()).eval()
+        with torch.no_grad():
+            for parameter in transformer.parameters():  # leave adaLN-Zero's all-zero start, which outputs 0
+                parameter.normal_(std=0.05)
+            noisy = torch.randn(2, 3, 64, 64)
+            tokens = torch.randn(2, 16, transformer.inner_dim)
+            changed = tokens.clone()
+            changed[:, 0] = torch.randn(2, transformer.inner_dim)  # token 0 is anchored at the top-left patch
+            timestep = torch.full((2,), 500.0)
+            moved = (transformer(noisy, timestep, changed).sample - transformer(noisy, timestep, tokens).sample).abs()
+            if injection:
+                hidden = torch.tensor([[False] + [True] * 15] * 2)  # token 0 masked out
+                same = transformer(noisy, timestep, changed, hidden).sample
+                assert torch.equal(same, transformer(noisy, timestep, tokens, hidden).sample)
+                none = torch.zeros(2, 16, dtype=torch.bool)
+                injected = transformer._anchored_tokens(changed, none, 8, 8)
+                assert torch.equal(injected, torch.zeros_like(injected))
+        ratios[injection] = float(moved[..., :8, :8].mean() / moved[..., -8:, -8:].mean())
+    assert ratios[False] < 2.0 and ratios[True] > 5.0, ratios
+    assert DDTTokenizerConfig().decoder_config.token_anchor_injection is False
+    with pytest.raises(TypeError, match="token_anchor_injection"):
+        DDTDecoderTransformer(token_anchor_injection=1)
+    with pytest.raises(TypeError, match="token_anchor_injection"):
+        DDTTokenizerConfig.tiny(decoder_config={"token_anchor_injection": "yes"})
+
+
 def test_token_locality_prior_makes_each_image_patch_read_the_tokens_anchored_near_it():
     # Paper (prior 0): every image patch of the MMDiT reads all tokens alike, so changing the token anchored at the
     # top-left corner moves the whole prediction about evenly. With the decoder-side prior the top-left patch moves

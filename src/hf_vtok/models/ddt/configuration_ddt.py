@@ -77,6 +77,9 @@ class DDTDecoderConfig(VTokDecoderConfig):
             are lowered by this value x the squared distance (in decoder patches) to the token's anchor, the patch
             that the encoder's ``query_locality_prior`` ties the token to; the decoder's half of breaking the
             symmetry in which every position reads all tokens alike (docs/ddt.md).
+        token_anchor_injection: departure from the paper (off): each image patch also adds a linear projection of the
+            visible tokens anchored in its cell to its input, so where a token is read is fixed by construction (the
+            decoder's counterpart of the encoder's ``query_anchor_init``).
     """
 
     model_type = "ddt_decoder"
@@ -94,6 +97,7 @@ class DDTDecoderConfig(VTokDecoderConfig):
     vae_scale_factor: int = 8
     num_train_timesteps: int = 1000
     token_locality_prior: float = 0.0  # paper: 0 (every image patch attends to all tokens without a spatial prior)
+    token_anchor_injection: bool = False  # paper: False (the tokens reach the image only through attention)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -102,6 +106,9 @@ class DDTDecoderConfig(VTokDecoderConfig):
             check_int(f'decoder_config["{key}"]', getattr(self, key), minimum=1)
         check_float('decoder_config["mlp_ratio"]', self.mlp_ratio, minimum=0.0, strict_minimum=True)
         check_float('decoder_config["token_locality_prior"]', self.token_locality_prior, minimum=0.0)
+        for key in ("qk_norm", "token_position_embedding", "token_anchor_injection"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f'`decoder_config["{key}"]` must be a bool, got {describe(getattr(self, key))}.')
         check_choice('decoder_config["hidden_token_mode"]', self.hidden_token_mode, HIDDEN_TOKEN_MODES)
         if self.sample_size % self.patch_size:
             raise ValueError(
@@ -144,6 +151,14 @@ class DDTTokenizerConfig(VTokConfig):
             paper's encoder gave an image 7 distinct codes among its tokens, docs/ddt.md). Anchors follow a
             coarse-to-fine order of the patch grid (bit-reversed Morton order), so every prefix of the recursive
             tokens covers the whole image; the content logits can still move a query anywhere.
+        query_query_locality_prior (`float`, defaults to 0.0): departure from the paper (0 = off). The same prior on
+            the queries' attention to each other (the squared distance between their anchors). With the query→image
+            prior alone a query still spends most of its first-layer attention on the other queries, which all start
+            alike (≈ 97 % with 192 queries and 64 patches, docs/ddt.md).
+        query_anchor_init (`bool`, defaults to `False`): departure from the paper. Each query starts as its learned
+            embedding plus the embedded patch at its anchor (3 queries per patch with 192 tokens on an 8 x 8 grid), so
+            where a token's content comes from is fixed by construction, as in a convolutional tokenizer, instead of
+            having to be found through soft attention (docs/ddt.md, "The token path, part by part").
         vision_config (`dict` or `PreTrainedConfig`, *optional*): the paper patchifies raw pixels (default
             ``None``). Set a transformers vision config (e.g. Dinov2) to feed that model's patch features to
             the image stream instead; CLS/register tokens are dropped.
@@ -219,6 +234,8 @@ class DDTTokenizerConfig(VTokConfig):
     image_attends_to_queries: bool = True
     query_adaptive_norm: bool = False
     query_locality_prior: float = 0.0  # paper: 0 (queries attend to the image without a spatial prior)
+    query_query_locality_prior: float = 0.0  # paper: 0 (queries attend to each other without a spatial prior)
+    query_anchor_init: bool = False  # paper: False (the queries are learned embeddings only)
     vision_image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
     vision_image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
     image_mean: list[float] | tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -271,6 +288,7 @@ class DDTTokenizerConfig(VTokConfig):
         for name in ("mlp_ratio", "entropy_temperature", "logit_std", "timestep_shift"):
             check_float(name, getattr(self, name), minimum=0.0, strict_minimum=True)
         check_float("query_locality_prior", self.query_locality_prior, minimum=0.0)
+        check_float("query_query_locality_prior", self.query_query_locality_prior, minimum=0.0)
         for name in ("vision_image_mean", "vision_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
         check_choice("token_schedule", self.token_schedule, TOKEN_SCHEDULES)
@@ -373,7 +391,11 @@ class DDTTokenizerConfig(VTokConfig):
         kwargs = {name: getattr(self.decoder_config, name) for name in names}
         if self.decoder_config.token_locality_prior:
             kwargs["token_locality_prior"] = self.decoder_config.token_locality_prior
+        if self.decoder_config.token_locality_prior or self.decoder_config.token_anchor_injection:
             kwargs["token_anchor_grid"] = self.image_size // self.patch_size  # the encoder's patch grid
+        if self.decoder_config.token_anchor_injection:
+            kwargs["token_anchor_injection"] = True
+            kwargs["num_anchor_tokens"] = self.num_visual_tokens
         return kwargs
 
     def scheduler_kwargs(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from .modeling_ddt_decoder import (
     MLP,
     DDTDecoderTransformer,
     DDTTokenConditioner,
+    coarse_to_fine_order,
     init_ddt_module,
     joint_attention,
     token_anchor_distances,
@@ -54,10 +55,18 @@ class DDTPreTrainedModel(vtok.VTokPreTrainedModel):
         init_ddt_module(module, self.config.initializer_range)
 
 
+def query_anchor_patches(num_patches: int, num_queries: int, device=None) -> torch.LongTensor:
+    """Each query's anchor patch: query ``i`` sits at the ``i mod num_patches``-th patch of
+    :func:`coarse_to_fine_order` (the anchors the decoder's ``token_locality_prior`` uses too), ``[num_queries]``."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"Query anchors need a square patch grid, got {num_patches} patches.")
+    return coarse_to_fine_order(side).to(device)[torch.arange(num_queries, device=device) % num_patches]
+
+
 def query_anchor_distances(num_patches: int, num_queries: int, device=None) -> torch.Tensor:
-    """Squared distance (in patches) from each query's anchor patch to every patch: ``[num_queries, num_patches]``.
-    Query ``i`` is anchored at the ``i mod num_patches``-th patch of :func:`coarse_to_fine_order` (the anchors the
-    decoder's ``token_locality_prior`` uses too)."""
+    """Squared distance (in patches) from each query's anchor patch to every patch: ``[num_queries, num_patches]``
+    (anchors as in :func:`query_anchor_patches`)."""
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise ValueError(f"`query_locality_prior` needs a square patch grid, got {num_patches} patches.")
@@ -199,16 +208,19 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
     def _encoder_attention_mask(self, num_image: int, device, dtype) -> torch.Tensor | None:
         """None (full joint attention), or an additive ``[L, L]`` bias over the image + query streams."""
         config = self.config
-        if config.image_attends_to_queries and not config.query_locality_prior:
+        priors = config.query_locality_prior or config.query_query_locality_prior
+        if config.image_attends_to_queries and not priors:
             return None
         total = num_image + config.num_visual_tokens
         bias = torch.zeros(total, total, dtype=dtype, device=device)
         if not config.image_attends_to_queries:
             bias[:num_image, num_image:] = float("-inf")  # successor code: image tokens do not see the queries
-        if config.query_locality_prior:
-            bias[num_image:, :num_image] = -config.query_locality_prior * query_anchor_distances(
-                num_image, config.num_visual_tokens, device
-            ).to(dtype)
+        if priors:
+            distances = query_anchor_distances(num_image, config.num_visual_tokens, device).to(dtype)  # [T, P]
+            bias[num_image:, :num_image] = -config.query_locality_prior * distances
+            # query i -> query j: the distance from i's anchor to j's anchor patch
+            anchors = query_anchor_patches(num_image, config.num_visual_tokens, device)
+            bias[num_image:, num_image:] = -config.query_query_locality_prior * distances[:, anchors]
         return bias
 
     def get_input_embeddings(self) -> nn.Module:
@@ -225,6 +237,8 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
             torch.arange(self.config.num_visual_tokens, device=image.device), self.config.hidden_size
         ).to(image.dtype)
         queries = (self.queries.to(image.dtype) + positions).unsqueeze(0).expand(image.shape[0], -1, -1)
+        if self.config.query_anchor_init:
+            queries = queries + image[:, query_anchor_patches(image.shape[1], queries.shape[1], image.device)]
         mask = self._encoder_attention_mask(image.shape[1], image.device, image.dtype)
         hidden_states = [queries]
         for layer in self.layers:

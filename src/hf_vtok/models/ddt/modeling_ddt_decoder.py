@@ -126,6 +126,22 @@ def token_anchor_distances(num_tokens: int, anchor_grid: int, grid_height: int, 
     return distance.float().to(device)
 
 
+def token_anchor_slots(num_tokens: int, anchor_grid: int, grid_height: int, grid_width: int, device=None):
+    """The tokens anchored in each patch's cell: ``[grid_height * grid_width, depth]`` token indices, ``-1`` where a
+    cell has fewer tokens (``depth = ceil(num_tokens / anchor_grid²)``).
+
+    A patch of a ``grid_height x grid_width`` grid belongs to the cell of the ``anchor_grid x anchor_grid`` grid that
+    holds its centre; the tokens anchored there (:func:`token_anchor_distances`) are ``m, m + anchor_grid², ...`` in
+    prefix order, ``m`` being the cell's place in :func:`coarse_to_fine_order`."""
+    cells = anchor_grid * anchor_grid
+    depth = -(-num_tokens // cells)
+    place = torch.argsort(coarse_to_fine_order(anchor_grid))  # cell -> its place in the anchor order
+    rows = ((torch.arange(grid_height * grid_width) // grid_width + 0.5) * anchor_grid / grid_height).long()
+    cols = ((torch.arange(grid_height * grid_width) % grid_width + 0.5) * anchor_grid / grid_width).long()
+    slots = place[rows * anchor_grid + cols][:, None] + cells * torch.arange(depth)[None]
+    return slots.masked_fill(slots >= num_tokens, -1).to(device)
+
+
 # ---------------------------------------------------------------------------------------------- blocks
 def joint_attention(
     streams: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -332,6 +348,11 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
     tokens are lowered by the prior x the squared distance (in patches) to each token's anchor
     (:func:`token_anchor_distances` on the tokenizer's ``token_anchor_grid``, by default this grid's side), so
     each patch starts by reading the tokens of its own neighbourhood instead of averaging all of them.
+
+    ``token_anchor_injection`` (departure from the paper, off by default): every image patch also adds a linear
+    projection of the visible tokens anchored in its cell (:func:`token_anchor_slots`; the ``num_anchor_tokens``
+    tokens of the tokenizer on its ``token_anchor_grid``) to its input, so where each token is read is fixed by
+    construction, as in a convolutional decoder; the joint attention still reads every token.
     """
 
     _supports_gradient_checkpointing = True
@@ -352,11 +373,17 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
         frequency_embedding_dim: int = 256,
         token_locality_prior: float = 0.0,
         token_anchor_grid: int | None = None,
+        token_anchor_injection: bool = False,
+        num_anchor_tokens: int | None = None,
     ):
         super().__init__()
         check_float("token_locality_prior", token_locality_prior, minimum=0.0)
         if token_anchor_grid is not None:
             check_int("token_anchor_grid", token_anchor_grid, minimum=1)
+        if not isinstance(token_anchor_injection, bool):
+            raise TypeError(f"`token_anchor_injection` must be a bool, got {describe(token_anchor_injection)}.")
+        if token_anchor_injection:
+            check_int("num_anchor_tokens", num_anchor_tokens, minimum=1)
         check_int("sample_size", sample_size, minimum=1)
         check_int("patch_size", patch_size, minimum=1)
         if sample_size % patch_size:
@@ -380,6 +407,10 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.modulation_out = AdaLNModulation(dim, 2)
         self.proj_out = zero_init(nn.Linear(dim, patch_size * patch_size * self.out_channels))
+        if token_anchor_injection:
+            grid = token_anchor_grid or sample_size // patch_size
+            depth = -(-num_anchor_tokens // (grid * grid))
+            self.token_injection = nn.Linear(depth * dim, dim, bias=False)
         self.gradient_checkpointing = False
         self.apply(init_ddt_module)
 
@@ -442,6 +473,8 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
             attention_mask = keys[:, None, None, :]
         if cfg.token_locality_prior:
             attention_mask = self._locality_bias(patches_h, patches_w, context.shape[1], attention_mask, x.dtype)
+        if cfg.token_anchor_injection and context.shape[1]:
+            x = x + self._anchored_tokens(context, encoder_attention_mask, patches_h, patches_w)
 
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -458,6 +491,20 @@ class DDTDecoderTransformer(ModelMixin, ConfigMixin):
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
+
+    def _anchored_tokens(self, context, key_mask, patches_h, patches_w) -> torch.Tensor:
+        """``token_injection`` of the visible tokens anchored in each patch's cell, ``[B, patches, width]``."""
+        cfg = self.config
+        slots = token_anchor_slots(
+            cfg.num_anchor_tokens, cfg.token_anchor_grid or patches_h, patches_h, patches_w, context.device
+        )
+        present = (slots >= 0) & (slots < context.shape[1])  # the conditioner may cut the hidden tail
+        slots = slots.clamp(0, context.shape[1] - 1)
+        weight = present[None].to(context.dtype)  # [1, P, depth]
+        if key_mask is not None:
+            weight = weight * key_mask.to(device=context.device, dtype=context.dtype)[:, slots]
+        gathered = context[:, slots] * weight[..., None]  # [B, P, depth, width]
+        return self.token_injection(gathered.flatten(2))
 
     def _locality_bias(self, patches_h, patches_w, num_context, key_mask, dtype) -> torch.Tensor:
         """Additive ``[B or 1, 1, L, L]`` attention bias: image rows x token columns get ``-prior x distance²``;
@@ -483,6 +530,7 @@ __all__ = [
     "coarse_to_fine_order",
     "init_ddt_module",
     "token_anchor_distances",
+    "token_anchor_slots",
     "visible_token_counts",
 ]
 
