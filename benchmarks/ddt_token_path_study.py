@@ -9,6 +9,7 @@ the TAEF2 decoder, PSNR in dB, every 100 steps.
 
     python benchmarks/ddt_token_path_study.py --encoder transformer --decoder mmdit --steps 400
     python benchmarks/ddt_token_path_study.py --encoder conv --decoder mmdit --no-token-positions
+    python benchmarks/ddt_token_path_study.py --no-token-positions --anchor-init --anchor-injection [--quantize]
 
 Diagnostic only. The training data (2,400 scenes, half
 flat seed 100, half textured seed 101, and their TAEF2 latents) is cached in --cache. About 1.3 s per step with the
@@ -112,6 +113,9 @@ def main() -> None:
                         help="query_anchor_init: each encoder query starts from its anchor patch's embedding")
     parser.add_argument("--anchor-injection", action="store_true",
                         help="decoder_config.token_anchor_injection: each MMDiT patch adds its cell's tokens to its input")
+    parser.add_argument("--quantize", action="store_true",
+                        help="quantise the codes with the library's EMA codebook (1024 codes, k-means start) instead of "
+                             "leaving them continuous")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache/ddt_token_path.pt"))
     args = parser.parse_args()
@@ -125,7 +129,7 @@ def main() -> None:
     token_positions = not (args.no_token_positions or args.token_position_scale is not None)
     config = DDTTokenizerConfig.tiny(
         image_size=128, patch_size=16, num_visual_tokens=TOKENS, hidden_size=128, num_hidden_layers=4,
-        num_attention_heads=4, codebook_size=1024, codebook_dim=CODE_DIM, loss_target="x0", query_locality_prior=args.encoder_prior,
+        num_attention_heads=4, codebook_size=1024, codebook_dim=CODE_DIM, codebook_kmeans_init=args.quantize, loss_target="x0", query_locality_prior=args.encoder_prior,
         query_query_locality_prior=args.query_query_prior, query_anchor_init=args.anchor_init,
         decoder_config={"patch_size": 2, "in_channels": LATENT_CHANNELS, "num_layers": 4, "num_attention_heads": 4,
                         "attention_head_dim": 32, "vae_scale_factor": 8, "sample_size": 16,
@@ -142,9 +146,18 @@ def main() -> None:
 
     tokenizer = model.tokenizer
 
+    quantization_loss = torch.zeros(())
+
     def encode(images_u8, latents):
+        nonlocal quantization_loss
         z = conv_encoder(latents) if conv_encoder is not None else tokenizer.encode_features(images_u8.float() / 127.5 - 1)
-        return F.normalize(z, dim=-1)
+        if not args.quantize:
+            return F.normalize(z, dim=-1)
+        if tokenizer.training:
+            tokenizer._relative_dead_code_threshold(z.shape[0] * z.shape[1])
+        output = tokenizer.quantizer(z)  # the library's EMA codebook: straight-through codes + commitment loss
+        quantization_loss = output.loss
+        return output.quantized
 
     def decode(codes):
         if conv_decoder is not None:
@@ -179,6 +192,8 @@ def main() -> None:
             group["lr"] = args.learning_rate * min(1.0, step / 50)
         batch = torch.randint(0, len(train_u8), (32,), generator=generator)
         loss = F.mse_loss(decode(encode(train_u8[batch], train_lat[batch])), train_lat[batch])
+        if args.quantize:
+            loss = loss + quantization_loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
