@@ -66,6 +66,7 @@ def test_finetune_lora_then_generate_and_push(tmp_path):
     assert out["trainer"].args.neftune_noise_alpha == 5 == summary["recipe"]["neftune_noise_alpha"]  # any SFTConfig flag
     assert summary["recipe"]["visual_tokenizer"] == "shipped:ddt"
     assert summary["global_step"] == 3 and summary["trainable_parameters"] < summary["total_parameters"] / 3
+    assert 0 < summary["wall_seconds"] <= summary["train_seconds"]  # training time, without the set-up
     # the fine-tuned folder feeds the other examples
     generated = run_example("text_to_image_and_edit", ["--mllm", str(run), "--steps", "1", "--out", str(tmp_path / "t.png")])
     assert generated["generated"].token_ids.shape == (1, 16)

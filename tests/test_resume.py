@@ -102,6 +102,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         (folder / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert losses(reference) == losses(interrupted)
 
+    # recipe.json's wall time sums both segments: the killed one slept 0.5 s in each of its >= 4 logged steps
+    history = json.loads((interrupted / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+    walls = [entry["wall_seconds"] for entry in history if "wall_seconds" in entry]
+    assert walls == sorted(walls) and len(walls) >= 8
+    wall_at = {entry["step"]: entry["wall_seconds"] for entry in history if "wall_seconds" in entry}
+    assert wall_at[4] >= 2.0 and wall_at[5] > wall_at[4], wall_at  # the resumed segment continues the count
+    assert json.loads((interrupted / "recipe.json").read_text())["wall_seconds"] >= wall_at[8]
+
     loads = json.loads((interrupted / "torch_loads.json").read_text())
     assert {entry["file"] for entry in loads} >= {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
     assert all(entry["weights_only"] is True for entry in loads), loads

@@ -51,6 +51,7 @@ from .arguments import (
     finetuning_mode,
     recorded_arguments,
 )
+from .callbacks import WallTimeCallback, wall_seconds
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -491,12 +492,13 @@ def train_mllm(
         columns = ["text"] if script_args.stage == "pretraining" else ["prompt", "completion"]
         trainer = VTokSFTTrainer(
             model=trainable_model, args=training_args.for_trainer(), train_dataset=examples.select_columns(columns),
-            processing_class=processor.tokenizer,
+            processing_class=processor.tokenizer, callbacks=[WallTimeCallback()],
         )  # fmt: skip
     else:  # the continuous collator reads the raw prompt/completion/embeddings columns
         trainer = ContinuousMLLMTrainer(
             model=trainable_model, args=training_args.for_trainer(remove_unused_columns=False), train_dataset=examples,
             data_collator=ContinuousMLLMCollator(processor, max_length=training_args.max_length),
+            callbacks=[WallTimeCallback()],
         )  # fmt: skip
     result = trainer.train(resume_from_checkpoint=training_args.resume)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -510,7 +512,8 @@ def train_mllm(
         "last_loss": losses[-1] if losses else None,
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(time.perf_counter() - started, 1),  # this segment, set-up included
+        "wall_seconds": wall_seconds(trainer.state.log_history),  # training time summed over resumed segments
     }
     if trainer.is_world_process_zero():
         export_mllm(trainable_model, processor, decoder, output_dir, summary)

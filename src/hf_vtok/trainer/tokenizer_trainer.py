@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 from ..utils.image_processing_utils import images_to_list
 from ..utils.validation import check_choice, check_int
 from .arguments import FAMILY_MODEL_TYPES, TokenizerArguments, TokenizerTrainingArguments, recorded_arguments
+from .callbacks import WallTimeCallback, wall_seconds
 
 
 class TokenizerTrainingCollator:
@@ -247,7 +248,7 @@ def train_tokenizer(
         train_dataset = cache_training_latents(train_dataset, vae, latent_image_size)
     image_processor = image_processor_for(model.config)
     collator = TokenizerTrainingCollator(image_processor, parameters, text_tokenizer=text_tokenizer)
-    callbacks = []
+    callbacks = [WallTimeCallback()]
     if training_args.eval_steps:
         callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, int(training_args.eval_steps),
                                                   script_args.eval_num_images, script_args.dataset_style))  # fmt: skip
@@ -325,6 +326,7 @@ def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_toke
         model.get_decoder_pipeline(vae=vae).save_pretrained(output_dir / "decoder")
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     summary = {"recipe": recipe, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    summary["wall_seconds"] = wall_seconds(log_history)  # training time summed over resumed segments
     held_out = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
     if held_out:
         summary["held_out"] = held_out
