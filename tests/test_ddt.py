@@ -587,6 +587,21 @@ def test_query_anchor_init_ties_each_token_to_its_anchor_patch_without_any_prior
         DDTTokenizerConfig.tiny(query_anchor_init="yes")
 
 
+def _decoder_with_first_token_changed(config):
+    """A randomly weighted MMDiT of ``config`` (adaLN-Zero's all-zero start would output 0), a noisy input, 16 tokens
+    and the same tokens with token 0 (anchored at the top-left patch) redrawn."""
+    torch.manual_seed(0)
+    transformer = DDTDecoderTransformer(**config.transformer_kwargs()).eval()
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            parameter.normal_(std=0.05)
+    noisy = torch.randn(2, 3, 64, 64)
+    tokens = torch.randn(2, 16, transformer.inner_dim)
+    changed = tokens.clone()
+    changed[:, 0] = torch.randn(2, transformer.inner_dim)
+    return transformer, noisy, tokens, changed, torch.full((2,), 500.0)
+
+
 def test_token_anchor_injection_feeds_each_patch_the_visible_tokens_of_its_cell():
     # Paper (tokens reach the image only through attention): changing the token anchored at the top-left moves the
     # whole prediction about evenly. With token_anchor_injection the top-left patch moves far more; a token hidden
@@ -601,16 +616,8 @@ def test_token_anchor_injection_feeds_each_patch_the_visible_tokens_of_its_cell(
     ratios = {}
     for injection in (False, True):
         config = DDTTokenizerConfig.tiny(decoder_config={"patch_size": 8, "token_anchor_injection": injection})
-        torch.manual_seed(0)
-        transformer = DDTDecoderTransformer(**config.transformer_kwargs()).eval()
+        transformer, noisy, tokens, changed, timestep = _decoder_with_first_token_changed(config)
         with torch.no_grad():
-            for parameter in transformer.parameters():  # leave adaLN-Zero's all-zero start, which outputs 0
-                parameter.normal_(std=0.05)
-            noisy = torch.randn(2, 3, 64, 64)
-            tokens = torch.randn(2, 16, transformer.inner_dim)
-            changed = tokens.clone()
-            changed[:, 0] = torch.randn(2, transformer.inner_dim)  # token 0 is anchored at the top-left patch
-            timestep = torch.full((2,), 500.0)
             moved = (transformer(noisy, timestep, changed).sample - transformer(noisy, timestep, tokens).sample).abs()
             if injection:
                 hidden = torch.tensor([[False] + [True] * 15] * 2)  # token 0 masked out
@@ -641,16 +648,8 @@ def test_token_locality_prior_makes_each_image_patch_read_the_tokens_anchored_ne
     ratios = {}
     for prior in (0.0, 2.0):
         config = DDTTokenizerConfig.tiny(decoder_config={"patch_size": 8, "token_locality_prior": prior})
-        torch.manual_seed(0)
-        transformer = DDTDecoderTransformer(**config.transformer_kwargs()).eval()
+        transformer, noisy, tokens, changed, timestep = _decoder_with_first_token_changed(config)
         with torch.no_grad():
-            for parameter in transformer.parameters():  # leave adaLN-Zero's all-zero start, which outputs 0
-                parameter.normal_(std=0.05)
-            noisy = torch.randn(2, 3, 64, 64)
-            tokens = torch.randn(2, 16, transformer.inner_dim)
-            changed = tokens.clone()
-            changed[:, 0] = torch.randn(2, transformer.inner_dim)  # token 0 is anchored at the top-left patch
-            timestep = torch.full((2,), 500.0)
             moved = (transformer(noisy, timestep, changed).sample - transformer(noisy, timestep, tokens).sample).abs()
         ratios[prior] = float(moved[..., :8, :8].mean() / moved[..., -8:, -8:].mean())
     assert ratios[0.0] < 2.0 and ratios[2.0] > 5.0, ratios
