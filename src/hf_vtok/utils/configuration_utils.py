@@ -211,6 +211,11 @@ class VTokSubConfig(PreTrainedConfig):
                 f"`{self.config_key}` has unknown keys {unknown}; expected keys among {sorted(self.field_names())}."
             )
         super().__post_init__(**kwargs)
+        own = set(self.field_names())
+        for spec in dataclasses.fields(self):  # a flag must be a flag (a "yes" from a hand-edited config.json is not)
+            value = getattr(self, spec.name)
+            if spec.name in own and isinstance(spec.default, bool) and not isinstance(value, bool):
+                raise TypeError(f'`{self.config_key}["{spec.name}"]` must be a bool, got {describe(value)}.')
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -106,9 +106,6 @@ class DDTDecoderConfig(VTokDecoderConfig):
             check_int(f'decoder_config["{key}"]', getattr(self, key), minimum=1)
         check_float('decoder_config["mlp_ratio"]', self.mlp_ratio, minimum=0.0, strict_minimum=True)
         check_float('decoder_config["token_locality_prior"]', self.token_locality_prior, minimum=0.0)
-        for key in ("qk_norm", "token_position_embedding", "token_anchor_injection"):
-            if not isinstance(getattr(self, key), bool):
-                raise TypeError(f'`decoder_config["{key}"]` must be a bool, got {describe(getattr(self, key))}.')
         check_choice('decoder_config["hidden_token_mode"]', self.hidden_token_mode, HIDDEN_TOKEN_MODES)
         if self.sample_size % self.patch_size:
             raise ValueError(

@@ -218,9 +218,9 @@ class DDTTokenizerModel(DDTPreTrainedModel, vtok.VisualTokenizerMixin):
         if priors:
             distances = query_anchor_distances(num_image, config.num_visual_tokens, device).to(dtype)  # [T, P]
             bias[num_image:, :num_image] = -config.query_locality_prior * distances
-            # query i -> query j: the distance from i's anchor to j's anchor patch
-            anchors = query_anchor_patches(num_image, config.num_visual_tokens, device)
-            bias[num_image:, num_image:] = -config.query_query_locality_prior * distances[:, anchors]
+            if config.query_query_locality_prior:  # query i -> query j: from i's anchor to j's anchor patch
+                anchors = query_anchor_patches(num_image, config.num_visual_tokens, device)
+                bias[num_image:, num_image:] = -config.query_query_locality_prior * distances[:, anchors]
         return bias
 
     def get_input_embeddings(self) -> nn.Module:
