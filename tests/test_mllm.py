@@ -638,3 +638,45 @@ def test_bad_inputs_name_the_argument(ddt_mllm, shapes):
     with pytest.raises(ValueError, match="visual_vocab_size"):
         VTokMLLMConfig(text_config=model.config.text_config.to_dict(), visual_tokenizer_config=DDTTokenizerConfig.tiny(),
                        visual_vocab_size=7)
+
+
+def _byte_level_tokenizer():
+    """A small byte-level BPE tokenizer (GPT-2/SmolLM2 style) in which a newline followed by a space merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["assistant\n ", "user\n draw a red circle", "assistant\n a blue square"] * 50
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")  # fmt: skip
+
+
+def test_chatml_completion_keeps_the_generation_prompt_tokens_it_is_asked_with():
+    """After ChatML's "assistant\\n" a completion starts with no space: " <boi>" would merge the newline and the space
+    into one token, so training would see a context that generation never builds (TRL warns and drops the '\\n')."""
+    from hf_vtok.mllm.generation import build_generation_inputs
+
+    from hf_vtok.mllm import add_visual_tokens
+
+    text_tokenizer = _byte_level_tokenizer()
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(text_tokenizer), hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2))  # fmt: skip
+    add_visual_tokens(text_tokenizer, lm, DDTTokenizerConfig.tiny())
+    chatml = VTokMLLMProcessor.from_visual_tokenizer(text_tokenizer, DDTTokenizerConfig.tiny(), chat_template="chatml")
+    tokenizer = chatml.tokenizer
+    prompt = chatml.format_prompt("draw a red circle")
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    merged = tokenizer(prompt + " " + chatml.boi_token)["input_ids"]
+    assert merged[: len(prompt_ids)] != prompt_ids  # the hazard is real in this tokenizer
+    for completion in (chatml.boi_token, "a blue square"):
+        joined = tokenizer(prompt + chatml.join_completion(prompt, completion))["input_ids"]
+        assert joined[: len(prompt_ids)] == prompt_ids
+    generation = build_generation_inputs(chatml, ["draw a red circle"], use_chat_template=True)["input_ids"][0].tolist()
+    assert generation == tokenizer(prompt + chatml.join_completion(prompt, chatml.boi_token))["input_ids"]
+    # "USER: ... ASSISTANT:" still gets its space before the answer.
+    assert VTokMLLMProcessor.join_completion("USER: hi ASSISTANT:", "red") == " red"

@@ -67,13 +67,13 @@ class VTokMLLMDataCollator:
             images = images or inline
             prompt = self.processor.apply_chat_template(messages[:-1], add_generation_prompt=True)
             completion = self.processor._flatten_message(messages[-1])["content"]
-            return prompt, " " + completion + (self.processor.tokenizer.eos_token or ""), images
+            return prompt, self.processor.join_completion(prompt, completion) + (self.processor.tokenizer.eos_token or ""), images
         if "prompt" not in example or "completion" not in example:
             raise KeyError(f"Example {index} needs 'prompt' and 'completion' (or 'messages') keys, got {sorted(example)}.")
         prompt, completion = example["prompt"], example["completion"]
         if self.use_chat_template:
             prompt = self.processor.format_prompt(prompt)
-            completion = " " + completion + (self.processor.tokenizer.eos_token or "")
+            completion = self.processor.join_completion(prompt, completion) + (self.processor.tokenizer.eos_token or "")
         return prompt, completion, images
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -290,7 +290,7 @@ def build_generation_inputs(
     """Left-padded prompts ending with ``<boi>``, tokenized exactly like the completions of generation data
     (``processor(text=prompt, completion="<image>", use_chat_template=...)``)."""
     texts = [processor.format_prompt(p) if use_chat_template else p for p in prompts]
-    prefix = (" " if use_chat_template else "") + processor.boi_token
+    prefix = processor.join_completion(texts[0], processor.boi_token) if use_chat_template and texts else processor.boi_token
     encoded = processor(
         images=images,
         text=texts,

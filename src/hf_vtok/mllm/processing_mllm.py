@@ -321,6 +321,13 @@ class VTokMLLMProcessor(ProcessorMixin):
             raise TypeError(f"`prompt` must be a string, got {describe(prompt)}.")
         return self._render([{"role": "user", "content": prompt}], add_generation_prompt=True, chat_template=chat_template)
 
+    @staticmethod
+    def join_completion(prompt: str, completion: str) -> str:
+        """The completion as it follows ``prompt``: one space after ``"ASSISTANT:"``, nothing after a generation prompt
+        that already ends in whitespace (ChatML's ``"assistant\\n"``), where a space would merge with the newline into
+        one token that inference never sees."""
+        return completion if prompt[-1:].isspace() else " " + completion
+
     def apply_chat_template(
         self,
         conversation,
@@ -437,7 +444,7 @@ class VTokMLLMProcessor(ProcessorMixin):
             texts = [self.format_prompt(t) for t in texts]
             if completions is not None:
                 eos = self.tokenizer.eos_token or ""
-                completions = [" " + c + eos for c in completions]
+                completions = [self.join_completion(t, c) + eos for t, c in zip(texts, completions)]
         if return_labels is None:
             return_labels = completions is not None
 

@@ -314,8 +314,9 @@ def build_task_dataset(script_args: MLLMArguments, pretokenized, processor, seed
             prompt, completion = templates[task]
             if dropped:  # keep input images (editing), drop the words: the unconditional prompt
                 prompt = " ".join(["{image}"] * prompt.count("{image}"))
-            examples["prompt"].append(processor.format_prompt(prompt.format(**values)))
-            examples["completion"].append(" " + completion.format(**values))
+            prompt = processor.format_prompt(prompt.format(**values))
+            examples["prompt"].append(prompt)
+            examples["completion"].append(processor.join_completion(prompt, completion.format(**values)))
         if "embeddings" in examples:
             examples["embeddings"].append([e for e in embeddings if e is not None])
         examples["task"].append(task)
