@@ -14,6 +14,7 @@ from hf_vtok.utils.autoencoder_taef2 import (
     TAEF2_CHECKPOINT_DIR,
     AutoencoderTAEF2,
     load_taef2,
+    reference_bundled_taef2,
     taef2_checkpoint_dir,
     tiny_taef2_config,
 )
@@ -172,6 +173,31 @@ def test_save_pretrained_round_trip_and_dtypes(model, tmp_path):
     assert zh.dtype == yh.dtype == torch.float16
     assert (zh.float() - z).abs().max() < 0.05
     assert _psnr(model.decode(z).sample, yh) > 40
+
+
+def test_a_folder_can_reference_the_bundled_weights_instead_of_copying_them(model, tmp_path):
+    model.save_pretrained(tmp_path / "vae")
+    reference_bundled_taef2(tmp_path / "vae")
+    assert sorted(path.name for path in (tmp_path / "vae").iterdir()) == ["config.json"]
+    loaded = AutoencoderTAEF2.from_pretrained(tmp_path / "vae")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
+    loaded = AutoencoderTAEF2.from_pretrained(tmp_path, subfolder="vae")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
+
+    # A reference whose architecture differs from the bundled weights is refused, naming the field.
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({**config, "hidden_channels": 32}))
+    with pytest.raises(ValueError, match="differs in \\['hidden_channels'\\]"):
+        AutoencoderTAEF2.from_pretrained(tmp_path / "vae")
+
+    # Trained (changed) weights are never replaced by a reference.
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    changed.save_pretrained(tmp_path / "trained")
+    with pytest.raises(ValueError, match="weights other than the bundled"):
+        reference_bundled_taef2(tmp_path / "trained")
+    assert (tmp_path / "trained" / "diffusion_pytorch_model.safetensors").is_file()
 
 
 def test_latent_shape_range_and_scaling(model):

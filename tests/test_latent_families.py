@@ -22,7 +22,7 @@ from hf_vtok.models.slot_qformer.configuration_slot_qformer import SlotQFormerCo
 from hf_vtok.models.slot_qformer.modeling_slot_qformer import SlotQFormerForPreTraining, SlotQFormerModel
 from hf_vtok.trainer.arguments import parse_tokenizer_arguments
 from hf_vtok.trainer.tokenizer_trainer import build_training_model, train_tokenizer
-from hf_vtok.utils.autoencoder_taef2 import TAEF2_CHECKPOINT_DIR, AutoencoderTAEF2
+from hf_vtok.utils.autoencoder_taef2 import TAEF2_CHECKPOINT_DIR, AutoencoderTAEF2, reference_bundled_taef2
 
 torch.set_num_threads(1)
 
@@ -248,6 +248,12 @@ def test_latent_decoder_pipeline_round_trip_draws_the_same_images(model_class, m
              for p in (pipe, reloaded)]  # fmt: skip
     np.testing.assert_allclose(drawn[1], drawn[0], atol=1e-6)
     assert drawn[0].shape == (2, 64, 64, 3)
+    # A shipped folder keeps only a reference to the bundled TAEF2 weights and draws the same images.
+    reference_bundled_taef2(tmp_path / "decoder" / "vae")
+    assert sorted(path.name for path in (tmp_path / "decoder" / "vae").iterdir()) == ["config.json"]
+    referenced = DiffusionPipeline.from_pretrained(tmp_path / "decoder")
+    again = referenced(pixel_values=pixel_values, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(again, drawn[0], atol=1e-6)
     latents = reloaded(pixel_values=pixel_values, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                        output_type="latent").images  # fmt: skip
     assert latents.shape == (2, 32, 8, 8)

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Copy a trained run into the package as a shipped demo checkpoint, with metrics and a model card.
 
-    python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64]
+    python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64] [--name NAME]
     python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64]
 
 A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `decoder/` (whose `tokenizer/` component gets the
-image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes scenes with the same evaluation as `hf-vtok eval`. An MLLM run
+image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes
+scenes at the tokenizer's resolution with the same evaluation as `hf-vtok eval`. A frozen TAEF2 `decoder/vae/`
+becomes a reference to the weights bundled in `hf_vtok/checkpoints/taef2/` (config only, loaded from there), so no
+shipped folder carries a second copy. An MLLM run
 (the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
 processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
 `hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image). Held-out scenes use seed 999, not seen
@@ -23,6 +26,7 @@ from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
 from hf_vtok.trainer.hub import FAMILY_OF_MODEL_TYPE, build_model_card
+from hf_vtok.utils.autoencoder_taef2 import reference_bundled_taef2
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
@@ -38,11 +42,13 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("family", choices=("slot_qformer", "setok", "ddt", "mllm"))
     parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--name", default=None,
+                        help="folder name under hf_vtok/checkpoints, shipped:<name> (default: the family)")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
                              "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
     args = parser.parse_args()
-    target = PACKAGE_CHECKPOINTS / args.family
+    target = PACKAGE_CHECKPOINTS / (args.name or args.family)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -53,6 +59,8 @@ def main() -> None:
         shutil.copytree(run_dir / "mllm", target / "mllm", ignore=lambda _, names: [n for n in names if n in processor_files])
         for name in ("processor", "decoder"):
             shutil.copytree(run_dir / name, target / name)
+        if (target / "decoder" / "vae").is_dir():
+            reference_bundled_taef2(target / "decoder" / "vae")
         for name in ("model_index.json", "recipe.json"):
             shutil.copy(run_dir / name, target / name)
         recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
@@ -67,10 +75,14 @@ def main() -> None:
         shutil.copytree(run_dir / "decoder", target / "decoder")
         shutil.copy(run_dir / "tokenizer" / "preprocessor_config.json", target / "decoder" / "tokenizer")
         shutil.copy(run_dir / "recipe.json", target / "recipe.json")
-        dataset = generate_shapes_dataset(args.num_images, seed=999, with_edits=False, progress=False)
+        if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
+            reference_bundled_taef2(target / "decoder" / "vae")
+        image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
+        dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999, with_edits=False, progress=False)
         summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
-        summary["evaluation"] = f"{args.num_images} held-out textured shapes scenes (seed 999), 25 sampling steps"
-        repo_id = args.repo_id or f"hf-vtok/{args.family}-tiny-shapes"
+        summary["evaluation"] = (f"{args.num_images} held-out textured shapes scenes at {image_size} px (seed 999), "
+                                 "25 sampling steps")
+        repo_id = args.repo_id or (f"hf-vtok/{args.name.replace('_', '-')}-shapes" if args.name else f"hf-vtok/{args.family}-tiny-shapes")
     (target / "metrics.json").write_text(json.dumps(summary, indent=2))
     build_model_card(target, repo_id).save(target / "README.md")
     print(json.dumps(summary, indent=2))

@@ -27,6 +27,7 @@ Conventions (as diffusers' ``AutoencoderTiny``):
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "TAEF2_CHECKPOINT_DIR",
     "AutoencoderTAEF2",
     "load_taef2",
+    "reference_bundled_taef2",
     "taef2_checkpoint_dir",
     "tiny_taef2_config",
 ]
@@ -60,6 +62,11 @@ TAEF2_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / 
 # shift; 1 / 0.767 = 1.30 gives the shapes world unit variance (photos then 1.17).
 DEFAULT_SHIFT_FACTOR = 0.0
 DEFAULT_SCALING_FACTOR = 1.30
+
+#: A ``vae/`` folder whose ``config.json`` holds this key (value ``"taef2"``) and no weights loads the weights bundled
+#: in ``TAEF2_CHECKPOINT_DIR``: the shipped decoder pipelines reference them instead of each carrying a copy.
+BUNDLED_WEIGHTS_KEY = "_hf_vtok_bundled_weights"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def taef2_checkpoint_dir() -> Path:
@@ -302,6 +309,16 @@ class AutoencoderTAEF2(ModelMixin, ConfigMixin):
         latents = self.encode(sample).latents
         return self.decode(latents, return_dict=return_dict)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; a local folder that only references the bundled weights (its
+        ``config.json`` has ``BUNDLED_WEIGHTS_KEY``, see :func:`reference_bundled_taef2`) loads those."""
+        folder = Path(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if _references_bundled_weights(folder):
+            kwargs.pop("subfolder", None)
+            return super().from_pretrained(TAEF2_CHECKPOINT_DIR, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     # ---------------------------------------------------------------------------- original weights
     @classmethod
     def from_original_weights(
@@ -358,6 +375,59 @@ def load_taef2(dtype: torch.dtype = torch.float32, device: str | torch.device = 
         raise TypeError(f"`dtype` must be a floating torch.dtype, got {describe(dtype)}.")
     model = AutoencoderTAEF2.from_pretrained(TAEF2_CHECKPOINT_DIR, torch_dtype=dtype)
     return model.to(device).eval()
+
+
+def _architecture(config: dict) -> dict:
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def _references_bundled_weights(folder: Path) -> bool:
+    """``folder`` holds a config that names the bundled weights and no weights of its own (checked against them)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file() or any(path.suffix in _WEIGHT_SUFFIXES for path in folder.iterdir()):
+        return False
+    config = json.loads(config_file.read_text())
+    if BUNDLED_WEIGHTS_KEY not in config:
+        return False
+    if config[BUNDLED_WEIGHTS_KEY] != "taef2":
+        raise ValueError(f"{config_file}: `{BUNDLED_WEIGHTS_KEY}` must be 'taef2', got {describe(config[BUNDLED_WEIGHTS_KEY])}.")
+    bundled = _architecture(json.loads((TAEF2_CHECKPOINT_DIR / "config.json").read_text()))
+    own = _architecture(config)
+    if own != bundled:
+        differing = sorted(key for key in set(own) | set(bundled) if own.get(key) != bundled.get(key))
+        raise ValueError(
+            f"{config_file} references the bundled TAEF2 weights but its architecture differs in {differing}: "
+            "a folder that references them must have their config."
+        )
+    return True
+
+
+def reference_bundled_taef2(vae_folder) -> None:
+    """Turn a saved TAEF2 ``vae/`` folder into a reference to the bundled weights (config only, no weights).
+
+    Only when its weights are the bundled ones (a frozen TAEF2, float32 or float16): anything else raises, so no
+    trained autoencoder is ever replaced. Loading the folder with ``from_pretrained`` then loads the bundled weights.
+    """
+    folder = Path(vae_folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"`vae_folder` must be a saved AutoencoderTAEF2 folder, got {folder} (no config.json).")
+    weights = [path for path in folder.iterdir() if path.suffix in _WEIGHT_SUFFIXES]
+    if [path.suffix for path in weights] != [".safetensors"]:
+        raise ValueError(f"`vae_folder` {folder} must hold one safetensors weights file, got {[p.name for p in weights]}.")
+    bundled = load_file(TAEF2_CHECKPOINT_DIR / "diffusion_pytorch_model.safetensors")
+    own = load_file(weights[0])
+    if own.keys() != bundled.keys() or not all(
+        torch.equal(own[key].float(), bundled[key].float()) for key in bundled
+    ):
+        raise ValueError(f"`vae_folder` {folder} holds weights other than the bundled TAEF2: it cannot reference them.")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("_name_or_path", None)
+    config[BUNDLED_WEIGHTS_KEY] = "taef2"
+    weights[0].unlink()
+    (folder / "LICENSE").unlink(missing_ok=True)  # the licence stays with the weights, in TAEF2_CHECKPOINT_DIR
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if not _references_bundled_weights(folder):
+        raise AssertionError(f"{folder} was written as a reference but does not read as one.")
 
 
 def tiny_taef2_config(**overrides: Any) -> dict[str, Any]:
