@@ -659,9 +659,8 @@ def _byte_level_tokenizer():
 def test_chatml_completion_keeps_the_generation_prompt_tokens_it_is_asked_with():
     """After ChatML's "assistant\\n" a completion starts with no space: " <boi>" would merge the newline and the space
     into one token, so training would see a context that generation never builds (TRL warns and drops the '\\n')."""
-    from hf_vtok.mllm.generation import build_generation_inputs
-
     from hf_vtok.mllm import add_visual_tokens
+    from hf_vtok.mllm.generation import build_generation_inputs
 
     text_tokenizer = _byte_level_tokenizer()
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(text_tokenizer), hidden_size=16, intermediate_size=32,
