@@ -389,6 +389,25 @@ def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):
     assert out.regression_loss is not None and torch.isfinite(out.loss)
 
 
+def test_shapes_source_is_rendered_at_the_tokenizer_resolution(monkeypatch, tmp_path):
+    """A 128 px tokenizer pre-tokenises 128 px scenes, not 64 px ones upsampled by its image processor."""
+    from hf_vtok.data import pretokenize
+    from hf_vtok.data.pretokenize import dataset_from_source
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerModel
+
+    assert dataset_from_source("shapes:2:flat:3", image_size=128)[0]["image"].size == (128, 128)
+    assert dataset_from_source("shapes:2")[0]["image"].size == (64, 64)
+    with pytest.raises(ValueError, match="image_size"):
+        dataset_from_source("shapes:2", image_size=0)
+
+    seen = []
+    real = pretokenize.dataset_from_source
+    monkeypatch.setattr(pretokenize, "dataset_from_source", lambda *a, **k: seen.append(k["image_size"]) or real(*a, **k))
+    tokenizer = DDTTokenizerModel(DDTTokenizerConfig.tiny(image_size=32, patch_size=8)).eval()
+    pretokenize.pretokenize_dataset(tokenizer, "shapes:2", tmp_path / "ids", progress=False)
+    assert seen == [32]
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
     from hf_vtok.commands.cli import main

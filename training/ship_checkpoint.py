@@ -64,10 +64,13 @@ def main() -> None:
         for name in ("model_index.json", "recipe.json"):
             shutil.copy(run_dir / name, target / name)
         recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
-        dataset = generate_shapes_dataset(args.num_images, seed=999, style=recipe.get("dataset_style", "flat"), progress=False)
+        image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
+        dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999,
+                                          style=recipe.get("dataset_style", "flat"), progress=False)
         summary = evaluate_mllm(load_mllm_folder(target), dataset, seed=0)
         summary.pop("samples")
-        summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes (seed 999); "
+        summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes at {image_size} px "
+                                 "(seed 999); "
                                  "text-to-image with guidance 3, 25 decoder steps, seed 0")
         repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
     else:

@@ -246,7 +246,7 @@ def pretokenize_dataset(
     else:
         raise TypeError(f"`tokenizer` must be a tokenizer folder or a VisualTokenizerMixin model, got {describe(tokenizer)}.")
     if isinstance(dataset, str):
-        dataset = dataset_from_source(dataset, split=split)
+        dataset = dataset_from_source(dataset, split=split, image_size=model.config.image_size)
     if not isinstance(dataset, Dataset):
         raise TypeError(
             f"`dataset` must be a datasets.Dataset (not streaming: shards need a length) or a source string, got {describe(dataset)}."
@@ -420,8 +420,10 @@ def load_image_dataset(source: str, *, split: str = "train", streaming: bool = F
     return dataset
 
 
-def dataset_from_source(source: str, *, split: str = "train"):
-    """``shapes:N[:style[:seed]]`` (the built-in shapes world with edits) or any :func:`load_image_dataset` source."""
+def dataset_from_source(source: str, *, split: str = "train", image_size: int = 64):
+    """``shapes:N[:style[:seed]]`` (the built-in shapes world with edits, rendered at ``image_size``: the tokenizer's
+    resolution, so a 128 px tokenizer never sees upsampled 64 px scenes) or any :func:`load_image_dataset` source."""
+    check_int("image_size", image_size, minimum=8)
     if check_dataset_source(source).startswith("shapes"):
         from .shapes import generate_shapes_dataset
 
@@ -432,7 +434,7 @@ def dataset_from_source(source: str, *, split: str = "train"):
             seed = int(parts[3]) if len(parts) > 3 else 0
         except ValueError:
             raise ValueError(f"`dataset` must look like 'shapes:N[:style[:seed]]', got {source!r}.") from None
-        return generate_shapes_dataset(count, image_size=64, style=style, seed=seed, progress=False)
+        return generate_shapes_dataset(count, image_size=image_size, style=style, seed=seed, progress=False)
     return load_image_dataset(source, split=split)
 
 

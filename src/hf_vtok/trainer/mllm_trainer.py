@@ -347,7 +347,7 @@ def prepare_pretokenized(script_args: MLLMArguments, visual_tokenizer, image_pro
             source = f"shapes:{script_args.num_train_images}:{script_args.dataset_style}:{script_args.dataset_seed}"
         else:
             source = script_args.dataset
-        train_dataset = dataset_from_source(source)
+        train_dataset = dataset_from_source(source, image_size=visual_tokenizer.config.image_size)
     folder = output_dir / "pretokenized"
     pretokenize_dataset(
         visual_tokenizer, train_dataset, folder, image_processor=image_processor,
