@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Copy a trained run into the package as a shipped demo checkpoint, with metrics and a model card.
 
-    python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64] [--name NAME]
+    python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64] [--name NAME] [--metrics-from EVAL_JSON]
     python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64]
 
 A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `decoder/` (whose `tokenizer/` component gets the
 image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes
 scenes at the tokenizer's resolution with the same evaluation as `hf-vtok eval`. A frozen TAEF2 `decoder/vae/`
 becomes a reference to the weights bundled in `hf_vtok/checkpoints/taef2/` (config only, loaded from there), so no
-shipped folder carries a second copy. An MLLM run
+shipped folder carries a second copy. With `--metrics-from`, the metrics are those `hf-vtok eval --tokenizer RUN_DIR`
+already measured (both styles, its seed, scene count and gate verdicts) instead of a new 64-scene measurement. An MLLM
+run
 (the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
 processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
 `hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image). Held-out scenes use seed 999, not seen
@@ -37,6 +39,33 @@ def _tokenizer_family(mllm_folder: Path) -> str:
     return FAMILY_OF_MODEL_TYPE[config["model_type"]]
 
 
+METRIC_KEYS = ("psnr", "ssim", "colour_fidelity", "fg_ari", "miou", "mean_tokens", "count_share", "bits_per_image",
+               "random_psnr", "shuffled_psnr")  # fmt: skip
+
+
+def metrics_from_eval(eval_json: Path, name: str, image_size: int) -> dict:
+    """The flat ``metrics.json`` of tokenizer ``name`` from an ``hf-vtok eval`` report (``{style}_{metric}`` keys, the
+    gate count and the evaluation's seed and scene count), checked to be that tokenizer at its resolution."""
+    report = json.loads(Path(eval_json).read_text())
+    settings = report["settings"]
+    if name not in report["tokenizers"]:
+        raise SystemExit(f"--metrics-from {eval_json}: no tokenizer named {name!r} (it has {report['tokenizers']}).")
+    if settings["image_size"] != image_size:
+        raise SystemExit(f"--metrics-from {eval_json}: measured at {settings['image_size']} px, the tokenizer draws {image_size} px.")
+    metrics: dict = {}
+    for row in report["table"]:
+        if row.get("row") == name:  # a shapes row per style
+            metrics.update({f"{row['style']}_{key}": row[key] for key in METRIC_KEYS if row.get(key) is not None})
+        elif row.get("tokenizer") == name and row.get("data") == "photos":
+            metrics.update({f"photos_{key}": row[key] for key in ("psnr", "ssim") if row.get(key) is not None})
+    verdicts = [verdict for verdict in report["gates"]["verdicts"] if verdict["tokenizer"] == name]
+    metrics["gates_passed"] = f"{sum(v['pass'] for v in verdicts)} of {len(verdicts)} (issue #16)"
+    metrics["evaluation"] = (f"hf-vtok eval: {settings['num_images_per_style']} held-out scenes per style "
+                             f"({', '.join(settings['styles'])}) at {image_size} px, seed {settings['seed']}, "
+                             f"{settings['num_inference_steps']} sampling steps, commit {settings['commit'][:7]}")
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
@@ -44,6 +73,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--name", default=None,
                         help="folder name under hf_vtok/checkpoints, shipped:<name> (default: the family)")
+    parser.add_argument("--metrics-from", default=None,
+                        help="eval.json of `hf-vtok eval --tokenizer RUN_DIR` to use as the tokenizer's metrics")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
                              "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
@@ -81,10 +112,13 @@ def main() -> None:
         if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
             reference_bundled_taef2(target / "decoder" / "vae")
         image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
-        dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999, with_edits=False, progress=False)
-        summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
-        summary["evaluation"] = (f"{args.num_images} held-out textured shapes scenes at {image_size} px (seed 999), "
-                                 "25 sampling steps")
+        if args.metrics_from:
+            summary = metrics_from_eval(Path(args.metrics_from), run_dir.resolve().name, image_size)
+        else:
+            dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999, with_edits=False, progress=False)
+            summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
+            summary["evaluation"] = (f"{args.num_images} held-out textured shapes scenes at {image_size} px (seed 999), "
+                                     "25 sampling steps")
         repo_id = args.repo_id or (f"hf-vtok/{args.name.replace('_', '-')}-shapes" if args.name else f"hf-vtok/{args.family}-tiny-shapes")
     (target / "metrics.json").write_text(json.dumps(summary, indent=2))
     build_model_card(target, repo_id).save(target / "README.md")
