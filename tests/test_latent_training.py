@@ -269,3 +269,53 @@ def test_attached_taef2_encodes_like_the_cached_latents():
     model.attach_vae(vae)
     attached = model(pixel_values=pixels, **fixed).diffusion_loss
     torch.testing.assert_close(attached, cached)
+
+
+def test_pixel_loss_decodes_the_predicted_latents_through_the_frozen_vae():
+    """``pixel_loss_weight``: the implied x̂_0 is decoded by the attached TAEF2 and compared with the image. At t = 0
+    x̂_0 is the clean latent, so the pixel loss is exactly the TAEF2 round-trip error; at t > 0 it is the only loss that
+    reaches the decoder when the diffusion loss is weighted 0; only the first ``pixel_loss_max_images`` images count."""
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+    from hf_vtok.utils.autoencoder_taef2 import load_taef2
+
+    decoder = {"in_channels": 32, "vae_scale_factor": 8, "patch_size": 2}
+    config = DDTTokenizerConfig.tiny(decoder_config=decoder, pixel_loss_weight=2.0, pixel_loss_max_images=1,
+                                     diffusion_loss_weight=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    model, vae = DDTTokenizerForPreTraining(config).eval(), load_taef2()
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = vae.scale_latents(vae.encode(pixels).latents)
+    noise = torch.randn_like(latents)
+    with pytest.raises(ValueError, match="attach_vae"):
+        model(pixel_values=pixels, latents=latents, timesteps=torch.tensor([0.5, 0.5]), noise=noise)
+    model.attach_vae(vae)
+
+    clean = model(pixel_values=pixels, latents=latents, timesteps=torch.zeros(2), noise=noise).pixel_loss
+    with torch.no_grad():
+        round_trip = torch.nn.functional.mse_loss(vae.decode(latents[:1] / vae.config.scaling_factor).sample, pixels[:1])
+    torch.testing.assert_close(clean, round_trip, rtol=1e-4, atol=1e-6)
+
+    out = model(pixel_values=pixels, latents=latents, timesteps=torch.tensor([0.6, 0.6]), noise=noise)
+    assert not torch.allclose(out.pixel_loss, clean)
+    out.loss.backward()
+    assert model.transformer.proj_out.weight.grad.abs().sum() > 0  # from the pixel loss alone (diffusion weight 0)
+    assert all(p.grad is None for p in vae.parameters())  # the VAE stays frozen
+    changed = pixels.clone()
+    changed[1] = -changed[1]
+    second = model(pixel_values=changed, latents=latents, timesteps=torch.tensor([0.6, 0.6]), noise=noise).pixel_loss
+    torch.testing.assert_close(second, out.pixel_loss)  # image 2 is beyond pixel_loss_max_images
+
+    with pytest.raises(ValueError, match="pixel_loss_weight"):
+        DDTTokenizerConfig.tiny(pixel_loss_weight=1.0)  # a pixel-space decoder
+
+
+@pytest.mark.slow
+def test_train_tokenizer_attaches_the_vae_for_the_pixel_loss(tmp_path, datasets_cache, encoder_calls):
+    overrides = {**LATENT_DECODER, "pixel_loss_weight": 0.5, "pixel_loss_max_images": 2}
+    argv = latent_ddt_argv(tmp_path / "run")
+    argv[argv.index("--config_overrides") + 1] = json.dumps(overrides)
+    model, trainer = train_tokenizer(*parse_tokenizer_arguments(argv))
+    assert model.config.pixel_loss_weight == 0.5 and model._vae is not None
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert encoder_calls == [8]  # still trained on the cached latents: the VAE only decodes

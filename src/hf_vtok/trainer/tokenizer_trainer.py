@@ -233,6 +233,8 @@ def train_tokenizer(
     parameters = list(inspect.signature(model.forward).parameters)
     vae = decoder_autoencoder(model, script_args.vae)
     latent_image_size = decoder_image_size(model, vae) if vae is not None else 0
+    if vae is not None and getattr(model.config, "pixel_loss_weight", 0) > 0:
+        model.attach_vae(vae)  # the pixel loss decodes the predicted latents; the targets stay the cached ones
     if train_dataset is None and script_args.dataset == "shapes":  # scenes at the larger of the two resolutions
         train_dataset = generate_training_scenes(script_args.num_train_images, max(model.config.image_size, latent_image_size),
                                                  script_args.dataset_style, script_args.dataset_seed)  # fmt: skip

@@ -218,6 +218,14 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * vae.config.scaling_factor
 
 
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents (what :func:`encode_latents` returns) → images in [-1, 1] through a frozen diffusers VAE; the
+    graph is kept, so a loss on the images trains whatever produced ``latents``."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    dtype = next(vae.parameters()).dtype
+    return vae.decode(latents.to(dtype) / vae.config.scaling_factor + shift).sample.float()
+
+
 def with_patch_colors(features: torch.Tensor, pixel_values: torch.Tensor, mean, std, patch_size: int, weight: float):
     """Patch features ``[B, N, C]`` L2-normalised, with each patch's mean RGB in [0, 1] times ``weight`` concatenated
     (``[B, N, C + 3]``; the grouping docs/dinov2.md measured); ``features`` unchanged when ``weight`` is 0."""

@@ -322,8 +322,10 @@ class DDTTokenizerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
 
     Args:
         loss: ``diffusion_loss_weight · diffusion_loss + commitment_weight · commitment_loss
-            + entropy_loss_weight · entropy_loss``.
+            + entropy_loss_weight · entropy_loss + pixel_loss_weight · pixel_loss``.
         diffusion_loss: rectified-flow MSE (velocity or x0 space, ``config.loss_target``).
+        pixel_loss: MSE in [-1, 1] pixels between the VAE-decoded ``x̂_0`` and the image, on the first
+            ``pixel_loss_max_images`` images (0 when ``pixel_loss_weight`` is 0).
         commitment_loss: ``||ẑ - sg(e)||²`` (unweighted, mean over tokens and code dimensions).
         entropy_loss: the optional codebook-entropy term (0 when its weight is 0).
         perplexity: ``exp(entropy)`` of this batch's code histogram.
@@ -337,6 +339,7 @@ class DDTTokenizerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     diffusion_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     entropy_loss: torch.FloatTensor | None = None
+    pixel_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
     dead_codes: torch.LongTensor | None = None
@@ -441,6 +444,19 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             )
         return vtok.encode_latents(self._vae, pixel_values)
 
+    def _pixel_loss(self, x0_prediction: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixel MSE of the VAE-decoded ``x̂_0`` against the image (``config.pixel_loss_weight``)."""
+        if self._vae is None:
+            raise ValueError(
+                f"`pixel_loss_weight` is {self.config.pixel_loss_weight}, but no VAE decodes the predicted latents: "
+                "call `attach_vae(vae)` with the frozen autoencoder of the decoder's latent space."
+            )
+        if next(self._vae.parameters()).device != x0_prediction.device:  # not a submodule: Trainer does not move it
+            self._vae.to(x0_prediction.device)
+        decoded = vtok.decode_latents(self._vae, x0_prediction)
+        target = vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, decoded.shape[-1])
+        return F.mse_loss(decoded, target)
+
     # ------------------------------------------------------------------ training step
     @can_return_tuple
     def forward(
@@ -490,20 +506,26 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             encoder_attention_mask=context_mask,
         ).sample
 
+        x0_prediction = x_t - t * prediction  # x̂_0 = x_t - t·v̂
         if cfg.loss_target == "velocity":
             diffusion_loss = F.mse_loss(prediction.float(), (noise - x0).float())
-        else:  # the paper's Eq. (1): || x̂_0 - x_0 ||² with x̂_0 = x_t - t·v̂
-            diffusion_loss = F.mse_loss((x_t - t * prediction).float(), x0.float())
+        else:  # the paper's Eq. (1): || x̂_0 - x_0 ||²
+            diffusion_loss = F.mse_loss(x0_prediction.float(), x0.float())
         entropy = codes.new_zeros(()).float()
         if cfg.entropy_loss_weight > 0 and z is not None:
             entropy = self.tokenizer.entropy_loss(z)
-        loss = cfg.diffusion_loss_weight * diffusion_loss + quantization_loss + cfg.entropy_loss_weight * entropy
+        pixel_loss = codes.new_zeros(()).float()
+        if cfg.pixel_loss_weight > 0:
+            pixel_loss = self._pixel_loss(x0_prediction[: cfg.pixel_loss_max_images], pixel_values[: cfg.pixel_loss_max_images])
+        loss = (cfg.diffusion_loss_weight * diffusion_loss + quantization_loss + cfg.entropy_loss_weight * entropy
+                + cfg.pixel_loss_weight * pixel_loss)  # fmt: skip
 
         return DDTTokenizerForPreTrainingOutput(
             loss=loss,
             diffusion_loss=diffusion_loss.detach(),
             commitment_loss=commitment.detach(),
             entropy_loss=entropy.detach(),
+            pixel_loss=pixel_loss.detach(),
             perplexity=perplexity.detach(),
             codebook_usage=usage.detach(),
             dead_codes=self.tokenizer.dead_code_count(),
