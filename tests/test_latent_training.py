@@ -319,3 +319,24 @@ def test_train_tokenizer_attaches_the_vae_for_the_pixel_loss(tmp_path, datasets_
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert encoder_calls == [8]  # still trained on the cached latents: the VAE only decodes
+
+
+def test_a_continued_stage_takes_top_level_overrides_such_as_the_pixel_loss(tmp_path):
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+
+    torch.manual_seed(0)
+    trained = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny(**LATENT_DECODER))
+    trained.save_pretrained(tmp_path / "stage1" / "training_model")
+
+    def continued(overrides):
+        argv = ["--recipe", "ddt_tiny", "--init_from", str(tmp_path / "stage1"), "--config_overrides", json.dumps(overrides),
+                "--output_dir", str(tmp_path / "stage2")]  # fmt: skip
+        return build_training_model(parse_tokenizer_arguments(argv)[0])
+
+    model = continued({"pixel_loss_weight": 0.5})
+    assert model.config.pixel_loss_weight == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="pixel_loss_weight"):
+        continued({"pixel_loss_weight": -1.0})
+    with pytest.raises(ValueError, match="sub-config"):
+        continued({"decoder_config": {"num_layers": 1}})

@@ -114,7 +114,14 @@ def build_training_model(script_args: TokenizerArguments):
 
     model_type = FAMILY_MODEL_TYPES[script_args.family]
     if script_args.init_from:
-        model = AutoModelForPreTraining.from_pretrained(Path(script_args.init_from) / "training_model")
+        # a continued stage may change top-level training fields (loss weights, ...); the architecture is the saved one
+        nested = sorted(key for key, value in script_args.config_overrides.items() if isinstance(value, dict))
+        if nested:
+            raise ValueError(f"`config_overrides` with `init_from` may only set top-level fields such as loss weights, "
+                             f"got sub-config(s) {nested}.")  # fmt: skip
+        model = AutoModelForPreTraining.from_pretrained(Path(script_args.init_from) / "training_model",
+                                                        **script_args.config_overrides)  # fmt: skip
+        model.config.validate()
         if model.config.model_type != model_type:
             raise ValueError(f"`init_from` {script_args.init_from!r} holds a {model.config.model_type!r} model, not "
                              f"{model_type!r} (family {script_args.family!r}).")  # fmt: skip
