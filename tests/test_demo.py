@@ -12,14 +12,22 @@ from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
 from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
 
 
+def _recipe_path(kind: str, name: str):
+    return SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / kind / f"{name}.yaml"
+
+
 def test_every_family_ships_a_checkpoint_with_its_card():
+    assert {json.loads((SHIPPED_CHECKPOINTS_DIR / name / "recipe.json").read_text())["recipe"]["family"]
+            for name in DEMO_RECIPES} == {"ddt", "slot_qformer", "setok"}  # fmt: skip
     for family in DEMO_RECIPES:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         assert (folder / "decoder" / "model_index.json").is_file(), family
         assert (folder / "decoder" / "tokenizer" / "config.json").is_file(), family
         recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
-        assert recipe["family"] == family and "seed" in recipe
-        assert "psnr" in json.loads((folder / "metrics.json").read_text())
+        assert family.startswith(recipe["family"]) and "seed" in recipe
+        assert recipe["max_steps"] == yaml.safe_load(_recipe_path("tokenizer", DEMO_RECIPES[family][-1]).read_text())["max_steps"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert "psnr" in metrics or {"flat_psnr", "textured_psnr"} <= set(metrics), family
         assert (folder / "README.md").is_file()
         # a few MB each, safetensors only
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
@@ -34,7 +42,8 @@ def test_shipped_tokenizer_cards_fill_every_token_field():
         token_line = next(line for line in card.splitlines() if line.startswith("* Tokens per image:"))
         input_line = next(line for line in card.splitlines() if line.startswith("* Input:"))
         assert "?" not in token_line and "?" not in input_line, (family, token_line, input_line)
-        assert "64 × 64" in input_line
+        size = json.loads((SHIPPED_CHECKPOINTS_DIR / family / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
+        assert f"{size} × {size}" in input_line
 
 
 def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
@@ -109,7 +118,9 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
         assert metrics[family]["psnr"] > 0
         # beside each reconstruction: the TAEF2 round trip (the latent ceiling) and the same decoder on random tokens
         assert metrics[family]["taef2_psnr"] > max(metrics[family]["psnr"], metrics[family]["random_psnr"]) > 0
-    assert (tmp_path / "ddt_prefix_strip.png").is_file() and (tmp_path / "ddt_counterfactual.png").is_file()
+    for name in ("ddt", "ddt_latent_128"):
+        assert (tmp_path / f"{name}_prefix_strip.png").is_file() and (tmp_path / f"{name}_counterfactual.png").is_file()
+    assert (metrics["ddt"]["image_size"], metrics["ddt_latent_128"]["image_size"]) == (64, 128)
     assert 0.0 <= metrics["slot_qformer"]["fg_ari"] <= 1.0
     # SeTok's variable token count against the object count, on flat and textured scenes
     assert (tmp_path / "setok_token_maps_flat.png").is_file()

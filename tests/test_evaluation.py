@@ -314,6 +314,38 @@ def test_mllm_metrics_accept_a_loaded_model_and_check_their_arguments(mllm_folde
         text_to_image_accuracy(loaded.model, flat_shapes, loaded.processor)
 
 
+def test_mllm_gates_follow_issue_16_thresholds():
+    from hf_vtok.evaluation.mllm import mllm_gate_verdicts
+
+    result = {"qa_accuracy": 0.61, "qa_by_type": {"color": 0.70, "count": 0.40}, "caption_pair_recall": 0.49,
+              "reference_qa_majority_by_type": {"color": 0.50, "count": 0.30}, "t2i_color_accuracy": 0.5}
+    verdicts = {v["gate"]: v for v in mllm_gate_verdicts(result)}
+    assert verdicts["QA accuracy >= 60%"]["pass"]
+    assert verdicts["QA 'color' >= its majority answer + 15 points"]["pass"]  # 20 points above
+    assert not verdicts["QA 'count' >= its majority answer + 15 points"]["pass"]  # 10 points above
+    assert not verdicts["caption attribute accuracy (pairs named) >= 50%"]["pass"]
+    assert verdicts["text-to-image colour >= 50%"]["pass"]
+    missing = verdicts["text-to-image shape >= 30%"]
+    assert missing["value"] is None and not missing["pass"]  # a missing figure fails its gate
+
+
+def test_hf_vtok_eval_mllm_writes_its_settings_references_and_verdicts(mllm_folder, tmp_path, capsys):
+    from hf_vtok.commands.cli import main
+
+    assert main(["eval", "--mllm", str(mllm_folder), "--num-images", "3", "--steps", "1", "--seed", "5",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "eval_mllm.json").read_text())
+    assert {k: report["settings"][k] for k in ("seed", "num_images", "style")} == {"seed": 5, "num_images": 3, "style": "flat"}
+    result = report["mllms"][mllm_folder.name]
+    assert result["image_size"] == 64 and result["num_examples"] == 3
+    assert set(result["reference_qa_majority_by_type"]) == set(result["qa_by_type"])
+    assert len(report["gates"][mllm_folder.name]) == 4 + len(result["qa_by_type"])
+    assert (tmp_path / f"{mllm_folder.name}_text_to_image.png").is_file()
+    printed = capsys.readouterr().out
+    assert "majority answer" in printed and "[gate]" in printed
+    assert main(["eval", "--mllm", str(mllm_folder), "--tokenizer", str(mllm_folder), "--out", str(tmp_path)]) == 2
+
+
 # ------------------------------------------------------------------------------------- evaluate metric modules
 def test_evaluate_metric_modules_load_offline_from_local_paths(monkeypatch):
     import evaluate

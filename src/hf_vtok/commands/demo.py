@@ -1,9 +1,9 @@
 """``hf-vtok demo``: the end-to-end tour on the built-in shapes world.
 
 1. Generates the shapes world and writes a PNG grid of scenes with their instance masks and captions.
-2. For every tokenizer family with a small trained checkpoint shipped inside the package
-   (``hf_vtok/checkpoints/<family>``), or retrained with ``--train``: tokenizes the scenes, writes
-   reconstructions and token maps as PNG, and prints the family's metrics.
+2. For every tokenizer checkpoint shipped inside the package (``hf_vtok/checkpoints/<name>``: the three 64 px
+   pixel-space families and the 128 px latent DDT), or retrained with ``--train``: tokenizes the same scenes at the
+   checkpoint's resolution, writes reconstructions and token maps as PNG, and prints its metrics.
 3. The shipped MLLM (``hf_vtok/checkpoints/mllm``: a small LM reading and writing DDT tokens), or one retrained
    with ``--train``: captions and answers questions about the flat scenes, draws them from their captions, and
    prints caption/QA accuracy and the share of drawn objects with the requested colours and shapes.
@@ -32,11 +32,25 @@ class DemoContext:
     seed: int
     flat_dataset: object = None  # the same scenes in flat colours (the MLLM's world)
     metrics: dict = field(default_factory=dict)
+    _by_size: dict = field(default_factory=dict)
+
+    def scenes(self, image_size: int):
+        """The demo's textured scenes rendered at ``image_size`` (the same scenes: layouts do not depend on size)."""
+        from ..data.shapes import generate_shapes_dataset
+
+        if self.dataset[0]["image"].size[0] == image_size:
+            return self.dataset
+        if image_size not in self._by_size:
+            self._by_size[image_size] = generate_shapes_dataset(len(self.dataset), image_size=image_size, seed=self.seed,
+                                                                style="textured", progress=False)  # fmt: skip
+        return self._by_size[image_size]
 
 
-# The recipes (training/recipes/*/NAME.yaml) that produce each shipped checkpoint, stage by stage.
+# The recipes (training/recipes/*/NAME.yaml) that produce each shipped checkpoint (hf_vtok/checkpoints/NAME), stage
+# by stage; the family is the recipe's.
 DEMO_RECIPES: dict[str, list[str]] = {
     "ddt": ["ddt_tiny"],
+    "ddt_latent_128": ["ddt_latent_128"],
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
 }
@@ -158,9 +172,11 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
         return {"skipped": "no checkpoint"}
     started = time.perf_counter()
     loaded = load_tokenizer_folder(folder)
-    evaluation = evaluate_tokenizer(loaded, context.dataset, num_inference_steps=25, seed=context.seed)
+    scenes = context.scenes(loaded.image_size)
+    evaluation = evaluate_tokenizer(loaded, scenes, num_inference_steps=25, seed=context.seed)
     metrics = evaluation.summary()
-    references = _reference_rows(loaded, context)
+    metrics["image_size"] = loaded.image_size
+    references = _reference_rows(loaded, scenes, context.seed)
     metrics.update({f"{name.lower()}_psnr": round(float(np.mean(values)), 4) for name, _, values in references})
     grid = reconstruction_grid(evaluation.originals, evaluation.reconstructions, evaluation.psnr, evaluation.group_maps,
                                ["input"] * len(evaluation.originals), 96, extra_rows=references)
@@ -176,14 +192,14 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
         print(f"[{family}] token maps on natural photos -> {path}")
     if loaded.model.has_variable_token_count:  # SeTok: does the token count follow the objects?
         metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context)
-    if family == "ddt":
-        _ddt_analyses(loaded, context)
+    if loaded.pipeline.accepts_token_prefix:  # DDT: its tokens decode as prefixes
+        _ddt_analyses(family, loaded, scenes, context)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     print(f"[{family}] " + ", ".join(f"{key} {value}" for key, value in metrics.items() if not isinstance(value, dict)))
     return metrics
 
 
-def _reference_rows(loaded, context: DemoContext) -> list[tuple[str, np.ndarray, list]]:
+def _reference_rows(loaded, scenes, seed: int) -> list[tuple[str, np.ndarray, list]]:
     """What the reconstructions stand beside: the TAEF2 round trip of the demo scenes (the best any latent decoder
     can do) and the same decoder given random tokens (random ids; for SeTok, noise with the tokens' statistics)."""
     import torch
@@ -192,11 +208,11 @@ def _reference_rows(loaded, context: DemoContext) -> list[tuple[str, np.ndarray,
     from ..evaluation.quality import decoy_tokens
     from ..evaluation.tokenizers import decode_tokens, encode_images, reconstruction_scores
 
-    tokens, originals = encode_images(loaded, list(context.dataset["image"]))
+    tokens, originals = encode_images(loaded, list(scenes["image"]))
     every_image = [e[m.bool()] for e, m in zip(tokens.embeddings, tokens.attention_mask)] if tokens.ids is None else []
     codebook_size = loaded.model.codebook_size if loaded.model.is_discrete else None
-    decoys = decoy_tokens(tokens, every_image, torch.Generator().manual_seed(context.seed), slice(0, len(originals)), codebook_size)
-    random = decode_tokens(loaded, decoys["random"], 25, context.seed)
+    decoys = decoy_tokens(tokens, every_image, torch.Generator().manual_seed(seed), slice(0, len(originals)), codebook_size)
+    random = decode_tokens(loaded, decoys["random"], 25, seed)
     ceiling = taef2_round_trip(originals)
     return [("TAEF2", ceiling, reconstruction_scores(originals, ceiling)[0]),
             ("random", random, reconstruction_scores(originals, random)[0])]
@@ -237,21 +253,22 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
     return statistics
 
 
-def _ddt_analyses(loaded, context: DemoContext) -> None:
+def _ddt_analyses(name: str, loaded, scenes, context: DemoContext) -> None:
     """The DDT paper's section 5.4: prefix decoding and counterfactual interpolation."""
     from ..evaluation.tokenizers import encode_images
     from ..evaluation.visualization import save_png
     from ..models.ddt import counterfactual_interpolation, prefix_decoding_strip
 
-    image = context.dataset[0]["image"].convert("RGB")
+    image = scenes[0]["image"].convert("RGB")
     strip = prefix_decoding_strip(loaded.pipeline, image, seed=context.seed)
-    print(f"[ddt] prefix decoding strip -> {save_png(strip, context.out_dir / 'ddt_prefix_strip.png')}")
-    ids = encode_images(loaded, [context.dataset[i]["image"].convert("RGB") for i in (0, 1)])[0].ids
+    print(f"[{name}] prefix decoding strip -> {save_png(strip, context.out_dir / f'{name}_prefix_strip.png')}")
+    ids = encode_images(loaded, [scenes[i]["image"].convert("RGB") for i in (0, 1)])[0].ids
     total = ids.shape[1]
     strip = counterfactual_interpolation(
         loaded.pipeline, ids[0], ids[1], span=[(0, total // 2), (total // 2, total)], seed=context.seed, return_strip=True
     )
-    print(f"[ddt] counterfactual interpolation (A, A+B[:T/2], A+B[T/2:], B) -> {save_png(strip, context.out_dir / 'ddt_counterfactual.png')}")
+    path = save_png(strip, context.out_dir / f"{name}_counterfactual.png")
+    print(f"[{name}] counterfactual interpolation (A, A+B[:T/2], A+B[T/2:], B) -> {path}")
 
 
 def _shapes_section(context: DemoContext) -> None:
@@ -300,7 +317,7 @@ def run_demo(
     context = DemoContext(out_dir=out_dir, dataset=dataset, train=train, seed=seed, flat_dataset=flat)
     # what every figure below was measured on (sections that need more scenes record their own counts)
     context.metrics["run"] = {"seed": seed, "num_scenes": {"textured": num_images, "flat": num_images},
-                              "image_size": 64, "commit": code_revision(), "trained_here": train}
+                              "image_size": 64, "commit": code_revision(), "trained_here": train}  # a section at another size records its own
     _shapes_section(context)
     for name, section in sections.items():
         context.metrics[name] = section(context)

@@ -10,6 +10,14 @@ from .arguments import non_negative_int, positive_int
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import run_eval
 
+    if args.mllm:
+        from ..evaluation.mllm import run_mllm_eval
+
+        if args.tokenizer:
+            raise ValueError("`--mllm` and `--tokenizer` are separate evaluations: pass one of them.")
+        run_mllm_eval(args.mllm, out_dir=args.out, num_images=args.num_images, style=args.styles[0], seed=args.seed,
+                      num_inference_steps=args.steps, batch_size=args.batch_size)  # fmt: skip
+        return 0
     run_eval(
         args.tokenizer,
         out_dir=args.out,
@@ -40,6 +48,11 @@ def register(commands) -> None:
     evaluate.add_argument(
         "--tokenizer", nargs="+", default=None, metavar="DIR",
         help="tokenizer folder(s) with tokenizer/ and decoder/ (default: every checkpoint shipped under hf_vtok/checkpoints)",
+    )
+    evaluate.add_argument(
+        "--mllm", nargs="+", default=None, metavar="DIR",
+        help="MLLM folder(s) to evaluate instead (captioning, QA, text-to-image beside chance, majority and the "
+        "tokenizer's own redraw; issue #16's MLLM gates) on the first of --styles; writes eval_mllm.json",
     )
     evaluate.add_argument("--num-images", type=positive_int, default=256,
                           help="held-out scenes per style (default: 256, the least for a README figure)")

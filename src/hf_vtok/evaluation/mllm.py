@@ -40,9 +40,12 @@ __all__ = [
     "caption_attribute_accuracy",
     "editing_accuracy",
     "evaluate_mllm",
+    "MLLM_GATES",
     "load_mllm_folder",
     "mentioned_pairs",
+    "mllm_gate_verdicts",
     "qa_accuracy",
+    "run_mllm_eval",
     "text_to_image_accuracy",
 ]
 
@@ -448,6 +451,9 @@ def _reference_scores(loaded: LoadedMLLM, rows, samples: dict, num_inference_ste
         majority = {kind: max(sorted(set(answers)), key=answers.count) for kind, answers in by_type.items()}
         hits = [answer == majority[kind] for kind, answers in by_type.items() for answer in answers]
         out["reference_qa_majority"] = float(np.mean(hits))
+        out["reference_qa_majority_by_type"] = {
+            kind: float(np.mean([answer == majority[kind] for answer in answers])) for kind, answers in sorted(by_type.items())
+        }
     if loaded.decoder is not None:
         images = [image.convert("RGB") for image in rows["image"]]
         real = _attribute_scores(images, objects)
@@ -463,3 +469,98 @@ def _reference_scores(loaded: LoadedMLLM, rows, samples: dict, num_inference_ste
             out[f"reference_t2i_shape_{name}"] = scores["shape_accuracy"]
         samples["reconstructions"] = reconstructed
     return out
+
+
+# Issue #16's MLLM gates (SmolLM2 on the shapes world, >= 256 held-out scenes).
+MLLM_GATES: dict[str, float] = {"qa_accuracy": 0.60, "qa_type_margin": 0.15, "caption_pair_recall": 0.50,
+                                "t2i_color_accuracy": 0.50, "t2i_shape_accuracy": 0.30}  # fmt: skip
+
+
+def _verdict(gate: str, value, threshold: float) -> dict:
+    passed = value is not None and np.isfinite(value) and value >= threshold
+    return {"gate": gate, "value": None if value is None else round(float(value), 4), "threshold": threshold, "pass": bool(passed)}
+
+
+def mllm_gate_verdicts(result: dict) -> list[dict]:
+    """The MLLM gates of issue #16 for one :func:`evaluate_mllm` result (with references), each ``{"gate", "value",
+    "threshold", "pass"}``; a missing figure fails its gate."""
+    gates = MLLM_GATES
+    verdicts = [_verdict(f"QA accuracy >= {gates['qa_accuracy']:.0%}", result.get("qa_accuracy"), gates["qa_accuracy"])]
+    majority = result.get("reference_qa_majority_by_type") or {}
+    for kind, accuracy in sorted((result.get("qa_by_type") or {}).items()):
+        margin = None if kind not in majority else accuracy - majority[kind]
+        verdicts.append(_verdict(f"QA '{kind}' >= its majority answer + {gates['qa_type_margin'] * 100:.0f} points",
+                                 margin, gates["qa_type_margin"]))  # fmt: skip
+    for key, name in (("caption_pair_recall", "caption attribute accuracy (pairs named)"),
+                      ("t2i_color_accuracy", "text-to-image colour"), ("t2i_shape_accuracy", "text-to-image shape")):
+        verdicts.append(_verdict(f"{name} >= {gates[key]:.0%}", result.get(key), gates[key]))
+    return verdicts
+
+
+def run_mllm_eval(
+    mllms,
+    *,
+    out_dir: str | os.PathLike = "eval_out",
+    num_images: int = 256,
+    style: str = "flat",
+    seed: int = 999,
+    num_inference_steps: int = 25,
+    batch_size: int = 16,
+    print_fn=print,
+) -> dict:
+    """Evaluate MLLM folders on ``num_images`` held-out shapes scenes (``style``, seed ``seed``) rendered at each
+    MLLM's tokenizer resolution: :func:`evaluate_mllm` with its chance / majority / tokenizer references and
+    :func:`mllm_gate_verdicts`. Writes ``eval_mllm.json`` (settings with seed, scene count and commit; results;
+    verdicts) and ``<name>_text_to_image.png`` to ``out_dir`` and returns what it wrote."""
+    import json
+
+    from ..data.shapes import STYLES, generate_shapes_dataset
+    from .report import code_revision
+    from .visualization import make_grid, save_png
+
+    folders = [mllms] if isinstance(mllms, (str, os.PathLike)) else list(mllms or [])
+    if not folders or not all(isinstance(folder, (str, os.PathLike)) for folder in folders):
+        raise TypeError(f"`mllms` must be one or more MLLM folder paths, got {describe(mllms)}.")
+    num_images = check_int("num_images", num_images, minimum=2)
+    if style not in STYLES:
+        raise ValueError(f"`style` must be one of {list(STYLES)}, got {style!r}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"settings": {"seed": seed, "num_images": num_images, "style": style,
+                                 "num_inference_steps": num_inference_steps, "guidance_scale": 3.0,
+                                 "commit": code_revision()},
+                    "mllms": {}, "gates": {}}  # fmt: skip
+    for folder in folders:
+        name = Path(folder).resolve().name
+        loaded = load_mllm_folder(folder)
+        size = int(loaded.processor.image_processor.crop_size["height"])
+        dataset = generate_shapes_dataset(num_images, image_size=size, seed=seed, style=style, progress=False)
+        result = evaluate_mllm(loaded, dataset, num_inference_steps=num_inference_steps, seed=0, batch_size=batch_size)
+        samples = result.pop("samples")
+        result["image_size"] = size
+        verdicts = mllm_gate_verdicts(result)
+        report["mllms"][name], report["gates"][name] = result, verdicts
+        if samples.get("images"):
+            shown = min(8, len(samples["images"]))
+            tiles = [dataset[i]["image"] for i in range(shown)] + list(samples["images"][:shown])
+            save_png(make_grid(tiles, ncols=shown, tile_size=128), out_dir / f"{name}_text_to_image.png")
+        if print_fn is not None:
+            rows = [("captions: pairs named", result.get("caption_pair_recall"), result.get("reference_caption_chance"),
+                     "another scene's caption"),
+                    ("QA accuracy", result.get("qa_accuracy"), result.get("reference_qa_majority"), "majority answer")]
+            majority = result.get("reference_qa_majority_by_type", {})
+            rows += [(f"  QA {kind}", value, majority.get(kind), "majority answer")
+                     for kind, value in sorted(result.get("qa_by_type", {}).items())]
+            for key in ("color", "shape"):
+                rows.append((f"text-to-image {key}", result.get(f"t2i_{key}_accuracy"),
+                             result.get(f"reference_t2i_{key}_tokenizer"), "tokenizer redrawing the true scene"))
+                rows.append(("", None, result.get(f"reference_t2i_{key}_chance"), "another real scene"))
+            print_fn(f"{name}: {num_images} held-out {style} scenes at {size} px, seed {seed}")
+            for label, value, reference, meaning in rows:
+                shown_value = "" if value is None else f"{100 * value:5.1f} %"
+                shown_reference = "" if reference is None else f"{100 * reference:5.1f} %"
+                print_fn(f"  {label:<24} {shown_value:>8}   {meaning}: {shown_reference}")
+            for verdict in verdicts:
+                print_fn(f"[gate] {name}: {'PASS' if verdict['pass'] else 'FAIL'}  {verdict['gate']}  ({verdict['value']})")
+    (out_dir / "eval_mllm.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
