@@ -269,6 +269,9 @@ def test_attached_taef2_encodes_like_the_cached_latents():
     model.attach_vae(vae)
     attached = model(pixel_values=pixels, **fixed).diffusion_loss
     torch.testing.assert_close(attached, cached)
+    # the VAE is used, not owned: neither a submodule nor in the saved state dict
+    assert not any(name.startswith("_vae") for name in model.state_dict())
+    assert all(module is not vae for module in model.modules())
 
 
 def test_pixel_loss_decodes_the_predicted_latents_through_the_frozen_vae():

@@ -396,7 +396,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
             raise TypeError(f"`vae` must be a diffusers AutoencoderKL (or None), got {describe(vae)}.")
         if vae is not None:
             vae.requires_grad_(False)
-        self._vae = vae
+        self.__dict__["_vae"] = vae  # plain attribute: `self._vae = vae` would register it as a submodule (saved, moved)
 
     def get_decoder_pipeline(self, *, scheduler=None, vae=None):
         """A :class:`DDTDecoderPipeline` sharing this model's tokenizer, conditioner and transformer; ``scheduler``
