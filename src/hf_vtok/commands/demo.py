@@ -50,7 +50,7 @@ class DemoContext:
 # by stage; the family is the recipe's.
 DEMO_RECIPES: dict[str, list[str]] = {
     "ddt": ["ddt_tiny"],
-    "ddt_latent_128": ["ddt_latent_128"],
+    "ddt_latent_128": ["ddt_latent_128", "ddt_latent_128_pixel"],
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
 }
