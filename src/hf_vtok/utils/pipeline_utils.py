@@ -26,6 +26,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .autoencoder_taef2 import TAEF2_CHECKPOINT_DIR, AutoencoderTAEF2
+from .modeling_utils import decode_latents
 from .validation import check_choice, check_float, check_generator, check_int, check_tensor, describe
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -198,11 +199,7 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
         """Latents → images of ``output_type`` at ``height`` x ``width`` (see the class docstring)."""
         if output_type == "latent":
             return latents
-        image = latents
-        if self.vae is not None:
-            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
-            image = self.vae.decode(latents, return_dict=False)[0]
+        image = latents if self.vae is None else decode_latents(self.vae, latents)
         crop = getattr(self.tokenizer_image_processor, "crop_size", None)
         default = (crop.height, crop.width) if crop else tuple(image.shape[-2:])
         size, image = (height or default[0], width or default[1]), image.float()
