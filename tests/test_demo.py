@@ -35,6 +35,7 @@ def test_every_family_ships_a_checkpoint_with_its_card():
 
 
 def test_shipped_tokenizer_cards_fill_every_token_field():
+    from hf_vtok.data.pretokenize import load_visual_tokenizer
     from hf_vtok.trainer.hub import build_model_card
 
     for family in DEMO_RECIPES:
@@ -42,7 +43,7 @@ def test_shipped_tokenizer_cards_fill_every_token_field():
         token_line = next(line for line in card.splitlines() if line.startswith("* Tokens per image:"))
         input_line = next(line for line in card.splitlines() if line.startswith("* Input:"))
         assert "?" not in token_line and "?" not in input_line, (family, token_line, input_line)
-        size = json.loads((SHIPPED_CHECKPOINTS_DIR / family / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
+        size = load_visual_tokenizer(f"shipped:{family}")[1].crop_size["height"]  # what the image processor feeds
         assert f"{size} × {size}" in input_line
 
 

@@ -45,6 +45,14 @@ def tokenizer_run(tmp_path_factory):
     return folder, model
 
 
+def test_the_seed_is_recorded_even_at_its_default():
+    from hf_vtok.trainer.arguments import parse_tokenizer_arguments
+
+    default = recorded_arguments(*parse_tokenizer_arguments(["--recipe", "ddt_latent_128_pixel", "--output_dir", "x"]))
+    assert default["seed"] == 0 and "adam_beta1" not in default  # other training arguments only when they differ
+    assert recorded_arguments(*parse_tokenizer_arguments(["--recipe", "ddt_tiny", "--seed", "3", "--output_dir", "x"]))["seed"] == 3
+
+
 def test_tokenizer_folder_is_staged_with_a_card_and_loads_back(tokenizer_run, tmp_path):
     from diffusers import DiffusionPipeline
     from huggingface_hub import ModelCard

@@ -66,6 +66,19 @@ def metrics_from_eval(eval_json: Path, name: str, image_size: int) -> dict:
     return metrics
 
 
+def recipe_with_previous_stages(run_dir: Path) -> dict:
+    """The run's ``recipe.json`` with the records of the stages it continued (``init_from``, followed back while their
+    folders exist) under ``previous_stages``, first stage first: a shipped checkpoint keeps its whole recipe."""
+    record = json.loads((run_dir / "recipe.json").read_text())
+    stages, source = [], record["recipe"].get("init_from")
+    while source and (Path(source) / "recipe.json").is_file():
+        stages.insert(0, json.loads((Path(source) / "recipe.json").read_text()))
+        source = stages[0]["recipe"].get("init_from")
+    if stages:
+        record["previous_stages"] = stages
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
@@ -108,7 +121,7 @@ def main() -> None:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
         shutil.copytree(run_dir / "decoder", target / "decoder")
         shutil.copy(run_dir / "tokenizer" / "preprocessor_config.json", target / "decoder" / "tokenizer")
-        shutil.copy(run_dir / "recipe.json", target / "recipe.json")
+        (target / "recipe.json").write_text(json.dumps(recipe_with_previous_stages(run_dir), indent=2))
         if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
             reference_bundled_taef2(target / "decoder" / "vae")
         image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]

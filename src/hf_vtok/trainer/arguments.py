@@ -338,14 +338,15 @@ NOT_RECORDED = {"output_dir", "resume_from_checkpoint", "use_cpu", "accelerator_
 
 
 def recorded_arguments(*arguments) -> dict:
-    """What a run records in ``recipe.json`` and its model card: every script argument, and the training / model
-    arguments that differ from their defaults."""
+    """What a run records in ``recipe.json`` and its model card: every script argument, the seed, and the training /
+    model arguments that differ from their defaults."""
     recorded = {}
     for args in arguments:
         defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(args) if f.init}
         is_script = not isinstance(args, (TrainingArguments, ModelConfig))
         for name, value in vars(args).items():
             value = getattr(value, "value", value)  # enums
-            if name in defaults and name not in NOT_RECORDED and (is_script or value != getattr(defaults[name], "value", defaults[name])):
+            differs = value != getattr(defaults[name], "value", defaults[name]) if name in defaults else False
+            if name in defaults and name not in NOT_RECORDED and (is_script or name == "seed" or differs):
                 recorded[name] = value
     return recorded

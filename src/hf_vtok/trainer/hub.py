@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..mllm.base_models import SMOLLM2
+from ..utils.autoencoder_taef2 import BUNDLED_WEIGHTS_KEY
 from ..utils.validation import describe
 from .arguments import FAMILY_MODEL_TYPES
 
@@ -152,6 +153,8 @@ def describe_folder(folder: str | os.PathLike) -> dict:
     # the TAEF2 autoencoder is MIT-licensed: its notice goes into the card of any folder that re-ships it
     vae = _read_json(folder / "decoder" / "model_index.json").get("vae") or [None, None]
     info["has_taef2"] = vae[-1] == "AutoencoderTAEF2"
+    # a shipped folder references the weights bundled with hf_vtok instead of carrying them (reference_bundled_taef2)
+    info["taef2_bundled"] = BUNDLED_WEIGHTS_KEY in _read_json(folder / "decoder" / "vae" / "config.json")
     return info
 
 
@@ -261,6 +264,7 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         metric_rows=_metric_rows(recipe, info["metrics"]),
         is_tiny=is_tiny,
         has_taef2=info["has_taef2"],
+        taef2_bundled=info["taef2_bundled"],
         **kwargs,
     )
 
