@@ -35,12 +35,12 @@ from ..utils.validation import check_int, describe
 
 __all__ = [
     "CAPTION_PROMPT",
+    "MLLM_GATES",
     "QA_PROMPT",
     "LoadedMLLM",
     "caption_attribute_accuracy",
     "editing_accuracy",
     "evaluate_mllm",
-    "MLLM_GATES",
     "load_mllm_folder",
     "mentioned_pairs",
     "mllm_gate_verdicts",
