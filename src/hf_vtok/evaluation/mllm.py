@@ -173,10 +173,14 @@ def _normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def _generate_text(loaded: LoadedMLLM, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def _generate_text(loaded: LoadedMLLM, images: list, prompts: list[str], max_new_tokens: int, batch_size: int,
+                   desc: str = "generating") -> list[str]:
+    from tqdm.auto import tqdm
+
     model, processor = loaded.model, loaded.processor
     outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=f"[eval] {desc}", unit="batch", disable=len(starts) < 2, leave=False):
         chunk_images, chunk_prompts = images[start : start + batch_size], prompts[start : start + batch_size]
         extra = {}
         if not model.config.is_discrete:  # continuous tokenizers: per-image placeholder counts
@@ -216,7 +220,8 @@ def caption_attribute_accuracy(
     rows = _rows(dataset, num_examples, ("image", "objects"))
     batch_size = check_int("batch_size", batch_size, minimum=1)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
-    captions = _generate_text(loaded, [r.convert("RGB") for r in rows["image"]], [prompt] * len(rows), max_new_tokens, batch_size)
+    captions = _generate_text(loaded, [r.convert("RGB") for r in rows["image"]], [prompt] * len(rows), max_new_tokens, batch_size,
+                              desc="captions")
     recall, precision, exact, examples = [], [], [], []
     for caption, objects in zip(captions, rows["objects"]):
         truth = {(o["color"], o["shape"]) for o in objects}
@@ -261,7 +266,7 @@ def qa_accuracy(
             references.append(qa)
     if not prompts:
         raise ValueError("`dataset` holds no questions.")
-    answers = _generate_text(loaded, images, prompts, max_new_tokens, batch_size)
+    answers = _generate_text(loaded, images, prompts, max_new_tokens, batch_size, desc="answers")
     by_type: dict[str, list[float]] = defaultdict(list)
     examples = []
     for answer, qa in zip(answers, references):
