@@ -2,7 +2,8 @@
 """Copy a trained run into the package as a shipped demo checkpoint, with metrics and a model card.
 
     python training/ship_checkpoint.py RUN_DIR FAMILY [--num-images 64] [--name NAME] [--metrics-from EVAL_JSON]
-    python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64]
+    python training/ship_checkpoint.py RUN_DIR mllm [--num-images 64] [--name NAME] [--metrics-from EVAL_MLLM_JSON]
+        [--language-model smollm2 --visual-tokenizer shipped:ddt_latent_128]
 
 A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `decoder/` (whose `tokenizer/` component gets the
 image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes
@@ -13,7 +14,9 @@ already measured (both styles, its seed, scene count and gate verdicts) instead 
 run
 (the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
 processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
-`hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image). Held-out scenes use seed 999, not seen
+`hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image); with `--language-model` and
+`--visual-tokenizer` it ships as a parts folder (`hf_vtok.mllm.parts`: the LoRA adapter and the processor; the
+base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights). Held-out scenes use seed 999, not seen
 in training. Writes `metrics.json` and a filled `README.md` model card.
 """
 
@@ -27,16 +30,37 @@ from pathlib import Path
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
+from hf_vtok.mllm.parts import save_mllm_parts
 from hf_vtok.trainer.hub import FAMILY_OF_MODEL_TYPE, build_model_card
 from hf_vtok.utils.autoencoder_taef2 import reference_bundled_taef2
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
 
+def _visual_tokenizer_config(mllm_folder: Path) -> dict:
+    """The config of the visual tokenizer an MLLM folder reads and writes (recorded in its ``mllm/config.json``)."""
+    return json.loads((mllm_folder / "mllm" / "config.json").read_text())["visual_tokenizer_config"]
+
+
 def _tokenizer_family(mllm_folder: Path) -> str:
-    """The visual tokenizer family an MLLM folder decodes with (its decoder pipeline's tokenizer config)."""
-    config = json.loads((mllm_folder / "decoder" / "tokenizer" / "config.json").read_text())
-    return FAMILY_OF_MODEL_TYPE[config["model_type"]]
+    """The visual tokenizer family an MLLM folder decodes with."""
+    return FAMILY_OF_MODEL_TYPE[_visual_tokenizer_config(mllm_folder)["model_type"]]
+
+
+def mllm_metrics_from_eval(eval_json: Path, name: str) -> dict:
+    """The ``metrics.json`` of MLLM ``name`` from an ``hf-vtok eval --mllm`` report: its results beside their
+    references, the gate count and the evaluation's seed, scene count and commit."""
+    report = json.loads(Path(eval_json).read_text())
+    if name not in report["mllms"]:
+        raise SystemExit(f"--metrics-from {eval_json}: no MLLM named {name!r} (it has {sorted(report['mllms'])}).")
+    settings, metrics = report["settings"], dict(report["mllms"][name])
+    verdicts = report["gates"][name]
+    metrics["gates_passed"] = f"{sum(v['pass'] for v in verdicts)} of {len(verdicts)} (issue #16)"
+    metrics["evaluation"] = (f"hf-vtok eval --mllm: {settings['num_images']} held-out {settings['style']} shapes scenes at "
+                             f"{metrics.get('image_size', '?')} px, seed {settings['seed']}; text-to-image with guidance "
+                             f"{settings['guidance_scale']}, {settings['num_inference_steps']} decoder steps; commit "
+                             f"{settings['commit'][:7]}")
+    return metrics
 
 
 METRIC_KEYS = ("psnr", "ssim", "colour_fidelity", "fg_ari", "miou", "mean_tokens", "count_share", "bits_per_image",
@@ -87,7 +111,12 @@ def main() -> None:
     parser.add_argument("--name", default=None,
                         help="folder name under hf_vtok/checkpoints, shipped:<name> (default: the family)")
     parser.add_argument("--metrics-from", default=None,
-                        help="eval.json of `hf-vtok eval --tokenizer RUN_DIR` to use as the tokenizer's metrics")
+                        help="eval.json of `hf-vtok eval --tokenizer RUN_DIR` (eval_mllm.json of `hf-vtok eval --mllm RUN_DIR`) "
+                             "to use as the metrics")
+    parser.add_argument("--language-model", default=None,
+                        help="mllm: ship a parts folder (adapter + references) whose base LM is this (e.g. smollm2)")
+    parser.add_argument("--visual-tokenizer", default=None,
+                        help="mllm: the parts folder's visual tokenizer, e.g. shipped:ddt_latent_128")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
                              "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
@@ -98,24 +127,36 @@ def main() -> None:
     target.mkdir(parents=True)
     run_dir = Path(args.run_dir)
     if args.family == "mllm":
-        # the processor ships once, as the pipeline's `processor/` component (not again inside `mllm/`)
-        processor_files = [path.name for path in (run_dir / "processor").iterdir()]
-        shutil.copytree(run_dir / "mllm", target / "mllm", ignore=lambda _, names: [n for n in names if n in processor_files])
-        for name in ("processor", "decoder"):
-            shutil.copytree(run_dir / name, target / name)
-        if (target / "decoder" / "vae").is_dir():
-            reference_bundled_taef2(target / "decoder" / "vae")
-        for name in ("model_index.json", "recipe.json"):
-            shutil.copy(run_dir / name, target / name)
+        if bool(args.language_model) != bool(args.visual_tokenizer):
+            raise SystemExit("--language-model and --visual-tokenizer go together (a parts folder names both).")
+        if args.language_model:
+            # adapter + references: neither the base LM nor the shipped tokenizer and its decoder are copied
+            target.rmdir()
+            save_mllm_parts(run_dir, target, language_model=args.language_model, visual_tokenizer=args.visual_tokenizer)
+        else:
+            # the processor ships once, as the pipeline's `processor/` component (not again inside `mllm/`)
+            processor_files = [path.name for path in (run_dir / "processor").iterdir()]
+            shutil.copytree(run_dir / "mllm", target / "mllm", ignore=lambda _, names: [n for n in names if n in processor_files])
+            for name in ("processor", "decoder"):
+                shutil.copytree(run_dir / name, target / name)
+            if (target / "decoder" / "vae").is_dir():
+                reference_bundled_taef2(target / "decoder" / "vae")
+            shutil.copy(run_dir / "model_index.json", target / "model_index.json")
+        shutil.copy(run_dir / "recipe.json", target / "recipe.json")
         recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
-        image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
-        dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999,
-                                          style=recipe.get("dataset_style", "flat"), progress=False)
-        summary = evaluate_mllm(load_mllm_folder(target), dataset, seed=0)
-        summary.pop("samples")
-        summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes at {image_size} px "
-                                 "(seed 999); "
-                                 "text-to-image with guidance 3, 25 decoder steps, seed 0")
+        image_size = _visual_tokenizer_config(target)["image_size"]
+        if args.metrics_from:
+            summary = mllm_metrics_from_eval(Path(args.metrics_from), run_dir.resolve().name)
+            if summary.get("image_size") != image_size:
+                raise SystemExit(f"--metrics-from {args.metrics_from}: measured at {summary.get('image_size')} px, the MLLM reads {image_size} px.")
+        else:
+            dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999,
+                                              style=recipe.get("dataset_style", "flat"), progress=False)
+            summary = evaluate_mllm(load_mllm_folder(target), dataset, seed=0)
+            summary.pop("samples")
+            summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes at {image_size} px "
+                                     "(seed 999); "
+                                     "text-to-image with guidance 3, 25 decoder steps, seed 0")
         repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
     else:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor

@@ -28,6 +28,7 @@ import copy
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -130,6 +131,14 @@ class VTokMLLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        from .parts import load_mllm_parts, references_mllm_parts
+
+        if args and isinstance(args[0], (str, os.PathLike)):
+            folder = Path(os.fspath(args[0]), kwargs.get("subfolder") or "")
+            if references_mllm_parts(folder):  # adapter + references to the LM and tokenizer (mllm/parts.py)
+                dtype = kwargs.get("dtype") if isinstance(kwargs.get("dtype"), torch.dtype) else None
+                model = load_mllm_parts(folder, VTokMLLMForConditionalGeneration, dtype=dtype)
+                return model if isinstance(model, cls) else model.model
         loaded = super().from_pretrained(*args, **kwargs)
         # loading replaces the parameters, so the freeze set in __init__ must be applied again
         (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_visual_tokenizer()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -65,6 +66,20 @@ class _VTokMLLMImagePipelineBase(DiffusionPipeline):
                 f"{mllm.config.num_visual_tokens}."
             )
         self.register_modules(mllm=mllm, processor=processor, decoder=decoder)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; a folder whose ``mllm/`` references its parts (:mod:`hf_vtok.mllm.parts`)
+        and ships no decoder gets the referenced visual tokenizer's own decoder pipeline."""
+        from .parts import parts_decoder_folder, references_mllm_parts
+
+        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        mllm_folder = Path(os.fspath(pretrained_model_name_or_path)) / "mllm"
+        if pipeline.decoder is None and "decoder" not in kwargs and references_mllm_parts(mllm_folder):
+            decoder_folder = parts_decoder_folder(mllm_folder)
+            if decoder_folder is not None:
+                pipeline.register_modules(decoder=load_decoder_pipeline(decoder_folder))
+        return pipeline
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..mllm.base_models import SMOLLM2
+from ..mllm.parts import MLLM_PARTS_KEY
 from ..utils.autoencoder_taef2 import BUNDLED_WEIGHTS_KEY
 from ..utils.validation import describe
 from .arguments import FAMILY_MODEL_TYPES
@@ -134,7 +135,9 @@ def describe_folder(folder: str | os.PathLike) -> dict:
         visual = mllm_config.get("visual_tokenizer_config") or {}
         info.update(kind="mllm", config=visual, mllm_config=mllm_config,
                     has_decoder=(folder / "decoder" / "model_index.json").is_file(),
-                    has_adapter=(folder / "adapter" / "adapter_config.json").is_file())
+                    has_adapter=(folder / "adapter" / "adapter_config.json").is_file(),
+                    # a parts folder (hf_vtok.mllm.parts): adapter + references to the base LM and the visual tokenizer
+                    parts=mllm_config.get(MLLM_PARTS_KEY))
     else:
         from ..data.pretokenize import tokenizer_subfolder
 
@@ -219,7 +222,7 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
                          "captions, questions and edit pairs)" if data == "shapes" else "") +
                          f"; task mix {json.dumps(fields.get('task_mix', {}))}; {recipe.get('num_examples', '?')} examples.")
         kwargs = {"base_model": base, "has_decoder": info["has_decoder"], "has_adapter": info["has_adapter"],
-                      "finetuning": fields.get("finetuning", "?")}
+                  "finetuning": fields.get("finetuning", "?"), "parts": info.get("parts")}
     else:
         card_data = ModelCardData(
             license=license, library_name="transformers", pipeline_tag="image-feature-extraction", tags=tags + ["diffusers"],

@@ -1,0 +1,150 @@
+"""MLLM parts folders (hf_vtok.mllm.parts): a LoRA-trained MLLM shipped as its adapter plus references to the LM and
+the visual tokenizer rebuilds the trained model exactly, and refuses parts other than those it was trained with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from hf_vtok.data import generate_shapes_dataset
+from hf_vtok.data.text_tokenizer import build_text_tokenizer
+from hf_vtok.evaluation.mllm import load_mllm_folder
+from hf_vtok.mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor, VTokTextToImagePipeline
+from hf_vtok.mllm.parts import MLLM_PARTS_KEY, references_mllm_parts, save_mllm_parts
+from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+from hf_vtok.trainer.hub import build_model_card
+from hf_vtok.trainer.mllm_trainer import export_mllm
+
+PROMPT = "a red circle left of a blue square"
+
+
+def _tokenizer_checkpoint(folder, seed: int):
+    """A tiny DDT tokenizer saved as a shipped checkpoint is laid out: ``decoder/`` with its ``tokenizer/``."""
+    torch.manual_seed(seed)
+    pretraining = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny()).eval()
+    pretraining.get_decoder_pipeline().save_pretrained(folder / "decoder")
+    return folder
+
+
+def _base_lm(folder, extra_tokens: int = 0):
+    torch.manual_seed(0)
+    tokenizer = build_text_tokenizer()
+    if extra_tokens:
+        tokenizer.add_tokens([f"<extra_{i}>" for i in range(extra_tokens)])
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, **special))  # fmt: skip
+    lm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A LoRA + new-rows MLLM with moved adapter weights, exported as ``hf-vtok train-mllm`` exports it."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_vtok.data.pretokenize import load_visual_tokenizer
+    from hf_vtok.utils.pipeline_utils import load_decoder_pipeline
+
+    root = tmp_path_factory.mktemp("parts")
+    tokenizer_dir = _tokenizer_checkpoint(root / "tokenizer", seed=0)
+    base_dir = _base_lm(root / "base")
+    visual, _ = load_visual_tokenizer(tokenizer_dir)
+    lm = LlamaForCausalLM.from_pretrained(base_dir)
+    text_tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(lm, visual, text_tokenizer)
+    processor = VTokMLLMProcessor.from_visual_tokenizer(text_tokenizer, visual)
+    rows = list(range(model.config.visual_token_offset, len(processor.tokenizer)))
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices={"embed_tokens": rows, "lm_head": rows})
+    peft_model = get_peft_model(model, lora)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # stands in for training: every trainable tensor moves (LoRA B starts at zero)
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    run_dir = root / "run"
+    export_mllm(peft_model, processor, load_decoder_pipeline(tokenizer_dir / "decoder"), run_dir)
+    return {"root": root, "run": run_dir, "tokenizer": tokenizer_dir, "base": base_dir}
+
+
+def _logits(model, processor, image):
+    batch = processor(images=[image], text=["<image> what colour is the circle?"], use_chat_template=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_parts_folder_rebuilds_the_trained_mllm(trained_run):
+    run, parts = trained_run["run"], trained_run["root"] / "shipped"
+    save_mllm_parts(run, parts, language_model=str(trained_run["base"]), visual_tokenizer=str(trained_run["tokenizer"]))
+    assert references_mllm_parts(parts / "mllm")
+    weights = sorted(path.relative_to(parts).as_posix() for path in parts.glob("**/*.safetensors"))
+    assert weights == ["mllm/adapter/adapter_model.safetensors"]  # neither the LM nor the tokenizer is copied
+    assert not (parts / "decoder").exists()
+
+    image = generate_shapes_dataset(1, image_size=64, seed=5, progress=False)[0]["image"]
+    trained = VTokMLLMForConditionalGeneration.from_pretrained(run / "mllm").eval()
+    rebuilt = VTokMLLMForConditionalGeneration.from_pretrained(parts / "mllm").eval()
+    processor = VTokMLLMProcessor.from_pretrained(parts / "processor")
+    expected = _logits(trained, processor, image)
+    torch.testing.assert_close(_logits(rebuilt, processor, image), expected, rtol=0, atol=1e-5)
+    # the adapter is what makes it the trained model: the bare parts answer differently
+    config = json.loads((parts / "mllm" / "config.json").read_text())
+    bare = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(
+        LlamaForCausalLM.from_pretrained(trained_run["base"]), rebuilt.visual_tokenizer,
+        AutoTokenizer.from_pretrained(trained_run["base"]),
+    ).eval()  # fmt: skip
+    assert (_logits(bare, processor, image) - expected).abs().max() > 1e-2
+    assert config[MLLM_PARTS_KEY]["language_model"] == str(trained_run["base"])
+
+    # the pipeline takes the referenced tokenizer's own decoder and draws what the trained pipeline draws
+    call = {"seed": 0, "num_inference_steps": 2, "guidance_scale": 2.0, "output_type": "np"}
+    original = VTokTextToImagePipeline.from_pretrained(run)(PROMPT, **call)
+    pipe = VTokTextToImagePipeline.from_pretrained(parts)
+    assert pipe.decoder is not None
+    drawn = pipe(PROMPT, **call)
+    assert torch.equal(drawn.token_ids, original.token_ids) and np.allclose(drawn.images, original.images, atol=1e-5)
+    loaded = load_mllm_folder(parts)
+    assert loaded.decoder is not None and loaded.model.config.visual_token_offset == trained.config.visual_token_offset
+    auto = AutoModelForImageTextToText.from_pretrained(parts / "mllm").eval()  # the Auto class goes the same way
+    torch.testing.assert_close(_logits(auto, processor, image), expected, rtol=0, atol=1e-5)
+    card = build_model_card(parts, "org/tiny-parts").text
+    assert "`mllm/adapter/`" in card and f"the base LM `{trained_run['base']}`" in card
+
+
+def test_parts_folder_refuses_other_parts(trained_run):
+    root, run = trained_run["root"], trained_run["run"]
+    other_tokenizer = _tokenizer_checkpoint(root / "other_tokenizer", seed=1)
+    # saving against a tokenizer the adapter was not trained with does not rebuild the trained weights
+    with pytest.raises(ValueError, match="do not rebuild the trained MLLM"):
+        save_mllm_parts(run, root / "wrong", language_model=str(trained_run["base"]), visual_tokenizer=str(other_tokenizer))
+    assert not (root / "wrong").exists()
+
+    parts = root / "checked"
+    save_mllm_parts(run, parts, language_model=str(trained_run["base"]), visual_tokenizer=str(trained_run["tokenizer"]))
+    config_path = parts / "mllm" / "config.json"
+    original = config_path.read_text()
+    config = json.loads(original)
+    config[MLLM_PARTS_KEY]["visual_tokenizer"] = str(other_tokenizer)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not the one the adapter was trained with"):
+        VTokMLLMForConditionalGeneration.from_pretrained(parts / "mllm")
+
+    shifted = _base_lm(root / "shifted_base", extra_tokens=3)  # the new rows would land 3 ids later
+    config[MLLM_PARTS_KEY].update(visual_tokenizer=str(trained_run["tokenizer"]), language_model=str(shifted))
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="vocabulary layout"):
+        VTokMLLMForConditionalGeneration.from_pretrained(parts / "mllm")
+    config_path.write_text(original)
+
+    with pytest.raises(ValueError, match="exists"):
+        save_mllm_parts(run, parts, language_model=str(trained_run["base"]), visual_tokenizer=str(trained_run["tokenizer"]))
+    incomplete = root / "incomplete_run"
+    shutil.copytree(run, incomplete, ignore=shutil.ignore_patterns("adapter"))
+    with pytest.raises(ValueError, match="adapter"):
+        save_mllm_parts(incomplete, root / "x", language_model=str(trained_run["base"]), visual_tokenizer=str(trained_run["tokenizer"]))
