@@ -105,7 +105,12 @@ def load_mllm_folder(path: str | os.PathLike, *, load_decoder: bool = True) -> L
     processor = VTokMLLMProcessor.from_pretrained(processor_folder)
     decoder = None
     if load_decoder:
-        for candidate in (root / "decoder", folder / "decoder"):
+        from ..mllm.parts import parts_decoder_folder, references_mllm_parts
+
+        candidates = [root / "decoder", folder / "decoder"]
+        if references_mllm_parts(folder):  # a parts folder decodes with its visual tokenizer's own decoder
+            candidates.append(parts_decoder_folder(folder))
+        for candidate in filter(None, candidates):
             if (candidate / "model_index.json").is_file():
                 decoder = load_decoder_pipeline(candidate)
                 decoder.set_progress_bar_config(disable=True)
@@ -293,8 +298,15 @@ def _attribute_scores(images: list, expected: list[list[dict]]) -> dict:
             "count_accuracy": float(np.mean(count)), "all_correct": float(np.mean(correct))}
 
 
+def _eval_bar(total: int, description: str):
+    """The progress bar of an evaluation loop (generating a few hundred images takes most of an hour on a CPU)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"[eval] {description}", disable=total < 2, leave=False)
+
+
 def _generation_kwargs(seed: int, guidance_scale: float, num_inference_steps: int, extra: dict | None) -> dict:
-    kwargs = {"seed": check_int("seed", seed, minimum=0), "guidance_scale": guidance_scale, "progress": False,
+    kwargs = {"seed": check_int("seed", seed, minimum=0), "guidance_scale": guidance_scale, "progress": _eval_bar,
               "decoder_kwargs": {"num_inference_steps": check_int("num_inference_steps", num_inference_steps, minimum=1),
                                  "output_type": "pil"}}
     kwargs.update(extra or {})
@@ -465,7 +477,10 @@ def _reference_scores(loaded: LoadedMLLM, rows, samples: dict, num_inference_ste
         chance = _attribute_scores(neighbour(images), objects)
         reconstructed = []
         generator = torch.Generator().manual_seed(seed)
-        for start in range(0, len(images), batch_size):
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc="[eval] tokenizer redraws", unit="batch", disable=len(starts) < 2, leave=False):
             reconstructed += list(loaded.decoder(images=images[start : start + batch_size], num_inference_steps=num_inference_steps,
                                                  generator=generator, output_type="pil").images)
         ceiling = _attribute_scores(reconstructed, objects)
