@@ -679,3 +679,33 @@ def test_chatml_completion_keeps_the_generation_prompt_tokens_it_is_asked_with()
     assert generation == tokenizer(prompt + chatml.join_completion(prompt, chatml.boi_token))["input_ids"]
     # "USER: ... ASSISTANT:" still gets its space before the answer.
     assert VTokMLLMProcessor.join_completion("USER: hi ASSISTANT:", "red") == " red"
+
+
+def test_codebook_initialised_rows_keep_the_codebook_geometry_at_the_text_rows_scale(ddt_parts):
+    from hf_vtok.mllm.vocabulary import init_visual_rows_from_codebook
+
+    model, processor = _fresh(ddt_parts)
+    visual = model.visual_tokenizer
+    offset, size = model.config.visual_token_offset, model.config.visual_vocab_size
+    before = model.get_input_embeddings().weight.detach().clone()
+    spread_before = before[offset : offset + size].float().std(0).mean()
+    rows = init_visual_rows_from_codebook(model, visual, seed=0)
+    after = model.get_input_embeddings().weight.detach()
+    assert torch.equal(after[:offset], before[:offset]) and torch.equal(after[offset + size :], before[offset + size :])
+    assert torch.equal(after[offset : offset + size], rows)
+    if model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        assert torch.equal(model.get_output_embeddings().weight[offset : offset + size], rows)
+    # the text rows' scale per dimension ...
+    text = before[:offset].float()
+    torch.testing.assert_close(rows.float().mean(0), text.mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rows.float().std(0).mean(), text.std(0).mean(), atol=0.15 * float(text.std(0).mean()), rtol=0)
+    # ... and the codebook's geometry: near codes stay near (mean-resizing had left the rows near copies)
+    codes = visual.embed_ids(torch.arange(size - size % 16).reshape(-1, 16)).reshape(-1, visual.config.codebook_dim)[:256].float()
+    code_distances = torch.cdist(codes, codes).flatten()
+    row_distances = torch.cdist(rows[:256].float(), rows[:256].float()).flatten()
+    assert torch.corrcoef(torch.stack([code_distances, row_distances]))[0, 1] > 0.9
+    assert rows.float().std(0).mean() > 2 * spread_before
+    with pytest.raises(ValueError, match="add_visual_tokens"):
+        bare = copy.deepcopy(model)
+        bare.config.visual_token_offset = None
+        init_visual_rows_from_codebook(bare, visual)

@@ -175,4 +175,51 @@ def add_visual_tokens(
     return layout
 
 
-__all__ = ["VisualVocabulary", "add_visual_tokens", "code_token", "code_token_width"]
+def init_visual_rows_from_codebook(model: PreTrainedModel, visual_tokenizer, *, seed: int = 0) -> torch.Tensor:
+    """Start every code's embedding row from its codebook vector instead of the mean of the text rows.
+
+    A departure, off by default (the papers grow the vocabulary with transformers' mean-initialised rows): after
+    ``add_visual_tokens`` the 1,000-odd new rows are near copies of one vector, so the LM first sees every image as
+    the same few hundred tokens and must pull the rows apart by gradient before it can read anything. Here row
+    ``visual_token_offset + i`` becomes ``mean + std * (standardised codebook vector i) @ R``: ``R`` is a fixed
+    random orthonormal projection (``seed``) from the code width to the LM width, scaled so that every new row has
+    the text rows' per-dimension mean and spread. Codes that are close in the codebook (similar colours, similar
+    layouts) start close in the LM; an untied LM head gets the same rows. Returns the rows written.
+
+    Needs a tokenizer whose ``embed_ids`` gives one vector per id (DDT); raises ``ValueError`` otherwise.
+    """
+    offset = getattr(model.config, "visual_token_offset", None)
+    size = getattr(model.config, "visual_vocab_size", 0)
+    if offset is None or not size:
+        raise ValueError("`model` has no visual vocabulary yet: run `add_visual_tokens` first.")
+    num_tokens = getattr(visual_tokenizer.config, "num_visual_tokens", None)
+    if not hasattr(visual_tokenizer, "embed_ids") or not isinstance(num_tokens, int):
+        raise TypeError(f"`visual_tokenizer` must be a discrete VisualTokenizerMixin model, got {describe(visual_tokenizer)}.")
+    ids = torch.arange(size)
+    padded = torch.cat([ids, ids[: (-size) % num_tokens]]).reshape(-1, num_tokens)  # embed_ids takes whole images
+    with torch.no_grad():
+        codes = visual_tokenizer.embed_ids(padded)
+    if codes.dim() != 3 or codes.shape[:2] != padded.shape:
+        raise ValueError(
+            f"`visual_tokenizer` {type(visual_tokenizer).__name__}.embed_ids gives {tuple(codes.shape)} for ids "
+            f"{tuple(padded.shape)}, not one vector per id: its codes cannot initialise the rows one by one."
+        )
+    codes = codes.reshape(-1, codes.shape[-1])[:size].float()
+    embeddings = model.get_input_embeddings().weight
+    text = embeddings[:offset].detach().float()
+    mean, std = text.mean(0), text.std(0)
+    standardised = (codes - codes.mean(0)) / codes.std(0).clamp_min(1e-6)
+    generator = torch.Generator().manual_seed(seed)
+    width, hidden = codes.shape[1], text.shape[1]
+    q, _ = torch.linalg.qr(torch.randn(hidden, width, generator=generator))  # orthonormal columns
+    projected = standardised @ q.T * (hidden / width) ** 0.5  # unit variance per LM dimension
+    rows = (mean + std * projected).to(embeddings.dtype)
+    with torch.no_grad():
+        embeddings[offset : offset + size] = rows
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != embeddings.data_ptr():
+            head.weight[offset : offset + size] = rows.to(head.weight.dtype)
+    return rows
+
+
+__all__ = ["VisualVocabulary", "add_visual_tokens", "code_token", "code_token_width", "init_visual_rows_from_codebook"]

@@ -199,6 +199,9 @@ class MLLMArguments:
     vocab_pad_to_multiple_of: int | None = None
     freeze_language_model: bool = False
     train_visual_rows: bool = field(default=True, metadata={"help": "the new embedding/head rows (codes, <boi>, <eoi>, <image>) train"})
+    visual_rows_init: Literal["mean", "codebook"] = field(
+        default="mean", metadata={"help": "new code rows start at the text rows' mean (the papers) or from their codebook vectors"}
+    )
     dataset: str = field(default="shapes", metadata={"help": "shapes, a pre-tokenised folder, or an image dataset source"})
     num_train_images: int = 2000
     dataset_style: Literal["textured", "flat"] = "flat"

@@ -154,6 +154,10 @@ def build_mllm(script_args: MLLMArguments, model_args: MLLMModelConfig | None = 
     model = VTokMLLMForConditionalGeneration.from_text_model_and_tokenizer(
         language_model, visual, text_tokenizer, pad_to_multiple_of=script_args.vocab_pad_to_multiple_of
     )
+    if script_args.visual_rows_init == "codebook":  # departure: rows start from the codes, not the text mean
+        from ..mllm.vocabulary import init_visual_rows_from_codebook
+
+        init_visual_rows_from_codebook(model, visual, seed=seed)
     processor = VTokMLLMProcessor.from_visual_tokenizer(
         text_tokenizer, visual, image_processor=image_processor, chat_template=script_args.chat_template,
         task_prompts=script_args.task_prompts(),
