@@ -55,12 +55,17 @@ def mllm_metrics_from_eval(eval_json: Path, name: str) -> dict:
         raise SystemExit(f"--metrics-from {eval_json}: no MLLM named {name!r} (it has {sorted(report['mllms'])}).")
     settings, metrics = report["settings"], dict(report["mllms"][name])
     verdicts = report["gates"][name]
-    metrics["gates_passed"] = f"{sum(v['pass'] for v in verdicts)} of {len(verdicts)} (issue #16)"
+    metrics["gates_passed"] = gates_passed(verdicts)
     metrics["evaluation"] = (f"hf-vtok eval --mllm: {settings['num_images']} held-out {settings['style']} shapes scenes at "
                              f"{metrics.get('image_size', '?')} px, seed {settings['seed']}; text-to-image with guidance "
                              f"{settings['guidance_scale']}, {settings['num_inference_steps']} decoder steps; commit "
                              f"{settings['commit'][:7]}")
     return metrics
+
+
+def gates_passed(verdicts: list[dict]) -> str:
+    """How many of an evaluation's issue-#16 gate verdicts passed, as metrics.json records it."""
+    return f"{sum(verdict['pass'] for verdict in verdicts)} of {len(verdicts)} (issue #16)"
 
 
 METRIC_KEYS = ("psnr", "ssim", "colour_fidelity", "fg_ari", "miou", "mean_tokens", "count_share", "bits_per_image",
@@ -83,7 +88,7 @@ def metrics_from_eval(eval_json: Path, name: str, image_size: int) -> dict:
         elif row.get("tokenizer") == name and row.get("data") == "photos":
             metrics.update({f"photos_{key}": row[key] for key in ("psnr", "ssim") if row.get(key) is not None})
     verdicts = [verdict for verdict in report["gates"]["verdicts"] if verdict["tokenizer"] == name]
-    metrics["gates_passed"] = f"{sum(v['pass'] for v in verdicts)} of {len(verdicts)} (issue #16)"
+    metrics["gates_passed"] = gates_passed(verdicts)
     metrics["evaluation"] = (f"hf-vtok eval: {settings['num_images_per_style']} held-out scenes per style "
                              f"({', '.join(settings['styles'])}) at {image_size} px, seed {settings['seed']}, "
                              f"{settings['num_inference_steps']} sampling steps, commit {settings['commit'][:7]}")
@@ -123,15 +128,13 @@ def main() -> None:
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / (args.name or args.family)
     if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+        shutil.rmtree(target)  # every branch below creates it afresh (copytree / save_mllm_parts)
     run_dir = Path(args.run_dir)
     if args.family == "mllm":
         if bool(args.language_model) != bool(args.visual_tokenizer):
             raise SystemExit("--language-model and --visual-tokenizer go together (a parts folder names both).")
         if args.language_model:
             # adapter + references: neither the base LM nor the shipped tokenizer and its decoder are copied
-            target.rmdir()
             save_mllm_parts(run_dir, target, language_model=args.language_model, visual_tokenizer=args.visual_tokenizer)
         else:
             # the processor ships once, as the pipeline's `processor/` component (not again inside `mllm/`)

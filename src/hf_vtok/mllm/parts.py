@@ -44,6 +44,11 @@ def _read_config(folder: Path) -> dict | None:
         return None
 
 
+def _vocabulary_layout(config) -> dict:
+    """Where the visual vocabulary sits in an MLLM config's LM vocabulary (what the adapter's rows were trained at)."""
+    return {**{key: getattr(config, key) for key in _LAYOUT_KEYS}, "vocab_size": config.text_config.vocab_size}
+
+
 def references_mllm_parts(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` is an MLLM folder whose ``config.json`` references its parts (and holds no weights)."""
     config = _read_config(Path(folder))
@@ -106,10 +111,7 @@ def load_mllm_parts(folder: str | os.PathLike, model_class, dtype: torch.dtype |
     model = model_class.from_text_model_and_tokenizer(
         language_model, visual, text_tokenizer, pad_to_multiple_of=parts.get("pad_to_multiple_of")
     )
-    rebuilt = {key: getattr(model.config, key) for key in _LAYOUT_KEYS}
-    rebuilt["vocab_size"] = model.config.text_config.vocab_size
-    saved = {key: getattr(config, key) for key in _LAYOUT_KEYS}
-    saved["vocab_size"] = config.text_config.vocab_size
+    rebuilt, saved = _vocabulary_layout(model.config), _vocabulary_layout(config)
     if rebuilt != saved:
         raise ValueError(
             f"MLLM parts folder {folder}: {parts['language_model']!r} + {parts['visual_tokenizer']!r} give the vocabulary "
