@@ -684,7 +684,7 @@ def test_chatml_completion_keeps_the_generation_prompt_tokens_it_is_asked_with()
 def test_codebook_initialised_rows_keep_the_codebook_geometry_at_the_text_rows_scale(ddt_parts):
     from hf_vtok.mllm.vocabulary import init_visual_rows_from_codebook
 
-    model, processor = _fresh(ddt_parts)
+    model, _ = _fresh(ddt_parts)
     visual = model.visual_tokenizer
     offset, size = model.config.visual_token_offset, model.config.visual_vocab_size
     before = model.get_input_embeddings().weight.detach().clone()
