@@ -148,3 +148,37 @@ def test_parts_folder_refuses_other_parts(trained_run):
     shutil.copytree(run, incomplete, ignore=shutil.ignore_patterns("adapter"))
     with pytest.raises(ValueError, match="adapter"):
         save_mllm_parts(incomplete, root / "x", language_model=str(trained_run["base"]), visual_tokenizer=str(trained_run["tokenizer"]))
+
+
+def test_training_continues_a_parts_folders_adapter(trained_run, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from hf_vtok.trainer.arguments import MLLMArguments, MLLMModelConfig, MLLMTrainingArguments
+    from hf_vtok.trainer.mllm_trainer import build_mllm, train_mllm
+
+    parts = tmp_path / "shipped"
+    base, tokenizer = str(trained_run["base"]), str(trained_run["tokenizer"])
+    save_mllm_parts(trained_run["run"], parts, language_model=base, visual_tokenizer=tokenizer)
+    script_args = MLLMArguments(init_from=str(parts), num_train_images=8)
+    model_args = MLLMModelConfig(use_peft=True)
+    training_args = MLLMTrainingArguments(output_dir=str(tmp_path / "continued"), max_steps=2, learning_rate=1e-2,
+                                          per_device_train_batch_size=4, warmup_steps=0, max_length=256, logging_steps=1)
+
+    # it starts exactly where the shipped model is, with the shipped adapter unmerged and trainable
+    model, processor, decoder = build_mllm(script_args, model_args)
+    assert isinstance(model, PeftModel) and decoder is not None
+    image = generate_shapes_dataset(1, image_size=64, seed=5, progress=False)[0]["image"]
+    shipped = VTokMLLMForConditionalGeneration.from_pretrained(parts / "mllm").eval()
+    torch.testing.assert_close(_logits(model.eval(), processor, image), _logits(shipped, processor, image), rtol=0, atol=1e-5)
+    assert any("lora_B" in name and p.requires_grad for name, p in model.named_parameters())
+
+    # ... trains that adapter further, so the result ships again as one adapter over the same LM and tokenizer
+    train_mllm(script_args, training_args, model_args)
+    before = load_file(parts / "mllm" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "continued" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    save_mllm_parts(tmp_path / "continued", tmp_path / "shipped_again", language_model=base, visual_tokenizer=tokenizer)
+
+    with pytest.raises(ValueError, match="use_peft"):
+        train_mllm(script_args, MLLMTrainingArguments(output_dir=str(tmp_path / "full"), max_steps=1), MLLMModelConfig())

@@ -500,3 +500,27 @@ def test_a_training_arguments_flag_nobody_mentions_reaches_the_tokenizer_trainer
     betas, weights = run("beta2", "--adam_beta2", "0.5")
     assert default_betas == (0.9, 0.999) and betas == (0.9, 0.5)
     assert any(not torch.equal(weights[name], default_weights[name]) for name in weights)
+
+
+def test_visual_rows_learn_at_their_own_rate(tmp_path):
+    # Adam's first step moves every element by about its group's learning rate (warm-up off), so with the rows at
+    # 100x the adapters' rate their largest first update is about 100x the adapters' largest
+    script_args, training_args, model_args = _tiny_arguments(tmp_path, learning_rate=1e-4, visual_rows_learning_rate=1e-2,
+                                                             max_steps=1, num_train_images=8)
+    from hf_vtok.trainer.mllm_trainer import apply_finetuning, build_mllm
+
+    model, processor, _ = build_mllm(script_args, model_args, training_args.seed)
+    before = {n: p.detach().clone() for n, p in apply_finetuning(model, processor, script_args, model_args).named_parameters()
+              if p.requires_grad}
+    trained, trainer, _ = train_mllm(script_args, training_args, model_args)
+    groups = {group.get("name"): group for group in trainer.optimizer.param_groups}
+    assert groups["visual_rows"]["initial_lr"] == pytest.approx(1e-2)  # the scheduler scales it from there
+    steps = {n: (p.detach() - before[n]).abs().max().item() for n, p in trained.named_parameters() if n in before}
+    rows = max(v for n, v in steps.items() if "trainable_tokens_delta" in n)
+    adapters = max(v for n, v in steps.items() if "lora_" in n)
+    assert 30 < rows / adapters < 300, (rows, adapters)
+    # full fine-tuning has no separate rows to give a rate
+    with pytest.raises(ValueError, match="visual_rows_learning_rate"):
+        train_mllm(*_tiny_arguments(tmp_path / "full", use_peft=False, visual_rows_learning_rate=1e-2, max_steps=1))
+    with pytest.raises(ValueError, match="visual_rows_learning_rate"):
+        _tiny_arguments(tmp_path, visual_rows_learning_rate=0.0)

@@ -74,9 +74,12 @@ def parts_decoder_folder(folder: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_mllm_parts(folder: str | os.PathLike, model_class, dtype: torch.dtype | None = None):
+def load_mllm_parts(folder: str | os.PathLike, model_class, dtype: torch.dtype | None = None, *, trainable: bool = False):
     """Build the ``model_class`` (:class:`VTokMLLMForConditionalGeneration`) model a parts folder describes (see the
     module docstring); ``VTokMLLMForConditionalGeneration.from_pretrained`` calls it for such folders.
+
+    ``trainable=True`` returns the ``PeftModel`` with its adapter unmerged and trainable (``hf-vtok train-mllm
+    --init_from`` continues it, so that the result is again one adapter over the same parts).
 
     Raises ``ValueError`` when the rebuilt vocabulary layout or the visual tokenizer differs from the one the
     adapter was trained with.
@@ -117,12 +120,15 @@ def load_mllm_parts(folder: str | os.PathLike, model_class, dtype: torch.dtype |
             f"MLLM parts folder {folder}: {parts['language_model']!r} + {parts['visual_tokenizer']!r} give the vocabulary "
             f"layout {rebuilt}, the adapter was trained on {saved}."
         )
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    model = peft_model.get_base_model() if trainable else peft_model.merge_and_unload()
     model.config = config
     model.model.config = config
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.freeze_visual_tokenizer()
+    if trainable:
+        return peft_model.to(dtype) if dtype is not None else peft_model
     model.eval()
     return model.to(dtype) if dtype is not None else model
 

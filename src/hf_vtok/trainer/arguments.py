@@ -202,6 +202,9 @@ class MLLMArguments:
     visual_rows_init: Literal["mean", "codebook"] = field(
         default="mean", metadata={"help": "new code rows start at the text rows' mean (the papers) or from their codebook vectors"}
     )
+    visual_rows_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the new rows (LoRA / freeze_language_model; default: learning_rate)"}
+    )
     dataset: str = field(default="shapes", metadata={"help": "shapes, a pre-tokenised folder, or an image dataset source"})
     num_train_images: int = 2000
     dataset_style: Literal["textured", "flat"] = "flat"
@@ -222,6 +225,10 @@ class MLLMArguments:
             check_choice("visual_tokenizer", self.visual_tokenizer.split(":", 1)[1], FAMILIES)
         check_float("prompt_dropout_prob", self.prompt_dropout_prob, minimum=0.0, maximum=1.0)
         check_int("num_train_images", self.num_train_images, minimum=1)
+        if self.visual_rows_learning_rate is not None:
+            check_float("visual_rows_learning_rate", self.visual_rows_learning_rate, minimum=0.0)
+            if self.visual_rows_learning_rate == 0:
+                raise ValueError("`visual_rows_learning_rate` must be > 0 (to freeze the rows, set `train_visual_rows` false), got 0.")
         if self.num_examples is not None:
             check_int("num_examples", self.num_examples, minimum=1)
         self.base_model_overrides = _json_field(self.base_model_overrides or {}, "base_model_overrides")

@@ -131,11 +131,14 @@ def build_visual_tokenizer(source: str, *, decoder: str | None = None, seed: int
 def build_mllm(script_args: MLLMArguments, model_args: MLLMModelConfig | None = None, seed: int = 0):
     """``(VTokMLLMForConditionalGeneration, VTokMLLMProcessor, decoder or None)`` (``model_args`` None: tiny-llama).
 
-    With ``init_from`` the previous stage's merged ``mllm/`` folder and its ``decoder/`` are loaded instead.
+    With ``init_from`` the previous stage's merged ``mllm/`` folder and its ``decoder/`` are loaded instead; a parts
+    folder (:mod:`hf_vtok.mllm.parts`, e.g. a shipped SmolLM2 MLLM) comes back as a ``PeftModel`` whose adapter keeps
+    training (LoRA only), so a run can go on from a checkpoint that ships instead of from a local ``--resume``.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..mllm import VTokMLLMForConditionalGeneration, VTokMLLMProcessor
+    from ..mllm.parts import load_mllm_parts, parts_decoder_folder, references_mllm_parts
     from ..mllm.pipeline_mllm import load_decoder_pipeline
     from ..mllm.processing_mllm import check_task_prompts
 
@@ -144,10 +147,16 @@ def build_mllm(script_args: MLLMArguments, model_args: MLLMModelConfig | None = 
         mllm_dir = folder / "mllm" if (folder / "mllm" / "config.json").is_file() else folder
         if not (mllm_dir / "config.json").is_file():
             raise ValueError(f"`init_from` must be a train-mllm output (with mllm/) or an MLLM folder, got {script_args.init_from!r}.")
-        model = AutoModelForImageTextToText.from_pretrained(mllm_dir)
-        processor = AutoProcessor.from_pretrained(mllm_dir)
+        if references_mllm_parts(mllm_dir):
+            model = load_mllm_parts(mllm_dir, VTokMLLMForConditionalGeneration, trainable=True)
+            decoder_dir = parts_decoder_folder(mllm_dir)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(mllm_dir)
+            decoder_dir = folder / "decoder"
+        processor_dir = folder / "processor" if (folder / "processor" / "processor_config.json").is_file() else mllm_dir
+        processor = AutoProcessor.from_pretrained(processor_dir)
         processor.task_prompts = check_task_prompts(script_args.task_prompts()) or processor.task_prompts
-        decoder = load_decoder_pipeline(folder / "decoder") if (folder / "decoder" / "model_index.json").is_file() else None
+        decoder = load_decoder_pipeline(decoder_dir) if decoder_dir and (decoder_dir / "model_index.json").is_file() else None
         return model, processor, decoder
     language_model, text_tokenizer = build_language_model(script_args, model_args or MLLMModelConfig(), seed)
     visual, image_processor, decoder = build_visual_tokenizer(script_args.visual_tokenizer, decoder=script_args.decoder, seed=seed)
@@ -196,15 +205,19 @@ def apply_finetuning(model, processor, script_args: MLLMArguments, model_args: M
     """
     import dataclasses
 
-    from peft import TrainableTokensConfig, get_peft_model
+    from peft import PeftModel, TrainableTokensConfig, get_peft_model
     from trl import get_peft_config
 
+    mode = finetuning_mode(model_args, script_args)
+    if isinstance(model, PeftModel):  # build_mllm continued a parts folder's adapter: it is already in place
+        if mode != "lora":
+            raise ValueError(f"`init_from` a parts folder continues its LoRA adapter: set `use_peft` (this run is {mode}).")
+        return model
     rows = new_token_rows(model, processor)
     embedding = _embedding_module_name(model)
     token_targets = {embedding: rows} if _heads_tied(model) else {embedding: rows, "lm_head": rows}
     continuous = not model.config.is_discrete
     extra_modules = ["projector", "regression_head"] if continuous else []
-    mode = finetuning_mode(model_args, script_args)
     if mode == "full":
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".visual_tokenizer." not in f".{name}")
@@ -427,7 +440,51 @@ class ContinuousMLLMCollator:
         return batch
 
 
-class VTokSFTTrainer(SFTTrainer):
+VISUAL_ROWS_GROUP = "visual_rows"
+
+
+def split_visual_rows_group(optimizer, model, learning_rate: float) -> int:
+    """Move the new visual rows (PEFT's trainable-token deltas) of ``optimizer`` into their own parameter group with
+    ``learning_rate``; returns how many tensors moved. Run before the scheduler is built, which scales each group's
+    own initial rate. Idempotent."""
+    if any(group.get("name") == VISUAL_ROWS_GROUP for group in optimizer.param_groups):
+        return 0
+    rows = {id(p) for name, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in name}
+    if not rows:
+        raise ValueError("`visual_rows_learning_rate` needs the new rows as separate trainable tensors (LoRA with "
+                         "`train_visual_rows`, or `freeze_language_model`); this model has none.")  # fmt: skip
+    moved_groups = []
+    for group in optimizer.param_groups:
+        moved = [p for p in group["params"] if id(p) in rows]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in rows]
+            settings = {key: value for key, value in group.items() if key != "params"}
+            moved_groups.append({**settings, "params": moved, "lr": learning_rate, "name": VISUAL_ROWS_GROUP})
+    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+    for group in moved_groups:
+        optimizer.add_param_group(group)
+    return sum(len(group["params"]) for group in moved_groups)
+
+
+class VisualRowsLearningRateMixin:
+    """Trainer mixin: the new visual rows learn at ``visual_rows_learning_rate`` (None: the run's learning rate).
+
+    Departure (the papers use one rate): Adam moves every element by about the learning rate per step, and the new
+    rows start where the LM has never looked, so at LoRA's rate they barely move in a run of a few hundred steps.
+    """
+
+    def __init__(self, *args, visual_rows_learning_rate: float | None = None, **kwargs):
+        self.visual_rows_learning_rate = visual_rows_learning_rate
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.visual_rows_learning_rate is not None:
+            split_visual_rows_group(optimizer, self.model if model is None else model, self.visual_rows_learning_rate)
+        return optimizer
+
+
+class VTokSFTTrainer(VisualRowsLearningRateMixin, SFTTrainer):
     """``SFTTrainer`` whose loss is the MLLM's own ``forward(labels=...)``.
 
     TRL 1.x scores through a fused LM head that multiplies by ``lm_head.weight`` directly; with PEFT's
@@ -440,7 +497,7 @@ class VTokSFTTrainer(SFTTrainer):
         return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
-class ContinuousMLLMTrainer(Trainer):
+class ContinuousMLLMTrainer(VisualRowsLearningRateMixin, Trainer):
     """``Trainer`` that hands pre-tokenised continuous embeddings to the MLLM as ``visual_tokens``."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -492,18 +549,22 @@ def train_mllm(
     trainable_model = apply_finetuning(model, processor, script_args, model_args)
     trainable, total = trainable_parameter_count(trainable_model)
     mode = finetuning_mode(model_args, script_args)
+    if script_args.visual_rows_learning_rate is not None and (mode == "full" or not script_args.train_visual_rows):
+        raise ValueError(f"`visual_rows_learning_rate` needs trainable new rows apart from the LM (LoRA or freeze_language_model, "
+                         f"with train_visual_rows); this run is {mode} with train_visual_rows={script_args.train_visual_rows}.")
     print(f"[train-mllm] {len(examples)} examples, {trainable:,} trainable of {total:,} parameters ({mode})")
     if processor.is_discrete:
         columns = ["text"] if script_args.stage == "pretraining" else ["prompt", "completion"]
         trainer = VTokSFTTrainer(
             model=trainable_model, args=training_args.for_trainer(), train_dataset=examples.select_columns(columns),
             processing_class=processor.tokenizer, callbacks=[WallTimeCallback()],
+            visual_rows_learning_rate=script_args.visual_rows_learning_rate,
         )  # fmt: skip
     else:  # the continuous collator reads the raw prompt/completion/embeddings columns
         trainer = ContinuousMLLMTrainer(
             model=trainable_model, args=training_args.for_trainer(remove_unused_columns=False), train_dataset=examples,
             data_collator=ContinuousMLLMCollator(processor, max_length=training_args.max_length),
-            callbacks=[WallTimeCallback()],
+            callbacks=[WallTimeCallback()], visual_rows_learning_rate=script_args.visual_rows_learning_rate,
         )  # fmt: skip
     result = trainer.train(resume_from_checkpoint=training_args.resume)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
