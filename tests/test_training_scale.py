@@ -524,3 +524,39 @@ def test_visual_rows_learn_at_their_own_rate(tmp_path):
         train_mllm(*_tiny_arguments(tmp_path / "full", use_peft=False, visual_rows_learning_rate=1e-2, max_steps=1))
     with pytest.raises(ValueError, match="visual_rows_learning_rate"):
         _tiny_arguments(tmp_path, visual_rows_learning_rate=0.0)
+
+
+def test_per_example_loss_gives_a_one_word_answer_the_weight_of_an_image():
+    from hf_vtok.trainer.mllm_trainer import per_example_loss
+
+    # one packed row: example A (positions 0-2) ends in a one-token answer, example B (positions 3-9) in five targets
+    labels = torch.tensor([[-100, -100, 7, -100, -100, 1, 2, 3, 4, 5]])
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6]])
+    logits = torch.randn(1, 10, 11, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def grads(loss_fn):
+        logits.grad = None
+        loss_fn().backward()
+        return logits.grad[0].abs().sum(-1)  # how hard each position is pushed
+
+    token = grads(lambda: torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100))
+    example = grads(lambda: per_example_loss(logits, labels, position_ids))
+    # the answer (predicted at position 1) weighs 1/6 of the token mean but 1/2 of the example mean; B's tokens 1/10
+    torch.testing.assert_close(example[1] / token[1], torch.tensor(6 / 2))
+    torch.testing.assert_close(example[5] / token[5], torch.tensor(6 / 10))
+    # without packing each row is one example; equal lengths give the token mean back
+    rows = torch.tensor([[-100, 1, 2], [-100, 3, 4]])
+    two = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.cross_entropy(two[:, :-1].reshape(-1, 11), rows[:, 1:].reshape(-1))
+    torch.testing.assert_close(per_example_loss(two, rows), expected)
+
+
+def test_training_with_per_example_loss(tmp_path):
+    script_args, training_args, model_args = _tiny_arguments(tmp_path, loss_normalization="example", gradient_accumulation_steps=2)
+    _, trainer, summary = train_mllm(script_args, training_args, model_args)
+    assert trainer.loss_is_scaled_for_ga is False and summary["recipe"]["loss_normalization"] == "example"
+    assert summary["last_loss"] < 0.95 * summary["first_loss"], summary
+    with pytest.raises(ValueError, match="loss_normalization"):
+        train_mllm(*_tiny_arguments(tmp_path / "setok", visual_tokenizer="random:setok", stage="pretraining", use_peft=False,
+                                    freeze_language_model=True, loss_normalization="example", max_steps=1,
+                                    task_mix={"captioning": 1.0}))

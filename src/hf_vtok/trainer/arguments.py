@@ -205,6 +205,10 @@ class MLLMArguments:
     visual_rows_learning_rate: float | None = field(
         default=None, metadata={"help": "learning rate of the new rows (LoRA / freeze_language_model; default: learning_rate)"}
     )
+    loss_normalization: Literal["token", "example"] = field(
+        default="token",
+        metadata={"help": "token: every target token weighs the same (the papers); example: each example's targets share one weight"},
+    )
     dataset: str = field(default="shapes", metadata={"help": "shapes, a pre-tokenised folder, or an image dataset source"})
     num_train_images: int = 2000
     dataset_style: Literal["textured", "flat"] = "flat"
