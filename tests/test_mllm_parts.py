@@ -182,3 +182,25 @@ def test_training_continues_a_parts_folders_adapter(trained_run, tmp_path):
 
     with pytest.raises(ValueError, match="use_peft"):
         train_mllm(script_args, MLLMTrainingArguments(output_dir=str(tmp_path / "full"), max_steps=1), MLLMModelConfig())
+
+
+def test_parts_folder_with_bfloat16_lora(trained_run, tmp_path):
+    base, tokenizer = str(trained_run["base"]), str(trained_run["tokenizer"])
+    full, half = tmp_path / "float32", tmp_path / "bfloat16"
+    save_mllm_parts(trained_run["run"], full, language_model=base, visual_tokenizer=tokenizer)
+    save_mllm_parts(trained_run["run"], half, language_model=base, visual_tokenizer=tokenizer, lora_dtype=torch.bfloat16)
+    from safetensors.torch import load_file
+
+    stored = load_file(half / "mllm" / "adapter" / "adapter_model.safetensors")
+    assert {v.dtype for k, v in stored.items() if "lora_" in k} == {torch.bfloat16}
+    assert {v.dtype for k, v in stored.items() if "lora_" not in k} == {torch.float32}  # the new rows stay exact
+    image = generate_shapes_dataset(1, image_size=64, seed=5, progress=False)[0]["image"]
+    processor = VTokMLLMProcessor.from_pretrained(half / "processor")
+    exact = _logits(VTokMLLMForConditionalGeneration.from_pretrained(full / "mllm").eval(), processor, image)
+    rounded = _logits(VTokMLLMForConditionalGeneration.from_pretrained(half / "mllm").eval(), processor, image)
+    assert 0 < (rounded - exact).abs().max() < 0.05 * (exact - exact.mean()).abs().max()  # rounded, yet the same model
+    with pytest.raises(ValueError, match="do not rebuild"):  # the references are checked before rounding
+        save_mllm_parts(trained_run["run"], tmp_path / "wrong", language_model=base, lora_dtype=torch.bfloat16,
+                        visual_tokenizer=str(_tokenizer_checkpoint(tmp_path / "other", seed=1)))
+    with pytest.raises(TypeError, match="lora_dtype"):
+        save_mllm_parts(trained_run["run"], tmp_path / "x", language_model=base, visual_tokenizer=tokenizer, lora_dtype="bf16")

@@ -16,7 +16,9 @@ run
 processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
 `hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image); with `--language-model` and
 `--visual-tokenizer` it ships as a parts folder (`hf_vtok.mllm.parts`: the LoRA adapter and the processor; the
-base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights). Held-out scenes use seed 999, not seen
+base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights;
+`--lora-dtype bfloat16` then stores the LoRA matrices rounded, and `--metrics-name` names the rounded folder that was
+measured). Held-out scenes use seed 999, not seen
 in training. Writes `metrics.json` and a filled `README.md` model card.
 """
 
@@ -26,6 +28,8 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+
+import torch
 
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
@@ -122,6 +126,11 @@ def main() -> None:
                         help="mllm: ship a parts folder (adapter + references) whose base LM is this (e.g. smollm2)")
     parser.add_argument("--visual-tokenizer", default=None,
                         help="mllm: the parts folder's visual tokenizer, e.g. shipped:ddt_latent_128")
+    parser.add_argument("--lora-dtype", default=None, choices=("bfloat16", "float16"),
+                        help="mllm parts folder: store the LoRA matrices rounded to this dtype (checked in float32 first); "
+                             "measure that folder itself (save_mllm_parts with the same dtype, then hf-vtok eval --mllm)")
+    parser.add_argument("--metrics-name", default=None,
+                        help="the MLLM's name in --metrics-from (default: RUN_DIR's name; e.g. the rounded parts folder's)")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
                              "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
@@ -135,7 +144,11 @@ def main() -> None:
             raise SystemExit("--language-model and --visual-tokenizer go together (a parts folder names both).")
         if args.language_model:
             # adapter + references: neither the base LM nor the shipped tokenizer and its decoder are copied
-            save_mllm_parts(run_dir, target, language_model=args.language_model, visual_tokenizer=args.visual_tokenizer)
+            lora_dtype = getattr(torch, args.lora_dtype) if args.lora_dtype else None
+            save_mllm_parts(run_dir, target, language_model=args.language_model, visual_tokenizer=args.visual_tokenizer,
+                            lora_dtype=lora_dtype)
+        elif args.lora_dtype:
+            raise SystemExit("--lora-dtype applies to parts folders (--language-model and --visual-tokenizer).")
         else:
             # the processor ships once, as the pipeline's `processor/` component (not again inside `mllm/`)
             processor_files = [path.name for path in (run_dir / "processor").iterdir()]
@@ -149,7 +162,7 @@ def main() -> None:
         recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
         image_size = _visual_tokenizer_config(target)["image_size"]
         if args.metrics_from:
-            summary = mllm_metrics_from_eval(Path(args.metrics_from), run_dir.resolve().name)
+            summary = mllm_metrics_from_eval(Path(args.metrics_from), args.metrics_name or run_dir.resolve().name)
             if summary.get("image_size") != image_size:
                 raise SystemExit(f"--metrics-from {args.metrics_from}: measured at {summary.get('image_size')} px, the MLLM reads {image_size} px.")
         else:

@@ -139,6 +139,7 @@ def save_mllm_parts(
     *,
     language_model: str,
     visual_tokenizer: str,
+    lora_dtype: torch.dtype | None = None,
     atol: float = 1e-5,
 ) -> Path:
     """Write a parts folder from a ``hf-vtok train-mllm`` output (``adapter/``, ``mllm/``, ``processor/``).
@@ -146,9 +147,12 @@ def save_mllm_parts(
     ``language_model`` and ``visual_tokenizer`` name the parts as :func:`~hf_vtok.mllm.resolve_base_model` and
     ``load_visual_tokenizer`` take them (``"smollm2"``, ``"shipped:ddt_latent_128"``, folders). The folder is then
     loaded back and every parameter compared with the run's merged ``mllm/`` (``atol``): a reference that does not
-    rebuild the trained model raises and the folder is removed.
+    rebuild the trained model raises and the folder is removed. After that check, ``lora_dtype`` (e.g.
+    ``torch.bfloat16``) stores the LoRA matrices rounded to that dtype, halving SmolLM2's adapter (the new vocabulary
+    rows stay float32): the folder is then a slightly different model, so measure the folder itself (``hf-vtok eval
+    --mllm FOLDER``).
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForImageTextToText
 
     from .tokenizer_sources import load_visual_tokenizer, tokenizer_fingerprint
@@ -162,6 +166,8 @@ def save_mllm_parts(
             raise TypeError(f"`{name}` must be a non-empty model name or path, got {describe(value)}.")
     if save_directory.exists():
         raise ValueError(f"`save_directory` {save_directory} exists; remove it first.")
+    if lora_dtype is not None and (not isinstance(lora_dtype, torch.dtype) or not lora_dtype.is_floating_point):
+        raise TypeError(f"`lora_dtype` must be a floating torch.dtype, got {describe(lora_dtype)}.")
     visual, _ = load_visual_tokenizer(visual_tokenizer)
     config = json.loads((run_dir / "mllm" / "config.json").read_text())
     config.pop("_name_or_path", None)
@@ -202,6 +208,10 @@ def save_mllm_parts(
         worst = max(((rebuilt[key].float() - value.float()).abs().max().item(), key) for key, value in trained.items())
         if worst[0] > atol:
             raise ValueError(f"The parts do not rebuild the trained MLLM: {worst[1]} differs by {worst[0]:.3g} (atol {atol}).")
+        if lora_dtype is not None:  # PEFT copies each stored tensor into the float32 model, whatever its dtype
+            weights = mllm_dir / "adapter" / "adapter_model.safetensors"
+            tensors = {key: value.to(lora_dtype) if "lora_" in key else value for key, value in load_file(weights).items()}
+            save_file(tensors, weights, metadata={"format": "pt"})
     except BaseException:
         shutil.rmtree(save_directory, ignore_errors=True)
         raise
