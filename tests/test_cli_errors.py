@@ -156,7 +156,7 @@ def test_install_constraints_pin_the_versions_the_help_texts_were_rendered_with(
         if line.strip() and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.strip()] = version.strip()
-    assert pins == recorded
+    assert {name: pins.get(name) for name in recorded} == recorded  # (the demo's SmolLM2 packages are pinned there too)
 
 
 def test_shipped_help_of_the_training_commands_is_what_their_real_parsers_print(capsys, monkeypatch):

