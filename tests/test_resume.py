@@ -113,3 +113,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     loads = json.loads((interrupted / "torch_loads.json").read_text())
     assert {entry["file"] for entry in loads} >= {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
     assert all(entry["weights_only"] is True for entry in loads), loads
+
+    # resuming the finished run only exports its last checkpoint again: the same weights, no step past max_steps
+    again = _start(driver, interrupted, "resume")
+    assert again.wait(timeout=240) == 0, again.stderr.read()[-3000:]
+    c = load_file(str(interrupted / "training_model" / "model.safetensors"))
+    assert all(torch.equal(b[name], c[name]) for name in b)
+    assert not (interrupted / "checkpoints" / "checkpoint-9").exists()

@@ -560,3 +560,18 @@ def test_training_with_per_example_loss(tmp_path):
         train_mllm(*_tiny_arguments(tmp_path / "setok", visual_tokenizer="random:setok", stage="pretraining", use_peft=False,
                                     freeze_language_model=True, loss_normalization="example", max_steps=1,
                                     task_mix={"captioning": 1.0}))
+
+
+def test_resuming_a_finished_run_exports_its_checkpoint_without_training_further(tmp_path):
+    # transformers, resuming mid-epoch at max_steps, trains one more step; exporting a finished checkpoint must not
+    from safetensors.torch import load_file
+
+    settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "num_train_images": 96}
+    train_mllm(*_tiny_arguments(tmp_path, **settings))
+    checkpoint = load_file(tmp_path / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    _, trainer, summary = train_mllm(*_tiny_arguments(tmp_path, resume_from_checkpoint="last", **settings))
+    exported = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert summary["global_step"] == trainer.state.global_step == 4
+    assert all(torch.equal(exported[key], checkpoint[key]) for key in checkpoint)
+    assert summary["last_loss"] == [e for e in trainer.state.log_history if "loss" in e][-1]["loss"]

@@ -1,9 +1,11 @@
-"""Trainer callbacks shared by ``hf-vtok train-tokenizer`` and ``hf-vtok train-mllm``."""
+"""Trainer callbacks and the resume helper shared by ``hf-vtok train-tokenizer`` and ``hf-vtok train-mllm``."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -34,3 +36,33 @@ def wall_seconds(log_history: Iterable[dict]) -> float | None:
 
 
 __all__ = ["WallTimeCallback", "wall_seconds"]
+
+
+def finished_checkpoint(training_args) -> Path | None:
+    """The checkpoint ``training_args`` resume from when it already reached ``max_steps`` (nothing is left to train,
+    only to export), else None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = training_args.resume
+    if not resume:
+        return None
+    checkpoints = Path(training_args.output_dir) / "checkpoints"
+    folder = get_last_checkpoint(str(checkpoints)) if resume is True and checkpoints.is_dir() else resume
+    state = Path(folder) / "trainer_state.json" if folder else None
+    if state is None or not state.is_file():
+        return None
+    return Path(folder) if json.loads(state.read_text())["global_step"] >= training_args.max_steps else None
+
+
+def train_or_load_finished(trainer, training_args):
+    """``trainer.train(resume_from_checkpoint=...)``, or, when the checkpoint already reached ``max_steps``, its
+    weights and state loaded as they are (returns None): transformers, resuming mid-epoch at ``max_steps``, trains
+    one more step, so exporting a finished run with ``--resume`` would ship another model than its checkpoint."""
+    finished = finished_checkpoint(training_args)
+    if finished is None:
+        return trainer.train(resume_from_checkpoint=training_args.resume)
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(str(finished))
+    trainer.state = TrainerState.load_from_json(str(finished / "trainer_state.json"))
+    return None

@@ -51,7 +51,7 @@ from .arguments import (
     finetuning_mode,
     recorded_arguments,
 )
-from .callbacks import WallTimeCallback, wall_seconds
+from .callbacks import WallTimeCallback, train_or_load_finished, wall_seconds
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -602,7 +602,7 @@ def train_mllm(
             data_collator=ContinuousMLLMCollator(processor, max_length=training_args.max_length),
             callbacks=[WallTimeCallback()], visual_rows_learning_rate=script_args.visual_rows_learning_rate,
         )  # fmt: skip
-    result = trainer.train(resume_from_checkpoint=training_args.resume)
+    result = train_or_load_finished(trainer, training_args)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "recipe": {**recorded_arguments(script_args, training_args, model_args), "finetuning": mode},
@@ -612,7 +612,7 @@ def train_mllm(
         "total_parameters": total,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss if result is not None else None,
         "global_step": trainer.state.global_step,
         "train_seconds": round(time.perf_counter() - started, 1),  # this segment, set-up included
         "wall_seconds": wall_seconds(trainer.state.log_history),  # training time summed over resumed segments

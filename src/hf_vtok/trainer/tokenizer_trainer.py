@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from ..utils.image_processing_utils import images_to_list
 from ..utils.validation import check_choice, check_int
 from .arguments import FAMILY_MODEL_TYPES, TokenizerArguments, TokenizerTrainingArguments, recorded_arguments
-from .callbacks import WallTimeCallback, wall_seconds
+from .callbacks import WallTimeCallback, train_or_load_finished, wall_seconds
 
 
 class TokenizerTrainingCollator:
@@ -263,7 +263,7 @@ def train_tokenizer(
                                                   script_args.eval_num_images, script_args.dataset_style))  # fmt: skip
     trainer = Trainer(model=model, args=training_args.for_trainer(), train_dataset=train_dataset, data_collator=collator,
                       callbacks=callbacks)  # fmt: skip
-    trainer.train(resume_from_checkpoint=training_args.resume)
+    train_or_load_finished(trainer, training_args)
     if trainer.is_world_process_zero():
         recipe = recorded_arguments(script_args, training_args)
         export_tokenizer(model, image_processor, training_args.output_dir, recipe, text_tokenizer, trainer.state.log_history,
