@@ -204,3 +204,16 @@ def test_parts_folder_with_bfloat16_lora(trained_run, tmp_path):
                         visual_tokenizer=str(_tokenizer_checkpoint(tmp_path / "other", seed=1)))
     with pytest.raises(TypeError, match="lora_dtype"):
         save_mllm_parts(trained_run["run"], tmp_path / "x", language_model=base, visual_tokenizer=tokenizer, lora_dtype="bf16")
+
+
+def test_the_tokenizer_fingerprint_does_not_depend_on_where_the_tokenizer_lies(trained_run, tmp_path):
+    # a shipped parts folder records it on one machine and checks it on every install
+    from hf_vtok.mllm.tokenizer_sources import load_visual_tokenizer, tokenizer_fingerprint
+
+    moved = tmp_path / "elsewhere" / "tokenizer"
+    shutil.copytree(trained_run["tokenizer"], moved)
+    here, there = load_visual_tokenizer(trained_run["tokenizer"])[0], load_visual_tokenizer(moved)[0]
+    assert here.config._name_or_path != there.config._name_or_path
+    assert tokenizer_fingerprint(here) == tokenizer_fingerprint(there)
+    other = load_visual_tokenizer(_tokenizer_checkpoint(tmp_path / "other", seed=1))[0]
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(here)

@@ -9,6 +9,7 @@ data / training layers above it can use it; ``hf_vtok.data.pretokenize`` re-expo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -76,8 +77,11 @@ def load_visual_tokenizer(path: str | os.PathLike):
 
 
 def tokenizer_fingerprint(model) -> str:
-    """A short hash of a tokenizer's config and a sample of its weights (to recognise a resumed run's tokenizer)."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A short hash of a tokenizer's config and a sample of its weights (to recognise a resumed run's tokenizer, and
+    the tokenizer a parts folder's adapter was trained with). Where the tokenizer was loaded from, and with which
+    transformers version, do not count: a shipped folder must match on every install."""
+    config = {key: value for key, value in model.config.to_dict().items() if key not in ("_name_or_path", "transformers_version")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items())[:64]:
             flat = tensor.detach().reshape(-1)[:256].float().cpu().numpy()
