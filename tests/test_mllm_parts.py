@@ -115,6 +115,7 @@ def test_parts_folder_rebuilds_the_trained_mllm(trained_run):
     torch.testing.assert_close(_logits(auto, processor, image), expected, rtol=0, atol=1e-5)
     card = build_model_card(parts, "org/tiny-parts").text
     assert "`mllm/adapter/`" in card and f"the base LM `{trained_run['base']}`" in card
+    assert "(LoRA rank 4)" in card  # read from the adapter when the recipe does not record it
 
 
 def test_parts_folder_refuses_other_parts(trained_run):

@@ -180,7 +180,8 @@ def _metric_rows(recipe: dict, metrics: dict) -> list[tuple[str, str]]:
     rows = []
     names = {"first_loss": "training loss, first logged", "last_loss": "training loss, last logged",
              "train_loss": "training loss, mean over the run", "global_step": "optimizer steps",
-             "train_seconds": "training time (s)", "trainable_parameters": "trainable parameters",
+             "wall_seconds": "training time (s), summed over resumed segments",
+             "train_seconds": "time of the last segment (s), set-up included", "trainable_parameters": "trainable parameters",
              "total_parameters": "parameters"}
     for key, label in names.items():
         if recipe.get(key) is not None:
@@ -189,6 +190,15 @@ def _metric_rows(recipe: dict, metrics: dict) -> list[tuple[str, str]]:
         if isinstance(value, (int, float, str)):
             rows.append((key, _format_value(value)))
     return rows
+
+
+def _lora_rank(folder: Path, fields: dict):
+    """The LoRA rank a recipe records, else the one its saved adapter holds (TRL's default rank is not recorded)."""
+    rank = fields.get("lora_r", fields.get("lora_rank"))
+    for adapter in (folder / "adapter", folder / "mllm" / "adapter"):
+        if rank is None and (adapter / "adapter_config.json").is_file():
+            rank = json.loads((adapter / "adapter_config.json").read_text()).get("r")
+    return rank
 
 
 def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = "apache-2.0", template_dir=None):
@@ -216,9 +226,10 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
             base_model=None if base in ("tiny-llama", "unknown", "") or os.path.isdir(str(base)) else base, model_name=name,
         )
         summary = (f"Stage `{fields.get('stage', '?')}` of the MLLM recipe, {fields.get('finetuning', '?')} fine-tuning"
-                   f"{' (LoRA rank ' + str(fields.get('lora_r', fields.get('lora_rank'))) + ')' if fields.get('finetuning') == 'lora' else ''}.")
+                   f"{' (LoRA rank ' + str(_lora_rank(Path(folder), fields)) + ')' if fields.get('finetuning') == 'lora' else ''}.")
         data = fields.get("dataset", "?")
-        training_data = (f"Dataset: `{data}`" + (" (the built-in synthetic shapes world: 64 px scenes of coloured shapes with "
+        size = config.get("image_size", "?")
+        training_data = (f"Dataset: `{data}`" + (f" (the built-in synthetic shapes world: {size} px scenes of coloured shapes with "
                          "captions, questions and edit pairs)" if data == "shapes" else "") +
                          f"; task mix {json.dumps(fields.get('task_mix', {}))}; {recipe.get('num_examples', '?')} examples.")
         kwargs = {"base_model": base, "has_decoder": info["has_decoder"], "has_adapter": info["has_adapter"],
