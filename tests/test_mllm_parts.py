@@ -115,7 +115,9 @@ def test_parts_folder_rebuilds_the_trained_mllm(trained_run):
     torch.testing.assert_close(_logits(auto, processor, image), expected, rtol=0, atol=1e-5)
     card = build_model_card(parts, "org/tiny-parts").text
     assert "`mllm/adapter/`" in card and f"the base LM `{trained_run['base']}`" in card
-    assert "(LoRA rank 4)" in card  # read from the adapter when the recipe does not record it
+    from hf_vtok.trainer.hub import _lora_rank
+
+    assert _lora_rank(parts, {}) == 4 and _lora_rank(parts, {"lora_r": 8}) == 8  # the adapter's, unless the recipe says
 
 
 def test_parts_folder_refuses_other_parts(trained_run):
