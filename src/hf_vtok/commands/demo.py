@@ -135,8 +135,7 @@ def _mllm_section(context: DemoContext) -> dict:
     started = time.perf_counter()
     loaded = load_mllm_folder(folder)
     image_size = loaded.model.visual_tokenizer.config.image_size
-    language_model = loaded.model.get_decoder() if hasattr(loaded.model, "get_decoder") else loaded.model
-    print(f"[mllm] {folder.name}: a {sum(p.numel() for p in language_model.parameters()) / 1e6:.1f} M-parameter LM "
+    print(f"[mllm] {folder.name}: a {loaded.model.get_decoder().num_parameters() / 1e6:.1f} M-parameter LM "
           f"reading and writing {image_size} px scenes")
     dataset = context.scenes(image_size, style="flat")
     result = evaluate_mllm(loaded, dataset, seed=context.seed)
