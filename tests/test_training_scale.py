@@ -575,3 +575,17 @@ def test_resuming_a_finished_run_exports_its_checkpoint_without_training_further
     assert summary["global_step"] == trainer.state.global_step == 4
     assert all(torch.equal(exported[key], checkpoint[key]) for key in checkpoint)
     assert summary["last_loss"] == [e for e in trainer.state.log_history if "loss" in e][-1]["loss"]
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_resume_goes_on_to_max_steps(tmp_path):
+    # --max_train_seconds: a session of fixed length ends with a saved, exported run instead of a killed one
+    settings = {"max_steps": 3, "save_strategy": "steps", "save_steps": 100, "num_train_images": 48}
+    _, trainer, summary = train_mllm(*_tiny_arguments(tmp_path, max_train_seconds=1e-9, **settings))
+    assert summary["global_step"] == trainer.state.global_step == 1 and summary["stopped_by_time_budget_at"] == 1
+    assert (tmp_path / "checkpoints" / "checkpoint-1").is_dir()  # saved although save_steps is 100
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert "max_train_seconds" not in summary["recipe"]  # a property of the session, not of the model
+    _, trainer, summary = train_mllm(*_tiny_arguments(tmp_path, resume_from_checkpoint="last", **settings))
+    assert summary["global_step"] == 3 and summary["stopped_by_time_budget_at"] is None
+    with pytest.raises(ValueError, match="max_train_seconds"):
+        _tiny_arguments(tmp_path, max_train_seconds=0)

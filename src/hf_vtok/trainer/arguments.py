@@ -80,12 +80,19 @@ class RunArguments(TrainingArguments):
         default=None,
         metadata={"aliases": ["--resume"], "nargs": "?", "const": "last", "help": "a checkpoint folder; `--resume` alone: the last one"},
     )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "stop after this many seconds of training (this segment), save a checkpoint and export; "
+                          "--resume goes on towards max_steps"},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.max_steps <= 0 and self.num_train_epochs is None:
             raise ValueError(f"`max_steps` must be a positive number of optimizer steps, got {self.max_steps} (to train whole "
                              "epochs, set `num_train_epochs`).")  # fmt: skip
         self.num_train_epochs = 1.0 if self.num_train_epochs is None else self.num_train_epochs
+        if self.max_train_seconds is not None:
+            check_float("max_train_seconds", self.max_train_seconds, minimum=0.0, strict_minimum=True)
         if self.eval_steps is not None and self.eval_steps < 0:
             raise ValueError(f"`eval_steps` must be >= 0 (0: never), got {self.eval_steps}.")
         self.use_cpu = self.use_cpu or not accelerator_available()
@@ -347,7 +354,7 @@ def parse_mllm_arguments(argv=None, **kwargs) -> tuple[MLLMArguments, MLLMTraini
 
 
 # Set by the machine or by `__post_init__`, or secret: never recorded.
-NOT_RECORDED = {"output_dir", "resume_from_checkpoint", "use_cpu", "accelerator_config", "dataloader_pin_memory", "debug",
+NOT_RECORDED = {"output_dir", "resume_from_checkpoint", "max_train_seconds", "use_cpu", "accelerator_config", "dataloader_pin_memory", "debug",
                 "report_to", "disable_tqdm", "gradient_checkpointing", "hub_token"}
 
 

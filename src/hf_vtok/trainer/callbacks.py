@@ -35,7 +35,42 @@ def wall_seconds(log_history: Iterable[dict]) -> float | None:
     return values[-1] if values else None
 
 
-__all__ = ["WallTimeCallback", "wall_seconds"]
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once this segment has trained ``seconds`` (``--max_train_seconds``), with a checkpoint when the
+    run keeps checkpoints, so that a session with a fixed time (a lent GPU, a CPU session) ends with an exported model
+    instead of a killed one; ``--resume`` then goes on towards ``max_steps``. The step reached is the run's
+    ``global_step`` in ``recipe.json``."""
+
+    def __init__(self, seconds: float):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"`max_train_seconds` must be a positive number of seconds, got {seconds!r}.")
+        self.seconds = float(seconds)
+        self.stopped_at = None  # the global step at which the budget ran out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self._start >= self.seconds and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+            self.stopped_at = state.global_step
+
+
+def run_callbacks(training_args) -> list[TrainerCallback]:
+    """The callbacks of every hf_vtok training run: the wall time, and the time budget when one is set."""
+    callbacks = [WallTimeCallback()]
+    if getattr(training_args, "max_train_seconds", None) is not None:
+        callbacks.append(TimeBudgetCallback(training_args.max_train_seconds))
+    return callbacks
+
+
+def time_budget_stop(trainer) -> int | None:
+    """The step at which ``--max_train_seconds`` stopped ``trainer`` (None: it was not stopped by it)."""
+    return next((cb.stopped_at for cb in trainer.callback_handler.callbacks if isinstance(cb, TimeBudgetCallback)), None)
+
+
+__all__ = ["TimeBudgetCallback", "WallTimeCallback", "run_callbacks", "time_budget_stop", "wall_seconds"]
 
 
 def finished_checkpoint(training_args) -> Path | None:

@@ -51,7 +51,7 @@ from .arguments import (
     finetuning_mode,
     recorded_arguments,
 )
-from .callbacks import WallTimeCallback, train_or_load_finished, wall_seconds
+from .callbacks import run_callbacks, time_budget_stop, train_or_load_finished, wall_seconds
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -590,7 +590,7 @@ def train_mllm(
         columns = ["text"] if script_args.stage == "pretraining" else ["prompt", "completion"]
         trainer = VTokSFTTrainer(
             model=trainable_model, args=training_args.for_trainer(), train_dataset=examples.select_columns(columns),
-            processing_class=processor.tokenizer, callbacks=[WallTimeCallback()],
+            processing_class=processor.tokenizer, callbacks=run_callbacks(training_args),
             visual_rows_learning_rate=script_args.visual_rows_learning_rate, loss_normalization=script_args.loss_normalization,
         )  # fmt: skip
     else:  # the continuous collator reads the raw prompt/completion/embeddings columns
@@ -600,7 +600,7 @@ def train_mllm(
         trainer = ContinuousMLLMTrainer(
             model=trainable_model, args=training_args.for_trainer(remove_unused_columns=False), train_dataset=examples,
             data_collator=ContinuousMLLMCollator(processor, max_length=training_args.max_length),
-            callbacks=[WallTimeCallback()], visual_rows_learning_rate=script_args.visual_rows_learning_rate,
+            callbacks=run_callbacks(training_args), visual_rows_learning_rate=script_args.visual_rows_learning_rate,
         )  # fmt: skip
     result = train_or_load_finished(trainer, training_args)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -614,6 +614,7 @@ def train_mllm(
         "last_loss": losses[-1] if losses else None,
         "train_loss": result.training_loss if result is not None else None,
         "global_step": trainer.state.global_step,
+        "stopped_by_time_budget_at": time_budget_stop(trainer),  # --max_train_seconds ended this segment before max_steps
         "train_seconds": round(time.perf_counter() - started, 1),  # this segment, set-up included
         "wall_seconds": wall_seconds(trainer.state.log_history),  # training time summed over resumed segments
     }

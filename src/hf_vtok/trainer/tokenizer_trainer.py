@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from ..utils.image_processing_utils import images_to_list
 from ..utils.validation import check_choice, check_int
 from .arguments import FAMILY_MODEL_TYPES, TokenizerArguments, TokenizerTrainingArguments, recorded_arguments
-from .callbacks import WallTimeCallback, train_or_load_finished, wall_seconds
+from .callbacks import run_callbacks, train_or_load_finished, wall_seconds
 
 
 class TokenizerTrainingCollator:
@@ -257,7 +257,7 @@ def train_tokenizer(
         train_dataset = cache_training_latents(train_dataset, vae, latent_image_size)
     image_processor = image_processor_for(model.config)
     collator = TokenizerTrainingCollator(image_processor, parameters, text_tokenizer=text_tokenizer)
-    callbacks = [WallTimeCallback()]
+    callbacks = run_callbacks(training_args)
     if training_args.eval_steps:
         callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, int(training_args.eval_steps),
                                                   script_args.eval_num_images, script_args.dataset_style))  # fmt: skip
