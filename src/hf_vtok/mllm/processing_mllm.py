@@ -34,7 +34,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..utils.validation import check_int, check_token_ids, describe
-from .vocabulary import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, code_token
+from .vocabulary import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, code_token, code_tokens
 
 _CONTENT_MACRO = (
     "{%- macro render(content) -%}"
@@ -588,10 +588,8 @@ class VTokMLLMProcessor(ProcessorMixin):
         single = ids.ndim == 1
         ids = ids[None] if single else ids
         ids = check_token_ids(ids, codebook_size=self.codebook_size, num_tokens=self.num_visual_tokens)
-        texts = [
-            self.boi_token + "".join(code_token(i, self.codebook_size) for i in row) + self.eoi_token
-            for row in ids.tolist()
-        ]
+        table = code_tokens(self.codebook_size)
+        texts = [self.boi_token + "".join(map(table.__getitem__, row)) + self.eoi_token for row in ids.tolist()]
         return texts[0] if single else texts
 
     def text_to_ids(self, sequence, *, strict: bool = True) -> list[torch.LongTensor]:

@@ -14,6 +14,8 @@ new rows start at the mean of the text rows and do not perturb the LM's text dis
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,6 +38,12 @@ def code_token_width(codebook_size: int) -> int:
 def code_token(index: int, codebook_size: int) -> str:
     """The string token of codebook entry ``index``: ``<v_00042>``."""
     return f"<v_{index:0{code_token_width(codebook_size)}d}>"
+
+
+@functools.lru_cache(maxsize=8)
+def code_tokens(codebook_size: int) -> tuple[str, ...]:
+    """Every code token of a codebook, in index order (a table: writing an image as text looks up 192+ of them)."""
+    return tuple(code_token(index, codebook_size) for index in range(codebook_size))
 
 
 @dataclass(frozen=True)
@@ -222,4 +230,4 @@ def init_visual_rows_from_codebook(model: PreTrainedModel, visual_tokenizer, *, 
     return rows
 
 
-__all__ = ["VisualVocabulary", "add_visual_tokens", "code_token", "code_token_width", "init_visual_rows_from_codebook"]
+__all__ = ["VisualVocabulary", "add_visual_tokens", "code_token", "code_token_width", "code_tokens", "init_visual_rows_from_codebook"]
