@@ -220,3 +220,50 @@ def test_the_tokenizer_fingerprint_does_not_depend_on_where_the_tokenizer_lies(t
     assert tokenizer_fingerprint(here) == tokenizer_fingerprint(there)
     other = load_visual_tokenizer(_tokenizer_checkpoint(tmp_path / "other", seed=1))[0]
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(here)
+
+
+def _ship_checkpoint_module(monkeypatch, target_root):
+    """training/ship_checkpoint.py imported as a module, shipping into ``target_root`` instead of the package."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / "ship_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PACKAGE_CHECKPOINTS", target_root)
+    return module
+
+
+def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_run, tmp_path, monkeypatch):
+    # a run on a lent GPU comes back as its bf16 parts folder only (the run folder stays there): it ships as it is
+    import sys
+
+    parts = tmp_path / "gpu_parts"
+    save_mllm_parts(trained_run["run"], parts, language_model=str(trained_run["base"]),
+                    visual_tokenizer=str(trained_run["tokenizer"]), lora_dtype=torch.bfloat16)  # fmt: skip
+    (parts / "recipe.json").write_text(json.dumps({"recipe": {"dataset_style": "flat", "seed": 3}, "global_step": 7}))
+    image_size = json.loads((parts / "mllm" / "config.json").read_text())["visual_tokenizer_config"]["image_size"]
+    report = {
+        "settings": {"num_images": 256, "style": "flat", "seed": 999, "guidance_scale": 3.0, "num_inference_steps": 10,
+                     "commit": "0123456789abcdef"},
+        "mllms": {"gpu_parts": {"image_size": image_size, "qa_accuracy": 0.5}},
+        "gates": {"gpu_parts": [{"gate": "qa", "pass": True}, {"gate": "captions", "pass": False}]},
+    }  # fmt: skip
+    (tmp_path / "eval_mllm.json").write_text(json.dumps(report))
+    ship = _ship_checkpoint_module(monkeypatch, tmp_path / "shipped")
+    arguments = [str(parts), "mllm", "--name", "demo_mllm", "--metrics-from", str(tmp_path / "eval_mllm.json"), "--repo-id", "org/demo"]
+    monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *arguments])
+    ship.main()
+    target = tmp_path / "shipped" / "demo_mllm"
+    stored = target / "mllm" / "adapter" / "adapter_model.safetensors"
+    assert stored.read_bytes() == (parts / "mllm" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert json.loads((target / "recipe.json").read_text())["global_step"] == 7
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert metrics["gates_passed"] == "1 of 2 (issue #16)" and "256 held-out flat" in metrics["evaluation"]
+    assert "org/demo" in (target / "README.md").read_text()
+    reloaded = load_mllm_folder(target)  # the shipped copy still rebuilds through its references
+    assert references_mllm_parts(target / "mllm") and reloaded is not None
+    monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *arguments, "--language-model", "smollm2", "--visual-tokenizer", "x"])
+    with pytest.raises(SystemExit, match="already a parts folder"):
+        ship.main()

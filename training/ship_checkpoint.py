@@ -18,7 +18,8 @@ processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on 
 `--visual-tokenizer` it ships as a parts folder (`hf_vtok.mllm.parts`: the LoRA adapter and the processor; the
 base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights;
 `--lora-dtype bfloat16` then stores the LoRA matrices rounded, and `--metrics-name` names the rounded folder that was
-measured). Held-out scenes use seed 999, not seen
+measured); a RUN_DIR that is already such a parts folder (with the run's `recipe.json` beside it) is copied as it is.
+Held-out scenes use seed 999, not seen
 in training. Writes `metrics.json` and a filled `README.md` model card.
 """
 
@@ -34,7 +35,7 @@ import torch
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
 from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_folder
-from hf_vtok.mllm.parts import save_mllm_parts
+from hf_vtok.mllm.parts import references_mllm_parts, save_mllm_parts
 from hf_vtok.trainer.hub import FAMILY_OF_MODEL_TYPE, build_model_card
 from hf_vtok.utils.autoencoder_taef2 import reference_bundled_taef2
 
@@ -142,7 +143,15 @@ def main() -> None:
     if args.family == "mllm":
         if bool(args.language_model) != bool(args.visual_tokenizer):
             raise SystemExit("--language-model and --visual-tokenizer go together (a parts folder names both).")
-        if args.language_model:
+        if references_mllm_parts(run_dir / "mllm"):
+            # already a parts folder (save_mllm_parts ran beside the run, e.g. on a lent GPU whose run folder stays there)
+            if args.language_model or args.lora_dtype:
+                raise SystemExit(f"{run_dir} is already a parts folder: --language-model, --visual-tokenizer and --lora-dtype "
+                                 "were fixed when it was saved.")
+            if not (run_dir / "recipe.json").is_file():
+                raise SystemExit(f"{run_dir} is a parts folder without the run's recipe.json beside it.")
+            shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("metrics.json", "README.md"))
+        elif args.language_model:
             # adapter + references: neither the base LM nor the shipped tokenizer and its decoder are copied
             lora_dtype = getattr(torch, args.lora_dtype) if args.lora_dtype else None
             save_mllm_parts(run_dir, target, language_model=args.language_model, visual_tokenizer=args.visual_tokenizer,
