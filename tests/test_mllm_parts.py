@@ -242,7 +242,8 @@ def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_r
     parts = tmp_path / "gpu_parts"
     save_mllm_parts(trained_run["run"], parts, language_model=str(trained_run["base"]),
                     visual_tokenizer=str(trained_run["tokenizer"]), lora_dtype=torch.bfloat16)  # fmt: skip
-    (parts / "recipe.json").write_text(json.dumps({"recipe": {"dataset_style": "flat", "seed": 3}, "global_step": 7}))
+    (parts / "recipe.json").write_text(json.dumps({"recipe": {"dataset_style": "flat", "seed": 3}, "global_step": 7,
+                                                   "provenance": {"machine": "a lent GPU"}}))
     image_size = json.loads((parts / "mllm" / "config.json").read_text())["visual_tokenizer_config"]["image_size"]
     report = {
         "settings": {"num_images": 256, "style": "flat", "seed": 999, "guidance_scale": 3.0, "num_inference_steps": 10,
@@ -261,7 +262,8 @@ def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_r
     assert json.loads((target / "recipe.json").read_text())["global_step"] == 7
     metrics = json.loads((target / "metrics.json").read_text())
     assert metrics["gates_passed"] == "1 of 2 (issue #16)" and "256 held-out flat" in metrics["evaluation"]
-    assert "org/demo" in (target / "README.md").read_text()
+    card = (target / "README.md").read_text()
+    assert "org/demo" in card and "| provenance: machine | a lent GPU |" in card
     reloaded = load_mllm_folder(target)  # the shipped copy still rebuilds through its references
     assert references_mllm_parts(target / "mllm") and reloaded is not None
     monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *arguments, "--language-model", "smollm2", "--visual-tokenizer", "x"])

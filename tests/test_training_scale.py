@@ -420,8 +420,12 @@ def test_cli_pretokenize_train_mllm_and_push(ddt_folder, tmp_path, capsys):
                  "--visual-tokenizer", str(folder), "--dataset", str(tmp_path / "ids"), "--max-steps", "2",
                  "--batch-size", "2"]) == 0
     assert (tmp_path / "run" / "mllm" / "model.safetensors").is_file() and (tmp_path / "run" / "decoder").is_dir()
+    # the run records what the folder holds, not only its local path, and the model card says it
+    provenance = json.loads((tmp_path / "run" / "recipe.json").read_text())["pretokenized_from"]
+    assert provenance["source"] == "shapes:6" and provenance["num_rows"] == 6
     assert main(["push", str(tmp_path / "run"), "--repo-id", "me/tiny-ddt-llama", "--dry-run",
                  "--staging-dir", str(tmp_path / "staged")]) == 0
+    assert "Dataset: `shapes:6`, pre-tokenised once" in (tmp_path / "staged" / "README.md").read_text()
     printed = capsys.readouterr().out
     assert "would upload" in printed and "mllm/model.safetensors" in printed and "checkpoints" not in printed.split("kept local")[0]
     assert main(["pretokenize", "--tokenizer", str(tmp_path), "--dataset", "shapes:2", "--out", str(tmp_path / "x")]) == 2

@@ -184,6 +184,7 @@ def pretokenize_dataset(
             image_processor = image_processor_for(model.config)
     else:
         raise TypeError(f"`tokenizer` must be a tokenizer folder or a VisualTokenizerMixin model, got {describe(tokenizer)}.")
+    source = dataset if isinstance(dataset, str) else None  # recorded: where the rows came from
     if isinstance(dataset, str):
         dataset = dataset_from_source(dataset, split=split, image_size=model.config.image_size)
     if not isinstance(dataset, Dataset):
@@ -215,6 +216,7 @@ def pretokenize_dataset(
         "tokenizer_model_type": model.config.model_type,
         "tokenizer_name_or_path": str(getattr(model.config, "_name_or_path", "") or ""),
         "tokenizer_fingerprint": tokenizer_fingerprint(model),
+        "source": source,
         "discrete": discrete,
         "codebook_size": getattr(model.config, "codebook_size", None),
         "num_visual_tokens": model.config.num_visual_tokens,

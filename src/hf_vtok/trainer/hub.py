@@ -177,7 +177,8 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, str]]:
 
 
 def _metric_rows(recipe: dict, metrics: dict) -> list[tuple[str, str]]:
-    rows = []
+    # `provenance`: how a run was carried out where its command alone does not say (a lent machine, a carried dataset)
+    rows = [(f"provenance: {key}", _format_value(value).replace("|", "\\|")) for key, value in (recipe.get("provenance") or {}).items()]
     names = {"first_loss": "training loss, first logged", "last_loss": "training loss, last logged",
              "train_loss": "training loss, mean over the run", "global_step": "optimizer steps",
              "wall_seconds": "training time (s), summed over resumed segments",
@@ -229,8 +230,12 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
                    f"{' (LoRA rank ' + str(_lora_rank(Path(folder), fields)) + ')' if fields.get('finetuning') == 'lora' else ''}.")
         data = fields.get("dataset", "?")
         size = config.get("image_size", "?")
-        training_data = (f"Dataset: `{data}`" + (f" (the built-in synthetic shapes world: {size} px scenes of coloured shapes with "
-                         "captions, questions and edit pairs)" if data == "shapes" else "") +
+        source = (recipe.get("pretokenized_from") or {}).get("source")
+        # a pre-tokenised folder's path is local; its source says what it holds
+        described = f"`{source}`, pre-tokenised once with `hf-vtok pretokenize`" if source else f"`{data}`"
+        shapes = data == "shapes" or str(source or "").startswith("shapes:")
+        training_data = (f"Dataset: {described}" + (f" (the built-in synthetic shapes world: {size} px scenes of coloured shapes with "
+                         "captions, questions and edit pairs)" if shapes else "") +
                          f"; task mix {json.dumps(fields.get('task_mix', {}))}; {recipe.get('num_examples', '?')} examples.")
         kwargs = {"base_model": base, "has_decoder": info["has_decoder"], "has_adapter": info["has_adapter"],
                   "finetuning": fields.get("finetuning", "?"), "parts": info.get("parts")}

@@ -373,6 +373,18 @@ def prepare_pretokenized(script_args: MLLMArguments, visual_tokenizer, image_pro
     return load_pretokenized(folder)
 
 
+def pretokenized_provenance(pretokenized) -> dict | None:
+    """Where a pre-tokenised training set came from (its manifest's source, tokenizer fingerprint and size), for
+    ``recipe.json``: a run given a folder records more than the folder's path, which means nothing on another machine."""
+    try:
+        manifest = json.loads(pretokenized.info.description or "")
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or "tokenizer_fingerprint" not in manifest:
+        return None
+    return {key: manifest.get(key) for key in ("source", "tokenizer_fingerprint", "num_rows")}
+
+
 # ------------------------------------------------------------------------------------ continuous tokenizers
 class ContinuousMLLMCollator:
     """Prompt/completion rows with ``<image>`` markers plus their pre-tokenised ``embeddings`` → a batch whose
@@ -606,6 +618,7 @@ def train_mllm(
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "recipe": {**recorded_arguments(script_args, training_args, model_args), "finetuning": mode},
+        "pretokenized_from": pretokenized_provenance(pretokenized),
         "num_examples": len(examples),
         "task_counts": {task: examples["task"].count(task) for task in TASKS if task in examples["task"]},
         "trainable_parameters": trainable,
