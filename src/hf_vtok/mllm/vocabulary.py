@@ -15,7 +15,6 @@ new rows start at the mean of the text rows and do not perturb the LM's text dis
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass
 
 import torch
