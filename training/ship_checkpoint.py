@@ -19,8 +19,7 @@ processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on 
 base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights;
 `--lora-dtype bfloat16` then stores the LoRA matrices rounded, and `--metrics-name` names the rounded folder that was
 measured); a RUN_DIR that is already such a parts folder (with the run's `recipe.json` beside it) is copied as it is.
-Held-out scenes use seed 999, not seen
-in training. Writes `metrics.json` and a filled `README.md` model card.
+Held-out scenes use seed 999, not seen in training. Writes `metrics.json` and a filled `README.md` model card.
 """
 
 from __future__ import annotations

@@ -170,15 +170,20 @@ def _format_value(value) -> str:
     return str(value)
 
 
+def _table_cell(value) -> str:
+    """A value as the cell of a markdown table (its pipes escaped)."""
+    return _format_value(value).replace("|", "\\|")
+
+
 def _recipe_rows(recipe: dict) -> list[tuple[str, str]]:
     fields = recipe.get("recipe", recipe)
     skip = {"prompt_templates", "description"}
-    return [(key, _format_value(value).replace("|", "\\|")) for key, value in fields.items() if key not in skip and value is not None]
+    return [(key, _table_cell(value)) for key, value in fields.items() if key not in skip and value is not None]
 
 
 def _metric_rows(recipe: dict, metrics: dict) -> list[tuple[str, str]]:
     # `provenance`: how a run was carried out where its command alone does not say (a lent machine, a carried dataset)
-    rows = [(f"provenance: {key}", _format_value(value).replace("|", "\\|")) for key, value in (recipe.get("provenance") or {}).items()]
+    rows = [(f"provenance: {key}", _table_cell(value)) for key, value in (recipe.get("provenance") or {}).items()]
     names = {"first_loss": "training loss, first logged", "last_loss": "training loss, last logged",
              "train_loss": "training loss, mean over the run", "global_step": "optimizer steps",
              "wall_seconds": "training time (s), summed over resumed segments",
