@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..utils.validation import check_float
+
 
 class WallTimeCallback(TrainerCallback):
     """Adds ``wall_seconds`` to every log entry: the training time of the run so far, summed over its resumed segments
@@ -42,9 +44,7 @@ class TimeBudgetCallback(TrainerCallback):
     ``global_step`` in ``recipe.json``."""
 
     def __init__(self, seconds: float):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"`max_train_seconds` must be a positive number of seconds, got {seconds!r}.")
-        self.seconds = float(seconds)
+        self.seconds = check_float("max_train_seconds", seconds, minimum=0.0, strict_minimum=True)
         self.stopped_at = None  # the global step at which the budget ran out
 
     def on_train_begin(self, args, state, control, **kwargs):
