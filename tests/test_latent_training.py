@@ -343,3 +343,30 @@ def test_a_continued_stage_takes_top_level_overrides_such_as_the_pixel_loss(tmp_
         continued({"pixel_loss_weight": -1.0})
     with pytest.raises(ValueError, match="sub-config"):
         continued({"decoder_config": {"num_layers": 1}})
+
+
+def test_a_continued_stage_starts_from_a_shipped_folder_that_kept_only_the_decoder_pipeline(tmp_path):
+    """Shipped checkpoints and Hub repos keep tokenizer/ + decoder/ but not training_model/: `init_from` reassembles
+    the training model from the pipeline's components, with exactly the trained weights (EMA codebook included)."""
+    from hf_vtok.models.ddt import DDTTokenizerConfig, DDTTokenizerForPreTraining
+    from hf_vtok.utils.autoencoder_taef2 import load_taef2
+
+    torch.manual_seed(0)
+    trained = DDTTokenizerForPreTraining(DDTTokenizerConfig.tiny(**LATENT_DECODER))
+    with torch.no_grad():  # weights no fresh model has: a random init could not pass the comparison below
+        for tensor in trained.state_dict().values():  # parameters and the EMA codebook's buffers
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor))
+    trained.get_decoder_pipeline(vae=load_taef2()).save_pretrained(tmp_path / "shipped" / "decoder")
+    argv = ["--recipe", "ddt_tiny", "--init_from", str(tmp_path / "shipped"), "--stage", "2",
+            "--config_overrides", json.dumps({"pixel_loss_weight": 0.5}), "--output_dir", str(tmp_path / "stage2")]  # fmt: skip
+    model = build_training_model(parse_tokenizer_arguments(argv)[0])
+    assert type(model) is DDTTokenizerForPreTraining and model.config.pixel_loss_weight == 0.5
+    assert model.config.stage == 2 and not any(p.requires_grad for p in model.tokenizer.parameters())
+    expected, found = trained.state_dict(), model.state_dict()
+    assert expected.keys() == found.keys() and all(torch.equal(expected[key], found[key]) for key in expected)
+
+    (tmp_path / "empty").mkdir()
+    argv[argv.index(str(tmp_path / "shipped"))] = str(tmp_path / "empty")
+    with pytest.raises(ValueError, match="training_model/ or decoder/"):
+        build_training_model(parse_tokenizer_arguments(argv)[0])

@@ -20,6 +20,7 @@ One code path serves the CLI (``hf-vtok train-tokenizer``), the script ``trainin
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -119,8 +120,11 @@ def build_training_model(script_args: TokenizerArguments):
         if nested:
             raise ValueError(f"`config_overrides` with `init_from` may only set top-level fields such as loss weights, "
                              f"got sub-config(s) {nested}.")  # fmt: skip
-        model = AutoModelForPreTraining.from_pretrained(Path(script_args.init_from) / "training_model",
-                                                        **script_args.config_overrides)  # fmt: skip
+        if (Path(script_args.init_from) / "training_model").is_dir():
+            model = AutoModelForPreTraining.from_pretrained(Path(script_args.init_from) / "training_model",
+                                                            **script_args.config_overrides)  # fmt: skip
+        else:  # a shipped or Hub folder keeps only the inference parts: reassemble the training model from decoder/
+            model = training_model_from_decoder(Path(script_args.init_from) / "decoder", **script_args.config_overrides)
         model.config.validate()
         if model.config.model_type != model_type:
             raise ValueError(f"`init_from` {script_args.init_from!r} holds a {model.config.model_type!r} model, not "
@@ -138,6 +142,36 @@ def build_training_model(script_args: TokenizerArguments):
             model.tokenizer.vision_model.load_state_dict(vision.state_dict())
     if hasattr(model, "set_stage"):
         model.set_stage(script_args.stage)
+    return model
+
+
+def training_model_from_decoder(decoder_dir, **config_overrides):
+    """The ``ForPreTraining`` model of an exported ``decoder/`` pipeline folder (what a shipped checkpoint or a Hub
+    repo keeps; the ``training_model/`` of a run is left out to halve its size). The training model is built from
+    the pipeline's tokenizer config and every one of its submodules takes the weights of the pipeline component of
+    the same name (DDT: tokenizer, conditioner, transformer); a submodule without such a component is an error, so
+    nothing starts from random weights unnoticed."""
+    from diffusers import DiffusionPipeline
+    from transformers import AutoModelForPreTraining
+
+    decoder_dir = Path(decoder_dir)
+    if not (decoder_dir / "model_index.json").is_file():
+        raise ValueError(f"`init_from` must be a run or exported tokenizer folder with training_model/ or decoder/, but "
+                         f"{str(decoder_dir.parent)!r} has neither (no {decoder_dir / 'model_index.json'}).")  # fmt: skip
+    pipeline = DiffusionPipeline.from_pretrained(decoder_dir)
+    config = copy.deepcopy(pipeline.tokenizer.config)
+    for name, value in config_overrides.items():
+        if not hasattr(config, name):
+            raise ValueError(f"`config_overrides` names {name!r}, which is not a field of {type(config).__name__}.")
+        setattr(config, name, value)
+    model = AutoModelForPreTraining.from_config(config)
+    components = pipeline.components
+    missing = [name for name, _ in model.named_children() if not isinstance(components.get(name), torch.nn.Module)]
+    if missing:
+        raise ValueError(f"`init_from` {str(decoder_dir.parent)!r}: the decoder pipeline has no component for the "
+                         f"training model's {missing}; continue from the run folder (with training_model/) instead.")  # fmt: skip
+    for name, module in model.named_children():
+        module.load_state_dict(components[name].state_dict())
     return model
 
 
@@ -240,6 +274,8 @@ def train_tokenizer(
     parameters = list(inspect.signature(model.forward).parameters)
     vae = decoder_autoencoder(model, script_args.vae)
     latent_image_size = decoder_image_size(model, vae) if vae is not None else 0
+    if vae is not None:  # the latents are encoded on the training device (seconds on a GPU, minutes on a CPU)
+        vae.to(training_args.device)
     if vae is not None and getattr(model.config, "pixel_loss_weight", 0) > 0:
         model.attach_vae(vae)  # the pixel loss decodes the predicted latents; the targets stay the cached ones
     if train_dataset is None and script_args.dataset == "shapes":  # scenes at the larger of the two resolutions
