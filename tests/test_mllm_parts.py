@@ -4,6 +4,7 @@ the visual tokenizer rebuilds the trained model exactly, and refuses parts other
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -269,3 +270,24 @@ def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_r
     monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *arguments, "--language-model", "smollm2", "--visual-tokenizer", "x"])
     with pytest.raises(SystemExit, match="already a parts folder"):
         ship.main()
+
+
+def test_a_shipped_recipe_lists_every_earlier_stage_once_first_stage_first(tmp_path, monkeypatch):
+    # a run continued from a shipped folder (whose recipe.json already holds the stages before it) and from a run
+    # folder that still exists: the record of the new checkpoint lists all stages once, in training order
+    ship = _ship_checkpoint_module(monkeypatch, tmp_path / "shipped")
+
+    def write(folder, stage, init_from=None, **extra):
+        (tmp_path / folder).mkdir()
+        record = {"recipe": {"stage": stage, "init_from": init_from}, **extra}
+        (tmp_path / folder / "recipe.json").write_text(json.dumps(record))
+        return str(tmp_path / folder)
+
+    first = {"recipe": {"stage": 1, "init_from": "/gone/stage0"}}
+    shipped = write("shipped_folder", 2, init_from="/gone/stage1", previous_stages=[first])
+    middle = write("middle", 3, init_from=shipped)
+    last = write("last", 4, init_from=middle)
+    record = ship.recipe_with_previous_stages(Path(last))
+    assert [stage["recipe"]["stage"] for stage in record["previous_stages"]] == [1, 2, 3]
+    assert record["recipe"]["stage"] == 4
+    assert all("previous_stages" not in stage for stage in record["previous_stages"])

@@ -593,3 +593,20 @@ def test_a_time_budget_stops_with_a_checkpoint_and_resume_goes_on_to_max_steps(t
     assert summary["global_step"] == 3 and summary["stopped_by_time_budget_at"] is None
     with pytest.raises(ValueError, match="max_train_seconds"):
         _tiny_arguments(tmp_path, max_train_seconds=0)
+
+
+def test_a_time_budget_stop_of_a_tokenizer_run_is_recorded_in_its_recipe(tmp_path):
+    # the exported recipe.json says how far a run lent a fixed time got, as the MLLM's does
+    from hf_vtok.trainer.arguments import parse_tokenizer_arguments
+    from hf_vtok.trainer.tokenizer_trainer import train_tokenizer
+
+    def run(*extra):
+        argv = ["--recipe", "ddt_tiny", "--num_train_images", "4", "--per_device_train_batch_size", "2", "--max_steps", "2",
+                "--save_strategy", "no", "--report_to", "none", "--output_dir", str(tmp_path), *extra]  # fmt: skip
+        train_tokenizer(*parse_tokenizer_arguments(argv))
+        return json.loads((tmp_path / "recipe.json").read_text())
+
+    stopped = run("--max_train_seconds", "1e-9")
+    assert stopped["global_step"] == 1 and stopped["stopped_by_time_budget_at"] == 1
+    finished = run()
+    assert finished["global_step"] == 2 and finished["stopped_by_time_budget_at"] is None

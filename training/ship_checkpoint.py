@@ -106,7 +106,10 @@ def recipe_with_previous_stages(run_dir: Path) -> dict:
     stages, source = [], record["recipe"].get("init_from")
     while source and (Path(source) / "recipe.json").is_file():
         stages.insert(0, json.loads((Path(source) / "recipe.json").read_text()))
-        source = stages[0]["recipe"].get("init_from")
+        # a shipped folder's record already carries the stages before it: take them instead of following init_from
+        earlier = stages[0].pop("previous_stages", None)
+        source = None if earlier else stages[0]["recipe"].get("init_from")
+        stages[:0] = earlier or []
     if stages:
         record["previous_stages"] = stages
     return record

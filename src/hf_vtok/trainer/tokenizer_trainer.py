@@ -35,7 +35,7 @@ from transformers import TrainerCallback
 from ..utils.image_processing_utils import images_to_list
 from ..utils.validation import check_choice, check_int
 from .arguments import FAMILY_MODEL_TYPES, TokenizerArguments, TokenizerTrainingArguments, recorded_arguments
-from .callbacks import run_callbacks, train_or_load_finished, wall_seconds
+from .callbacks import run_callbacks, time_budget_stop, train_or_load_finished, wall_seconds
 
 
 class TokenizerTrainingCollator:
@@ -303,7 +303,7 @@ def train_tokenizer(
     if trainer.is_world_process_zero():
         recipe = recorded_arguments(script_args, training_args)
         export_tokenizer(model, image_processor, training_args.output_dir, recipe, text_tokenizer, trainer.state.log_history,
-                         vae=vae)  # fmt: skip
+                         vae=vae, global_step=trainer.state.global_step, stopped_by_time_budget_at=time_budget_stop(trainer))  # fmt: skip
         if training_args.push_to_hub:
             from .hub import push_folder
 
@@ -357,10 +357,12 @@ class HeldOutTokenMapsCallback(TrainerCallback):
         print(f"[held-out, step {state.global_step}] " + ", ".join(f"{key[5:]} {value}" for key, value in entry.items() if key != "step"))
 
 
-def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_tokenizer=None, log_history=(), vae=None):
+def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_tokenizer=None, log_history=(), vae=None,
+                     global_step: int | None = None, stopped_by_time_budget_at: int | None = None):
     """Write ``training_model/``, ``tokenizer/`` (+ image processor), ``decoder/`` (with ``vae``, the autoencoder of a
     latent-space decoder, and its licence) and ``recipe.json`` (``recipe``: the run's arguments, see
-    :func:`~hf_vtok.trainer.arguments.recorded_arguments`)."""
+    :func:`~hf_vtok.trainer.arguments.recorded_arguments`; the step reached, and where ``--max_train_seconds`` stopped
+    the run before ``max_steps``)."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir / "training_model")
     model.tokenizer.save_pretrained(output_dir / "tokenizer")
@@ -372,6 +374,7 @@ def export_tokenizer(model, image_processor, output_dir, recipe: dict, text_toke
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     summary = {"recipe": recipe, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
     summary["wall_seconds"] = wall_seconds(log_history)  # training time summed over resumed segments
+    summary["global_step"], summary["stopped_by_time_budget_at"] = global_step, stopped_by_time_budget_at
     held_out = [entry for entry in log_history if any(key.startswith("eval_") for key in entry)]
     if held_out:
         summary["held_out"] = held_out
