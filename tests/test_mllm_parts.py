@@ -4,8 +4,8 @@ the visual tokenizer rebuilds the trained model exactly, and refuses parts other
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
