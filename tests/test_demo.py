@@ -63,7 +63,9 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         folder = SHIPPED_CHECKPOINTS_DIR / family
         assert (folder / "decoder" / "model_index.json").is_file(), family
         assert (folder / "decoder" / "tokenizer" / "config.json").is_file(), family
-        recipe = json.loads((folder / "recipe.json").read_text())["recipe"]
+        record = json.loads((folder / "recipe.json").read_text())
+        # the last stage `--train` runs; a stage continued on a lent GPU after it says so in its `provenance`
+        recipe = [stage for stage in [*record.get("previous_stages", []), record] if "provenance" not in stage][-1]["recipe"]
         assert family.startswith(recipe["family"]) and "seed" in recipe
         assert recipe["max_steps"] == yaml.safe_load(_recipe_path("tokenizer", DEMO_RECIPES[family][-1]).read_text())["max_steps"]
         metrics = json.loads((folder / "metrics.json").read_text())

@@ -221,6 +221,12 @@ def test_the_tokenizer_fingerprint_does_not_depend_on_where_the_tokenizer_lies(t
     assert tokenizer_fingerprint(here) == tokenizer_fingerprint(there)
     other = load_visual_tokenizer(_tokenizer_checkpoint(tmp_path / "other", seed=1))[0]
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(here)
+    # a decoder-only stage sets its own loss weights and stage: the same tokenizer, the same fingerprint
+    for name, value in (("pixel_loss_max_images", 32), ("pixel_loss_weight", 1.0), ("stage", 2), ("commitment_weight", 0.5)):
+        setattr(there.config, name, value)
+    assert tokenizer_fingerprint(there) == tokenizer_fingerprint(here)
+    there.config.num_visual_tokens += 1  # a field that changes the ids still counts
+    assert tokenizer_fingerprint(there) != tokenizer_fingerprint(here)
 
 
 def _ship_checkpoint_module(monkeypatch, target_root):

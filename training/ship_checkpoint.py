@@ -139,9 +139,11 @@ def main() -> None:
                              "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / (args.name or args.family)
+    run_dir = Path(args.run_dir)
+    # read before the old folder goes: a run continued from the shipped folder it replaces finds its earlier stages there
+    tokenizer_record = recipe_with_previous_stages(run_dir) if args.family != "mllm" else None
     if target.exists():
         shutil.rmtree(target)  # every branch below creates it afresh (copytree / save_mllm_parts)
-    run_dir = Path(args.run_dir)
     if args.family == "mllm":
         if bool(args.language_model) != bool(args.visual_tokenizer):
             raise SystemExit("--language-model and --visual-tokenizer go together (a parts folder names both).")
@@ -189,7 +191,7 @@ def main() -> None:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
         shutil.copytree(run_dir / "decoder", target / "decoder")
         shutil.copy(run_dir / "tokenizer" / "preprocessor_config.json", target / "decoder" / "tokenizer")
-        (target / "recipe.json").write_text(json.dumps(recipe_with_previous_stages(run_dir), indent=2))
+        (target / "recipe.json").write_text(json.dumps(tokenizer_record, indent=2))
         if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
             reference_bundled_taef2(target / "decoder" / "vae")
         image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]

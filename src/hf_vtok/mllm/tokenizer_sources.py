@@ -79,8 +79,11 @@ def load_visual_tokenizer(path: str | os.PathLike):
 def tokenizer_fingerprint(model) -> str:
     """A short hash of a tokenizer's config and a sample of its weights (to recognise a resumed run's tokenizer, and
     the tokenizer a parts folder's adapter was trained with). Where the tokenizer was loaded from, and with which
-    transformers version, do not count: a shipped folder must match on every install."""
-    config = {key: value for key, value in model.config.to_dict().items() if key not in ("_name_or_path", "transformers_version")}
+    transformers version, do not count: a shipped folder must match on every install; nor do the config fields only
+    training reads (``config.training_only_fields`` and every ``*loss_weight*``), so a decoder-only stage that sets
+    its own loss weights keeps the fingerprint of the tokenizer it left unchanged."""
+    ignored = {"_name_or_path", "transformers_version", *getattr(model.config, "training_only_fields", ())}
+    config = {key: value for key, value in model.config.to_dict().items() if key not in ignored and "loss_weight" not in key}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items())[:64]:

@@ -139,6 +139,14 @@ class VTokConfig(PreTrainedConfig):
     """
 
     attribute_map: ClassVar[dict[str, str]] = LEGACY_NAMES
+    # Fields only training reads (the stage, codebook updates, initialisation; every field named *loss_weight* too):
+    # they do not change the ids or features an image gets, so a tokenizer's fingerprint leaves them out and a
+    # decoder-only stage keeps the tokenizer an MLLM was trained with. A family adds its own.
+    training_only_fields: ClassVar[tuple[str, ...]] = (
+        "stage", "freeze_vision_encoder", "initializer_range", "commitment_weight", "codebook_ema_decay",
+        "codebook_dead_code_threshold", "codebook_dead_code_threshold_relative", "codebook_kmeans_init",
+        "codebook_kmeans_iters",
+    )  # fmt: skip
 
     vision_config: dict | PreTrainedConfig | None = None
     freeze_vision_encoder: bool = True

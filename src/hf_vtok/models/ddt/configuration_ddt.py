@@ -221,6 +221,10 @@ class DDTTokenizerConfig(VTokConfig):
     """
 
     model_type = "ddt_tokenizer"
+    training_only_fields: ClassVar[tuple[str, ...]] = (
+        *VTokConfig.training_only_fields, "entropy_temperature", "timestep_sampling", "logit_mean", "logit_std",
+        "pixel_loss_max_images",
+    )  # fmt: skip
     sub_configs_defaults: ClassVar[dict] = {
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
         "decoder_config": SubConfigSpec(config_class=DDTDecoderConfig),
