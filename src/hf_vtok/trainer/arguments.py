@@ -159,7 +159,7 @@ class TokenizerArguments:
     stage: int = field(default=1, metadata={"help": "training stage (SlotQFormer and SeTok: 1 or 2)"})
     preset: Literal["tiny", "paper"] = field(default="tiny", metadata={"help": "config preset (ignored with init_from)"})
     config_overrides: dict | str | None = field(default_factory=dict, metadata={"help": "config fields over the preset (JSON)"})
-    init_from: str | None = field(default=None, metadata={"help": "output folder of the previous stage"})
+    init_from: str | None = field(default=None, metadata={"help": "output folder of the previous stage, or an exported tokenizer folder (decoder/)"})
     dataset: str = field(default="shapes", metadata={"help": "shapes, imagefolder:DIR, parquet:GLOB, webdataset:GLOB or a Hub name"})
     dataset_split: str = "train"
     streaming: bool = False
