@@ -273,6 +273,13 @@ def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_r
     assert "org/demo" in card and "| provenance: machine | a lent GPU |" in card
     reloaded = load_mllm_folder(target)  # the shipped copy still rebuilds through its references
     assert references_mllm_parts(target / "mllm") and reloaded is not None
+    # a run continued from the shipped folder it replaces (init_from: that folder) keeps the record of what it continued
+    record = json.loads((parts / "recipe.json").read_text())
+    record["recipe"]["init_from"], record["global_step"] = str(target), 9
+    (parts / "recipe.json").write_text(json.dumps(record))
+    ship.main()
+    shipped = json.loads((target / "recipe.json").read_text())
+    assert shipped["global_step"] == 9 and [stage["global_step"] for stage in shipped["previous_stages"]] == [7]
     monkeypatch.setattr(sys, "argv", ["ship_checkpoint.py", *arguments, "--language-model", "smollm2", "--visual-tokenizer", "x"])
     with pytest.raises(SystemExit, match="already a parts folder"):
         ship.main()

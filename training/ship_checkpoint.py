@@ -19,7 +19,9 @@ processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on 
 base LM and the already shipped tokenizer and decoder are referenced, checked to rebuild the trained weights;
 `--lora-dtype bfloat16` then stores the LoRA matrices rounded, and `--metrics-name` names the rounded folder that was
 measured); a RUN_DIR that is already such a parts folder (with the run's `recipe.json` beside it) is copied as it is.
-Held-out scenes use seed 999, not seen in training. Writes `metrics.json` and a filled `README.md` model card.
+Held-out scenes use seed 999, not seen in training. Writes `metrics.json` and a filled `README.md` model card. The
+shipped `recipe.json` lists the stages the run continued (`init_from`, followed back while the folders exist; a shipped
+folder's own `previous_stages` are taken over) under `previous_stages`, first stage first.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def main() -> None:
     target = PACKAGE_CHECKPOINTS / (args.name or args.family)
     run_dir = Path(args.run_dir)
     # read before the old folder goes: a run continued from the shipped folder it replaces finds its earlier stages there
-    tokenizer_record = recipe_with_previous_stages(run_dir) if args.family != "mllm" else None
+    record = recipe_with_previous_stages(run_dir)
     if target.exists():
         shutil.rmtree(target)  # every branch below creates it afresh (copytree / save_mllm_parts)
     if args.family == "mllm":
@@ -171,8 +173,8 @@ def main() -> None:
             if (target / "decoder" / "vae").is_dir():
                 reference_bundled_taef2(target / "decoder" / "vae")
             shutil.copy(run_dir / "model_index.json", target / "model_index.json")
-        shutil.copy(run_dir / "recipe.json", target / "recipe.json")
-        recipe = json.loads((run_dir / "recipe.json").read_text())["recipe"]
+        (target / "recipe.json").write_text(json.dumps(record, indent=2))
+        recipe = record["recipe"]
         image_size = _visual_tokenizer_config(target)["image_size"]
         if args.metrics_from:
             summary = mllm_metrics_from_eval(Path(args.metrics_from), args.metrics_name or run_dir.resolve().name)
@@ -191,7 +193,7 @@ def main() -> None:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
         shutil.copytree(run_dir / "decoder", target / "decoder")
         shutil.copy(run_dir / "tokenizer" / "preprocessor_config.json", target / "decoder" / "tokenizer")
-        (target / "recipe.json").write_text(json.dumps(tokenizer_record, indent=2))
+        (target / "recipe.json").write_text(json.dumps(record, indent=2))
         if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
             reference_bundled_taef2(target / "decoder" / "vae")
         image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
