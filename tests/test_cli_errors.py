@@ -70,6 +70,20 @@ def test_train_tokenizer_checks_init_from_before_loading_anything(tmp_path, caps
     monkeypatch.setattr(tokenizer_trainer, "train_tokenizer", must_not_run)
     argv = ["train-tokenizer", "ddt", "--init_from", "/nonexistent", "--output_dir", str(tmp_path / "out")]
     assert_one_line_error(*run_cli(argv, capsys), 2, "`init_from`", "'/nonexistent'")
+    # a folder with neither training_model/ nor decoder/model_index.json is refused too; a shipped folder passes
+    (tmp_path / "exported" / "decoder").mkdir(parents=True)
+    argv[argv.index("/nonexistent")] = str(tmp_path / "exported")
+    assert_one_line_error(*run_cli(argv, capsys), 2, "`init_from`", "decoder/")
+    started = []
+
+    def record_and_stop(script_args, training_args):
+        started.append(script_args.init_from)
+        raise ValueError("stopped by the test after the checks")
+
+    monkeypatch.setattr(tokenizer_trainer, "train_tokenizer", record_and_stop)
+    (tmp_path / "exported" / "decoder" / "model_index.json").write_text("{}")
+    assert_one_line_error(*run_cli(argv, capsys), 2, "stopped by the test")
+    assert started == [str(tmp_path / "exported")]
 
 
 def test_train_mllm_refuses_negative_max_steps_and_missing_init_from(tmp_path, capsys):

@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from ..trainer.tokenizer_trainer import loss_dropped, train_tokenizer
 
     script_args, training_args = parse_tokenizer_arguments(args.arguments, **PARSER_OPTIONS)
-    found = [Path(script_args.init_from or "") / name for name in ("training_model", "decoder/model_index.json")]
-    if script_args.init_from and not (found[0].is_dir() or found[1].is_file()):
+    init_from = Path(script_args.init_from) if script_args.init_from else None
+    if init_from and not ((init_from / "training_model").is_dir() or (init_from / "decoder" / "model_index.json").is_file()):
         raise ValueError(f"`init_from` must be the output folder of a previous train-tokenizer stage (holding "
                          f"training_model/) or an exported tokenizer folder (holding decoder/), got "
                          f"{script_args.init_from!r}.")  # fmt: skip
