@@ -397,6 +397,26 @@ def test_generate_draws_the_known_ids_and_guidance_follows_its_formula(memorised
     assert torch.equal(sampled[0].ids, sampled[1].ids)
 
 
+def test_drawing_defaults_to_the_sampling_settings_in_the_model_config(memorised):
+    # a model's own settings travel with it: unset guidance / temperature are the config's image_* fields
+    model, processor, drawings = memorised
+    saved = (model.config.image_guidance_scale, model.config.image_temperature)
+    assert saved == (8.0, 1.0)  # DDT-LLaMA's guidance; sampling at temperature 1
+    try:
+        model.config.image_guidance_scale, model.config.image_temperature = 1.0, 0.0
+        assert torch.equal(model.generate_images("a red circle", processor, progress=False).ids[0], drawings["a red circle"])
+        model.config.image_guidance_scale = 3.0  # guidance from the config, still greedy from the config
+        guided = model.generate_images("a red circle", processor, progress=False).ids[0]
+        assert torch.equal(guided, _guided_by_hand(model, processor, "a red circle", "", 3.0))
+        # an explicit value wins over the config
+        explicit = model.generate_images("a red circle", processor, guidance_scale=1.0, progress=False).ids[0]
+        assert torch.equal(explicit, drawings["a red circle"])
+    finally:
+        model.config.image_guidance_scale, model.config.image_temperature = saved
+    with pytest.raises(ValueError, match="image_temperature"):
+        type(model.config)(**{**model.config.to_dict(), "image_temperature": -1.0})
+
+
 def test_the_visual_window_holds_on_a_model_biased_toward_text(ddt_parts):
     model, processor = _fresh(ddt_parts, seed=5)
     config = model.config

@@ -64,7 +64,8 @@ def mllm_metrics_from_eval(eval_json: Path, name: str) -> dict:
     metrics["gates_passed"] = gates_passed(verdicts)
     metrics["evaluation"] = (f"hf-vtok eval --mllm: {settings['num_images']} held-out {settings['style']} shapes scenes at "
                              f"{metrics.get('image_size', '?')} px, seed {settings['seed']}; text-to-image with guidance "
-                             f"{settings['guidance_scale']}, {settings['num_inference_steps']} decoder steps; commit "
+                             f"{metrics.get('t2i_guidance_scale', settings.get('guidance_scale'))}, temperature "
+                             f"{metrics.get('t2i_temperature', 1.0)}, {settings['num_inference_steps']} decoder steps; commit "
                              f"{settings['commit'][:7]}")
     return metrics
 
@@ -187,7 +188,8 @@ def main() -> None:
             summary.pop("samples")
             summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes at {image_size} px "
                                      "(seed 999); "
-                                     "text-to-image with guidance 3, 25 decoder steps, seed 0")
+                                     f"text-to-image with guidance {summary.get('t2i_guidance_scale')}, temperature "
+                                     f"{summary.get('t2i_temperature')}, 25 decoder steps, seed 0")
         repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
     else:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor

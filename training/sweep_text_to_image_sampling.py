@@ -22,7 +22,7 @@ from PIL import Image
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import load_mllm_folder, text_to_image_accuracy
 
-DEFAULT_SETTINGS = ["3,1.0,0.9", "1,1.0,0.9", "3,0.5,0.9", "6,1.0,0.9", "3,0.1,none"]
+DEFAULT_SETTINGS = ["3,1.0,0.9", "1,1.0,0.9", "3,0.5,0.9", "6,1.0,0.9", "3,0.1,none", "1,0,none", "2,0,none"]
 
 
 def parse_setting(text: str) -> tuple[float, float, float | None]:

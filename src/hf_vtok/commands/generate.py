@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     empty = [prompt for prompt in args.prompts if not prompt.strip()]
     if empty:
         raise ValueError("`PROMPT` must be non-empty text, got an empty prompt.")
-    check_float("--guidance-scale", args.guidance_scale, minimum=0.0)
+    if args.guidance_scale is not None:
+        check_float("--guidance-scale", args.guidance_scale, minimum=0.0)
     loaded = load_mllm(args.mllm)
     if loaded.decoder is None:
         raise ValueError(f"`--mllm` {args.mllm!r} has no decoder/ folder to draw images with.")
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         "prompts": args.prompts,
         "phrased_prompts": [processor.task_prompt("text_to_image", caption=prompt) for prompt in args.prompts],
         "num_images_per_prompt": args.num_images,
-        "guidance_scale": args.guidance_scale,
+        "guidance_scale": args.guidance_scale if args.guidance_scale is not None else loaded.model.config.image_guidance_scale,
+        "temperature": loaded.model.config.image_temperature,
         "num_inference_steps": args.steps,
         "seed": args.seed,
         "images": entries,
@@ -83,6 +85,7 @@ def register(commands) -> None:
     parser.add_argument("--out", default="generated", help="output folder (default: generated)")
     parser.add_argument("--num-images", type=positive_int, default=1, help="images per prompt (default: 1)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="image i is drawn with seed SEED + i (default: 0)")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance on the LM logits; 1 disables it (default: 3)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance on the LM logits; 1 disables it (default: the MLLM's image_guidance_scale)")
     parser.add_argument("--steps", type=positive_int, default=25, help="decoder denoising steps (default: 25)")
     parser.set_defaults(handler=run)

@@ -320,7 +320,7 @@ def text_to_image_accuracy(
     decoder: Any = None,
     *,
     num_examples: int | None = None,
-    guidance_scale: float = 8.0,
+    guidance_scale: float | None = None,
     num_inference_steps: int = 25,
     seed: int = 0,
     batch_size: int = 8,
@@ -351,7 +351,7 @@ def editing_accuracy(
     decoder: Any = None,
     *,
     num_examples: int | None = None,
-    guidance_scale: float = 8.0,
+    guidance_scale: float | None = None,
     num_inference_steps: int = 25,
     seed: int = 0,
     batch_size: int = 8,
@@ -399,7 +399,7 @@ def evaluate_mllm(
     decoder: Any = None,
     *,
     num_examples: int | None = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     num_inference_steps: int = 25,
     seed: int = 0,
     batch_size: int = 16,
@@ -412,6 +412,8 @@ def evaluate_mllm(
     "qa_by_type", "t2i_color_accuracy", "t2i_shape_accuracy", "t2i_count_accuracy", "t2i_all_correct",
     "num_examples"}`` (plus ``"editing_*"`` with ``editing``), and under ``"samples"`` the captions, QA examples
     and generated images for pictures. Text-to-image needs a decoder; without one those keys are absent.
+    Text-to-image samples with the model's own settings (``config.image_guidance_scale`` unless ``guidance_scale``
+    is given, and ``config.image_temperature``), recorded as ``t2i_guidance_scale`` / ``t2i_temperature``.
 
     With ``references`` the numbers that say what a score means, all cheap: ``reference_caption_chance`` (pair recall
     of each scene's neighbour's caption), ``reference_qa_majority`` (always answering the commonest answer of the
@@ -434,6 +436,10 @@ def evaluate_mllm(
         result["qa_accuracy"], result["qa_by_type"] = qa["accuracy"], qa["by_type"]
         samples["qa"] = qa["examples"]
     if loaded.decoder is not None:
+        from ..mllm.generation import image_sampling_settings
+
+        guidance_scale, temperature = image_sampling_settings(loaded.model.config, guidance_scale)
+        result["t2i_guidance_scale"], result["t2i_temperature"] = guidance_scale, temperature
         t2i = text_to_image_accuracy(loaded, rows, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                      seed=seed, batch_size=batch_size, return_images=True)
         samples["images"] = t2i.pop("images")
@@ -547,8 +553,7 @@ def run_mllm_eval(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"settings": {"seed": seed, "num_images": num_images, "style": style,
-                                 "num_inference_steps": num_inference_steps, "guidance_scale": 3.0,
-                                 "commit": code_revision()},
+                                 "num_inference_steps": num_inference_steps, "commit": code_revision()},
                     "mllms": {}, "gates": {}}  # fmt: skip
     for folder in folders:
         name = Path(folder).resolve().name
@@ -575,7 +580,9 @@ def run_mllm_eval(
                 rows.append((f"text-to-image {key}", result.get(f"t2i_{key}_accuracy"),
                              result.get(f"reference_t2i_{key}_tokenizer"), "tokenizer redrawing the true scene"))
                 rows.append(("", None, result.get(f"reference_t2i_{key}_chance"), "another real scene"))
-            print_fn(f"{name}: {num_images} held-out {style} scenes at {size} px, seed {seed}")
+            sampling = (f"; drawing with guidance {result['t2i_guidance_scale']}, temperature {result['t2i_temperature']}"
+                        if "t2i_guidance_scale" in result else "")
+            print_fn(f"{name}: {num_images} held-out {style} scenes at {size} px, seed {seed}{sampling}")
             for label, value, reference, meaning in rows:
                 shown_value = "" if value is None else f"{100 * value:5.1f} %"
                 shown_reference = "" if reference is None else f"{100 * reference:5.1f} %"

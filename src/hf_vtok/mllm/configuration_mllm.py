@@ -48,6 +48,12 @@ class VTokMLLMConfig(PreTrainedConfig):
             positions (SeTok stage II, "embedding regression loss"). The text cross-entropy has weight 1.
         tie_word_embeddings (`bool`, defaults to `False`): follows ``text_config.tie_word_embeddings`` when
             that is set (GPT-2 and Gemma tie, Llama and Qwen2 do not).
+        image_guidance_scale (`float`, defaults to 8.0): classifier-free guidance on the LM logits when drawing
+            (DDT-LLaMA: 8.0); 1 disables it. Guidance extrapolates from the unconditional branch that caption
+            dropout trains, so a model trained without it (``prompt_dropout_prob`` 0) draws best at 1.
+        image_temperature (`float`, defaults to 1.0): temperature of the sampled visual ids; 0 is greedy.
+            Both are what :func:`~hf_vtok.mllm.generation.generate_images`, the pipelines and ``hf-vtok eval
+            --mllm`` use when no value is passed: a model's sampling settings travel with it.
     """
 
     model_type = "vtok_mllm"
@@ -67,6 +73,8 @@ class VTokMLLMConfig(PreTrainedConfig):
     projector_num_layers: int = 2
     regression_loss_weight: float = 1.0
     tie_word_embeddings: bool = False
+    image_guidance_scale: float = 8.0
+    image_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -89,6 +97,8 @@ class VTokMLLMConfig(PreTrainedConfig):
         check_choice("projector_hidden_act", self.projector_hidden_act, PROJECTOR_ACTIVATIONS)
         check_int("projector_num_layers", self.projector_num_layers, minimum=1)
         check_float("regression_loss_weight", self.regression_loss_weight, minimum=0.0)
+        check_float("image_guidance_scale", self.image_guidance_scale, minimum=0.0)
+        check_float("image_temperature", self.image_temperature, minimum=0.0)
         vt = self.visual_tokenizer_config
         if vt is not None:
             for name in ("num_visual_tokens", "token_embedding_dim"):

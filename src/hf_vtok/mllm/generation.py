@@ -111,6 +111,16 @@ class VisualWindowLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~self.allowed_tokens(scores.shape[-1], scores.device)[state], float("-inf"))
 
 
+def image_sampling_settings(config, guidance_scale: float | None = None, temperature: float | None = None) -> tuple:
+    """``(guidance_scale, temperature)`` for drawing: the values given, else the MLLM config's
+    ``image_guidance_scale`` / ``image_temperature`` (the paper's 8.0 / 1.0 for a config that predates them)."""
+    if guidance_scale is None:
+        guidance_scale = getattr(config, "image_guidance_scale", 8.0)
+    if temperature is None:
+        temperature = getattr(config, "image_temperature", 1.0)
+    return guidance_scale, temperature
+
+
 def _check_sampling(guidance_scale, temperature, top_k, top_p) -> tuple[float, float, int, float]:
     """Validated sampling settings; ``top_k=None`` → 0 and ``top_p=None`` → 1 (off: ``None`` would let
     ``generate`` take the model's own defaults)."""
@@ -391,8 +401,8 @@ def generate_images(
     images=None,
     negative_prompt: str | Sequence[str] | None = None,
     num_images_per_prompt: int = 1,
-    guidance_scale: float = 8.0,
-    temperature: float = 1.0,
+    guidance_scale: float | None = None,
+    temperature: float | None = None,
     top_k: int | None = 4096,
     top_p: float | None = 0.9,
     generator: torch.Generator | None = None,
@@ -420,9 +430,11 @@ def generate_images(
         negative_prompt: the unconditional prompt for classifier-free guidance. Default: the empty prompt (the
             null caption of training-time caption dropout); with ``images``, the source image alone.
         num_images_per_prompt: samples per prompt.
-        guidance_scale: classifier-free guidance on the logits (DDT-LLaMA: 8.0); 1 disables it.
+        guidance_scale: classifier-free guidance on the logits (DDT-LLaMA: 8.0); 1 disables it. Default: the
+            model's ``config.image_guidance_scale``.
         temperature, top_k, top_p: sampling of the visual ids (DDT-LLaMA: top-k 4096, top-p 0.9); ``temperature=0``
-            is greedy. Ignored by continuous tokenizers, whose embeddings are regressed.
+            is greedy (default: ``config.image_temperature``). Ignored by continuous tokenizers, whose embeddings
+            are regressed.
         generator / seed: randomness (``seed`` builds a CPU generator). Each batch samples under a seed drawn from
             it, so a seed gives the same ids for the same ``batch_size``; the decoder noise uses ``generator``.
         batch_size: images per ``generate`` call (default: everything at once).
@@ -439,6 +451,7 @@ def generate_images(
     count = check_int("num_images_per_prompt", num_images_per_prompt, minimum=1)
     if not model.config.visual_vocab_ready or model.visual_tokenizer is None:
         raise ValueError("`model` has no visual vocabulary / tokenizer: build it with `from_text_model_and_tokenizer`.")
+    guidance_scale, temperature = image_sampling_settings(model.config, guidance_scale, temperature)
     guidance_scale = _check_sampling(guidance_scale, temperature, top_k, top_p)[0]
     discrete = model.config.is_discrete
     if discrete:
@@ -534,4 +547,5 @@ __all__ = [
     "generate_images",
     "generate_visual_embeddings",
     "image_generation_config",
+    "image_sampling_settings",
 ]

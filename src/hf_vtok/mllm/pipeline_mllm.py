@@ -128,7 +128,8 @@ class VTokTextToImagePipeline(_VTokMLLMImagePipelineBase):
         Args:
             negative_prompt: the unconditional prompt for classifier-free guidance (default: the empty prompt).
             num_images_per_prompt: samples per prompt.
-            guidance_scale: classifier-free guidance on the LM logits (DDT-LLaMA: 8.0; 1 disables it).
+            guidance_scale: classifier-free guidance on the LM logits (DDT-LLaMA: 8.0; 1 disables it; default: the
+                model's `config.image_guidance_scale`).
             temperature, top_k, top_p: sampling of the visual ids (DDT-LLaMA: top-k 4096, top-p 0.9).
             generator / seed: randomness of the token sampling and of the decoder noise.
             batch_size: images per ``generate`` call.
