@@ -17,10 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import load_mllm_folder, text_to_image_accuracy
+from hf_vtok.evaluation.visualization import make_grid, save_png
 
 DEFAULT_SETTINGS = ["3,1.0,0.9", "1,1.0,0.9", "3,0.5,0.9", "6,1.0,0.9", "3,0.1,none", "1,0,none", "2,0,none"]
 
@@ -59,11 +58,9 @@ def main() -> None:
                         "scene_seed": args.seed, "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
         print(json.dumps(results[-1]), flush=True)
         shown = min(8, len(images))
-        sheet = Image.new("RGB", (size * shown, size * 2))
-        for index in range(shown):
-            sheet.paste(scenes[index]["image"].convert("RGB").resize((size, size)), (index * size, 0))
-            sheet.paste(images[index].convert("RGB").resize((size, size)), (index * size, size))
-        sheet.save(out / f"sweep_g{guidance:g}_t{temperature:g}_p{top_p if top_p is not None else 'none'}.png")
+        tiles = [scenes[index]["image"] for index in range(shown)] + images[:shown]  # the scenes above their drawings
+        save_png(make_grid(tiles, ncols=shown, tile_size=size),
+                 out / f"sweep_g{guidance:g}_t{temperature:g}_p{top_p if top_p is not None else 'none'}.png")
     (out / "sweep.json").write_text(json.dumps(results, indent=2))
 
 

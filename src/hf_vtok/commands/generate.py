@@ -20,6 +20,7 @@ trained (its processor's `text_to_image` task prompt) before generation.
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..mllm.generation import image_sampling_settings
     from ..mllm.pipeline_mllm import VTokTextToImagePipeline
     from ..utils.validation import check_float
     from .checkpoints import load_mllm, map_with_estimate, output_folder
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_mllm(args.mllm)
     if loaded.decoder is None:
         raise ValueError(f"`--mllm` {args.mllm!r} has no decoder/ folder to draw images with.")
+    guidance_scale, temperature = image_sampling_settings(loaded.model.config, args.guidance_scale)
     pipe = VTokTextToImagePipeline(mllm=loaded.model, processor=loaded.processor, decoder=loaded.decoder)
     pipe.set_progress_bar_config(disable=True)
     processor = loaded.processor
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     def draw(job):
         prompt, seed = job
-        return pipe(prompt, seed=seed, guidance_scale=args.guidance_scale, num_inference_steps=args.steps)
+        return pipe(prompt, seed=seed, guidance_scale=guidance_scale, num_inference_steps=args.steps)
 
     results = map_with_estimate(draw, jobs, f"generating with {args.mllm} ({args.steps} decoder steps)")
     entries = []
@@ -57,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         "prompts": args.prompts,
         "phrased_prompts": [processor.task_prompt("text_to_image", caption=prompt) for prompt in args.prompts],
         "num_images_per_prompt": args.num_images,
-        "guidance_scale": args.guidance_scale if args.guidance_scale is not None else loaded.model.config.image_guidance_scale,
-        "temperature": loaded.model.config.image_temperature,
+        "guidance_scale": guidance_scale,
+        "temperature": temperature,
         "num_inference_steps": args.steps,
         "seed": args.seed,
         "images": entries,

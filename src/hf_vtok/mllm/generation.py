@@ -113,12 +113,9 @@ class VisualWindowLogitsProcessor(LogitsProcessor):
 
 def image_sampling_settings(config, guidance_scale: float | None = None, temperature: float | None = None) -> tuple:
     """``(guidance_scale, temperature)`` for drawing: the values given, else the MLLM config's
-    ``image_guidance_scale`` / ``image_temperature`` (the paper's 8.0 / 1.0 for a config that predates them)."""
-    if guidance_scale is None:
-        guidance_scale = getattr(config, "image_guidance_scale", 8.0)
-    if temperature is None:
-        temperature = getattr(config, "image_temperature", 1.0)
-    return guidance_scale, temperature
+    ``image_guidance_scale`` / ``image_temperature`` (a config saved before them loads their defaults)."""
+    return (config.image_guidance_scale if guidance_scale is None else guidance_scale,
+            config.image_temperature if temperature is None else temperature)
 
 
 def _check_sampling(guidance_scale, temperature, top_k, top_p) -> tuple[float, float, int, float]:
