@@ -124,6 +124,7 @@ def test_setok_embeddings_round_trip_through_safetensors(scenes, tmp_path):
     assert main(["reconstruct", str(tmp_path / "tokens.safetensors"), "--steps", "1", "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "reconstruct.json").read_text())
     assert summary["decoder"] == "shipped:setok" and len(summary["images"]) == 2
+    assert summary["guidance_scale"] == 3.0  # what the decoder drew with: SeTok's default, not None
 
 
 def test_visualize_overlays_the_slot_maps(scenes, tmp_path):

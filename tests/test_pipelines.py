@@ -11,6 +11,8 @@ shipped decoders load with both loaders.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +231,28 @@ def test_guidance_doubles_the_denoiser_batch_only_above_one(pipes, family):
     unguided = [_run(pipe, guidance_scale=s, generator=generator.manual_seed(0)) for s in (0.0, 1.0)]
     assert torch.equal(*unguided)
     assert not torch.equal(unguided[1], _run(pipe, guidance_scale=3.0, generator=generator.manual_seed(0)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_keeps_its_own_default_guidance(pipes, family, tmp_path):
+    """A guidance chosen for a checkpoint is saved in its model_index.json and is what a call without one uses."""
+    from hf_vtok.trainer.hub import build_model_card
+
+    pipe = pipes[family]
+    assert pipe.checkpoint_guidance_scale == type(pipe).default_guidance_scale  # none set: the family's default
+    chosen = _with(pipe, guidance_scale=1.5)
+    chosen.save_pretrained(tmp_path / "decoder")
+    assert json.loads((tmp_path / "decoder" / "model_index.json").read_text())["guidance_scale"] == 1.5
+    assert "classifier-free guidance 1.5 unless" in build_model_card(tmp_path, "me/decoder").content  # and says so
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "decoder")
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.checkpoint_guidance_scale == 1.5
+    generator = torch.Generator()
+    default = _run(reloaded, generator=generator.manual_seed(0))
+    assert torch.equal(default, _run(reloaded, guidance_scale=1.5, generator=generator.manual_seed(0)))
+    assert not torch.equal(default, _run(reloaded, guidance_scale=1.0, generator=generator.manual_seed(0)))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        _with(pipe, guidance_scale=-1.0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -53,6 +53,16 @@ def _tokenizer_family(mllm_folder: Path) -> str:
     return FAMILY_OF_MODEL_TYPE[_visual_tokenizer_config(mllm_folder)["model_type"]]
 
 
+def default_mllm_repo_id(recipe: dict, mllm_folder: Path) -> str:
+    """The Hub id of a shipped MLLM when neither --repo-id nor the recipe's hub_model_id names one: the base LM and
+    the shipped tokenizer it reads (``smollm2`` + ``shipped:ddt_latent_128`` → hf-vtok/smollm2-ddt-latent-128-shapes);
+    the tiny Llama MLLMs keep hf-vtok/<tokenizer family>-llama-tiny-shapes."""
+    base, tokenizer = recipe.get("model_name_or_path"), str(recipe.get("visual_tokenizer") or "")
+    if base and base != "tiny-llama" and "/" not in base and tokenizer.startswith("shipped:"):
+        return f"hf-vtok/{base}-{tokenizer.split(':', 1)[1]}-shapes".replace("_", "-")
+    return f"hf-vtok/{_tokenizer_family(mllm_folder)}-llama-tiny-shapes"
+
+
 def mllm_metrics_from_eval(eval_json: Path, name: str) -> dict:
     """The ``metrics.json`` of MLLM ``name`` from an ``hf-vtok eval --mllm`` report: its results beside their
     references, the gate count and the evaluation's seed, scene count and commit."""
@@ -65,9 +75,14 @@ def mllm_metrics_from_eval(eval_json: Path, name: str) -> dict:
     metrics["evaluation"] = (f"hf-vtok eval --mllm: {settings['num_images']} held-out {settings['style']} shapes scenes at "
                              f"{metrics.get('image_size', '?')} px, seed {settings['seed']}; text-to-image with guidance "
                              f"{metrics.get('t2i_guidance_scale', settings.get('guidance_scale'))}, temperature "
-                             f"{metrics.get('t2i_temperature', 1.0)}, {settings['num_inference_steps']} decoder steps; commit "
-                             f"{settings['commit'][:7]}")
+                             f"{metrics.get('t2i_temperature', 1.0)}, {settings['num_inference_steps']} decoder steps"
+                             f"{decoder_guidance(metrics.get('t2i_decoder_guidance_scale'))}; commit {settings['commit'][:7]}")
     return metrics
+
+
+def decoder_guidance(value) -> str:
+    """How a metrics note names the decoder's guidance, recorded in reports since decoders keep their own."""
+    return "" if value is None else f" at decoder guidance {value:g}"
 
 
 def gates_passed(verdicts: list[dict]) -> str:
@@ -96,9 +111,11 @@ def metrics_from_eval(eval_json: Path, name: str, image_size: int) -> dict:
             metrics.update({f"photos_{key}": row[key] for key in ("psnr", "ssim") if row.get(key) is not None})
     verdicts = [verdict for verdict in report["gates"]["verdicts"] if verdict["tokenizer"] == name]
     metrics["gates_passed"] = gates_passed(verdicts)
+    guidance = report["tokenizers"][name].get("guidance_scale")  # recorded since the decoders keep their own
     metrics["evaluation"] = (f"hf-vtok eval: {settings['num_images_per_style']} held-out scenes per style "
                              f"({', '.join(settings['styles'])}) at {image_size} px, seed {settings['seed']}, "
-                             f"{settings['num_inference_steps']} sampling steps, commit {settings['commit'][:7]}")
+                             f"{settings['num_inference_steps']} sampling steps{decoder_guidance(guidance)}, commit "
+                             f"{settings['commit'][:7]}")
     return metrics
 
 
@@ -139,7 +156,8 @@ def main() -> None:
                         help="the MLLM's name in --metrics-from (default: RUN_DIR's name; e.g. the rounded parts folder's)")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
-                             "recipe's hub_model_id, else hf-vtok/<tokenizer family>-llama-tiny-shapes)")
+                             "recipe's hub_model_id, else hf-vtok/<base LM>-<shipped tokenizer>-shapes, for a tiny Llama "
+                             "hf-vtok/<tokenizer family>-llama-tiny-shapes)")
     args = parser.parse_args()
     target = PACKAGE_CHECKPOINTS / (args.name or args.family)
     run_dir = Path(args.run_dir)
@@ -190,7 +208,7 @@ def main() -> None:
                                      "(seed 999); "
                                      f"text-to-image with guidance {summary.get('t2i_guidance_scale')}, temperature "
                                      f"{summary.get('t2i_temperature')}, 25 decoder steps, seed 0")
-        repo_id = args.repo_id or recipe.get("hub_model_id") or f"hf-vtok/{_tokenizer_family(target)}-llama-tiny-shapes"
+        repo_id = args.repo_id or recipe.get("hub_model_id") or default_mllm_repo_id(recipe, target)
     else:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
         shutil.copytree(run_dir / "decoder", target / "decoder")

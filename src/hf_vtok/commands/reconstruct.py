@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "decoder": decoder_source,
         "tokens": args.ids,
         "num_inference_steps": args.steps,
-        "guidance_scale": options.get("guidance_scale", getattr(parameters.get("guidance_scale"), "default", None)),
+        "guidance_scale": options.get("guidance_scale", pipe.checkpoint_guidance_scale),
         "max_tokens": options.get("max_tokens"),
         "seed": args.seed,
         "images": entries,

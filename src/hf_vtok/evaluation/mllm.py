@@ -440,6 +440,8 @@ def evaluate_mllm(
 
         guidance_scale, temperature = image_sampling_settings(loaded.model.config, guidance_scale)
         result["t2i_guidance_scale"], result["t2i_temperature"] = guidance_scale, temperature
+        # the decoder pipeline renders the drawn ids with its own checkpoint's guidance
+        result["t2i_decoder_guidance_scale"] = getattr(loaded.decoder, "checkpoint_guidance_scale", None)
         t2i = text_to_image_accuracy(loaded, rows, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                      seed=seed, batch_size=batch_size, return_images=True)
         samples["images"] = t2i.pop("images")

@@ -144,7 +144,7 @@ def _evaluate_one(name: str, loaded, scenes: dict, baselines: dict, photos, phot
     model, written = loaded.model, []
     report: dict = {"folder": str(loaded.path), "model_type": model.config.model_type,
                     "num_visual_tokens": int(model.config.num_visual_tokens), "codebook_size": model.codebook_size,
-                    "pictures": written, "styles": {}}
+                    "guidance_scale": loaded.pipeline.checkpoint_guidance_scale, "pictures": written, "styles": {}}
     steps, seed = options["num_inference_steps"], options["seed"]
 
     # --- held-out shapes scenes, every style: the figures, their gates, and a picture

@@ -259,7 +259,8 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         kwargs = {"has_text_tokenizer": info["has_text_tokenizer"], "has_training_model": info["has_training_model"],
                   "has_decoder": info["has_decoder"]}
     model_class, pretraining_class = _registered_class_names(config.get("model_type"))
-    pipeline_class = _read_json(Path(folder) / "decoder" / "model_index.json").get("_class_name", "?")
+    decoder_index = _read_json(Path(folder) / "decoder" / "model_index.json")
+    pipeline_class = decoder_index.get("_class_name", "?")
     discrete = config.get("codebook_size") is not None
     decode_argument = "token_ids=tokens.ids" if discrete else "token_embeddings=tokens.embeddings, attention_mask=tokens.attention_mask"
     return ModelCard.from_template(
@@ -289,6 +290,7 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         is_tiny=is_tiny,
         has_taef2=info["has_taef2"],
         taef2_bundled=info["taef2_bundled"],
+        decoder_guidance_scale=decoder_index.get("guidance_scale"),  # the checkpoint's own, chosen after training
         **kwargs,
     )
 

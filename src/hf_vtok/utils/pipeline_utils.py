@@ -46,6 +46,8 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
     crop size; the decoder's own without a tokenizer). A decoder whose native resolution differs is resized with
     antialiased bicubic interpolation before post-processing.
 
+    ``guidance_scale``: the checkpoint's default classifier-free guidance (None: the family's ``default_guidance_scale``).
+
     A subclass sets ``image_processor_class``, ``denoiser_name``, ``default_guidance_scale`` and implements
     ``token_embeddings_shape`` (``(count or None when it varies, width)``), ``prepare_condition(token_embeddings,
     attention_mask, **condition_kwargs)`` and ``prepare_null_condition(condition)`` (dicts of batch-first tensors
@@ -60,9 +62,13 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
     variable_token_count: ClassVar[bool] = False  # SeTok: any token count, `attention_mask` marks the real ones
     accepts_token_prefix: ClassVar[bool] = False  # DDT: fewer tokens than the maximum are a prefix
 
-    def __init__(self, **components):
+    def __init__(self, guidance_scale: float | None = None, **components):
         super().__init__()
         self.register_modules(**components)
+        if guidance_scale is not None:
+            guidance_scale = check_float("guidance_scale", guidance_scale, minimum=0.0)
+        # the checkpoint's own default (model_index.json), chosen on validation scenes like any sampling setting
+        self.register_to_config(guidance_scale=guidance_scale)
         tokenizer = components.get("tokenizer")
         self.tokenizer_image_processor = None if tokenizer is None else self.image_processor_for(tokenizer.config)
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
@@ -84,6 +90,14 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
             shutil.copyfile(TAEF2_CHECKPOINT_DIR / "LICENSE", Path(save_directory) / "vae" / "LICENSE")
         if push_to_hub:  # saving again keeps the licence file; diffusers uploads the whole folder
             super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
+
+    @property
+    def checkpoint_guidance_scale(self) -> float:
+        """The guidance a call without ``guidance_scale`` uses: this checkpoint's ``guidance_scale`` (saved in its
+        ``model_index.json``; set it with ``pipe.register_to_config(guidance_scale=...)`` before ``save_pretrained``),
+        else the family's ``default_guidance_scale``."""
+        value = self.config.get("guidance_scale")
+        return self.default_guidance_scale if value is None else float(value)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -243,7 +257,7 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
                 count varies (SeTok); default all real.
             num_inference_steps (`int`): denoising steps.
             guidance_scale (`float`, *optional*): classifier-free guidance weight against the null condition, on
-                when > 1 (diffusers' rule); default: the family's ``default_guidance_scale``.
+                when > 1 (diffusers' rule); default: :attr:`checkpoint_guidance_scale`.
             num_images_per_prompt (`int`): images sampled per input (the batch grows by this factor).
             generator: a ``torch.Generator`` or one per output image.
             latents (`torch.Tensor`, *optional*): initial noise ``[B * num_images_per_prompt, C, h, w]``.
@@ -259,7 +273,7 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        guidance_scale = self.checkpoint_guidance_scale if guidance_scale is None else guidance_scale
         self.check_inputs(
             images, pixel_values, token_ids, token_embeddings, attention_mask, num_inference_steps, guidance_scale,
             num_images_per_prompt, height, width, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,

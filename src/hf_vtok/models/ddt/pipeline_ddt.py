@@ -34,13 +34,14 @@ class DDTDecoderPipeline(VisualTokenDecoderPipeline):
     denoiser_name: ClassVar[str] = "transformer"
     accepts_token_prefix: ClassVar[bool] = True
 
-    def __init__(self, tokenizer, conditioner, transformer, scheduler, vae=None):
+    def __init__(self, tokenizer, conditioner, transformer, scheduler, vae=None, guidance_scale: float | None = None):
         if conditioner.config.hidden_size != transformer.inner_dim:
             raise ValueError(
                 f"`conditioner` width ({conditioner.config.hidden_size}) must equal the transformer width "
                 f"({transformer.inner_dim})."
             )
-        super().__init__(tokenizer=tokenizer, conditioner=conditioner, transformer=transformer, scheduler=scheduler, vae=vae)
+        super().__init__(tokenizer=tokenizer, conditioner=conditioner, transformer=transformer, scheduler=scheduler, vae=vae,
+                         guidance_scale=guidance_scale)
 
     def __call__(self, *args, max_tokens: int | Sequence[int] | None = None, **kwargs):
         """:meth:`VisualTokenDecoderPipeline.__call__`, plus ``max_tokens``: an int in [1, T] or one per input

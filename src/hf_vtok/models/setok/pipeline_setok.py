@@ -25,8 +25,9 @@ class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
     default_guidance_scale: ClassVar[float] = 3.0
     variable_token_count: ClassVar[bool] = True
 
-    def __init__(self, tokenizer, feature_mapper, unet, scheduler, vae=None):
-        super().__init__(tokenizer=tokenizer, feature_mapper=feature_mapper, unet=unet, scheduler=scheduler, vae=vae)
+    def __init__(self, tokenizer, feature_mapper, unet, scheduler, vae=None, guidance_scale: float | None = None):
+        super().__init__(tokenizer=tokenizer, feature_mapper=feature_mapper, unet=unet, scheduler=scheduler, vae=vae,
+                         guidance_scale=guidance_scale)
 
     @property
     def token_embeddings_shape(self) -> tuple[None, int]:

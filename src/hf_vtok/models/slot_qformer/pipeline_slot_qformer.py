@@ -26,8 +26,9 @@ class SlotQFormerDecoderPipeline(VisualTokenDecoderPipeline):
     image_processor_class = SlotQFormerImageProcessorPil
     default_guidance_scale: ClassVar[float] = 2.0  # the released code samples with guidance 2
 
-    def __init__(self, tokenizer, conditioner, unet, scheduler, vae=None):
-        super().__init__(tokenizer=tokenizer, conditioner=conditioner, unet=unet, scheduler=scheduler, vae=vae)
+    def __init__(self, tokenizer, conditioner, unet, scheduler, vae=None, guidance_scale: float | None = None):
+        super().__init__(tokenizer=tokenizer, conditioner=conditioner, unet=unet, scheduler=scheduler, vae=vae,
+                         guidance_scale=guidance_scale)
 
     def __call__(self, *args, quantize: bool = True, **kwargs):
         """:meth:`VisualTokenDecoderPipeline.__call__`, plus ``quantize``: for ``images`` / ``pixel_values``, decode
