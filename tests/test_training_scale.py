@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -365,6 +366,47 @@ def test_task_dataset_templates_and_caption_dropout(shapes, ddt_folder, tmp_path
     instruction = build_task_dataset(_tiny_arguments(tmp_path, prompt_templates=PAPER_PROMPTS, num_examples=12)[0], data, processor)
     assert all(p.startswith("USER:") and p.rstrip().endswith("ASSISTANT:") for p in instruction["prompt"])
     assert "Please generate an image." in " ".join(instruction["prompt"])
+
+
+def test_runs_without_caption_dropout_draw_without_guidance(tmp_path):
+    """Guidance needs the unconditional branch that caption dropout trains; without it the exported model draws at 1."""
+    from hf_vtok.mllm import VTokMLLMConfig
+    from hf_vtok.trainer.mllm_trainer import build_mllm
+
+    default = VTokMLLMConfig.image_guidance_scale
+    assert build_mllm(_tiny_arguments(tmp_path)[0])[0].config.image_guidance_scale == 1.0
+    assert build_mllm(_tiny_arguments(tmp_path, prompt_dropout_prob=0.1)[0])[0].config.image_guidance_scale == default
+    understanding_only = _tiny_arguments(tmp_path, task_mix={"qa": 1.0, "captioning": 1.0})[0]
+    assert build_mllm(understanding_only)[0].config.image_guidance_scale == default  # nothing drawn: nothing to decide
+
+
+def test_question_type_weights_choose_the_questions_qa_examples_ask(shapes, ddt_folder, tmp_path):
+    """Weights pick a row's question by its type: weight 0 never asked, a heavy type asked most; none = uniform."""
+    from hf_vtok.data.shapes import QUESTION_TYPES
+    from hf_vtok.trainer.mllm_trainer import build_mllm
+
+    _, processor, _ = build_mllm(_tiny_arguments(tmp_path)[0])
+    pretokenize_dataset(ddt_folder[1], shapes, tmp_path, image_processor=processor.image_processor, progress=False)
+    data = load_pretokenized(tmp_path)
+    assert {q["type"] for row in data for q in row["questions"]} <= set(QUESTION_TYPES)
+    kinds = {q["question"]: q["type"] for row in data for q in row["questions"]}
+
+    def asked(**overrides):
+        args = _tiny_arguments(tmp_path, prompt_templates={"qa": ["{image} {question}", "{answer}"]}, task_mix={"qa": 1.0},
+                               num_examples=120, **overrides)[0]
+        prompts = build_task_dataset(args, data, processor)["prompt"]
+        return Counter(kinds[next(q for q in kinds if q in prompt)] for prompt in prompts)
+
+    uniform = asked()
+    assert uniform["position"] < 0.4 * sum(uniform.values()) and uniform["count"] > 0
+    weighted = asked(question_type_weights={"position": 20.0, "count": 0.0})
+    assert weighted["count"] == 0 and weighted["position"] > 0.6 * sum(weighted.values())
+    assert weighted["position"] > 2 * uniform["position"]
+    with pytest.raises(ValueError, match="question_type_weights key"):
+        _tiny_arguments(tmp_path, question_type_weights={"colour": 2.0})
+    with pytest.raises(ValueError, match="positive weight"):
+        _tiny_arguments(tmp_path, question_type_weights=dict.fromkeys(QUESTION_TYPES, 0.0))
+    assert _tiny_arguments(tmp_path, question_type_weights='{"position": 3}')[0].question_type_weights == {"position": 3}
 
 
 def test_setok_mllm_trains_its_regression_loss_from_stored_embeddings(tmp_path):

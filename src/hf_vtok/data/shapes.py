@@ -46,6 +46,7 @@ __all__ = [
     "COLORS",
     "EDIT_TYPES",
     "FLAT_BACKGROUND",
+    "QUESTION_TYPES",
     "SHAPES",
     "SIZES",
     "STYLES",
@@ -81,6 +82,8 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
 SIZES: dict[str, float] = {"small": 0.09, "large": 0.14}
 STYLES: tuple[str, ...] = ("textured", "flat")
 EDIT_TYPES: tuple[str, ...] = ("recolor", "remove", "add", "move")
+# The `type` of every generated question (a position question needs two objects; a colour question a unique shape).
+QUESTION_TYPES: tuple[str, ...] = ("count", "color", "shape", "size", "exist", "position")
 
 # An object covered down to less than this share of its own area is dropped from the scene (it could
 # not be named or segmented reliably), as is one with fewer visible pixels than MIN_VISIBLE_PIXELS.

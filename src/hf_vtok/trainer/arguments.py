@@ -225,6 +225,11 @@ class MLLMArguments:
     prompt_templates: dict | str | None = field(
         default_factory=lambda: copy.deepcopy(PAPER_PROMPTS), metadata={"help": "task: [prompt, completion] (JSON)"}
     )
+    question_type_weights: dict | str | None = field(
+        default=None,
+        metadata={"help": "QA examples pick a row's question by its type's weight (JSON, e.g. {\"position\": 4}; "
+                  "unnamed types weigh 1; default: every question alike)"},
+    )
     prompt_dropout_prob: float = field(default=0.0, metadata={"help": "generation examples lose their caption (guidance)"})
     randomize_modality_order: bool = True
     chat_template: str = "user_assistant"
@@ -253,6 +258,16 @@ class MLLMArguments:
         if self.stage == "pretraining" and extra:
             raise ValueError(f"`task_mix` of a pre-training stage may only hold {sorted(PRETRAINING_FORMATS)} (image-text "
                              f"pairs), got {extra}.")  # fmt: skip
+        if self.question_type_weights is not None:
+            from ..data.shapes import QUESTION_TYPES
+
+            self.question_type_weights = _json_field(self.question_type_weights, "question_type_weights")
+            for kind, weight in self.question_type_weights.items():
+                check_choice("question_type_weights key", kind, QUESTION_TYPES)
+                check_float(f"question_type_weights[{kind!r}]", weight, minimum=0.0)
+            if not any(self.question_type_weights.get(kind, 1.0) > 0 for kind in QUESTION_TYPES):
+                raise ValueError(f"`question_type_weights` must leave one question type a positive weight, got "
+                                 f"{self.question_type_weights}.")
         self.prompt_templates = _json_field(self.prompt_templates, "prompt_templates")
         for task, template in self.prompt_templates.items():
             check_choice("prompt_templates key", task, TASKS)

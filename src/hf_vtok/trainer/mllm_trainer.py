@@ -167,6 +167,12 @@ def build_mllm(script_args: MLLMArguments, model_args: MLLMModelConfig | None = 
         from ..mllm.vocabulary import init_visual_rows_from_codebook
 
         init_visual_rows_from_codebook(model, visual, seed=seed)
+    if script_args.prompt_dropout_prob == 0 and any(script_args.task_mix.get(task, 0) > 0 for task in ("text_to_image", "editing")):
+        # guidance contrasts the prompt with an empty one; without caption dropout that branch never trains and
+        # guidance extrapolates from it (docs/mllm.md: guidance 3 turned SmolLM2's scenes into colour fields)
+        model.config.image_guidance_scale = 1.0
+        print("[train-mllm] prompt_dropout_prob is 0 (no unconditional examples): the model draws without guidance "
+              "(image_guidance_scale 1)")
     processor = VTokMLLMProcessor.from_visual_tokenizer(
         text_tokenizer, visual, image_processor=image_processor, chat_template=script_args.chat_template,
         task_prompts=script_args.task_prompts(),
@@ -255,13 +261,21 @@ def _image_text(processor, row: dict, column: str):
     return None if embeddings is None else (processor.image_token, embeddings)
 
 
-def _question(row: dict, rng: random.Random) -> tuple[str, str] | None:
+def _question(row: dict, rng: random.Random, type_weights: dict | None = None) -> tuple[str, str] | None:
+    """A question of the row: uniformly, or by ``type_weights`` of its ``type`` (unnamed types weigh 1); None when
+    the row has none (or only types of weight 0)."""
     if row.get("question") is not None and row.get("answer") is not None:
         return str(row["question"]), str(row["answer"])
     questions = row.get("questions") or []
-    if not questions:
+    if type_weights is not None:
+        weights = [float(type_weights.get(item.get("type"), 1.0)) for item in questions]
+        if sum(weights) <= 0:
+            return None
+        item = rng.choices(questions, weights)[0]
+    elif not questions:
         return None
-    item = rng.choice(questions)
+    else:
+        item = rng.choice(questions)  # the draw of runs without weights stays what it was
     return str(item["question"]), str(item["answer"])
 
 
@@ -308,7 +322,7 @@ def build_task_dataset(script_args: MLLMArguments, pretokenized, processor, seed
         embeddings = [image[1]]
         values = {"image": image[0], "caption": str(row.get("caption") or "")}
         if task == "qa":
-            qa = _question(row, rng)
+            qa = _question(row, rng, script_args.question_type_weights)
             if qa is None:
                 skipped += 1
                 continue
