@@ -12,7 +12,6 @@ shipped decoders load with both loaders.
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
