@@ -207,7 +207,8 @@ def main() -> None:
             summary["evaluation"] = (f"{args.num_images} held-out {recipe.get('dataset_style', 'flat')} shapes scenes at {image_size} px "
                                      "(seed 999); "
                                      f"text-to-image with guidance {summary.get('t2i_guidance_scale')}, temperature "
-                                     f"{summary.get('t2i_temperature')}, 25 decoder steps, seed 0")
+                                     f"{summary.get('t2i_temperature')}, 25 decoder steps"
+                                     f"{decoder_guidance(summary.get('t2i_decoder_guidance_scale'))}, seed 0")
         repo_id = args.repo_id or recipe.get("hub_model_id") or default_mllm_repo_id(recipe, target)
     else:
         # the tokenizer ships once, as the decoder pipeline's `tokenizer/` component, with its image processor
@@ -221,9 +222,10 @@ def main() -> None:
             summary = metrics_from_eval(Path(args.metrics_from), run_dir.resolve().name, image_size)
         else:
             dataset = generate_shapes_dataset(args.num_images, image_size=image_size, seed=999, with_edits=False, progress=False)
-            summary = evaluate_tokenizer(load_tokenizer_folder(target), dataset, num_inference_steps=25).summary()
+            loaded = load_tokenizer_folder(target)
+            summary = evaluate_tokenizer(loaded, dataset, num_inference_steps=25).summary()
             summary["evaluation"] = (f"{args.num_images} held-out textured shapes scenes at {image_size} px (seed 999), "
-                                     "25 sampling steps")
+                                     f"25 sampling steps{decoder_guidance(loaded.pipeline.checkpoint_guidance_scale)}")
         repo_id = args.repo_id or (f"hf-vtok/{args.name.replace('_', '-')}-shapes" if args.name else f"hf-vtok/{args.family}-tiny-shapes")
     (target / "metrics.json").write_text(json.dumps(summary, indent=2))
     build_model_card(target, repo_id).save(target / "README.md")
