@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hf_vtok.data import generate_shapes_dataset
-from hf_vtok.data.shapes import ObjectSpec, _relation
+from hf_vtok.data.shapes import ObjectSpec, spatial_relation
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_position_questions_are_paired_with_their_true_relation_first(probe):
                    for o in scenes[index]["objects"]}  # fmt: skip
         for question, expected in ((true, True), (false, False)):
             first, relation, second = re.fullmatch(r"Is the (.+) (left of|right of|above|below) the (.+)\?", question).groups()
-            assert (relation == _relation(objects[first], objects[second])) is expected, question
+            assert (relation == spatial_relation(objects[first], objects[second])) is expected, question
 
 
 def test_id_probes_read_a_position_only_when_the_ids_carry_it(probe):

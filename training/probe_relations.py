@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from hf_vtok.data import generate_shapes_dataset
-from hf_vtok.data.shapes import _OPPOSITE, ObjectSpec, _relation
+from hf_vtok.data.shapes import OPPOSITE_RELATION, ObjectSpec, spatial_relation
 from hf_vtok.evaluation.mllm import load_mllm_folder
 
-RELATIONS = "|".join(_OPPOSITE)
+RELATIONS = "|".join(OPPOSITE_RELATION)
 
 
 def _position_pairs(scenes) -> list[tuple[int, str, str]]:
@@ -42,8 +42,8 @@ def _position_pairs(scenes) -> list[tuple[int, str, str]]:
             if qa["type"] != "position":
                 continue
             first, asked, second = re.fullmatch(rf"Is the (.+) ({RELATIONS}) the (.+)\?", qa["question"]).groups()
-            true = asked if qa["answer"] == "yes" else _OPPOSITE[asked]
-            pairs.append((index, f"Is the {first} {true} the {second}?", f"Is the {first} {_OPPOSITE[true]} the {second}?"))
+            true = asked if qa["answer"] == "yes" else OPPOSITE_RELATION[asked]
+            pairs.append((index, f"Is the {first} {true} the {second}?", f"Is the {first} {OPPOSITE_RELATION[true]} the {second}?"))
     return pairs
 
 
@@ -81,7 +81,7 @@ def caption_probe(loaded, scenes) -> dict:
         head, relation = match.groups()
         batch = processor(images=[row["image"].convert("RGB")], text=[prompt], use_chat_template=True, return_tensors="pt")
         scores = []
-        for candidate in (relation, _OPPOSITE[relation]):
+        for candidate in (relation, OPPOSITE_RELATION[relation]):
             head_ids = tokenizer.encode(head, add_special_tokens=False)
             ids = tokenizer.encode(f"{head} {candidate}", add_special_tokens=False)
             full = torch.cat([batch["input_ids"], torch.tensor([ids])], dim=1)
@@ -129,8 +129,8 @@ def id_probes(data, train_fraction: float = 0.8) -> dict:
     def spec(o):
         return ObjectSpec(o["shape"], o["color"], o["size"], o["x"], o["y"], 0)
 
-    names = list(_OPPOSITE)
-    relation = np.array([names.index(_relation(spec(where(s, "red")), spec(where(s, "blue")))) if b else 0
+    names = list(OPPOSITE_RELATION)
+    relation = np.array([names.index(spatial_relation(spec(where(s, "red")), spec(where(s, "blue")))) if b else 0
                          for s, b in zip(scenes, both)])  # fmt: skip
     results["where red is with respect to blue (4 relations)"] = probe(relation, both)
     return results

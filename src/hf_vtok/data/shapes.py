@@ -46,6 +46,7 @@ __all__ = [
     "COLORS",
     "EDIT_TYPES",
     "FLAT_BACKGROUND",
+    "OPPOSITE_RELATION",
     "QUESTION_TYPES",
     "SHAPES",
     "SIZES",
@@ -61,6 +62,7 @@ __all__ = [
     "generate_scene",
     "generate_shapes_dataset",
     "render_scene",
+    "spatial_relation",
     "write_shapes_dataset",
 ]
 
@@ -545,15 +547,17 @@ def render_scene(
 # --------------------------------------------------------------------------------------------------
 
 
-def _relation(a: ObjectSpec, b: ObjectSpec) -> str:
-    """Where ``a`` is with respect to ``b``, along the axis on which they are furthest apart."""
+def spatial_relation(a: ObjectSpec, b: ObjectSpec) -> str:
+    """Where ``a`` is with respect to ``b`` (one of ``OPPOSITE_RELATION``'s keys), along the axis on which they are
+    furthest apart: the relation every caption, position question and edit instruction of the shapes world states."""
     dx, dy = a.x - b.x, a.y - b.y
     if abs(dx) >= abs(dy):
         return "left of" if dx < 0 else "right of"
     return "above" if dy < 0 else "below"
 
 
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# each relation and the one that states the same pair the other way round (a position question's wrong answer)
+OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def _indefinite(phrase: str) -> str:
@@ -578,9 +582,9 @@ def _caption(specs: Sequence[ObjectSpec]) -> str:
         return "An empty scene."
     if len(specs) == 1:
         return f"A {specs[0].description} {_region(specs[0])}."
-    sentences = [f"A {specs[0].description} {_relation(specs[0], specs[1])} a {specs[1].description}."]
+    sentences = [f"A {specs[0].description} {spatial_relation(specs[0], specs[1])} a {specs[1].description}."]
     for previous, current in itertools.pairwise(specs[1:]):
-        sentences.append(f"The {previous.name} is {_relation(previous, current)} a {current.description}.")
+        sentences.append(f"The {previous.name} is {spatial_relation(previous, current)} a {current.description}.")
     return " ".join(sentences)
 
 
@@ -621,8 +625,8 @@ def _questions(
         # Ask along the pair's dominant axis, where the answer is visually unambiguous; half true, half false.
         first, second = rng.choice(len(specs), size=2, replace=False)
         a, b = specs[first], specs[second]
-        relation = _relation(a, b)
-        asked = relation if rng.random() < 0.5 else _OPPOSITE[relation]
+        relation = spatial_relation(a, b)
+        asked = relation if rng.random() < 0.5 else OPPOSITE_RELATION[relation]
         questions.append(
             {
                 "question": f"Is the {a.name} {asked} the {b.name}?",
@@ -692,7 +696,7 @@ def _propose_edit(
         new = _sample_object(rng, config, color, specs)
         if new is None:
             return None
-        return f"add a {new.description} {_relation(new, chosen)} the {chosen.name}", specs + [new]
+        return f"add a {new.description} {spatial_relation(new, chosen)} the {chosen.name}", specs + [new]
     # move: one step along one axis, staying inside the image.
     distance = rng.uniform(0.2, 0.35)
     margin = chosen.extent
