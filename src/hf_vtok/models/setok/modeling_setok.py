@@ -242,9 +242,10 @@ class SeTokClusterMerger(nn.Module):
         )
         self.layers = _merger_blocks(config, config.merger_num_layers)
         self.inter_cluster_layers = _merger_blocks(config, config.inter_cluster_layers)
-        self.output_projection = (
-            nn.Linear(dim, config.token_embedding_dim) if config.token_embedding_dim != dim else None
-        )
+        # with `token_footprint` the last num_patches values of a token are its cluster's mask, not projected
+        self.token_footprint = config.token_footprint
+        content_dim = config.token_embedding_dim - (config.num_patches if config.token_footprint else 0)
+        self.output_projection = nn.Linear(dim, content_dim) if content_dim != dim else None
 
     def position_embeddings(self, grid_size: tuple[int, int], device, dtype) -> torch.Tensor:
         """PE(X) for a ``height x width`` grid, row-major: ``[height * width, dim]``."""
@@ -294,6 +295,10 @@ class SeTokClusterMerger(nn.Module):
             pooled = layer(pooled, attention_mask=token_mask)
         if self.output_projection is not None:
             pooled = self.output_projection(pooled)
+        if self.token_footprint:
+            # the masks as they are (straight-through one-hot with hard assignment), so the tokens say where
+            # their clusters lie; the footprints of an image's tokens sum to one on every patch
+            pooled = torch.cat([pooled, masks.to(pooled.dtype)], dim=-1)
         return pooled * token_mask[..., None].to(pooled.dtype)
 
     def _chunk(self, num_per_item: int) -> int:
@@ -691,7 +696,12 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
         super().__init__(config)
         decoder = config.decoder_config
         self.tokenizer = SeTokModel(config)
-        self.feature_mapper = SeTokFeatureMapper(token_dim=config.token_embedding_dim, **decoder.feature_mapper)
+        self.feature_mapper = SeTokFeatureMapper(
+            token_dim=config.token_embedding_dim,
+            footprint_grid=config.grid_size if config.token_footprint else None,
+            footprint_channels=decoder.footprint_channels,
+            **decoder.feature_mapper,
+        )
         self.unet = UNet2DConditionModel(**decoder.unet)
         # the decoder's own VAE; a shipped one (decoder_config.vae = "taef2") is not a submodule, see decoder_autoencoder
         self.vae = AutoencoderKL(**decoder.vae) if isinstance(decoder.vae, dict) else None
@@ -788,14 +798,20 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
 
         # Image decoder: ε-prediction (eq. 3) with condition dropout for classifier-free guidance.
         condition = self.feature_mapper(tokens.embeddings, tokens.attention_mask)
+        clean = self._diffusion_inputs(pixel_values, latents)
+        painted = None  # the footprint map concatenated to the UNet's input (decoder_config.footprint_channels)
+        if self.config.decoder_config.footprint_channels:
+            painted = self.feature_mapper.paint_footprints(tokens.embeddings, tokens.attention_mask, clean.shape[-1])
         dropout = self.config.decoder_config.condition_dropout_prob
         if self.training and dropout > 0:
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
-        clean = self._diffusion_inputs(pixel_values, latents)
+            if painted is not None:
+                painted = painted * (~drop)[:, None, None, None].to(painted.dtype)
         vtok.check_diffusion_draws(noise, timesteps, clean, self.noise_scheduler.config.num_train_timesteps)
         diffusion_loss = vtok.denoising_loss(
-            self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype)
+            self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype),
+            sample_condition=painted,
         )
         loss = self.config.diffusion_loss_weight * diffusion_loss
 

@@ -7,6 +7,11 @@ learned queries, each layer BERT-style (post-norm) self-attention among the quer
 tokens (padding tokens masked out) and a feed-forward layer, then a projection to the UNet's
 ``cross_attention_dim``. Whatever the number of tokens of an image, the UNet sees ``num_queries`` context vectors.
 
+With ``footprint_channels`` (a departure, for tokens that carry their cluster's mask: ``SeTokConfig.token_footprint``)
+it also paints every token's projected content over its footprint, resized to the UNet's resolution: a spatial map
+that the UNet reads concatenated to its input, so where each token goes is given rather than learned through
+cross-attention (the DDT decoder needed the same, ``token_anchor_injection``: docs/ddt.md).
+
 It also holds the learned null condition used for classifier-free guidance: training replaces the condition by
 it with probability ``decoder_config["condition_dropout"]``, and the pipeline uses it as the unconditional branch.
 """
@@ -14,6 +19,7 @@ it with probability ``decoder_config["condition_dropout"]``, and the pipeline us
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -57,8 +63,26 @@ class SeTokFeatureMapper(ModelMixin, ConfigMixin):
         num_queries: int = 32,  # BLIP-2's (the paper gives none)
         cross_attention_dim: int = 768,  # the SD v1.5 UNet's
         layer_norm_eps: float = 1e-12,  # BERT's
+        footprint_grid: tuple[int, int] | None = None,  # the tokenizer's patch grid when its tokens end in a footprint
+        footprint_channels: int = 0,  # paper: 0 (no spatial map)
     ):
         super().__init__()
+        if footprint_channels and footprint_grid is None:
+            raise ValueError(
+                f"`footprint_channels` ({footprint_channels}) paints tokens over their footprints: `footprint_grid` "
+                "must give the tokenizer's patch grid (height, width)."
+            )
+        footprint_size = 0 if footprint_grid is None else int(footprint_grid[0]) * int(footprint_grid[1])
+        if footprint_size >= token_dim:
+            raise ValueError(
+                f"A `footprint_grid` of {footprint_size} patches leaves no content in tokens of width {token_dim}."
+            )
+        self.footprint_size = footprint_size
+        self.footprint_projection = (
+            nn.Sequential(nn.LayerNorm(token_dim - footprint_size, eps=layer_norm_eps),
+                          nn.Linear(token_dim - footprint_size, footprint_channels))
+            if footprint_channels else None
+        )  # fmt: skip
         self.token_norm = nn.LayerNorm(token_dim, eps=layer_norm_eps)
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size) * 0.02)
         self.query_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -77,6 +101,30 @@ class SeTokFeatureMapper(ModelMixin, ConfigMixin):
     def null_embeddings(self, batch_size: int) -> torch.Tensor:
         """The unconditional context ``[batch_size, num_queries, cross_attention_dim]``."""
         return self.null_condition[None].expand(batch_size, -1, -1)
+
+    def paint_footprints(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor, size: int) -> torch.Tensor:
+        """The spatial condition ``[B, footprint_channels, size, size]``: at every position, the projected content of
+        the tokens whose footprints (bilinearly resized from the patch grid) cover it, weighted by that cover."""
+        if self.footprint_projection is None:
+            raise ValueError("This feature mapper has no `footprint_channels`: it paints no spatial condition.")
+        batch, length, _ = token_embeddings.shape
+        height, width = self.config.footprint_grid
+        content, footprints = token_embeddings.split([token_embeddings.shape[-1] - self.footprint_size,
+                                                      self.footprint_size], dim=-1)  # fmt: skip
+        real = attention_mask.to(token_embeddings.device, token_embeddings.dtype)[..., None]
+        footprints = (footprints * real).reshape(batch * length, 1, height, width)
+        footprints = F.interpolate(footprints, size=(size, size), mode="bilinear", align_corners=False)
+        footprints = footprints.reshape(batch, length, size, size)
+        values = self.footprint_projection(content) * real  # [B, T, C]
+        painted = torch.einsum("btyx,btc->bcyx", footprints, values)
+        # a partition of the grid (hard clusters) covers every position exactly once; regressed tokens may not:
+        # overlaps are averaged, uncovered positions stay 0 (the null condition's map)
+        cover = footprints.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return painted / cover
+
+    def null_footprint_map(self, batch_size: int, size: int) -> torch.Tensor:
+        """The unconditional spatial condition: nothing painted."""
+        return self.null_condition.new_zeros(batch_size, self.config.footprint_channels, size, size)
 
     def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Context for the UNet from tokens ``[B, T, token_dim]`` and their mask ``[B, T]`` (1 = real token)."""

