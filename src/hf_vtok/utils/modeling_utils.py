@@ -490,8 +490,7 @@ class CheckedLoadingMixin:
         )
         external = external_vision_state(model.config)
         if external is not None:  # a folder without its frozen vision encoder (post_init hid those keys): rebuild it
-            tokenizer = model if isinstance(model, VisualTokenizerMixin) else getattr(model, model.base_model_prefix)
-            tokenizer.vision_model.load_state_dict(external)
+            model._tokenizer_part().vision_model.load_state_dict(external)
         records = getattr(cls, "_config_fields_in_shapes", {})
 
         def recorded_field(key: str) -> tuple[str, int] | None:  # the config field a weight's shape records, if any
@@ -543,6 +542,10 @@ class CheckedLoadingMixin:
             )
         return (model, loading_info) if output_loading_info else model
 
+    def _tokenizer_part(self):
+        """The tokenizer itself, or the one a training wrapper holds under ``base_model_prefix``."""
+        return self if isinstance(self, VisualTokenizerMixin) else getattr(self, self.base_model_prefix)
+
     def post_init(self):
         super().post_init()
         if getattr(self.config, "external_vision_weights", None):  # left out on purpose, rebuilt by from_pretrained
@@ -552,7 +555,7 @@ class CheckedLoadingMixin:
         # a config that names an external source for the frozen vision encoder: its weights stay out of the folder
         external = check_external_vision_weights(getattr(self.config, "external_vision_weights", None))
         if external is not None and kwargs.get("state_dict") is None:
-            tokenizer = self if isinstance(self, VisualTokenizerMixin) else getattr(self, self.base_model_prefix)
+            tokenizer = self._tokenizer_part()
             if vision_weights_fingerprint(tokenizer.vision_model.state_dict()) != external["sha256"]:
                 raise ValueError(
                     f"The vision encoder's weights changed since `external_vision_weights` ({external['source']}) was "
