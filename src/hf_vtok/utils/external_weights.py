@@ -96,6 +96,17 @@ def _source_weights(source: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+@lru_cache(maxsize=2)
+def _source_fingerprint(source: str) -> str:
+    return vision_weights_fingerprint(_source_weights(source))
+
+
+def _clear_source_caches() -> None:
+    """Forget the rebuilt weights and their fingerprints (a source's package was replaced, or a test swapped it)."""
+    _source_weights.cache_clear()
+    _source_fingerprint.cache_clear()
+
+
 def check_external_vision_weights(value) -> dict | None:
     """The config field's value checked: ``None`` or ``{"source": <known source>, "sha256": <64 hex digits>}``."""
     if value is None:
@@ -122,7 +133,7 @@ def external_vision_state(config) -> dict[str, torch.Tensor] | None:
     if external is None:
         return None
     weights = _source_weights(external["source"])
-    found = vision_weights_fingerprint(weights)
+    found = _source_fingerprint(external["source"])  # hashed once per process, like the conversion itself
     if found != external["sha256"]:
         raise ValueError(
             f"The vision encoder rebuilt from {external['source']!r} is not the one this tokenizer was trained with "
@@ -140,7 +151,7 @@ def mark_external_vision_weights(model, source: str) -> str:
         raise ValueError(f"`source` must be one of {sorted(EXTERNAL_VISION_SOURCES)}, got {source!r}.")
     tokenizer = getattr(model, "tokenizer", model)
     own = vision_weights_fingerprint(tokenizer.vision_model.state_dict())
-    expected = vision_weights_fingerprint(_source_weights(source))
+    expected = _source_fingerprint(source)
     if own != expected:
         raise ValueError(
             f"`model`'s vision encoder is not the one {source!r} rebuilds (fingerprints {own[:12]}... and "

@@ -807,7 +807,8 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
             drop = torch.rand(batch, device=condition.device) < dropout
             condition = torch.where(drop[:, None, None], self.feature_mapper.null_embeddings(batch), condition)
             if painted is not None:
-                painted = painted * (~drop)[:, None, None, None].to(painted.dtype)
+                null_map = self.feature_mapper.null_footprint_map(batch, painted.shape[-1]).to(painted.dtype)
+                painted = torch.where(drop[:, None, None, None], null_map, painted)
         vtok.check_diffusion_draws(noise, timesteps, clean, self.noise_scheduler.config.num_train_timesteps)
         diffusion_loss = vtok.denoising_loss(
             self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype),

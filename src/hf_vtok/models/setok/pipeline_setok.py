@@ -46,7 +46,8 @@ class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
         batch = len(condition["encoder_hidden_states"])
         null = {"encoder_hidden_states": self.feature_mapper.null_embeddings(batch).to(self.unet.dtype)}
         if "sample_condition" in condition:
-            null["sample_condition"] = torch.zeros_like(condition["sample_condition"])
+            painted = condition["sample_condition"]
+            null["sample_condition"] = self.feature_mapper.null_footprint_map(batch, painted.shape[-1]).to(painted.dtype)
         return null
 
     def predict(self, latent_input, timestep, sample_condition=None, **condition):
