@@ -266,6 +266,15 @@ class ShippedAutoencoderMixin:
             self.__dict__["_shipped_autoencoder"] = load_taef2().requires_grad_(False)  # not a submodule
         return self.__dict__["_shipped_autoencoder"]
 
+    def attach_vae(self, vae) -> None:
+        """Use ``vae`` (frozen, not a submodule) as the decoder's autoencoder instead of loading the shipped one
+        named by ``config.decoder_config.vae``: the trainer hands over the autoencoder it cached the latents with,
+        so that the pixel loss decodes in the same latent space. A model that owns its VAE keeps it."""
+        if self.vae is not None:
+            raise ValueError("`attach_vae`: this model owns its VAE (decoder_config.vae is AutoencoderKL kwargs); "
+                             "its latents come from that one.")  # fmt: skip
+        self.__dict__["_shipped_autoencoder"] = vae.requires_grad_(False)
+
     def decoder_samples(self, images, latents: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """What the decoder denoises: the batch's cached ``latents`` (shaped ``config.decoder_latent_shape``), else
         ``images()`` (in [-1, 1] at the decoder's resolution) encoded by :meth:`decoder_autoencoder`, or the images
@@ -304,11 +313,14 @@ def check_diffusion_draws(noise, timesteps, sample: torch.Tensor, num_train_time
 
 
 def denoising_loss(
-    unet, scheduler, clean, noise=None, timesteps=None, sample_condition=None, **unet_kwargs
-) -> torch.Tensor:
+    unet, scheduler, clean, noise=None, timesteps=None, sample_condition=None, return_clean_prediction=False,
+    **unet_kwargs,
+):
     """MSE of ``unet`` on ``clean`` samples noised by a diffusers ``scheduler`` at random (or given) timesteps;
     the target is the noise, the velocity or the clean sample, as ``scheduler.config.prediction_type`` says.
-    ``sample_condition`` ``[B, C, h, w]`` (optional) is concatenated to the noisy sample's channels."""
+    ``sample_condition`` ``[B, C, h, w]`` (optional) is concatenated to the noisy sample's channels. With
+    ``return_clean_prediction``: ``(loss, x̂_0, ᾱ_t)``, the clean sample the prediction implies (its graph kept) and
+    each sample's signal fraction (see :func:`predicted_clean_sample`)."""
     noise = torch.randn_like(clean) if noise is None else noise
     if timesteps is None:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
@@ -320,10 +332,42 @@ def denoising_loss(
         target = scheduler.get_velocity(clean, noise, timesteps)
     else:
         target = clean
-    if sample_condition is not None:
-        noisy = torch.cat([noisy, sample_condition.to(noisy.dtype)], dim=1)
-    prediction = unet(noisy, timesteps, **unet_kwargs).sample
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    unet_input = noisy if sample_condition is None else torch.cat([noisy, sample_condition.to(noisy.dtype)], dim=1)
+    prediction = unet(unet_input, timesteps, **unet_kwargs).sample
+    loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+    if not return_clean_prediction:
+        return loss
+    return (loss, *predicted_clean_sample(scheduler, noisy, prediction, timesteps))
+
+
+def predicted_clean_sample(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor):
+    """``(x̂_0, ᾱ_t)``: the clean sample implied by a DDPM-family ``prediction`` (noise, velocity or sample, as
+    ``scheduler.config.prediction_type`` says) of ``noisy`` at ``timesteps``, and the cumulative signal fraction
+    ``ᾱ_t`` of each sample (``[B]``; 1 = no noise)."""
+    alphas = scheduler.alphas_cumprod.to(device=noisy.device, dtype=torch.float32)[timesteps.long()]
+    signal, noise_scale = alphas.sqrt().view(-1, 1, 1, 1), (1.0 - alphas).sqrt().view(-1, 1, 1, 1)
+    noisy, prediction = noisy.float(), prediction.float()
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        clean = (noisy - noise_scale * prediction) / signal
+    elif prediction_type == "v_prediction":
+        clean = signal * noisy - noise_scale * prediction
+    else:
+        clean = prediction
+    return clean, alphas
+
+
+def decoded_pixel_loss(vae, predicted_latents, pixel_values, mean, std, weights=None) -> torch.Tensor:
+    """The pixel MSE (in [-1, 1]) between ``predicted_latents`` decoded by the frozen ``vae`` and the tokenizer's
+    input images (``pixel_values`` normalised by ``mean``/``std``, resized to the decoded size); with ``weights``
+    ``[B]``, the mean of each image's MSE times its weight. The graph reaches whatever predicted the latents; the VAE
+    is not trained. Latent MSE alone pulls textures toward their mean (issue #16): this is the loss that does not."""
+    if next(vae.parameters()).device != predicted_latents.device:  # not a submodule: Trainer does not move it
+        vae.to(predicted_latents.device)
+    decoded = decode_latents(vae, predicted_latents)
+    target = decoder_images(pixel_values, mean, std, decoded.shape[-1])
+    per_image = (decoded - target).square().flatten(1).mean(1)
+    return per_image.mean() if weights is None else (per_image * weights.to(per_image.dtype)).mean()
 
 
 class Attention(torch.nn.Module):

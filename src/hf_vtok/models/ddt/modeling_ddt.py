@@ -451,11 +451,7 @@ class DDTTokenizerForPreTraining(DDTPreTrainedModel):
                 f"`pixel_loss_weight` is {self.config.pixel_loss_weight}, but no VAE decodes the predicted latents: "
                 "call `attach_vae(vae)` with the frozen autoencoder of the decoder's latent space."
             )
-        if next(self._vae.parameters()).device != x0_prediction.device:  # not a submodule: Trainer does not move it
-            self._vae.to(x0_prediction.device)
-        decoded = vtok.decode_latents(self._vae, x0_prediction)
-        target = vtok.decoder_images(pixel_values, self.config.image_mean, self.config.image_std, decoded.shape[-1])
-        return F.mse_loss(decoded, target)
+        return vtok.decoded_pixel_loss(self._vae, x0_prediction, pixel_values, self.config.image_mean, self.config.image_std)
 
     # ------------------------------------------------------------------ training step
     @can_return_tuple

@@ -655,8 +655,11 @@ class SeTokForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Losses of :class:`SeTokForPreTraining` (``loss`` is the weighted sum that the Trainer optimises).
 
     Args:
-        loss: ``diffusion_loss_weight * diffusion_loss`` (+ mask terms in stage 2).
+        loss: ``diffusion_loss_weight * diffusion_loss`` (+ ``pixel_loss_weight * pixel_loss``, + mask terms in
+            stage 2).
         diffusion_loss: ε-prediction MSE of the UNet (eq. 3).
+        pixel_loss: ``ᾱ_t``-weighted pixel MSE of the decoded ``x̂_0`` on the first ``pixel_loss_max_images`` images
+            (0 when ``pixel_loss_weight`` is 0; a departure, see the config).
         mask_loss: ``kl + bce + dice`` with their ``mask_*_loss_weight`` (eq. 4), stage 2 only.
         mask_bce_loss, mask_dice_loss, mask_kl_loss: its components.
         num_tokens: mean number of tokens per image of the batch.
@@ -664,6 +667,7 @@ class SeTokForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """
 
     diffusion_loss: torch.FloatTensor | None = None
+    pixel_loss: torch.FloatTensor | None = None
     mask_loss: torch.FloatTensor | None = None
     mask_bce_loss: torch.FloatTensor | None = None
     mask_dice_loss: torch.FloatTensor | None = None
@@ -810,11 +814,19 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
                 null_map = self.feature_mapper.null_footprint_map(batch, painted.shape[-1]).to(painted.dtype)
                 painted = torch.where(drop[:, None, None, None], null_map, painted)
         vtok.check_diffusion_draws(noise, timesteps, clean, self.noise_scheduler.config.num_train_timesteps)
-        diffusion_loss = vtok.denoising_loss(
+        diffusion_loss, clean_prediction, signal = vtok.denoising_loss(
             self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype),
-            sample_condition=painted,
+            sample_condition=painted, return_clean_prediction=True,
         )
         loss = self.config.diffusion_loss_weight * diffusion_loss
+        pixel_loss = diffusion_loss.new_zeros(())
+        if self.config.pixel_loss_weight > 0:
+            first = self.config.pixel_loss_max_images
+            pixel_loss = vtok.decoded_pixel_loss(
+                self.decoder_autoencoder(), clean_prediction[:first], pixel_values[:first], self.config.image_mean,
+                self.config.image_std, weights=signal[:first],
+            )
+            loss = loss + self.config.pixel_loss_weight * pixel_loss
 
         mask_terms = {}  # stage 2: the mask decoder's losses and logits
         if stage == 2:
@@ -833,7 +845,8 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
             mask_terms = {"mask_loss": mask_loss, "mask_bce_loss": bce_loss, "mask_dice_loss": dice_loss,
                           "mask_kl_loss": kl_loss, "mask_logits": mask_logits}  # fmt: skip
         num_tokens = tokens.attention_mask.sum(-1).float().mean()
-        return SeTokForPreTrainingOutput(loss=loss, diffusion_loss=diffusion_loss, num_tokens=num_tokens, **mask_terms)
+        return SeTokForPreTrainingOutput(loss=loss, diffusion_loss=diffusion_loss, pixel_loss=pixel_loss,
+                                         num_tokens=num_tokens, **mask_terms)  # fmt: skip
 
 
 __all__ = [
