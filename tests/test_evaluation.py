@@ -472,6 +472,44 @@ def test_random_and_shuffled_ids_go_through_the_same_decoder(folders, monkeypatc
     assert metrics["psnr_by_prefix"]["16"] == metrics["psnr"]
 
 
+def test_a_sampling_sweep_narrows_the_same_measurement(folders, monkeypatch):
+    """``guidance_scale`` / ``prefix_lengths`` / ``decoys`` (what training/sweep_decoder_sampling.py passes): the
+    guidance reaches every decode, only the named decoys and prefixes are decoded, and those decodes are the ones a
+    full run makes (same random draws, same noise), so a sweep's figures are the evaluation's."""
+    import functools
+
+    from hf_vtok.evaluation import load_scenes, measure_tokenizer
+
+    loaded = load_tokenizer_folder(folders["ddt"])
+    scenes = load_scenes("flat", 3, 64, seed=4)
+    full = measure_tokenizer(loaded, scenes, num_inference_steps=1, seed=0, batch_size=2)
+    pipeline_class, calls = type(loaded.pipeline), []
+    original_call = pipeline_class.__call__
+
+    @functools.wraps(original_call)
+    def recording_call(self, *args, **kwargs):
+        calls.append((kwargs.get("guidance_scale"), kwargs.get("max_tokens")))
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", recording_call)
+    narrow = measure_tokenizer(loaded, scenes, num_inference_steps=1, seed=0, batch_size=2, keep_images=0,
+                               prefix_lengths=[4], decoys=("random",))  # fmt: skip
+    assert calls == [(None, None), (None, None), (None, 4)] * 2  # real, random, prefix 4 per batch
+    assert (narrow["psnr"], narrow["random_psnr"]) == (full["psnr"], full["random_psnr"])
+    assert narrow["psnr_by_prefix"]["4"] == full["psnr_by_prefix"]["4"] and narrow["shuffled_psnr"] is None
+    assert narrow["pictures"]["originals"] == []
+
+    calls.clear()
+    guided = measure_tokenizer(loaded, scenes, num_inference_steps=1, seed=0, batch_size=2, prefix_lengths=[], decoys=(),
+                               guidance_scale=4.0)  # fmt: skip
+    assert calls == [(4.0, None)] * 2 and "psnr_by_prefix" not in guided and guided["random_psnr"] is None
+    assert guided["psnr"] != full["psnr"]  # the guidance changed the decodes
+    with pytest.raises(ValueError, match="decoys"):
+        measure_tokenizer(loaded, scenes, decoys=("noise",))
+    with pytest.raises(ValueError, match="decoys"):
+        measure_tokenizer(loaded, scenes, decoys="random")
+
+
 def test_cli_eval_reports_bad_arguments(tmp_path, capsys, monkeypatch):
     from hf_vtok.commands.cli import main
     from hf_vtok.evaluation import report

@@ -18,10 +18,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from hf_vtok.evaluation.quality import _Scores, decoy_tokens, load_scenes
-from hf_vtok.evaluation.tokenizers import decode_tokens, encode_images, load_tokenizer_folder, token_inputs
+from hf_vtok.evaluation.quality import load_scenes, measure_tokenizer
+from hf_vtok.evaluation.tokenizers import load_tokenizer_folder
 
 DEFAULT_SETTINGS = ["1,10", "1.5,10", "2,10", "3,10", "1,25"]
 
@@ -34,27 +32,15 @@ def parse_setting(text: str) -> tuple[float, int]:
         raise argparse.ArgumentTypeError(f"a setting is guidance,steps (e.g. 2,10), got {text!r}") from None
 
 
-@torch.no_grad()
 def measure(loaded, scenes, guidance: float, steps: int, batch_size: int, seed: int = 0, prefixes=()) -> dict:
-    model = loaded.model
-    codebook_size = model.codebook_size if model.is_discrete else None
-    batches = scenes.batches(batch_size)
-    encoded = [encode_images(loaded, scenes.pil[batch])[0] for batch in batches]
-    every_image = [] if model.is_discrete else [t.embeddings[i, t.attention_mask[i].bool()] for t in encoded for i in range(len(t.embeddings))]
-    generator, scores = torch.Generator().manual_seed(seed), _Scores()
-    for batch, tokens in zip(batches, encoded):  # as measure_tokenizer: every variant of a batch from the same noise
-        targets, masks, noise_seed = scenes.images[batch], scenes.masks[batch], seed + batch.start
-        decoded = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed, guidance_scale=guidance)
-        scores.add_reconstruction("", targets, decoded, masks)
-        decoy = decoy_tokens(tokens, every_image, generator, batch, codebook_size)["random"]
-        scores.add_reconstruction("random_", targets, decode_tokens(loaded, decoy, steps, noise_seed, guidance_scale=guidance), masks)
-        for n in prefixes:  # DDT: the decoder sees only the first n tokens (the prefix gate: PSNR rises with n)
-            prefix = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed, guidance_scale=guidance, max_tokens=n)
-            scores.add_reconstruction(f"prefix_{n}_", targets, prefix, masks)
-    summary = scores.summary()
-    return {key: summary[key] for key in ("psnr", "colour_fidelity", "random_psnr", "random_colour_fidelity")} | {
-        "random_gap_db": round(summary["psnr"] - summary["random_psnr"], 4)} | {
-        f"psnr_prefix_{n}": summary[f"prefix_{n}_psnr"] for n in prefixes}
+    """What `hf-vtok eval` measures of the real tokens and the random decoys (same draws, same noise), at one
+    sampling setting; the shuffled decoys and the pictures are left out."""
+    metrics = measure_tokenizer(loaded, scenes, num_inference_steps=steps, seed=seed, batch_size=batch_size, keep_images=0,
+                                guidance_scale=guidance, prefix_lengths=list(prefixes), decoys=("random",))  # fmt: skip
+    by_prefix = metrics.get("psnr_by_prefix") or {}
+    return {key: metrics[key] for key in ("psnr", "colour_fidelity", "random_psnr", "random_colour_fidelity")} | {
+        "random_gap_db": round(metrics["psnr"] - metrics["random_psnr"], 4)} | {
+        f"psnr_prefix_{n}": by_prefix[str(n)] for n in prefixes}
 
 
 def main() -> None:

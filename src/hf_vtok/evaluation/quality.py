@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,9 @@ def style_baselines(scenes: Scenes, *, batch_size: int = 32, autoencoder=None) -
     return rows
 
 
+DECOYS = ("random", "shuffled")  # what decoy_tokens makes: tokens that do not describe the scene
+
+
 def decoy_tokens(tokens, every_image: list, generator: torch.Generator, batch: slice, codebook_size: int | None) -> dict:
     """Random and shuffled versions of one batch's tokens, as pipeline arguments.
 
@@ -167,18 +171,34 @@ def measure_tokenizer(
     seed: int = 0,
     batch_size: int = 32,
     keep_images: int = 8,
+    guidance_scale: float | None = None,
+    prefix_lengths: Sequence[int] | None = None,
+    decoys: Sequence[str] = DECOYS,
     progress=None,
 ) -> dict:
     """Every issue-#16 figure of one tokenizer on ``scenes`` (keys: docs/evaluation.md), plus ``"pictures"``: the
     first ``keep_images`` inputs, reconstructions and token group maps. ``progress`` (a tqdm bar) advances by one per
-    batch and, after the first, receives the estimated duration."""
+    batch and, after the first, receives the estimated duration.
+
+    A sampling sweep (``training/sweep_decoder_sampling.py``) narrows the work: ``guidance_scale`` overrides the
+    decoder's own (None keeps it), ``prefix_lengths`` the prefix lengths decoded by a DDT decoder (None: the default
+    ladder; ``[]``: none) and ``decoys`` which decoy tokens are decoded (the draws stay those of a full run)."""
     steps = check_int("num_inference_steps", num_inference_steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    unknown = sorted(set(decoys) - set(DECOYS))
+    if isinstance(decoys, str) or unknown:
+        raise ValueError(f"`decoys` must be a subset of {list(DECOYS)}, got {decoys!r}.")
     model, size = loaded.model, scenes.images.shape[1]
     num_visual_tokens = int(model.config.num_visual_tokens)
     codebook_size = model.codebook_size if model.is_discrete else None
     bits = num_visual_tokens * math.log2(codebook_size) if codebook_size else None
     prefixes = default_prefix_lengths(num_visual_tokens)[:-1] if has_prefix_decoding(loaded.pipeline) else []
+    if prefix_lengths is not None:
+        if prefix_lengths and not has_prefix_decoding(loaded.pipeline):
+            raise ValueError(f"`prefix_lengths` {list(prefix_lengths)}: {type(loaded.pipeline).__name__} cannot decode "
+                             "from a prefix of the tokens (only DDT's decoder can).")  # fmt: skip
+        prefixes = [check_int("prefix_lengths", n, minimum=1) for n in prefix_lengths]
+    sampling = {} if guidance_scale is None else {"guidance_scale": float(guidance_scale)}
     thumbnail = thumbnail_for_bits(bits, max_side=size) if bits else None
 
     batches = scenes.batches(batch_size)
@@ -190,11 +210,12 @@ def measure_tokenizer(
     for batch, tokens in zip(batches, encoded):
         targets, masks = scenes.images[batch], scenes.masks[batch]
         noise_seed = seed + batch.start  # every variant of a batch starts from the same noise
-        reconstructions = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed)
+        reconstructions = decode_tokens(loaded, token_inputs(tokens), steps, noise_seed, **sampling)
         scores.add_reconstruction("", targets, reconstructions, masks)
         for name, decoy in decoy_tokens(tokens, every_image, generator, batch, codebook_size).items():
-            scores.add_reconstruction(f"{name}_", targets, decode_tokens(loaded, decoy, steps, noise_seed), masks)
-        prefix_decodes = decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed) if prefixes else {}
+            if name in decoys:
+                scores.add_reconstruction(f"{name}_", targets, decode_tokens(loaded, decoy, steps, noise_seed, **sampling), masks)
+        prefix_decodes = decode_prefixes(loaded, tokens.ids, prefixes, steps, noise_seed, **sampling) if prefixes else {}
         for n, decoded in prefix_decodes.items():
             scores.add(f"prefix_{n}", psnr(targets, resize_images(decoded, (size, size))))
         if thumbnail:
@@ -218,7 +239,7 @@ def measure_tokenizer(
                                f"all {progress.total} batches of this tokenizer")
     summary = scores.summary()
     result = {key: summary.pop(key, None) for key in ("psnr", "ssim", "colour_fidelity", "fg_ari", "miou")}
-    for name in ("random", "shuffled"):
+    for name in DECOYS:
         result[f"{name}_psnr"] = summary.get(f"{name}_psnr")
         result[f"{name}_colour_fidelity"] = summary.get(f"{name}_colour_fidelity")
     if prefixes:
