@@ -132,7 +132,7 @@ def test_decoded_pixel_loss_weights_each_image():
 def test_the_pixel_recipe_continues_a_run_with_the_trainers_autoencoder(tmp_path, datasets_cache):
     """`setok_latent_128_footprint_pixel` from a previous run's folder: the trainer hands its TAEF2 to the model (the
     pixel loss decodes with the autoencoder that cached the latents), the architecture and weights are the previous
-    run's, and the exported config keeps the pixel-loss fields."""
+    run's, the log shows the loss's parts, and the exported config keeps the pixel-loss fields."""
     from hf_vtok.trainer.arguments import parse_tokenizer_arguments
     from hf_vtok.trainer.tokenizer_trainer import build_training_model, train_tokenizer
 
@@ -144,6 +144,7 @@ def test_the_pixel_recipe_continues_a_run_with_the_trainers_autoencoder(tmp_path
     own_vae.save_pretrained(tmp_path / "own_vae")
     argv = ["--recipe", "setok_latent_128_footprint_pixel", "--init_from", str(tmp_path / "previous"), "--vae", str(tmp_path / "own_vae"),
             "--num_train_images", "4", "--per_device_train_batch_size", "2", "--max_steps", "1", "--save_strategy", "no",
+            "--logging_steps", "1",
             "--report_to", "none", "--output_dir", str(tmp_path / "run")]  # fmt: skip
     script_args, training_args = parse_tokenizer_arguments(argv)
     assert script_args.config_overrides == {"pixel_loss_weight": 4.0, "pixel_loss_max_images": 8}
@@ -153,6 +154,10 @@ def test_the_pixel_recipe_continues_a_run_with_the_trainers_autoencoder(tmp_path
     model, trainer = train_tokenizer(script_args, training_args)
     torch.testing.assert_close(next(model.decoder_autoencoder().parameters()), next(own_vae.parameters()))
     assert model.config.pixel_loss_weight == 4.0
+    # the Trainer's log has the parts of the loss beside it (the loss is diffusion + 4 x pixel)
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert logged["pixel_loss"] > 0 and logged["num_tokens"] >= 1
+    assert float(logged["loss"]) == pytest.approx(logged["diffusion_loss"] + 4.0 * logged["pixel_loss"], abs=2e-3)
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
         out = model.eval()(**{k: v for k, v in batch.items() if k in ("pixel_values", "latents")})

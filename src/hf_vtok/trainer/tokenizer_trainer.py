@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from ..utils.image_processing_utils import images_to_list
 from ..utils.validation import check_choice, check_int
@@ -265,7 +265,7 @@ def train_tokenizer(
     Returns:
         ``(model, trainer)``.
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from ..mllm.processing_mllm import image_processor_for
 
@@ -297,8 +297,8 @@ def train_tokenizer(
     if training_args.eval_steps:
         callbacks.append(HeldOutTokenMapsCallback(image_processor, model.config.image_size, int(training_args.eval_steps),
                                                   script_args.eval_num_images, script_args.dataset_style))  # fmt: skip
-    trainer = Trainer(model=model, args=training_args.for_trainer(), train_dataset=train_dataset, data_collator=collator,
-                      callbacks=callbacks)  # fmt: skip
+    trainer = TokenizerTrainer(model=model, args=training_args.for_trainer(), train_dataset=train_dataset,
+                               data_collator=collator, callbacks=callbacks)  # fmt: skip
     train_or_load_finished(trainer, training_args)
     if trainer.is_world_process_zero():
         recipe = recorded_arguments(script_args, training_args)
@@ -310,6 +310,32 @@ def train_tokenizer(
             push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name,
                         private=bool(training_args.hub_private_repo), token=training_args.hub_token)
     return model, trainer
+
+
+class TokenizerTrainer(Trainer):
+    """``transformers.Trainer`` that also logs the parts of a tokenizer's loss: every scalar of the training model's
+    output besides ``loss`` (``diffusion_loss``, ``pixel_loss``, ``commitment_loss``, ``perplexity``, ...), averaged
+    over the steps since the last log (of this process's batches), beside the ``loss`` the Trainer logs. A weighted
+    sum alone cannot say which of its terms moved."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_parts: dict[str, list[torch.Tensor]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            for key, value in outputs.items():
+                if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+                    self._loss_parts.setdefault(key, []).append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._loss_parts:
+            for key, values in self._loss_parts.items():
+                logs.setdefault(key, round(torch.stack(values).float().mean().item(), 4))
+            self._loss_parts = {}
+        super().log(logs, start_time)
 
 
 class HeldOutTokenMapsCallback(TrainerCallback):
