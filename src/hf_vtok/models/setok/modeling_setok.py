@@ -814,13 +814,15 @@ class SeTokForPreTraining(SeTokPreTrainedModel, vtok.ShippedAutoencoderMixin):
                 null_map = self.feature_mapper.null_footprint_map(batch, painted.shape[-1]).to(painted.dtype)
                 painted = torch.where(drop[:, None, None, None], null_map, painted)
         vtok.check_diffusion_draws(noise, timesteps, clean, self.noise_scheduler.config.num_train_timesteps)
-        diffusion_loss, clean_prediction, signal = vtok.denoising_loss(
+        with_pixel_loss = self.config.pixel_loss_weight > 0  # only then is the implied clean latent needed
+        denoised = vtok.denoising_loss(
             self.unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states=condition.to(self.unet.dtype),
-            sample_condition=painted, return_clean_prediction=True,
+            sample_condition=painted, return_clean_prediction=with_pixel_loss,
         )
+        diffusion_loss, clean_prediction, signal = denoised if with_pixel_loss else (denoised, None, None)
         loss = self.config.diffusion_loss_weight * diffusion_loss
         pixel_loss = diffusion_loss.new_zeros(())
-        if self.config.pixel_loss_weight > 0:
+        if with_pixel_loss:
             first = self.config.pixel_loss_max_images
             pixel_loss = vtok.decoded_pixel_loss(
                 self.decoder_autoencoder(), clean_prediction[:first], pixel_values[:first], self.config.image_mean,
