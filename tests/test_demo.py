@@ -119,6 +119,27 @@ def test_shipped_tokenizer_cards_fill_every_token_field():
         assert f"{size} × {size}" in input_line
 
 
+def test_shipped_cards_say_the_scene_size_and_every_earlier_stage():
+    from hf_vtok.trainer.hub import build_model_card
+
+    for family in DEMO_RECIPES:  # built from the files alone: no encoder weights needed
+        folder = SHIPPED_CHECKPOINTS_DIR / family
+        card = str(build_model_card(folder, f"hf-vtok/{family}-shapes"))
+        data_line = next(line for line in card.splitlines() if line.startswith("The built-in synthetic shapes world"))
+        assert "(? px" not in data_line, (family, data_line)
+        record = json.loads((folder / "recipe.json").read_text())
+        stages = record.get("previous_stages", [])
+        if not stages:
+            assert "earlier one(s)" not in card
+            continue
+        assert f"continued {len(stages)} earlier one(s)" in card, family
+        for number, stage in enumerate(stages, start=1):
+            line = next(line for line in card.splitlines() if line.startswith(f"{number}. "))
+            assert f"max_steps `{stage['recipe']['max_steps']}`" in line and f"seed `{stage['recipe']['seed']}`" in line
+        total = sum(stage["wall_seconds"] for stage in stages) + record["wall_seconds"]
+        assert f"| training time (s) of this stage and the earlier ones | {total:.4g} |" in card, family
+
+
 def test_the_demo_mllm_ships_with_its_recipe_metrics_and_card():
     folder = SHIPPED_CHECKPOINTS_DIR / "mllm"
     for required in ("model_index.json", "mllm/config.json", "processor/processor_config.json", "decoder/model_index.json", "README.md"):
