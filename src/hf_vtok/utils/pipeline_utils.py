@@ -103,8 +103,12 @@ class VisualTokenDecoderPipeline(DiffusionPipeline):
     def denoiser(self) -> torch.nn.Module:
         return getattr(self, self.denoiser_name)
 
-    def predict(self, latent_input: torch.Tensor, timestep: torch.Tensor, **condition) -> torch.Tensor:
-        """The denoiser's prediction; by default a diffusers UNet taking the condition as keyword arguments."""
+    def predict(self, latent_input: torch.Tensor, timestep: torch.Tensor, sample_condition=None, **condition) -> torch.Tensor:
+        """The denoiser's prediction; by default a diffusers UNet taking the condition as keyword arguments. A
+        ``sample_condition`` (a spatial map of the tokens, `[B, C, h, w]`: SeTok's footprints, SlotQFormer's layout)
+        goes in as extra input channels, as the training loss feeds it (``denoising_loss(sample_condition=...)``)."""
+        if sample_condition is not None:
+            latent_input = torch.cat([latent_input, sample_condition.to(latent_input.dtype)], dim=1)
         return self.denoiser(latent_input, timestep, **condition, return_dict=False)[0]
 
     @property

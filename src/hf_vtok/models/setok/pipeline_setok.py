@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from diffusers import DiffusionPipeline  # noqa: F401  (diffusers' loader finds a nested pipeline's base class here)
 
 from ...utils.pipeline_utils import VisualTokenDecoderPipeline
@@ -39,7 +38,7 @@ class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
         condition = {"encoder_hidden_states": self.feature_mapper(token_embeddings, attention_mask).to(self.unet.dtype)}
         if self.feature_mapper.config.footprint_channels:
             painted = self.feature_mapper.paint_footprints(token_embeddings, attention_mask, self.unet.config.sample_size)
-            condition["sample_condition"] = painted.to(self.unet.dtype)
+            condition["sample_condition"] = painted.to(self.unet.dtype)  # extra UNet input channels (see `predict`)
         return condition
 
     def prepare_null_condition(self, condition):
@@ -49,12 +48,6 @@ class SeTokDecoderPipeline(VisualTokenDecoderPipeline):
             painted = condition["sample_condition"]
             null["sample_condition"] = self.feature_mapper.null_footprint_map(batch, painted.shape[-1]).to(painted.dtype)
         return null
-
-    def predict(self, latent_input, timestep, sample_condition=None, **condition):
-        # the footprint map goes in as extra input channels (decoder_config.footprint_channels)
-        if sample_condition is not None:
-            latent_input = torch.cat([latent_input, sample_condition.to(latent_input.dtype)], dim=1)
-        return super().predict(latent_input, timestep, **condition)
 
 
 __all__ = ["SeTokDecoderPipeline"]

@@ -99,12 +99,17 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
             ``AutoencoderKL`` or `None` for a pixel-space decoder), which carry their own configs once built.
             ``vae`` may instead name a frozen autoencoder shipped with the package (``"taef2"``: 32 latent channels
             at 1/8 resolution); the UNet then denoises its scaled latents, which the tokenizer trainer caches once.
+        layout_channels: departure from the paper (0 = off): the conditioner also decodes a layout from the slots (a
+            softmax over slots on every cell of the patch grid) and paints each slot's projected content there, a map
+            of this many channels concatenated to the UNet's input (``unet["in_channels"]`` = latent channels + this);
+            see :class:`SlotQFormerDecoderConditioner` and ``SlotQFormerConfig.layout_loss_weight``.
     """
 
     model_type = "slot_qformer_decoder"
 
     image_size: int = 768
     unet_trainable: str = "cross_attention"
+    layout_channels: int = 0  # paper: 0 (cross-attention is the only path from the slots to the UNet)
     conditioner: dict = field(default_factory=lambda: {
         "hidden_size": 1024,  # local embeddings = UNet cross-attention width
         "num_layers": 1,  # paper: "a Transformer decoder block"; released code: 4
@@ -160,7 +165,8 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
                 f"{expected} (global_embedding_dim{' x 2 with noise_level_embedding' if expected != global_dim else ''}), "
                 f"got {unet.get('projection_class_embeddings_input_dim')!r}."
             )
-        check_unet_channels(unet, vae, num_channels=3)
+        check_int("decoder_config['layout_channels']", self.layout_channels, minimum=0)
+        check_unet_channels(unet, vae, num_channels=3, extra_in_channels=self.layout_channels)
 
 
 class SlotQFormerConfig(VTokConfig):
@@ -204,7 +210,10 @@ class SlotQFormerConfig(VTokConfig):
         codebook_ema_decay, commitment_weight (β inside the commitment term), rebuild_num_layers /
         rebuild_num_heads (the transformer that rebuilds slot embeddings from codes), token_order.
 
-    Training: stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
+    Training: layout_loss_weight (departure, 0 = off; needs ``decoder_config.layout_channels``): in both stages, adds
+        this times the cross-entropy of the decoder's layout (decoded from the slots) against the slot attention's
+        maps, so that the layout the decoder paints puts each slot where the encoder found it.
+        stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
         + 0.5·L_MSE``, stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``; teacher_config (the frozen model whose image embedding the global
         head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
         ([`SlotQFormerDecoderConfig`]: conditioner, UNet, noise scheduler, optional VAE, condition dropout).
@@ -281,6 +290,7 @@ class SlotQFormerConfig(VTokConfig):
     commitment_loss_weight: float = 1.0  # L_commit
     stage2_diffusion_loss_weight: float = 0.1  # L_diffusion
     stage2_global_mse_loss_weight: float = 0.1  # L_MSE
+    layout_loss_weight: float = 0.0  # paper: 0 (no layout; decoder_config.layout_channels)
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
@@ -299,6 +309,12 @@ class SlotQFormerConfig(VTokConfig):
         """Width of the patch features the slot attention reads (before the projection): the encoder's, plus the
         mean colour channels when ``color_feature_weight > 0``."""
         return self.vision_config.hidden_size + (self.num_channels if self.color_feature_weight else 0)
+
+    @property
+    def untrained_token_parts(self) -> str | None:
+        """Stage 1 trains continuous slots only: the residual VQ and the rebuild block that ids go through train in
+        stage 2."""
+        return "its residual VQ and rebuild block (only stage 2 trains them)" if self.stage == 1 else None
 
     @property
     def decoder_latent_shape(self) -> tuple[int, int, int] | None:
@@ -358,6 +374,12 @@ class SlotQFormerConfig(VTokConfig):
         if len(set(layers)) != len(layers):
             raise ValueError(f"`slot_attention_layers` must not repeat a layer, got {list(layers)}.")
         self.slot_attention_layers = sorted(int(i) for i in layers)
+        check_float("layout_loss_weight", self.layout_loss_weight, minimum=0.0)
+        if self.layout_loss_weight > 0 and not self.decoder_config.layout_channels:
+            raise ValueError(
+                f"`layout_loss_weight` ({self.layout_loss_weight}) trains the decoder's layout: set "
+                "`decoder_config['layout_channels']` > 0 (and the UNet's in_channels to match), or the weight to 0."
+            )
         for name in ("teacher_image_mean", "teacher_image_std"):
             check_normalization(name, getattr(self, name), self.num_channels)
         if self.image_size % self.vision_patch_size:

@@ -600,7 +600,8 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     """Losses of one training step (weighted ``loss`` first, then each unweighted component).
 
     Stage 1 fills ``loss_contrastive``, ``loss_text_generation``, ``loss_diffusion``, ``loss_global_mse``;
-    stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``.
+    stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``; both fill
+    ``loss_layout`` when ``config.layout_loss_weight > 0``.
     """
 
     loss_contrastive: torch.FloatTensor | None = None
@@ -609,6 +610,7 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     loss_global_mse: torch.FloatTensor | None = None
     loss_reconstruction: torch.FloatTensor | None = None
     loss_commitment: torch.FloatTensor | None = None
+    loss_layout: torch.FloatTensor | None = None
     slot_embeddings: torch.FloatTensor | None = None
     ids: torch.LongTensor | None = None
     assignments: torch.FloatTensor | None = None
@@ -715,6 +717,10 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         else:
             self.teacher_projection = None
         # decoder
+        if decoder.layout_channels:  # the layout is decoded on the slot attention's patch grid, painted at the UNet's size
+            side = config.image_size // config.vision_patch_size
+            conditioner_kwargs.update(layout_channels=decoder.layout_channels, layout_grid=(side, side),
+                                      layout_size=decoder.unet["sample_size"])  # fmt: skip
         self.conditioner = SlotQFormerDecoderConditioner(
             slot_dim=config.hidden_size, num_slots=config.num_slots, **conditioner_kwargs
         )
@@ -846,10 +852,18 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             latents.to(unet_dtype),
             None if noise is None else noise.to(device=latents.device, dtype=unet_dtype),
             None if timesteps is None else timesteps.to(latents.device),
+            sample_condition=condition.layout_map,  # None unless decoder_config.layout_channels
             encoder_hidden_states=condition.local_embeddings.to(unet_dtype),
             class_labels=condition.class_labels.to(unet_dtype),
         )
         return loss, condition
+
+    def layout_loss(self, condition, assignments: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the decoded layout (``condition.layout_logits``, `[B, S, cells]`) against the slot
+        attention's maps (`[B, S, cells]`, summing to one over slots; a fixed target): the layout the decoder paints
+        from the slot embeddings alone learns where the encoder's slots are."""
+        log_layout = condition.layout_logits.float().log_softmax(dim=1)
+        return -(assignments.detach().float() * log_layout).sum(dim=1).mean()
 
     def _check_text(self, input_ids, attention_mask, batch_size: int):
         input_ids = check_tensor("input_ids", input_ids, ndim=2, integer=True)
@@ -954,12 +968,17 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
+            loss_layout = None
+            if config.layout_loss_weight > 0:
+                loss_layout = self.layout_loss(condition, encoded.assignments)
+                loss = loss + config.layout_loss_weight * loss_layout
             return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_contrastive=loss_itc,
                 loss_text_generation=loss_itg,
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
+                loss_layout=loss_layout,
                 slot_embeddings=slots,
                 assignments=encoded.assignments,
             )
@@ -979,10 +998,15 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 + config.stage2_diffusion_loss_weight * loss_diffusion
                 + config.stage2_global_mse_loss_weight * loss_mse
             )
+            loss_layout = None
+            if config.layout_loss_weight > 0:  # the rebuilt slots must still say where they go
+                loss_layout = self.layout_loss(condition, encoded.assignments)
+                loss = loss + config.layout_loss_weight * loss_layout
             return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
+                loss_layout=loss_layout,
                 loss_reconstruction=loss_reconstruction,
                 loss_commitment=loss_commitment,
                 slot_embeddings=rebuilt,

@@ -19,7 +19,8 @@ class SlotQFormerDecoderPipeline(VisualTokenDecoderPipeline):
     local slots for cross-attention and a global embedding added to the timestep embedding), ``unet``
     (`UNet2DConditionModel`, ``class_embed_type="projection"``), ``scheduler`` (ε / sample prediction;
     ``get_decoder_pipeline`` picks clipped DDIM in pixel space, DPM-Solver in latent space), ``vae`` (optional).
-    Guidance uses the conditioner's learned null condition (what training-time condition dropout substitutes).
+    Guidance uses the conditioner's learned null condition (what training-time condition dropout substitutes). A
+    conditioner with ``layout_channels`` also paints the slots' layout, which the UNet reads as extra input channels.
     """
 
     model_cpu_offload_seq = "tokenizer->conditioner->unet->vae"
@@ -57,7 +58,10 @@ class SlotQFormerDecoderPipeline(VisualTokenDecoderPipeline):
 
     def _unet_inputs(self, condition) -> dict[str, torch.Tensor]:
         dtype = self.unet.dtype
-        return {"encoder_hidden_states": condition.local_embeddings.to(dtype), "class_labels": condition.class_labels.to(dtype)}
+        inputs = {"encoder_hidden_states": condition.local_embeddings.to(dtype), "class_labels": condition.class_labels.to(dtype)}
+        if condition.layout_map is not None:  # decoder_config.layout_channels: extra UNet input channels (see `predict`)
+            inputs["sample_condition"] = condition.layout_map.to(dtype)
+        return inputs
 
 
 __all__ = ["SlotQFormerDecoderPipeline"]

@@ -1,0 +1,180 @@
+"""The Slot Q-Former decoder's layout (a departure, off by default: ``decoder_config.layout_channels``).
+
+Properties checked: the layout is a function of the slot embeddings alone and of none of their order (the painted map
+is the same for any permutation of the slots), its weights sum to one at every position, a slot that wins cells paints
+exactly its own content there, dropped rows and the null condition paint nothing; the layout loss is the cross-entropy
+against the slot attention's maps and training on it makes the layout put the slots where the encoder found them; in
+stage 2 it reaches the rebuild block and not the frozen conditioner; the pipeline paints the layout of the ids it
+decodes (ids and the embeddings they stand for give the same image) and the UNet reads it; the config refuses a layout
+loss without a layout and a UNet without the extra channels, by name; the paper's default has no layout at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_vtok.models.slot_qformer.configuration_slot_qformer import SlotQFormerConfig, tiny_decoder_config
+from hf_vtok.models.slot_qformer.modeling_slot_qformer import SlotQFormerForPreTraining
+from hf_vtok.models.slot_qformer.modeling_slot_qformer_decoder import SlotQFormerDecoderConditioner
+
+torch.set_num_threads(1)
+
+LAYOUT_CHANNELS = 4
+
+
+def _layout_config(**overrides) -> SlotQFormerConfig:
+    decoder = tiny_decoder_config()
+    decoder["layout_channels"] = LAYOUT_CHANNELS
+    decoder["unet"]["in_channels"] = 3 + LAYOUT_CHANNELS  # pixel space in the tiny preset
+    values = {"contrastive_loss_weight": 0.0, "text_generation_loss_weight": 0.0, "layout_loss_weight": 1.0}
+    return SlotQFormerConfig.tiny(decoder_config=decoder, **{**values, **overrides})
+
+
+def _model(**overrides) -> SlotQFormerForPreTraining:
+    torch.manual_seed(0)
+    return SlotQFormerForPreTraining(_layout_config(**overrides)).eval()
+
+
+def _conditioner() -> SlotQFormerDecoderConditioner:
+    torch.manual_seed(0)
+    return SlotQFormerDecoderConditioner(slot_dim=16, num_slots=5, hidden_size=32, num_heads=2, global_embedding_dim=8,
+                                         noise_level_embedding=False, layout_channels=LAYOUT_CHANNELS,
+                                         layout_grid=(3, 3), layout_size=12).eval()  # fmt: skip
+
+
+def _images(count: int, seed: int = 1) -> torch.Tensor:
+    """Scenes of one bright square on a dark background, at different places: something for slots to find."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.full((count, 3, 64, 64), -1.5)
+    for index in range(count):
+        top, left = torch.randint(0, 40, (2,), generator=generator).tolist()
+        images[index, :, top : top + 24, left : left + 24] = torch.rand(3, 1, 1, generator=generator) * 3
+    return images
+
+
+def test_the_layout_depends_on_the_slots_not_their_order_and_covers_every_position_once():
+    conditioner = _conditioner()
+    slots = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = conditioner(slots)
+        permuted = conditioner(slots[:, torch.tensor([3, 0, 4, 1, 2])])
+        other = conditioner(slots.flip(0))
+    assert output.layout_map.shape == (2, LAYOUT_CHANNELS, 12, 12)
+    torch.testing.assert_close(permuted.layout_map, output.layout_map, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(other.layout_map, output.layout_map.flip(0), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(output.layout_map[0], output.layout_map[1], atol=1e-3)  # other slots, other map
+    # the weights of the slots at every cell form a distribution
+    torch.testing.assert_close(output.layout_logits.softmax(dim=1).sum(dim=1), torch.ones(2, 9))
+
+
+def test_a_slot_that_wins_cells_paints_its_own_content_there_and_dropped_rows_paint_nothing():
+    conditioner = _conditioner()
+    local = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1))
+    logits = torch.full((1, 5, 3, 3), -1e4)
+    logits[0, 2] = 1e4  # slot 2 wins every cell ...
+    logits[0, 2, 0, 0], logits[0, 4, 0, 0] = -1e4, 1e4  # ... except the top-left one, which slot 4 wins
+    with torch.no_grad():
+        painted = conditioner.paint_layout(logits.flatten(2), local)
+        values = conditioner.layout_values(local)[0]
+    torch.testing.assert_close(painted[0, :, 11, 11], values[2])  # far from the top-left cell: slot 2 only
+    torch.testing.assert_close(painted[0, :, 0, 0], values[4])  # the top-left corner: slot 4 only
+    slots = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dropped = conditioner(slots, drop_condition=torch.tensor([True, False, True]))
+        kept = conditioner(slots)
+        null = conditioner.null_condition(2)
+    assert dropped.layout_map[[0, 2]].abs().max() == 0 and null.layout_map.abs().max() == 0
+    torch.testing.assert_close(dropped.layout_map[1], kept.layout_map[1])
+    torch.testing.assert_close(dropped.layout_logits, kept.layout_logits)  # the loss always sees the prediction
+
+
+def test_the_layout_loss_is_the_cross_entropy_against_the_slot_attention_maps():
+    model = _model()
+    images = _images(2)
+    with torch.no_grad():
+        output = model(pixel_values=images, noise=torch.randn(2, 3, 32, 32), timesteps=torch.tensor([10, 500]))
+        condition = model.conditioner(output.slot_embeddings)
+    expected = -(output.assignments * condition.layout_logits.log_softmax(dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(output.loss_layout, expected)
+    torch.testing.assert_close(output.loss, output.loss_diffusion + 0.5 * output.loss_global_mse + output.loss_layout)
+    # an untrained layout knows nothing: about ln(number of slots) per cell
+    assert abs(float(output.loss_layout) - float(torch.log(torch.tensor(8.0)))) < 0.5
+
+
+def test_training_puts_each_slot_of_the_layout_where_the_encoder_found_it():
+    model = _model(diffusion_loss_weight=0.0, global_mse_loss_weight=0.0).train()
+    images = _images(8)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = model(pixel_values=images).loss_layout
+        first = float(loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        output = model(pixel_values=images)
+        layout = model.conditioner(output.slot_embeddings).layout_logits
+    assert float(output.loss_layout) < 0.6 * first, (first, float(output.loss_layout))
+    # the slot the layout gives a cell is the slot the encoder gave it, far above chance (1 in 8)
+    agreement = (layout.argmax(dim=1) == output.assignments.argmax(dim=1)).float().mean()
+    assert agreement > 0.6, float(agreement)
+
+
+def test_stage_two_trains_the_rebuild_block_through_the_layout_not_the_frozen_conditioner():
+    model = _model(diffusion_loss_weight=0.0).set_stage(2).train()
+    model.config.stage2_diffusion_loss_weight = 0.0
+    model.config.stage2_global_mse_loss_weight = 0.0
+    model.config.reconstruction_loss_weight = 0.0
+    model.config.commitment_loss_weight = 0.0
+    output = model(pixel_values=_images(4))
+    assert output.loss_layout is not None
+    torch.testing.assert_close(output.loss, output.loss_layout)
+    output.loss.backward()
+    rebuild_grads = [p.grad for p in model.tokenizer.rebuild.parameters() if p.grad is not None]
+    assert rebuild_grads and any(float(g.abs().max()) > 0 for g in rebuild_grads)
+    assert all(p.grad is None for p in model.conditioner.parameters())
+
+
+def test_the_pipeline_paints_the_layout_of_the_ids_it_decodes_and_the_unet_reads_it():
+    model = _model()
+    pipe = model.get_decoder_pipeline()
+    images = _images(2)
+    with torch.no_grad():
+        ids = model.tokenizer.encode(images).ids
+        embeddings = model.tokenizer.embed_ids(ids)
+
+    def decode(**tokens):
+        return pipe(**tokens, num_inference_steps=3, guidance_scale=2.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    from_ids = decode(token_ids=ids)
+    torch.testing.assert_close(decode(token_embeddings=embeddings), from_ids)
+    with torch.no_grad():
+        model.conditioner.layout_values[-1].bias.add_(3.0)  # another painted map, nothing else changed
+    assert (decode(token_ids=ids) - from_ids).abs().mean() > 1e-3
+
+
+def test_config_refuses_a_layout_loss_without_a_layout_and_a_unet_without_its_channels():
+    with pytest.raises(ValueError, match="layout_loss_weight"):
+        SlotQFormerConfig.tiny(layout_loss_weight=1.0)
+    decoder = tiny_decoder_config()
+    decoder["layout_channels"] = LAYOUT_CHANNELS
+    with pytest.raises(ValueError, match=r"in_channels.*must be 7"):
+        SlotQFormerConfig.tiny(decoder_config=decoder)
+    with pytest.raises(ValueError, match="layout_grid"):
+        SlotQFormerDecoderConditioner(slot_dim=8, num_slots=2, hidden_size=8, num_heads=2, global_embedding_dim=4,
+                                      layout_channels=2)  # fmt: skip
+
+
+def test_the_paper_has_no_layout():
+    config = SlotQFormerConfig()
+    assert config.decoder_config.layout_channels == 0 and config.layout_loss_weight == 0.0
+    torch.manual_seed(0)
+    model = SlotQFormerForPreTraining(SlotQFormerConfig.tiny(contrastive_loss_weight=0.0, text_generation_loss_weight=0.0))
+    assert not any("layout" in name for name, _ in model.named_parameters())
+    output = model(pixel_values=_images(2))
+    assert output.loss_layout is None
+    assert model.conditioner(output.slot_embeddings).layout_map is None
