@@ -115,6 +115,8 @@ def test_config_paper_defaults():
     stage2 = (config.reconstruction_loss_weight, config.commitment_loss_weight, config.stage2_diffusion_loss_weight, config.stage2_global_mse_loss_weight)
     assert stage1 == (0.5, 0.5, 1.0, 0.5) and stage2 == (1.0, 1.0, 0.1, 0.1)
     assert config.vocab_size == 30522 and config.token_embedding_dim == 768
+    # ids go through the RVQ and rebuild block, which only stage 2 trains: a stage-1 config says so (hf-vtok eval warns)
+    assert "stage 2" in config.untrained_token_parts and SlotQFormerConfig(stage=2).untrained_token_parts is None
 
 
 @pytest.mark.parametrize(

@@ -330,8 +330,13 @@ def run_eval(
     reports, photo_rows = {}, []
     for name, tokenizer in loaded.items():
         say(f"[eval] {name}: {tokenizer.path}")
+        untrained = tokenizer.model.config.untrained_token_parts
+        if untrained:  # e.g. a SlotQFormer run that stopped after stage 1: its ids go through random weights
+            say(f"[eval] {name}: WARNING: {untrained} are untrained; every figure below decodes ids through them")
         with torch.no_grad():
             report = _evaluate_one(name, tokenizer, scenes, baselines, photos, photo_names, out_dir, options)
+        if untrained:
+            report["warning"] = f"untrained: {untrained}"
         reports[name] = report
         photo_rows.append({"tokenizer": name, "data": "photos", "images": len(photo_names), **report["photos"]})
         say(f"[eval] {name}: {len(report['pictures'])} pictures in {out_dir} ({report['seconds']} s)")

@@ -170,6 +170,12 @@ class VTokConfig(PreTrainedConfig):
         latents of a VAE it owns. Every family answers."""
         raise NotImplementedError(f"{type(self).__name__} must define `decoder_latent_shape`.")
 
+    @property
+    def untrained_token_parts(self) -> str | None:
+        """The parts of the image → ids → image path that the training stages this config has reached leave untrained
+        (None: none). An evaluation of ids through such parts measures random weights; SlotQFormer's stage 1 is one."""
+        return None
+
     def validate(self) -> None:
         """transformers' checks (also run by ``save_pretrained``), then the shared fields; a family's override
         checks its own fields after calling this. Raises ``ValueError``/``TypeError`` naming the field."""
