@@ -213,6 +213,9 @@ class SlotQFormerConfig(VTokConfig):
     Training: layout_loss_weight (departure, 0 = off; needs ``decoder_config.layout_channels``): in both stages, adds
         this times the cross-entropy of the decoder's layout (decoded from the slots) against the slot attention's
         maps, so that the layout the decoder paints puts each slot where the encoder found it.
+        colour_reconstruction_loss_weight (departure, 0 = off): in stage 1, adds this times the MSE of every patch's
+        mean colour against the slots' colour guesses mixed by the slot attention's weights: the grouping pressure of
+        a slot-attention autoencoder, which the diffusion decoder alone does not exert (docs/slot_qformer.md).
         stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
         + 0.5·L_MSE``, stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``; teacher_config (the frozen model whose image embedding the global
         head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
@@ -291,6 +294,7 @@ class SlotQFormerConfig(VTokConfig):
     stage2_diffusion_loss_weight: float = 0.1  # L_diffusion
     stage2_global_mse_loss_weight: float = 0.1  # L_MSE
     layout_loss_weight: float = 0.0  # paper: 0 (no layout; decoder_config.layout_channels)
+    colour_reconstruction_loss_weight: float = 0.0  # paper: 0 (the slots learn from the decoder and the text only)
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
@@ -375,6 +379,7 @@ class SlotQFormerConfig(VTokConfig):
             raise ValueError(f"`slot_attention_layers` must not repeat a layer, got {list(layers)}.")
         self.slot_attention_layers = sorted(int(i) for i in layers)
         check_float("layout_loss_weight", self.layout_loss_weight, minimum=0.0)
+        check_float("colour_reconstruction_loss_weight", self.colour_reconstruction_loss_weight, minimum=0.0)
         if self.layout_loss_weight > 0 and not self.decoder_config.layout_channels:
             raise ValueError(
                 f"`layout_loss_weight` ({self.layout_loss_weight}) trains the decoder's layout: set "

@@ -601,7 +601,8 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
 
     Stage 1 fills ``loss_contrastive``, ``loss_text_generation``, ``loss_diffusion``, ``loss_global_mse``;
     stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``; both fill
-    ``loss_layout`` when ``config.layout_loss_weight > 0``.
+    ``loss_layout`` when ``config.layout_loss_weight > 0``; stage 1 fills ``loss_colour_reconstruction`` when
+    ``config.colour_reconstruction_loss_weight > 0``.
     """
 
     loss_contrastive: torch.FloatTensor | None = None
@@ -611,6 +612,7 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     loss_reconstruction: torch.FloatTensor | None = None
     loss_commitment: torch.FloatTensor | None = None
     loss_layout: torch.FloatTensor | None = None
+    loss_colour_reconstruction: torch.FloatTensor | None = None
     slot_embeddings: torch.FloatTensor | None = None
     ids: torch.LongTensor | None = None
     assignments: torch.FloatTensor | None = None
@@ -725,6 +727,12 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             slot_dim=config.hidden_size, num_slots=config.num_slots, **conditioner_kwargs
         )
         self.unet = UNet2DConditionModel(**decoder.unet)
+        # departure (config.colour_reconstruction_loss_weight): each slot's guess of the colour of the patches it wins
+        self.colour_head = (
+            nn.Sequential(nn.LayerNorm(config.hidden_size), nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(),
+                          nn.Linear(config.hidden_size, config.num_channels))
+            if config.colour_reconstruction_loss_weight > 0 else None
+        )  # fmt: skip
         # the decoder's own VAE; a shipped one (decoder_config.vae = "taef2") is not a submodule, see decoder_autoencoder
         self.vae = AutoencoderKL(**decoder.vae) if isinstance(decoder.vae, dict) and decoder.vae else None
         if self.vae is not None:
@@ -749,6 +757,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         if stage == 1:
             trainable = [tokenizer.qformer, self.text_embeddings, self.text_head, self.itc_image_projection,
                          self.itc_text_projection, self.conditioner]  # fmt: skip
+            if self.colour_head is not None:
+                trainable.append(self.colour_head)
             if tokenizer.vision_projection is not None:
                 trainable.append(tokenizer.vision_projection)
             if not self.config.freeze_vision_encoder:
@@ -779,6 +789,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             modules.append(tokenizer.vision_model)
         if self.config.stage == 2:
             modules += [tokenizer.qformer, self.conditioner, self.unet, self.text_embeddings, self.text_head]
+            if self.colour_head is not None:
+                modules.append(self.colour_head)
             if tokenizer.vision_projection is not None:
                 modules.append(tokenizer.vision_projection)
         else:
@@ -857,6 +869,19 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             class_labels=condition.class_labels.to(unet_dtype),
         )
         return loss, condition
+
+    def colour_reconstruction_loss(self, slots: torch.Tensor, assignments: torch.Tensor, pixel_values: torch.Tensor):
+        """MSE of every patch's mean colour (in [0, 1], on the slot attention's patch grid) against the slots' colour
+        guesses (``colour_head``) mixed by the attention's own weights at that patch (`[B, S, N]`). A slot can only
+        explain the patches it wins with ONE colour, so the attention must give differently coloured regions to
+        different slots: the grouping pressure of a slot-attention autoencoder (Locatello et al.), which the diffusion
+        decoder alone does not exert (docs/slot_qformer.md)."""
+        config = self.config
+        images = vtok.unnormalize(pixel_values.float(), config.image_mean, config.image_std)
+        colours = F.avg_pool2d(images, config.vision_patch_size).flatten(2).transpose(1, 2)  # [B, N, 3]
+        guesses = self.colour_head(slots).float()  # [B, S, 3]
+        reconstruction = torch.einsum("bsn,bsc->bnc", assignments.float(), guesses)
+        return F.mse_loss(reconstruction, colours)
 
     def layout_loss(self, condition, assignments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the decoded layout (``condition.layout_logits``, `[B, S, cells]`) against the slot
@@ -968,12 +993,16 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
-            loss_layout = None
+            loss_layout = loss_colour = None
             if config.layout_loss_weight > 0:
                 loss_layout = self.layout_loss(condition, encoded.assignments)
                 loss = loss + config.layout_loss_weight * loss_layout
+            if config.colour_reconstruction_loss_weight > 0:
+                loss_colour = self.colour_reconstruction_loss(slots, encoded.assignments, pixel_values)
+                loss = loss + config.colour_reconstruction_loss_weight * loss_colour
             return SlotQFormerForPreTrainingOutput(
                 loss=loss,
+                loss_colour_reconstruction=loss_colour,
                 loss_contrastive=loss_itc,
                 loss_text_generation=loss_itg,
                 loss_diffusion=loss_diffusion,
