@@ -232,13 +232,18 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents.to(dtype) / vae.config.scaling_factor + shift).sample.float()
 
 
+def patch_colors(pixel_values: torch.Tensor, mean, std, patch_size: int) -> torch.Tensor:
+    """Each patch's mean RGB in [0, 1], ``[B, N, 3]`` in row-major patch order, of normalised ``pixel_values``."""
+    colors = torch.nn.functional.avg_pool2d(unnormalize(pixel_values.float(), mean, std), patch_size)
+    return colors.flatten(2).transpose(1, 2)
+
+
 def with_patch_colors(features: torch.Tensor, pixel_values: torch.Tensor, mean, std, patch_size: int, weight: float):
     """Patch features ``[B, N, C]`` L2-normalised, with each patch's mean RGB in [0, 1] times ``weight`` concatenated
     (``[B, N, C + 3]``; the grouping docs/dinov2.md measured); ``features`` unchanged when ``weight`` is 0."""
     if not weight:
         return features
-    colors = torch.nn.functional.avg_pool2d(unnormalize(pixel_values.float(), mean, std), patch_size)
-    colors = colors.flatten(2).transpose(1, 2).to(features.dtype)
+    colors = patch_colors(pixel_values, mean, std, patch_size).to(features.dtype)
     if colors.shape[:2] != features.shape[:2]:
         raise ValueError(f"`pixel_values` make {colors.shape[1]} patches of {patch_size} px, but `features` has "
                          f"{features.shape[1]}.")  # fmt: skip

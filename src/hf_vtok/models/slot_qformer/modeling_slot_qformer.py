@@ -877,8 +877,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         different slots: the grouping pressure of a slot-attention autoencoder (Locatello et al.), which the diffusion
         decoder alone does not exert (docs/slot_qformer.md)."""
         config = self.config
-        images = vtok.unnormalize(pixel_values.float(), config.image_mean, config.image_std)
-        colours = F.avg_pool2d(images, config.vision_patch_size).flatten(2).transpose(1, 2)  # [B, N, 3]
+        colours = vtok.patch_colors(pixel_values, config.image_mean, config.image_std, config.vision_patch_size)
         guesses = self.colour_head(slots).float()  # [B, S, 3]
         reconstruction = torch.einsum("bsn,bsc->bnc", assignments.float(), guesses)
         return F.mse_loss(reconstruction, colours)
