@@ -130,7 +130,7 @@ def test_stage_two_trains_the_rebuild_block_through_the_layout_not_the_frozen_co
     model.config.reconstruction_loss_weight = 0.0
     model.config.commitment_loss_weight = 0.0
     output = model(pixel_values=_images(4))
-    assert output.loss_layout is not None
+    assert output.loss_layout is not None and output.loss_layout_colour is None
     torch.testing.assert_close(output.loss, output.loss_layout)
     output.loss.backward()
     rebuild_grads = [p.grad for p in model.tokenizer.rebuild.parameters() if p.grad is not None]
@@ -155,6 +155,62 @@ def test_the_pipeline_paints_the_layout_of_the_ids_it_decodes_and_the_unet_reads
     with torch.no_grad():
         model.conditioner.layout_values[-1].bias.add_(3.0)  # another painted map, nothing else changed
     assert (decode(token_ids=ids) - from_ids).abs().mean() > 1e-3
+
+
+def test_the_layout_colour_loss_compares_the_first_three_layout_channels_with_the_patch_colours():
+    from hf_vtok.utils import modeling_utils as vtok
+
+    model = _model(layout_colour_loss_weight=3.0)
+    images = _images(2)
+    with torch.no_grad():
+        output = model(pixel_values=images, noise=torch.randn(2, 3, 32, 32), timesteps=torch.tensor([10, 500]))
+        condition = model.conditioner(output.slot_embeddings)
+    config = model.config
+    colours = vtok.patch_colors(images, config.image_mean, config.image_std, config.vision_patch_size)  # [B, 64, 3]
+    expected = ((condition.layout_cells[..., :3] - colours) ** 2).mean()
+    torch.testing.assert_close(output.loss_layout_colour, expected)
+    torch.testing.assert_close(
+        output.loss, output.loss_diffusion + 0.5 * output.loss_global_mse + output.loss_layout + 3.0 * expected
+    )
+    # the cells are the layout before resizing: the painted map at a cell's centre is that cell
+    grid = condition.layout_cells.transpose(1, 2).reshape(2, LAYOUT_CHANNELS, 8, 8)
+    torch.testing.assert_close(condition.layout_map, torch.nn.functional.interpolate(grid, size=(32, 32), mode="bilinear"))
+
+
+@pytest.mark.slow
+def test_training_the_layout_colours_paints_each_object_in_its_own_colour_from_the_slots_alone():
+    model = _model(diffusion_loss_weight=0.0, global_mse_loss_weight=0.0, layout_colour_loss_weight=10.0).train()
+    images = _images(8)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss = model(pixel_values=images).loss_layout_colour
+        first = float(loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        ids = model.tokenizer.encode(images).ids  # (stage 2 untrained: the continuous slots are what stage 1 taught)
+        output = model(pixel_values=images)
+        cells = model.conditioner(output.slot_embeddings).layout_cells[..., :3]  # [8, 64 cells, 3]
+    assert ids.shape[0] == 8
+    assert float(output.loss_layout_colour) < 0.3 * first, (first, float(output.loss_layout_colour))
+    # each square gets its own colour, not the scene's: far closer to the patch colours than one colour per scene
+    from hf_vtok.utils import modeling_utils as vtok
+
+    truth = vtok.patch_colors(images, model.config.image_mean, model.config.image_std, model.config.vision_patch_size)
+    error = (cells - truth).abs().mean()
+    flat_error = (truth.mean(dim=1, keepdim=True) - truth).abs().mean()
+    assert float(error) < 0.6 * float(flat_error), (float(error), float(flat_error))
+
+
+def test_config_refuses_a_layout_colour_loss_without_three_layout_channels():
+    decoder = tiny_decoder_config()
+    decoder["layout_channels"] = 2
+    decoder["unet"]["in_channels"] = 5
+    with pytest.raises(ValueError, match=r"layout_colour_loss_weight.*layout_channels"):
+        SlotQFormerConfig.tiny(decoder_config=decoder, layout_colour_loss_weight=1.0)
 
 
 def test_config_refuses_a_layout_loss_without_a_layout_and_a_unet_without_its_channels():

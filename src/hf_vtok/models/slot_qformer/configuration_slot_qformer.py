@@ -216,6 +216,10 @@ class SlotQFormerConfig(VTokConfig):
         colour_reconstruction_loss_weight (departure, 0 = off): in stage 1, adds this times the MSE of every patch's
         mean colour against the slots' colour guesses mixed by the slot attention's weights: the grouping pressure of
         a slot-attention autoencoder, which the diffusion decoder alone does not exert (docs/slot_qformer.md).
+        layout_colour_loss_weight (departure, 0 = off; needs ``decoder_config.layout_channels`` ≥ 3): in both stages,
+        adds this times the MSE of every patch's mean colour against the first three channels of the decoder's layout
+        on the patch grid, so that the map the UNet reads carries each slot's colour explicitly (the encoder-side
+        colour loss alone left the decoder drawing the objects in the wrong colours; docs/slot_qformer.md).
         stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
         + 0.5·L_MSE``, stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``; teacher_config (the frozen model whose image embedding the global
         head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
@@ -295,6 +299,7 @@ class SlotQFormerConfig(VTokConfig):
     stage2_global_mse_loss_weight: float = 0.1  # L_MSE
     layout_loss_weight: float = 0.0  # paper: 0 (no layout; decoder_config.layout_channels)
     colour_reconstruction_loss_weight: float = 0.0  # paper: 0 (the slots learn from the decoder and the text only)
+    layout_colour_loss_weight: float = 0.0  # paper: 0 (no layout)
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
@@ -380,6 +385,13 @@ class SlotQFormerConfig(VTokConfig):
         self.slot_attention_layers = sorted(int(i) for i in layers)
         check_float("layout_loss_weight", self.layout_loss_weight, minimum=0.0)
         check_float("colour_reconstruction_loss_weight", self.colour_reconstruction_loss_weight, minimum=0.0)
+        check_float("layout_colour_loss_weight", self.layout_colour_loss_weight, minimum=0.0)
+        if self.layout_colour_loss_weight > 0 and self.decoder_config.layout_channels < self.num_channels:
+            raise ValueError(
+                f"`layout_colour_loss_weight` ({self.layout_colour_loss_weight}) trains the first {self.num_channels} "
+                f"channels of the decoder's layout as colours: set `decoder_config['layout_channels']` >= "
+                f"{self.num_channels}, got {self.decoder_config.layout_channels}."
+            )
         if self.layout_loss_weight > 0 and not self.decoder_config.layout_channels:
             raise ValueError(
                 f"`layout_loss_weight` ({self.layout_loss_weight}) trains the decoder's layout: set "

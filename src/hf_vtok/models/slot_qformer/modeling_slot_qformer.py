@@ -601,7 +601,8 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
 
     Stage 1 fills ``loss_contrastive``, ``loss_text_generation``, ``loss_diffusion``, ``loss_global_mse``;
     stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``; both fill
-    ``loss_layout`` when ``config.layout_loss_weight > 0``; stage 1 fills ``loss_colour_reconstruction`` when
+    ``loss_layout`` when ``config.layout_loss_weight > 0`` and ``loss_layout_colour`` when
+    ``config.layout_colour_loss_weight > 0``; stage 1 fills ``loss_colour_reconstruction`` when
     ``config.colour_reconstruction_loss_weight > 0``.
     """
 
@@ -612,6 +613,7 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     loss_reconstruction: torch.FloatTensor | None = None
     loss_commitment: torch.FloatTensor | None = None
     loss_layout: torch.FloatTensor | None = None
+    loss_layout_colour: torch.FloatTensor | None = None
     loss_colour_reconstruction: torch.FloatTensor | None = None
     slot_embeddings: torch.FloatTensor | None = None
     ids: torch.LongTensor | None = None
@@ -882,6 +884,26 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         reconstruction = torch.einsum("bsn,bsc->bnc", assignments.float(), guesses)
         return F.mse_loss(reconstruction, colours)
 
+    def _layout_losses(self, condition, assignments: torch.Tensor, pixel_values: torch.Tensor):
+        """(weighted sum, layout loss, layout colour loss) of the losses the config switches on (None when off)."""
+        config = self.config
+        total, loss_layout, loss_layout_colour = 0.0, None, None
+        if config.layout_loss_weight > 0:
+            loss_layout = self.layout_loss(condition, assignments)
+            total = total + config.layout_loss_weight * loss_layout
+        if config.layout_colour_loss_weight > 0:
+            loss_layout_colour = self.layout_colour_loss(condition, pixel_values)
+            total = total + config.layout_colour_loss_weight * loss_layout_colour
+        return total, loss_layout, loss_layout_colour
+
+    def layout_colour_loss(self, condition, pixel_values: torch.Tensor) -> torch.Tensor:
+        """MSE of every patch's mean colour (in [0, 1], on the patch grid the layout is decoded on) against the first
+        three channels of the layout there (``condition.layout_cells``): the map the UNet reads then says each
+        slot's colour outright, from the slot embeddings alone (so from ids too)."""
+        config = self.config
+        colours = vtok.patch_colors(pixel_values, config.image_mean, config.image_std, config.vision_patch_size)
+        return F.mse_loss(condition.layout_cells[..., : config.num_channels].float(), colours)
+
     def layout_loss(self, condition, assignments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the decoded layout (``condition.layout_logits``, `[B, S, cells]`) against the slot
         attention's maps (`[B, S, cells]`, summing to one over slots; a fixed target): the layout the decoder paints
@@ -992,10 +1014,9 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
-            loss_layout = loss_colour = None
-            if config.layout_loss_weight > 0:
-                loss_layout = self.layout_loss(condition, encoded.assignments)
-                loss = loss + config.layout_loss_weight * loss_layout
+            layout_total, loss_layout, loss_layout_colour = self._layout_losses(condition, encoded.assignments, pixel_values)
+            loss = loss + layout_total
+            loss_colour = None
             if config.colour_reconstruction_loss_weight > 0:
                 loss_colour = self.colour_reconstruction_loss(slots, encoded.assignments, pixel_values)
                 loss = loss + config.colour_reconstruction_loss_weight * loss_colour
@@ -1007,6 +1028,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
                 loss_layout=loss_layout,
+                loss_layout_colour=loss_layout_colour,
                 slot_embeddings=slots,
                 assignments=encoded.assignments,
             )
@@ -1026,15 +1048,15 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 + config.stage2_diffusion_loss_weight * loss_diffusion
                 + config.stage2_global_mse_loss_weight * loss_mse
             )
-            loss_layout = None
-            if config.layout_loss_weight > 0:  # the rebuilt slots must still say where they go
-                loss_layout = self.layout_loss(condition, encoded.assignments)
-                loss = loss + config.layout_loss_weight * loss_layout
+            # the rebuilt slots must still say where they go (and in which colour)
+            layout_total, loss_layout, loss_layout_colour = self._layout_losses(condition, encoded.assignments, pixel_values)
+            loss = loss + layout_total
             return SlotQFormerForPreTrainingOutput(
                 loss=loss,
                 loss_diffusion=loss_diffusion,
                 loss_global_mse=loss_mse,
                 loss_layout=loss_layout,
+                loss_layout_colour=loss_layout_colour,
                 loss_reconstruction=loss_reconstruction,
                 loss_commitment=loss_commitment,
                 slot_embeddings=rebuilt,
