@@ -188,6 +188,16 @@ def sinusoidal_embedding_2d(height: int, width: int, dim: int, device=None) -> t
     return torch.cat([sinusoidal_embedding_1d(rows, dim // 2), sinusoidal_embedding_1d(cols, dim // 2)], dim=-1)
 
 
+def grid_position_features(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+    """`(height*width, 4)`, row-major: each cell's centre as (y, x, 1 - y, 1 - x) in [0, 1], the four-sided grid that
+    Slot Attention's soft position embedding projects (Locatello et al., 2020)."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([y, x, 1.0 - y, 1.0 - x], dim=-1).reshape(height * width, 4)
+    return grid if dtype is None else grid.to(dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # Decoder training steps shared by the families' ``XForPreTraining`` (diffusers UNets and VAEs).
 # --------------------------------------------------------------------------------------------------

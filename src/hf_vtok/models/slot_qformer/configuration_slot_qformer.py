@@ -188,6 +188,11 @@ class SlotQFormerConfig(VTokConfig):
         color_feature_weight: departure from the paper (0 = off, the paper): concatenate each patch's mean RGB in
             [0, 1] times this weight to the L2-normalised patch features before the slot attention. DINOv2
             separates same-texture objects of different colours worse than colour does (docs/dinov2.md).
+        vision_position_embedding: departure from the paper (False = off, the paper): add a learned projection of
+            every patch's grid position (y, x, 1 - y, 1 - x) to the Q-Former's input features, Slot Attention's "soft
+            position embedding" (Locatello et al., 2020). Without it a frozen DINOv2-S's features (+ colour) left the
+            slot embeddings with no linearly readable position (ridge R² of the slots' centroids below 0), so neither
+            the decoder nor its layout could tell where a slot's object goes (docs/slot_qformer.md).
 
     Slot Q-Former:
         num_slots, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
@@ -246,6 +251,7 @@ class SlotQFormerConfig(VTokConfig):
     vision_model_name_or_path: str | None = None
     external_vision_weights: dict | None = None
     color_feature_weight: float = 0.0  # paper: 0 (patch features only)
+    vision_position_embedding: bool = False  # paper: off (the vision encoder's features are the only source of position)
     encoder_hidden_size: int = 1408  # EVA-CLIP's width, which BLIP-2's cross-attention expects
 
     # Slot Q-Former: BERT-base with 32 queries

@@ -307,6 +307,11 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        if getattr(module, "_slot_attention_default_init", False):
+            # Slot Attention's soft position embedding is a dense layer with its framework's default initialisation:
+            # the 0.02-std normal of the other linears would hide the position under the features at the start
+            module.reset_parameters()
+            return
         if getattr(module, "_slot_qformer_diffusers_part", False):
             # diffusers modules (conditioner, UNet, VAE) keep PyTorch's default initialisation
             if hasattr(module, "reset_parameters"):
@@ -323,6 +328,7 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
                 init.constant_(module.query_log_sigma, math.log(std))
         elif isinstance(module, SlotQFormerTextHead):
             init.zeros_(module.bias)
+
         elif isinstance(module, (Codebook, ResidualVectorQuantizer)):
             module.reset_parameters()
         elif isinstance(module, SlotQFormerForPreTraining):
@@ -360,6 +366,11 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
         else:
             self.vision_projection = None
             input_dim = vision_width
+        # departure (config.vision_position_embedding): Slot Attention's soft position embedding on the patch grid
+        self.vision_position_embedding = None
+        if config.vision_position_embedding:
+            self.vision_position_embedding = nn.Linear(4, input_dim)
+            self.vision_position_embedding._slot_attention_default_init = True
         self.qformer = SlotQFormerEncoder(config, input_dim)
         self.quantizer = ResidualVectorQuantizer(
             config.hidden_size,
@@ -398,6 +409,11 @@ class SlotQFormerModel(SlotQFormerPreTrainedModel, vtok.VisualTokenizerMixin):
                                         config.vision_patch_size, config.color_feature_weight)  # fmt: skip
         if self.vision_projection is not None:
             hidden = self.vision_projection(hidden)
+        if self.vision_position_embedding is not None:
+            height = pixel_values.shape[-2] // config.vision_patch_size
+            width = pixel_values.shape[-1] // config.vision_patch_size
+            grid = vtok.grid_position_features(height, width, device=hidden.device, dtype=hidden.dtype)
+            hidden = hidden + self.vision_position_embedding(grid)[None]
         return BaseModelOutput(last_hidden_state=hidden)
 
     def encode_slots(
@@ -763,6 +779,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 trainable.append(self.colour_head)
             if tokenizer.vision_projection is not None:
                 trainable.append(tokenizer.vision_projection)
+            if tokenizer.vision_position_embedding is not None:
+                trainable.append(tokenizer.vision_position_embedding)
             if not self.config.freeze_vision_encoder:
                 trainable.append(tokenizer.vision_model)
             for module in trainable:
@@ -795,6 +813,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 modules.append(self.colour_head)
             if tokenizer.vision_projection is not None:
                 modules.append(tokenizer.vision_projection)
+            if tokenizer.vision_position_embedding is not None:
+                modules.append(tokenizer.vision_position_embedding)
         else:
             modules += [tokenizer.quantizer, tokenizer.rebuild]
         return modules
