@@ -23,24 +23,25 @@ torch.set_num_threads(1)
 LAYOUT_CHANNELS = 4
 
 
-def _layout_config(**overrides) -> SlotQFormerConfig:
+def _layout_config(layout_type: str = "queries", **overrides) -> SlotQFormerConfig:
     decoder = tiny_decoder_config()
     decoder["layout_channels"] = LAYOUT_CHANNELS
+    decoder["conditioner"]["layout_type"] = layout_type
     decoder["unet"]["in_channels"] = 3 + LAYOUT_CHANNELS  # pixel space in the tiny preset
     values = {"contrastive_loss_weight": 0.0, "text_generation_loss_weight": 0.0, "layout_loss_weight": 1.0}
     return SlotQFormerConfig.tiny(decoder_config=decoder, **{**values, **overrides})
 
 
-def _model(**overrides) -> SlotQFormerForPreTraining:
+def _model(layout_type: str = "queries", **overrides) -> SlotQFormerForPreTraining:
     torch.manual_seed(0)
-    return SlotQFormerForPreTraining(_layout_config(**overrides)).eval()
+    return SlotQFormerForPreTraining(_layout_config(layout_type, **overrides)).eval()
 
 
-def _conditioner() -> SlotQFormerDecoderConditioner:
+def _conditioner(layout_type: str = "queries") -> SlotQFormerDecoderConditioner:
     torch.manual_seed(0)
     return SlotQFormerDecoderConditioner(slot_dim=16, num_slots=5, hidden_size=32, num_heads=2, global_embedding_dim=8,
                                          noise_level_embedding=False, layout_channels=LAYOUT_CHANNELS,
-                                         layout_grid=(3, 3), layout_size=12).eval()  # fmt: skip
+                                         layout_grid=(3, 3), layout_size=12, layout_type=layout_type).eval()  # fmt: skip
 
 
 def _images(count: int, seed: int = 1) -> torch.Tensor:
@@ -53,8 +54,9 @@ def _images(count: int, seed: int = 1) -> torch.Tensor:
     return images
 
 
-def test_the_layout_depends_on_the_slots_not_their_order_and_covers_every_position_once():
-    conditioner = _conditioner()
+@pytest.mark.parametrize("layout_type", ["queries", "gaussian"])
+def test_the_layout_depends_on_the_slots_not_their_order_and_covers_every_position_once(layout_type):
+    conditioner = _conditioner(layout_type)
     slots = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         output = conditioner(slots)
@@ -89,6 +91,23 @@ def test_a_slot_that_wins_cells_paints_its_own_content_there_and_dropped_rows_pa
     torch.testing.assert_close(dropped.layout_logits, kept.layout_logits)  # the loss always sees the prediction
 
 
+def test_a_gaussian_layout_gives_each_cell_to_the_slot_whose_bump_is_highest_there():
+    conditioner = _conditioner("gaussian")
+    geometry = torch.zeros(1, 5, 4)
+    geometry[0, :, 3] = -50.0  # slots 2-4: nowhere
+    geometry[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])  # slot 0: a flat background (huge scale), bias 0
+    centre = torch.logit(torch.tensor([1 / 6, 5 / 6]))  # slot 1: the top-right cell's centre, small scale, bias 2
+    geometry[0, 1] = torch.tensor([centre[0], centre[1], -2.5, 2.0])
+    conditioner.layout_geometry.forward = lambda local: geometry
+    logits = conditioner.layout_logits(torch.zeros(1, 5, 32))
+    winners = logits.argmax(dim=1).reshape(3, 3)
+    assert winners.tolist() == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]
+    # the bump's logit is the bias at its centre and falls off with the squared distance
+    torch.testing.assert_close(logits[0, 1, 2], torch.tensor(2.0))
+    next_cell = 2.0 - 0.5 * (1 / 3) ** 2 * torch.exp(torch.tensor(5.0))  # one cell (1/3) to the left, σ = e^-2.5
+    torch.testing.assert_close(logits[0, 1, 1], next_cell)
+
+
 def test_the_layout_loss_is_the_cross_entropy_against_the_slot_attention_maps():
     model = _model()
     images = _images(2)
@@ -102,8 +121,9 @@ def test_the_layout_loss_is_the_cross_entropy_against_the_slot_attention_maps():
     assert abs(float(output.loss_layout) - float(torch.log(torch.tensor(8.0)))) < 0.5
 
 
-def test_training_puts_each_slot_of_the_layout_where_the_encoder_found_it():
-    model = _model(diffusion_loss_weight=0.0, global_mse_loss_weight=0.0).train()
+@pytest.mark.parametrize("layout_type", ["queries", "gaussian"])
+def test_training_puts_each_slot_of_the_layout_where_the_encoder_found_it(layout_type):
+    model = _model(layout_type, diffusion_loss_weight=0.0, global_mse_loss_weight=0.0).train()
     images = _images(8)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     first = None
@@ -220,6 +240,9 @@ def test_config_refuses_a_layout_loss_without_a_layout_and_a_unet_without_its_ch
     decoder["layout_channels"] = LAYOUT_CHANNELS
     with pytest.raises(ValueError, match=r"in_channels.*must be 7"):
         SlotQFormerConfig.tiny(decoder_config=decoder)
+    with pytest.raises(ValueError, match="layout_type"):
+        SlotQFormerDecoderConditioner(slot_dim=8, num_slots=2, hidden_size=8, num_heads=2, global_embedding_dim=4,
+                                      layout_channels=2, layout_grid=(2, 2), layout_size=4, layout_type="grid")  # fmt: skip
     with pytest.raises(ValueError, match="layout_grid"):
         SlotQFormerDecoderConditioner(slot_dim=8, num_slots=2, hidden_size=8, num_heads=2, global_embedding_dim=4,
                                       layout_channels=2)  # fmt: skip

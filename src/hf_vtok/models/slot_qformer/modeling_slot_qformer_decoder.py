@@ -30,8 +30,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ...utils.modeling_utils import TransformerBlock
-from ...utils.validation import check_int, check_tensor
+from ...utils.modeling_utils import TransformerBlock, grid_position_features
+from ...utils.validation import check_choice, check_int, check_tensor
 
 
 @dataclass
@@ -66,7 +66,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
     ``noise_level_embedding`` appends unCLIP-SD's noise-level embedding (of level 0: no noise augmentation) to
     the global embedding, so that the UNet's class projection takes ``2 × global_embedding_dim`` inputs as in the
     released unCLIP-SD 2.1 UNet. ``layout_channels`` / ``layout_grid`` / ``layout_size``: the layout map (see the
-    module docstring; 0 = off, the paper).
+    module docstring; 0 = off, the paper); ``layout_type``: how a slot scores the layout's cells (``layout_logits``).
     """
 
     @register_to_config
@@ -83,6 +83,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         layout_channels: int = 0,  # paper: 0 (cross-attention is the only path from the slots to the UNet)
         layout_grid: tuple[int, int] | list[int] | None = None,  # the cells the layout is decoded on (the patch grid)
         layout_size: int | None = None,  # the side of the painted map (the UNet's sample size)
+        layout_type: str = "queries",  # how a slot scores the cells: "queries" (learned per cell) or "gaussian"
     ):
         super().__init__()
         check_int("slot_dim", slot_dim, minimum=1)
@@ -101,6 +102,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             for value in layout_grid:
                 check_int("layout_grid[i]", value, minimum=1)
             check_int("layout_size", layout_size, minimum=1)
+        check_choice("layout_type", layout_type, ("queries", "gaussian"))
         self.proj_in = nn.Linear(slot_dim, hidden_size)
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_size)
@@ -115,8 +117,12 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         self.null_global_embedding = nn.Parameter(torch.zeros(global_embedding_dim))
         if layout_channels:
             cells = int(layout_grid[0]) * int(layout_grid[1])
-            self.layout_queries = nn.Parameter(torch.randn(cells, hidden_size) * hidden_size**-0.5)
-            self.layout_keys = nn.Linear(hidden_size, hidden_size)
+            if layout_type == "queries":
+                self.layout_queries = nn.Parameter(torch.randn(cells, hidden_size) * hidden_size**-0.5)
+                self.layout_keys = nn.Linear(hidden_size, hidden_size)
+            else:  # each slot: a centre (y, x), a log-scale and a bias, read off its embedding
+                self.layout_geometry = nn.Linear(hidden_size, 4)
+                self.register_buffer("layout_cell_centres", grid_position_features(*layout_grid)[:, :2], persistent=False)
             self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
 
     @property
@@ -146,7 +152,18 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
                                           layout_map=layout_map)  # fmt: skip
 
     def layout_logits(self, local: torch.Tensor) -> torch.Tensor:
-        """`[B, num_slots, cells]`: every cell of the layout grid scores every slot (its query against the slot's key)."""
+        """`[B, num_slots, cells]`: every cell of the layout grid scores every slot. ``"queries"``: the cell's learned
+        query against the slot's key. ``"gaussian"``: an isotropic Gaussian bump, ``bias - |cell - centre|² / 2σ²``,
+        with the slot's own centre (in [0, 1]), scale and bias: a slot-attention layout is a few compact objects over
+        a background, which a bump and a broad, low one describe in four numbers each (the centre is what the
+        slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``)."""
+        if self.config.layout_type == "gaussian":
+            geometry = self.layout_geometry(local).float()  # [B, S, 4]
+            centres = geometry[..., :2].sigmoid()
+            log_scale, bias = geometry[..., 2], geometry[..., 3]
+            cells = self.layout_cell_centres.float()  # [cells, 2]
+            distance = ((cells[None, None] - centres[:, :, None]) ** 2).sum(dim=-1)  # [B, S, cells]
+            return (bias[..., None] - 0.5 * distance * torch.exp(-2.0 * log_scale)[..., None]).to(local.dtype)
         keys = self.layout_keys(local)
         return torch.einsum("pd,bsd->bsp", self.layout_queries.to(keys.dtype), keys) * keys.shape[-1] ** -0.5
 
