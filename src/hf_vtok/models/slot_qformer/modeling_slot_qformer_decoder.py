@@ -10,9 +10,10 @@ by learned null embeddings (``null_local_embeddings`` / ``null_global_embedding`
 the same null condition is the unconditional branch.
 
 With ``layout_channels`` (a departure, off in the paper) the conditioner also decodes a *layout* from the slots alone:
-learned queries, one per cell of the slot attention's patch grid, attend over the slots (a softmax over slots, like
-slot attention's own maps), and every slot's projected content is painted over the cells it wins, resized to the
-UNet's resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where
+learned queries, one per cell of the slot attention's patch grid, attend over the slots (``layout_type="queries"``), or
+each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``); a softmax over slots, like
+slot attention's own maps, gives every cell to the slots, and every slot's projected content is painted over the cells
+it wins, resized to the UNet's resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where
 each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without its token footprints,
 23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only, so ids an LLM
 generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention maps.
