@@ -95,17 +95,23 @@ def test_a_gaussian_layout_gives_each_cell_to_the_slot_whose_bump_is_highest_the
     conditioner = _conditioner("gaussian")
     geometry = torch.zeros(1, 5, 4)
     geometry[0, :, 3] = -50.0  # slots 2-4: nowhere
-    geometry[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])  # slot 0: a flat background (huge scale), bias 0
-    centre = torch.logit(torch.tensor([1 / 6, 5 / 6]))  # slot 1: the top-right cell's centre, small scale, bias 2
-    geometry[0, 1] = torch.tensor([centre[0], centre[1], -2.5, 2.0])
+    geometry[0, 0] = torch.tensor([0.0, 0.0, 20.0, 0.0])  # slot 0: a flat background (the largest scale), bias 0
+    centre = torch.logit(torch.tensor([1 / 6, 5 / 6]))  # slot 1: the top-right cell's centre, the smallest scale, bias 1
+    geometry[0, 1] = torch.tensor([centre[0], centre[1], -20.0, 1.0])
     conditioner.layout_geometry.forward = lambda local: geometry
-    logits = conditioner.layout_logits(torch.zeros(1, 5, 32))
+    local = torch.zeros(1, 5, 32)
+    logits = conditioner.layout_logits(local)
     winners = logits.argmax(dim=1).reshape(3, 3)
     assert winners.tolist() == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]
-    # the bump's logit is the bias at its centre and falls off with the squared distance
-    torch.testing.assert_close(logits[0, 1, 2], torch.tensor(2.0))
-    next_cell = 2.0 - 0.5 * (1 / 3) ** 2 * torch.exp(torch.tensor(5.0))  # one cell (1/3) to the left, σ = e^-2.5
-    torch.testing.assert_close(logits[0, 1, 1], next_cell)
+    # scales run from half a cell (1/6 of the grid) to twice the image
+    _, scales, _ = conditioner.gaussian_geometry(local)
+    torch.testing.assert_close(scales[0, :2], torch.tensor([2.0, 1 / 6]))
+    # the bump's logit is the bias at its centre and falls off with the squared distance: one cell (1/3) away, -2
+    torch.testing.assert_close(logits[0, 1, 2], torch.tensor(1.0))
+    torch.testing.assert_close(logits[0, 1, 1], torch.tensor(1.0 - 0.5 * (1 / 3) ** 2 / (1 / 6) ** 2))
+    # however extreme the geometry, the logits stay finite (stage 2 starts from freshly quantised slots)
+    conditioner.layout_geometry.forward = lambda local: torch.full((1, 5, 4), -1e4)
+    assert torch.isfinite(conditioner.layout_logits(local)).all()
 
 
 def test_the_layout_loss_is_the_cross_entropy_against_the_slot_attention_maps():

@@ -21,6 +21,7 @@ generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -159,14 +160,22 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         a background, which a bump and a broad, low one describe in four numbers each (the centre is what the
         slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``)."""
         if self.config.layout_type == "gaussian":
-            geometry = self.layout_geometry(local).float()  # [B, S, 4]
-            centres = geometry[..., :2].sigmoid()
-            log_scale, bias = geometry[..., 2], geometry[..., 3]
+            centres, scales, bias = self.gaussian_geometry(local)
             cells = self.layout_cell_centres.float()  # [cells, 2]
             distance = ((cells[None, None] - centres[:, :, None]) ** 2).sum(dim=-1)  # [B, S, cells]
-            return (bias[..., None] - 0.5 * distance * torch.exp(-2.0 * log_scale)[..., None]).to(local.dtype)
+            return (bias[..., None] - 0.5 * distance / scales[..., None] ** 2).to(local.dtype)
         keys = self.layout_keys(local)
         return torch.einsum("pd,bsd->bsp", self.layout_queries.to(keys.dtype), keys) * keys.shape[-1] ** -0.5
+
+    def gaussian_geometry(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each slot's bump for ``layout_type="gaussian"``: centre `[B, S, 2]` (y, x) in (0, 1), scale σ `[B, S]` and
+        bias `[B, S]`. σ lies between half a cell and twice the image (log-linear in a sigmoid): unbounded, one slot's
+        σ → 0 gave logits of -1e33 and an infinite gradient when stage 2 started from freshly quantised slots."""
+        geometry = self.layout_geometry(local).float()  # [B, S, 4]
+        smallest = math.log(0.5 / max(self.config.layout_grid))
+        largest = math.log(2.0)
+        scales = torch.exp(smallest + (largest - smallest) * geometry[..., 2].sigmoid())
+        return geometry[..., :2].sigmoid(), scales, geometry[..., 3]
 
     def layout_cells(self, layout_logits: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """`[B, cells, layout_channels]`: each cell of the layout grid holds the slots' projected contents mixed by its
