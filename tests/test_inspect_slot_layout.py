@@ -1,0 +1,67 @@
+"""training/inspect_slot_layout.py: what a SlotQFormer training checkpoint's slots and layout know.
+
+Properties checked: its layout colour error is the model's own layout colour loss on the same scenes, its background
+share is the share of cells of each image's most common slot-attention winner, the picture and inspect.json are
+written, and a folder without a config is refused in one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_vtok.models.slot_qformer.configuration_slot_qformer import SlotQFormerConfig, tiny_decoder_config
+from hf_vtok.models.slot_qformer.modeling_slot_qformer import SlotQFormerForPreTraining
+
+torch.set_num_threads(1)
+SCRIPT = Path(__file__).resolve().parents[1] / "training" / "inspect_slot_layout.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("inspect_slot_layout", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    decoder = tiny_decoder_config()
+    decoder["layout_channels"] = 4
+    decoder["unet"]["in_channels"] = 7
+    config = SlotQFormerConfig.tiny(decoder_config=decoder, contrastive_loss_weight=0.0, text_generation_loss_weight=0.0,
+                                    layout_loss_weight=1.0, layout_colour_loss_weight=1.0,
+                                    vision_position_embedding=True)  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("inspect") / "checkpoint"
+    SlotQFormerForPreTraining(config).save_pretrained(folder)
+    return folder
+
+
+def test_the_inspection_measures_what_the_model_trains_on(checkpoint, tmp_path, capsys):
+    script = _script()
+    assert script.main([str(checkpoint), "--out", str(tmp_path), "--num-images", "8"]) == 0
+    results = json.loads((tmp_path / "inspect.json").read_text())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == results
+    assert (tmp_path / "layout.png").stat().st_size > 1000
+    model = SlotQFormerForPreTraining.from_pretrained(checkpoint).eval()
+    images = script.scenes_tensor("flat", 8, 998, model.config.image_size)
+    mean = torch.tensor(model.config.image_mean)[:, None, None]
+    std = torch.tensor(model.config.image_std)[:, None, None]
+    with torch.no_grad():
+        output = model(pixel_values=(images - mean) / std)
+    assert results["flat"]["layout_colour_mse"] == pytest.approx(float(output.loss_layout_colour), rel=1e-4)
+    winners = output.assignments.argmax(dim=1)
+    expected = float((winners == winners.mode(dim=1).values[:, None]).float().mean())
+    assert results["flat"]["background_share"] == pytest.approx(expected)
+    assert -10 < results["flat"]["centroid_r2_slots"] <= 1 and "centroid_r2_slots" not in results["textured"]
+
+
+def test_a_folder_without_a_config_is_refused_in_one_line(tmp_path, capsys):
+    assert _script().main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "config.json" in printed[0]
