@@ -30,11 +30,10 @@ import torch
 def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> torch.Tensor:
     from hf_vtok.data.shapes import generate_scene
 
-    images = [
-        np.asarray(generate_scene(np.random.default_rng([seed, index]), with_edit=False, image_size=image_size,
-                                  style=style).image, dtype=np.float32) / 255  # fmt: skip
-        for index in range(count)
-    ]
+    images = []
+    for index in range(count):
+        scene = generate_scene(np.random.default_rng([seed, index]), with_edit=False, image_size=image_size, style=style)
+        images.append(np.asarray(scene.image, dtype=np.float32) / 255)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
