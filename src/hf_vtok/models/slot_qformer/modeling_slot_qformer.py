@@ -328,7 +328,6 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
                 init.constant_(module.query_log_sigma, math.log(std))
         elif isinstance(module, SlotQFormerTextHead):
             init.zeros_(module.bias)
-
         elif isinstance(module, (Codebook, ResidualVectorQuantizer)):
             module.reset_parameters()
         elif isinstance(module, SlotQFormerForPreTraining):

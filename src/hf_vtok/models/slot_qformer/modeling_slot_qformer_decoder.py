@@ -13,10 +13,11 @@ With ``layout_channels`` (a departure, off in the paper) the conditioner also de
 learned queries, one per cell of the slot attention's patch grid, attend over the slots (``layout_type="queries"``), or
 each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``); a softmax over slots, like
 slot attention's own maps, gives every cell to the slots, and every slot's projected content is painted over the cells
-it wins, resized to the UNet's resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where
-each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without its token footprints,
-23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only, so ids an LLM
-generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention maps.
+it wins, resized to the UNet's resolution: a spatial map that goes in as extra UNet input channels. Cross-attention
+alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
+its token footprints, 23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only,
+so ids an LLM generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention
+maps.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             if layout_type == "queries":
                 self.layout_queries = nn.Parameter(torch.randn(cells, hidden_size) * hidden_size**-0.5)
                 self.layout_keys = nn.Linear(hidden_size, hidden_size)
-            else:  # each slot: a centre (y, x), a log-scale and a bias, read off its embedding
+            else:  # each slot: a centre (y, x), a scale and a bias, read off its embedding (``gaussian_geometry``)
                 self.layout_geometry = nn.Linear(hidden_size, 4)
-                self.register_buffer("layout_cell_centres", grid_position_features(*layout_grid)[:, :2], persistent=False)
+                centres = grid_position_features(*layout_grid)[:, :2]  # (y, x) of every cell
+                self.register_buffer("layout_cell_centres", centres, persistent=False)
             self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
 
     @property
