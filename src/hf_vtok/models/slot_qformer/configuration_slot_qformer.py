@@ -45,6 +45,7 @@ SLOT_ATTENTION_KEY_SCALES = ("head_dim", "num_slots")
 SLOT_INITS = ("gaussian", "queries")
 SLOT_SOFTMAXES = ("slots", "heads_and_slots")
 SLOT_TOKEN_ORDERS = ("slot_major", "depth_major")
+LAYOUT_TARGETS = ("attention", "winner")
 UNET_TRAINABLE = ("cross_attention", "all", "none")
 
 IMAGENET_MEAN, IMAGENET_STD = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
@@ -217,7 +218,11 @@ class SlotQFormerConfig(VTokConfig):
 
     Training: layout_loss_weight (departure, 0 = off; needs ``decoder_config.layout_channels``): in both stages, adds
         this times the cross-entropy of the decoder's layout (decoded from the slots) against the slot attention's
-        maps, so that the layout the decoder paints puts each slot where the encoder found it.
+        maps, so that the layout the decoder paints puts each slot where the encoder found it. layout_target:
+        ``"attention"`` (the soft maps) or ``"winner"`` (each patch's most attending slot, one-hot): where the soft
+        maps split a small object's patches among the background and two to four slot fragments, placing the object
+        gains the cross-entropy little and a layout that gives the background every cell came close to the best
+        (session 22); a one-hot target puts a cell's full weight on the one slot that wins it (docs/slot_qformer.md).
         colour_reconstruction_loss_weight (departure, 0 = off): in stage 1, adds this times the MSE of every patch's
         mean colour against the slots' colour guesses mixed by the slot attention's weights: the grouping pressure of
         a slot-attention autoencoder, which the diffusion decoder alone does not exert (docs/slot_qformer.md).
@@ -304,6 +309,7 @@ class SlotQFormerConfig(VTokConfig):
     stage2_diffusion_loss_weight: float = 0.1  # L_diffusion
     stage2_global_mse_loss_weight: float = 0.1  # L_MSE
     layout_loss_weight: float = 0.0  # paper: 0 (no layout; decoder_config.layout_channels)
+    layout_target: str = "attention"  # departure: the target of the layout loss (LAYOUT_TARGETS)
     colour_reconstruction_loss_weight: float = 0.0  # paper: 0 (the slots learn from the decoder and the text only)
     layout_colour_loss_weight: float = 0.0  # paper: 0 (no layout)
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
@@ -367,6 +373,7 @@ class SlotQFormerConfig(VTokConfig):
         check_choice("slot_init", self.slot_init, SLOT_INITS)
         check_choice("slot_softmax", self.slot_softmax, SLOT_SOFTMAXES)
         check_choice("token_order", self.token_order, SLOT_TOKEN_ORDERS)
+        check_choice("layout_target", self.layout_target, LAYOUT_TARGETS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "

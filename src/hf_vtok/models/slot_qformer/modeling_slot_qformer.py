@@ -925,10 +925,14 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
 
     def layout_loss(self, condition, assignments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the decoded layout (``condition.layout_logits``, `[B, S, cells]`) against the slot
-        attention's maps (`[B, S, cells]`, summing to one over slots; a fixed target): the layout the decoder paints
-        from the slot embeddings alone learns where the encoder's slots are."""
+        attention's maps (`[B, S, cells]`, summing to one over slots; a fixed target), or against their one-hot
+        winners (``config.layout_target="winner"``): the layout the decoder paints from the slot embeddings alone
+        learns where the encoder's slots are."""
+        target = assignments.detach().float()
+        if self.config.layout_target == "winner":
+            target = F.one_hot(target.argmax(dim=1), target.shape[1]).transpose(1, 2).float()
         log_layout = condition.layout_logits.float().log_softmax(dim=1)
-        return -(assignments.detach().float() * log_layout).sum(dim=1).mean()
+        return -(target * log_layout).sum(dim=1).mean()
 
     def _check_text(self, input_ids, attention_mask, batch_size: int):
         input_ids = check_tensor("input_ids", input_ids, ndim=2, integer=True)

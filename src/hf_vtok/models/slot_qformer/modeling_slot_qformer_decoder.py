@@ -125,8 +125,6 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
                 self.layout_keys = nn.Linear(hidden_size, hidden_size)
             else:  # each slot: a centre (y, x), a scale and a bias, read off its embedding (``gaussian_geometry``)
                 self.layout_geometry = nn.Linear(hidden_size, 4)
-                centres = grid_position_features(*layout_grid)[:, :2]  # (y, x) of every cell
-                self.register_buffer("layout_cell_centres", centres, persistent=False)
             self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
 
     @property
@@ -163,7 +161,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``)."""
         if self.config.layout_type == "gaussian":
             centres, scales, bias = self.gaussian_geometry(local)
-            cells = self.layout_cell_centres.float()  # [cells, 2]
+            # (y, x) of every cell, made here: a non-persistent buffer is left uninitialised by from_pretrained
+            cells = grid_position_features(*self.config.layout_grid, device=local.device)[:, :2]  # [cells, 2]
             distance = ((cells[None, None] - centres[:, :, None]) ** 2).sum(dim=-1)  # [B, S, cells]
             return (bias[..., None] - 0.5 * distance / scales[..., None] ** 2).to(local.dtype)
         keys = self.layout_keys(local)
