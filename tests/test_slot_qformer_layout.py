@@ -3,10 +3,11 @@
 Properties checked: the layout is a function of the slot embeddings alone and of none of their order (the painted map
 is the same for any permutation of the slots), its weights sum to one at every position, a slot that wins cells paints
 exactly its own content there, dropped rows and the null condition paint nothing; the layout loss is the cross-entropy
-against the slot attention's maps and training on it makes the layout put the slots where the encoder found them; in
-stage 2 it reaches the rebuild block and not the frozen conditioner; the pipeline paints the layout of the ids it
-decodes (ids and the embeddings they stand for give the same image) and the UNet reads it; the config refuses a layout
-loss without a layout and a UNet without the extra channels, by name; the paper's default has no layout at all.
+against the slot attention's maps (or their one-hot winners) and training on it makes the layout put the slots where
+the encoder found them; a saved and reloaded model paints the same layout; in stage 2 it reaches the rebuild block and
+not the frozen conditioner; the pipeline paints the layout of the ids it decodes (ids and the embeddings they stand for
+give the same image) and the UNet reads it; the config refuses a layout loss without a layout and a UNet without the
+extra channels, by name; the paper's default has no layout at all.
 The layout colour loss is the MSE of the layout's first three channels against the patch colours and, trained, paints
 each object in its own colour from the slots alone. The Gaussian layout gives each cell to the slot whose bump is
 highest there, its scales bounded so that no geometry gives an infinite logit.

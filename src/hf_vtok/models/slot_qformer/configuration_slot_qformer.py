@@ -219,10 +219,10 @@ class SlotQFormerConfig(VTokConfig):
     Training: layout_loss_weight (departure, 0 = off; needs ``decoder_config.layout_channels``): in both stages, adds
         this times the cross-entropy of the decoder's layout (decoded from the slots) against the slot attention's
         maps, so that the layout the decoder paints puts each slot where the encoder found it. layout_target:
-        ``"attention"`` (the soft maps) or ``"winner"`` (each patch's most attending slot, one-hot): where the soft
-        maps split a small object's patches among the background and two to four slot fragments, placing the object
-        gains the cross-entropy little and a layout that gives the background every cell came close to the best
-        (session 22); a one-hot target puts a cell's full weight on the one slot that wins it (docs/slot_qformer.md).
+        ``"attention"`` (the soft maps) or ``"winner"`` (each patch's most attending slot, one-hot, a departure):
+        trained on the soft maps, which split a small object among the background and two to four slot fragments, the
+        layout paints the objects' colours in place but its argmax stays the background almost everywhere; the
+        one-hot target did not change that and painted worse colours (session 23, docs/slot_qformer.md).
         colour_reconstruction_loss_weight (departure, 0 = off): in stage 1, adds this times the MSE of every patch's
         mean colour against the slots' colour guesses mixed by the slot attention's weights: the grouping pressure of
         a slot-attention autoencoder, which the diffusion decoder alone does not exert (docs/slot_qformer.md).
