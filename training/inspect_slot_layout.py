@@ -23,18 +23,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> torch.Tensor:
-    from hf_vtok.data.shapes import generate_scene
+    """`[count, 3, S, S]` in [0, 1]: the scenes `hf-vtok eval` would draw for ``seed``."""
+    from hf_vtok.evaluation.quality import load_scenes
 
-    images = []
-    for index in range(count):
-        scene = generate_scene(np.random.default_rng([seed, index]), with_edit=False, image_size=image_size, style=style)
-        images.append(np.asarray(scene.image, dtype=np.float32) / 255)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return torch.from_numpy(load_scenes(style, count, image_size, seed).images).permute(0, 3, 1, 2)
 
 
 def centroid_r2(features: torch.Tensor, centroids: torch.Tensor) -> float:

@@ -170,8 +170,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
 
     def gaussian_geometry(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each slot's bump for ``layout_type="gaussian"``: centre `[B, S, 2]` (y, x) in (0, 1), scale σ `[B, S]` and
-        bias `[B, S]`. σ lies between half a cell and twice the image (log-linear in a sigmoid): unbounded, one slot's
-        σ → 0 gave logits of -1e33 and an infinite gradient when stage 2 started from freshly quantised slots."""
+        bias `[B, S]`. σ lies between half a cell and twice the image (log-linear in a sigmoid), so that no slot
+        embedding, however far from training (stage 2 starts from freshly quantised slots), gives an infinite logit."""
         geometry = self.layout_geometry(local).float()  # [B, S, 4]
         smallest = math.log(0.5 / max(self.config.layout_grid))
         largest = math.log(2.0)
