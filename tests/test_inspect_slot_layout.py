@@ -65,3 +65,30 @@ def test_a_folder_without_a_config_is_refused_in_one_line(tmp_path, capsys):
     assert _script().main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "config.json" in printed[0]
+
+
+def test_a_finer_broadcast_layout_is_measured_on_its_own_grid(tmp_path):
+    decoder = tiny_decoder_config()
+    decoder.update(layout_channels=4, layout_resolution=16)
+    decoder["conditioner"]["layout_type"] = "broadcast"
+    decoder["unet"]["in_channels"] = 7
+    config = SlotQFormerConfig.tiny(decoder_config=decoder, contrastive_loss_weight=0.0, text_generation_loss_weight=0.0,
+                                    layout_loss_weight=1.0, layout_colour_loss_weight=1.0)  # fmt: skip
+    torch.manual_seed(0)
+    SlotQFormerForPreTraining(config).save_pretrained(tmp_path / "checkpoint")
+    script = _script()
+    assert script.main([str(tmp_path / "checkpoint"), "--out", str(tmp_path / "out"), "--num-images", "8"]) == 0
+    flat = json.loads((tmp_path / "out" / "inspect.json").read_text())["flat"]
+    model = SlotQFormerForPreTraining.from_pretrained(tmp_path / "checkpoint").eval()
+    images = script.scenes_tensor("flat", 8, 998, model.config.image_size)
+    mean = torch.tensor(model.config.image_mean)[:, None, None]
+    std = torch.tensor(model.config.image_std)[:, None, None]
+    with torch.no_grad():
+        output = model(pixel_values=(images - mean) / std)
+    assert flat["layout_colour_mse"] == pytest.approx(float(output.loss_layout_colour), rel=1e-4)
+    # the image's own 16 x 16 colours, resized back: far closer to the image than an untrained layout's
+    grid = torch.nn.functional.adaptive_avg_pool2d(images, 16)
+    picture = torch.nn.functional.interpolate(grid, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    expected = (10 * torch.log10(1 / ((picture - images) ** 2).mean(dim=(1, 2, 3)))).mean()
+    assert flat["grid_thumbnail_psnr"] == pytest.approx(float(expected), rel=1e-4)
+    assert flat["grid_thumbnail_psnr"] > flat["layout_psnr"] + 3

@@ -72,7 +72,7 @@ def _images(count: int, seed: int = 1) -> torch.Tensor:
     return images
 
 
-@pytest.mark.parametrize("layout_type", ["queries", "gaussian"])
+@pytest.mark.parametrize("layout_type", ["queries", "gaussian", "broadcast"])
 def test_the_layout_depends_on_the_slots_not_their_order_and_covers_every_position_once(layout_type):
     conditioner = _conditioner(layout_type)
     slots = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
@@ -177,7 +177,7 @@ def test_training_puts_each_slot_of_the_layout_where_the_encoder_found_it(layout
     assert agreement > 0.6, float(agreement)
 
 
-@pytest.mark.parametrize("layout_type", ["queries", "gaussian"])
+@pytest.mark.parametrize("layout_type", ["queries", "gaussian", "broadcast"])
 def test_a_saved_and_reloaded_model_paints_the_same_layout(layout_type, tmp_path):
     # session 23: the Gaussian layout's cell centres were a non-persistent buffer, which from_pretrained left
     # uninitialised (infinite logits): every reloaded checkpoint, stage 2 and the evaluation painted garbage

@@ -9,9 +9,13 @@ Prints one JSON line and writes `inspect.json` and `layout.png` to --out:
   from the conditioner's local embedding of it) to the centroid of its slot-attention map, over the slots that win
   more than two patches (flat scenes). Near 0 or below: the slots do not say where their object is.
 - `background_share`: the share of cells the most common attention winner of each image takes.
-- `layout_colour_mse` beside `one_colour_mse`: the layout's first three channels against the patch colours, and one
-  colour per scene (only meaningful with `layout_colour_loss_weight`); `layout_agreement`: the share of cells whose
-  layout winner is the attention winner.
+- `layout_colour_mse` beside `one_colour_mse`: the layout's first three channels against the image's colours on the
+  layout's grid (the patch colours unless `layout_resolution`), and one colour per scene (only meaningful with
+  `layout_colour_loss_weight`); `layout_agreement`: the share of cells whose layout winner is the attention winner
+  (the attention's maps resized to the layout's grid).
+- `layout_psnr` beside `grid_thumbnail_psnr`: the layout's colour channels, bilinearly resized to the image, as a
+  picture (what the layout alone says of the scene), and the image's own colours on the same grid resized the same way
+  (the best such a picture can do).
 - `layout.png`: per scene (flat, then textured) the image, the layout's colour channels, the layout's winners and the
   slot attention's winners.
 """
@@ -31,6 +35,15 @@ def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> torch.T
     from hf_vtok.evaluation.quality import load_scenes
 
     return torch.from_numpy(load_scenes(style, count, image_size, seed).images).permute(0, 3, 1, 2)
+
+
+def grid_picture_psnr(cells: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean PSNR (dB) of colours on a square grid (`[B, cells, 3]` in [0, 1]) resized bilinearly to ``images``."""
+    side = int(round(cells.shape[1] ** 0.5))
+    grid = cells.transpose(1, 2).reshape(cells.shape[0], 3, side, side)
+    picture = torch.nn.functional.interpolate(grid, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    mse = ((picture.clamp(0, 1) - images) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
 
 
 def centroid_r2(features: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -60,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from hf_vtok.models.slot_qformer.modeling_slot_qformer import SlotQFormerForPreTraining
-    from hf_vtok.utils import modeling_utils as vtok
 
     model = SlotQFormerForPreTraining.from_pretrained(args.checkpoint).eval()
     config = model.config
     side = config.image_size // config.vision_patch_size
+    layout_side = int(model.conditioner.config.layout_grid[0]) if model.conditioner.config.layout_grid else side
     mean = torch.tensor(config.image_mean)[:, None, None]
     std = torch.tensor(config.image_std)[:, None, None]
     results, shown = {"checkpoint": args.checkpoint, "num_images": args.num_images, "seed": args.seed}, []
@@ -85,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             keep = (assignments.sum(dim=-1) > 2).flatten()
             stats["centroid_r2_slots"] = centroid_r2(encoded.slot_embeddings.flatten(0, 1)[keep], centroids.flatten(0, 1)[keep])
             stats["centroid_r2_local"] = centroid_r2(condition.local_embeddings.flatten(0, 1)[keep], centroids.flatten(0, 1)[keep])
-        if condition.layout_cells is not None:
-            colours = vtok.patch_colors(pixel_values, config.image_mean, config.image_std, config.vision_patch_size)
+        if condition.layout_cells is not None:  # on the layout's grid (the patch grid unless layout_resolution)
+            colours = model.layout_grid_colours(pixel_values)
             cells = condition.layout_cells[..., :3]
             stats["layout_colour_mse"] = float(((cells - colours) ** 2).mean())
             stats["one_colour_mse"] = float(((colours.mean(dim=1, keepdim=True) - colours) ** 2).mean())
-            stats["layout_agreement"] = float((condition.layout_logits.argmax(dim=1) == winners).float().mean())
+            grid_winners = model.layout_grid_maps(assignments).argmax(dim=1)
+            stats["layout_psnr"] = grid_picture_psnr(cells, images)
+            stats["grid_thumbnail_psnr"] = grid_picture_psnr(colours, images)
+            stats["layout_agreement"] = float((condition.layout_logits.argmax(dim=1) == grid_winners).float().mean())
         results[style] = stats
         for index in range(min(6, args.num_images)):
             layout = None if condition.layout_cells is None else condition.layout_cells[index, :, :3]
@@ -104,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for row, (image, layout, layout_winners, slot_winners) in enumerate(shown):
         axes[row, 0].imshow(image.permute(1, 2, 0).numpy())
         if layout is not None:
-            axes[row, 1].imshow(layout.reshape(side, side, 3).clamp(0, 1).numpy())
-            axes[row, 2].imshow(layout_winners.reshape(side, side).numpy(), cmap="tab10", vmin=0, vmax=9)
+            axes[row, 1].imshow(layout.reshape(layout_side, layout_side, 3).clamp(0, 1).numpy())
+            axes[row, 2].imshow(layout_winners.reshape(layout_side, layout_side).numpy(), cmap="tab10", vmin=0, vmax=9)
         axes[row, 3].imshow(slot_winners.reshape(side, side).numpy(), cmap="tab10", vmin=0, vmax=9)
         for axis in axes[row]:
             axis.axis("off")

@@ -160,6 +160,10 @@ class TokenizerArguments:
     preset: Literal["tiny", "paper"] = field(default="tiny", metadata={"help": "config preset (ignored with init_from)"})
     config_overrides: dict | str | None = field(default_factory=dict, metadata={"help": "config fields over the preset (JSON)"})
     init_from: str | None = field(default=None, metadata={"help": "output folder of the previous stage, or an exported tokenizer folder (decoder/)"})
+    warm_start_from: str | None = field(
+        default=None, metadata={"help": "a run folder (training_model/) whose weights start a model built fresh from preset + "
+                                        "config_overrides, where name and shape match (an architecture change; not with init_from)"},
+    )  # fmt: skip
     dataset: str = field(default="shapes", metadata={"help": "shapes, imagefolder:DIR, parquet:GLOB, webdataset:GLOB or a Hub name"})
     dataset_split: str = "train"
     streaming: bool = False
@@ -182,6 +186,9 @@ class TokenizerArguments:
         check_int("num_train_images", self.num_train_images, minimum=1)
         check_int("eval_num_images", self.eval_num_images, minimum=1)
         self.config_overrides = _json_field(self.config_overrides or {}, "config_overrides")
+        if self.init_from and self.warm_start_from:
+            raise ValueError(f"`init_from` ({self.init_from!r}) continues a saved model and `warm_start_from` "
+                             f"({self.warm_start_from!r}) starts a new one from its weights: give one, not both.")  # fmt: skip
         if self.vae in ("null", "None", ""):  # the command line spells None as a string
             self.vae = None
 

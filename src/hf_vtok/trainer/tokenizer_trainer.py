@@ -140,9 +140,38 @@ def build_training_model(script_args: TokenizerArguments):
         model = AutoModelForPreTraining.from_config(preset(**overrides))
         if vision_path:
             model.tokenizer.vision_model.load_state_dict(vision.state_dict())
+        if script_args.warm_start_from:
+            copied, fresh = warm_start(model, script_args.warm_start_from)
+            print(f"warm start from {script_args.warm_start_from}: {len(copied)} tensors copied, {len(fresh)} left at "
+                  f"their initialisation: {', '.join(fresh) or 'none'}")  # fmt: skip
     if hasattr(model, "set_stage"):
         model.set_stage(script_args.stage)
     return model
+
+
+def warm_start(model, run_dir) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` every tensor of the run's ``training_model/`` whose name and shape match (an architecture
+    changed in a part, e.g. a new layout head, keeps the rest of a long training); returns the (copied, fresh) names.
+    A run of another model type, or one that shares no tensor, is an error: nothing starts from scratch unnoticed."""
+    from transformers import AutoModelForPreTraining
+
+    source = Path(run_dir) / "training_model"
+    if not any(source.glob("*.safetensors")):
+        raise ValueError(f"`warm_start_from` must be a train-tokenizer run folder holding training_model/*.safetensors, "
+                         f"got {str(run_dir)!r}.")  # fmt: skip
+    saved_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if saved_type != model.config.model_type:
+        raise ValueError(f"`warm_start_from` {str(run_dir)!r} holds a {saved_type!r} model, not "
+                         f"{model.config.model_type!r}.")  # fmt: skip
+    # loaded as a model, not as raw files: from_pretrained maps the saved names onto the modules' (transformers
+    # renames some submodules' weights on saving)
+    saved = AutoModelForPreTraining.from_pretrained(source).state_dict()
+    own = model.state_dict()
+    matched = {name: tensor for name, tensor in saved.items() if name in own and own[name].shape == tensor.shape}
+    if not matched:
+        raise ValueError(f"`warm_start_from` {str(run_dir)!r} shares no tensor (name and shape) with the new model.")
+    model.load_state_dict(matched, strict=False)
+    return sorted(matched), sorted(name for name in own if name not in matched)
 
 
 def training_model_from_decoder(decoder_dir, **config_overrides):

@@ -104,6 +104,10 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
             softmax over slots on every cell of the patch grid) and paints each slot's projected content there, a map
             of this many channels concatenated to the UNet's input (``unet["in_channels"]`` = latent channels + this);
             see :class:`SlotQFormerDecoderConditioner` and ``SlotQFormerConfig.layout_loss_weight``.
+        layout_resolution: the side of the grid the layout is decoded on (0: the slot attention's patch grid). A finer
+            grid lets a ``"broadcast"`` layout draw outlines finer than a patch (the UNet's latent grid, 16 at 128 px,
+            against DINOv2's 9 x 9 patches); the layout losses then compare against the slot attention's maps and the
+            image's colours resized to it.
     """
 
     model_type = "slot_qformer_decoder"
@@ -111,6 +115,7 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
     image_size: int = 768
     unet_trainable: str = "cross_attention"
     layout_channels: int = 0  # paper: 0 (cross-attention is the only path from the slots to the UNet)
+    layout_resolution: int = 0  # departure: 0 = the slot attention's patch grid
     conditioner: dict = field(default_factory=lambda: {
         "hidden_size": 1024,  # local embeddings = UNet cross-attention width
         "num_layers": 1,  # paper: "a Transformer decoder block"; released code: 4
@@ -167,6 +172,7 @@ class SlotQFormerDecoderConfig(VTokDecoderConfig):
                 f"got {unet.get('projection_class_embeddings_input_dim')!r}."
             )
         check_int("decoder_config['layout_channels']", self.layout_channels, minimum=0)
+        check_int("decoder_config['layout_resolution']", self.layout_resolution, minimum=0)
         check_unet_channels(unet, vae, num_channels=3, extra_in_channels=self.layout_channels)
 
 

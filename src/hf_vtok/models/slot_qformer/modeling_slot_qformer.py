@@ -736,8 +736,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         else:
             self.teacher_projection = None
         # decoder
-        if decoder.layout_channels:  # the layout is decoded on the slot attention's patch grid, painted at the UNet's size
-            side = config.image_size // config.vision_patch_size
+        if decoder.layout_channels:  # decoded on the patch grid (or layout_resolution's), painted at the UNet's size
+            side = decoder.layout_resolution or config.image_size // config.vision_patch_size
             conditioner_kwargs.update(layout_channels=decoder.layout_channels, layout_grid=(side, side),
                                       layout_size=decoder.unet["sample_size"])  # fmt: skip
         self.conditioner = SlotQFormerDecoderConditioner(
@@ -919,16 +919,35 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         """MSE of every patch's mean colour (in [0, 1], on the patch grid the layout is decoded on) against the first
         three channels of the layout there (``condition.layout_cells``): the map the UNet reads then says each
         slot's colour outright, from the slot embeddings alone (so from ids too)."""
+        colours = self.layout_grid_colours(pixel_values)
+        return F.mse_loss(condition.layout_cells[..., : self.config.num_channels].float(), colours)
+
+    def layout_grid_colours(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[B, cells, 3]`: the image's mean colour (in [0, 1]) in every cell of the layout grid: the patch colours when
+        the layout is decoded on the patch grid, else the image area-averaged onto the layout's grid."""
         config = self.config
-        colours = vtok.patch_colors(pixel_values, config.image_mean, config.image_std, config.vision_patch_size)
-        return F.mse_loss(condition.layout_cells[..., : config.num_channels].float(), colours)
+        height, width = self.conditioner.config.layout_grid
+        if (height, width) == tuple(side // config.vision_patch_size for side in pixel_values.shape[-2:]):
+            return vtok.patch_colors(pixel_values, config.image_mean, config.image_std, config.vision_patch_size)
+        image = vtok.unnormalize(pixel_values.float(), config.image_mean, config.image_std)
+        return F.adaptive_avg_pool2d(image, (height, width)).flatten(2).transpose(1, 2)
+
+    def layout_grid_maps(self, assignments: torch.Tensor) -> torch.Tensor:
+        """`[B, S, cells]`: the slot attention's maps (`[B, S, patches]`) on the layout grid, bilinearly resized when
+        it is not the patch grid (still summing to one over slots: the interpolation mixes them with convex weights)."""
+        height, width = self.conditioner.config.layout_grid
+        if assignments.shape[-1] == height * width:
+            return assignments
+        side = math.isqrt(assignments.shape[-1])
+        return F.interpolate(assignments.unflatten(-1, (side, side)), size=(height, width), mode="bilinear",
+                             align_corners=False).flatten(2)  # fmt: skip
 
     def layout_loss(self, condition, assignments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the decoded layout (``condition.layout_logits``, `[B, S, cells]`) against the slot
         attention's maps (`[B, S, cells]`, summing to one over slots; a fixed target), or against their one-hot
         winners (``config.layout_target="winner"``): the layout the decoder paints from the slot embeddings alone
         learns where the encoder's slots are."""
-        target = assignments.detach().float()
+        target = self.layout_grid_maps(assignments.detach().float())
         if self.config.layout_target == "winner":
             target = F.one_hot(target.argmax(dim=1), target.shape[1]).transpose(1, 2).float()
         log_layout = condition.layout_logits.float().log_softmax(dim=1)

@@ -11,10 +11,12 @@ the same null condition is the unconditional branch.
 
 With ``layout_channels`` (a departure, off in the paper) the conditioner also decodes a *layout* from the slots alone:
 learned queries, one per cell of the slot attention's patch grid, attend over the slots (``layout_type="queries"``), or
-each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``); a softmax over slots, like
+each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``), or each slot is broadcast over
+the grid and a small MLP reads it with every cell's position (``"broadcast"``: Slot Attention's spatial broadcast
+decoder, Locatello et al. 2020, which can draw a slot's outline and not only its place); a softmax over slots, like
 slot attention's own maps, gives every cell to the slots, and every slot's projected content is painted over the cells
-it wins, resized to the UNet's resolution: a spatial map that goes in as extra UNet input channels. Cross-attention
-alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
+it wins (with ``"broadcast"``, a content of its own at every cell), resized to the UNet's resolution: a spatial map that
+goes in as extra UNet input channels. Cross-attention alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
 its token footprints, 23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only,
 so ids an LLM generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention
 maps.
@@ -35,6 +37,9 @@ from torch import nn
 
 from ...utils.modeling_utils import TransformerBlock, grid_position_features
 from ...utils.validation import check_choice, check_int, check_tensor
+
+# how a slot scores the layout's cells (``SlotQFormerDecoderConditioner.layout_logits``)
+LAYOUT_TYPES = ("queries", "gaussian", "broadcast")
 
 
 @dataclass
@@ -69,7 +74,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
     ``noise_level_embedding`` appends unCLIP-SD's noise-level embedding (of level 0: no noise augmentation) to
     the global embedding, so that the UNet's class projection takes ``2 × global_embedding_dim`` inputs as in the
     released unCLIP-SD 2.1 UNet. ``layout_channels`` / ``layout_grid`` / ``layout_size``: the layout map (see the
-    module docstring; 0 = off, the paper); ``layout_type``: how a slot scores the layout's cells (``layout_logits``).
+    module docstring; 0 = off, the paper); ``layout_type``: how a slot scores the layout's cells (``layout_logits``);
+    ``layout_hidden_size``: the width of the ``"broadcast"`` layout's MLP.
     """
 
     @register_to_config
@@ -86,7 +92,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         layout_channels: int = 0,  # paper: 0 (cross-attention is the only path from the slots to the UNet)
         layout_grid: tuple[int, int] | list[int] | None = None,  # the cells the layout is decoded on (the patch grid)
         layout_size: int | None = None,  # the side of the painted map (the UNet's sample size)
-        layout_type: str = "queries",  # how a slot scores the cells: "queries" (learned per cell) or "gaussian"
+        layout_type: str = "queries",  # how a slot scores the cells: one of LAYOUT_TYPES
+        layout_hidden_size: int = 128,  # the "broadcast" layout's MLP width
     ):
         super().__init__()
         check_int("slot_dim", slot_dim, minimum=1)
@@ -105,7 +112,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             for value in layout_grid:
                 check_int("layout_grid[i]", value, minimum=1)
             check_int("layout_size", layout_size, minimum=1)
-        check_choice("layout_type", layout_type, ("queries", "gaussian"))
+        check_choice("layout_type", layout_type, LAYOUT_TYPES)
+        check_int("layout_hidden_size", layout_hidden_size, minimum=1)
         self.proj_in = nn.Linear(slot_dim, hidden_size)
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_size)
@@ -123,9 +131,19 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             if layout_type == "queries":
                 self.layout_queries = nn.Parameter(torch.randn(cells, hidden_size) * hidden_size**-0.5)
                 self.layout_keys = nn.Linear(hidden_size, hidden_size)
-            else:  # each slot: a centre (y, x), a scale and a bias, read off its embedding (``gaussian_geometry``)
+            elif layout_type == "gaussian":  # each slot: a centre (y, x), a scale and a bias (``gaussian_geometry``)
                 self.layout_geometry = nn.Linear(hidden_size, 4)
-            self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
+            if layout_type == "broadcast":  # every (slot, cell) pair: a logit and a content, from slot + position
+                self.layout_slot_projection = nn.Sequential(nn.LayerNorm(hidden_size),
+                                                            nn.Linear(hidden_size, layout_hidden_size))  # fmt: skip
+                self.layout_position_projection = nn.Linear(4, layout_hidden_size)
+                # a learned embedding per cell on top (DINOSAUR's MLP decoder, Seitzer et al. 2023): outlines need not
+                # be smooth functions of (y, x)
+                self.layout_cell_embeddings = nn.Parameter(torch.randn(cells, layout_hidden_size) * 0.02)
+                self.layout_mlp = nn.Sequential(nn.GELU(), nn.Linear(layout_hidden_size, layout_hidden_size), nn.GELU(),
+                                                nn.Linear(layout_hidden_size, 1 + layout_channels))  # fmt: skip
+            else:
+                self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
 
     @property
     def class_embedding_dim(self) -> int:
@@ -158,7 +176,10 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         query against the slot's key. ``"gaussian"``: an isotropic Gaussian bump, ``bias - |cell - centre|² / 2σ²``,
         with the slot's own centre (in [0, 1]), scale and bias: a slot-attention layout is a few compact objects over
         a background, which a bump and a broad, low one describe in four numbers each (the centre is what the
-        slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``)."""
+        slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``).
+        ``"broadcast"``: the first output of the spatial broadcast MLP (``broadcast_layout``)."""
+        if self.config.layout_type == "broadcast":
+            return self.broadcast_layout(local)[0]
         if self.config.layout_type == "gaussian":
             centres, scales, bias = self.gaussian_geometry(local)
             # (y, x) of every cell, made here: a non-persistent buffer is left uninitialised by from_pretrained
@@ -178,11 +199,31 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         scales = torch.exp(smallest + (largest - smallest) * geometry[..., 2].sigmoid())
         return geometry[..., :2].sigmoid(), scales, geometry[..., 3]
 
-    def layout_cells(self, layout_logits: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        """`[B, cells, layout_channels]`: each cell of the layout grid holds the slots' projected contents mixed by its
-        softmax over slots (the weights at every cell sum to one)."""
+    def broadcast_layout(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layout_type="broadcast"``: (logits `[B, S, cells]`, contents `[B, S, cells, layout_channels]`). Every slot
+        is broadcast over the grid, its projection added to a projection of each cell's (y, x, 1 - y, 1 - x) and the
+        cell's learned embedding, and a shared MLP maps each (slot, cell) to a logit and a content; a slot thereby draws any outline, not one bump."""
+        positions = grid_position_features(*self.config.layout_grid, device=local.device, dtype=local.dtype)
+        cells = self.layout_position_projection(positions) + self.layout_cell_embeddings.to(local.dtype)
+        hidden = self.layout_slot_projection(local)[:, :, None] + cells[None, None]
+        output = self.layout_mlp(hidden)  # [B, S, cells, 1 + layout_channels]
+        return output[..., 0], output[..., 1:]
+
+    def layout_contents(self, local: torch.Tensor) -> torch.Tensor:
+        """What each slot paints: `[B, S, layout_channels]`, or `[B, S, cells, layout_channels]` for ``"broadcast"``."""
+        if self.config.layout_type == "broadcast":
+            return self.broadcast_layout(local)[1]
+        return self.layout_values(local)
+
+    def layout_cells(self, layout_logits: torch.Tensor, local: torch.Tensor,
+                     contents: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """`[B, cells, layout_channels]`: each cell of the layout grid holds the slots' contents (``layout_contents``,
+        when already computed) mixed by its softmax over slots (the weights at every cell sum to one)."""
         weights = layout_logits.float().softmax(dim=1).to(local.dtype)
-        return torch.einsum("bsp,bsc->bpc", weights, self.layout_values(local))
+        contents = self.layout_contents(local) if contents is None else contents
+        if contents.ndim == 4:  # a content per (slot, cell)
+            return torch.einsum("bsp,bspc->bpc", weights, contents)
+        return torch.einsum("bsp,bsc->bpc", weights, contents)
 
     def paint_layout(self, layout_logits: torch.Tensor, local: torch.Tensor, cells: torch.Tensor | None = None):
         """`[B, layout_channels, layout_size, layout_size]`: each slot's projected content over the cells it wins,
@@ -217,8 +258,11 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         class_global = global_embedding
         layout_logits = layout_cells = layout_map = None
         if self.config.layout_channels:
-            layout_logits = self.layout_logits(local)
-            layout_cells = self.layout_cells(layout_logits, local)
+            if self.config.layout_type == "broadcast":
+                layout_logits, contents = self.broadcast_layout(local)
+            else:
+                layout_logits, contents = self.layout_logits(local), self.layout_values(local)
+            layout_cells = self.layout_cells(layout_logits, local, contents=contents)
             layout_map = self.paint_layout(layout_logits, local, cells=layout_cells)
         if drop_condition is not None:
             check_tensor("drop_condition", drop_condition, ndim=1)
@@ -239,4 +283,4 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
                                           layout_map=layout_map)  # fmt: skip
 
 
-__all__ = ["SlotQFormerConditionOutput", "SlotQFormerDecoderConditioner"]
+__all__ = ["LAYOUT_TYPES", "SlotQFormerConditionOutput", "SlotQFormerDecoderConditioner"]
