@@ -14,14 +14,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_slot_qformer_layout import (  # the layout tests' scenes of one square and their layout width
+    LAYOUT_CHANNELS,
+    _images,
+)
 
 from hf_vtok.models.slot_qformer.configuration_slot_qformer import SlotQFormerConfig, tiny_decoder_config
 from hf_vtok.models.slot_qformer.modeling_slot_qformer import SlotQFormerForPreTraining
 from hf_vtok.models.slot_qformer.modeling_slot_qformer_decoder import SlotQFormerDecoderConditioner
 
 torch.set_num_threads(1)
-
-LAYOUT_CHANNELS = 4
 
 
 def _config(layout_type: str = "broadcast", layout_resolution: int = 0, **overrides) -> SlotQFormerConfig:
@@ -32,15 +34,6 @@ def _config(layout_type: str = "broadcast", layout_resolution: int = 0, **overri
     decoder["unet"]["in_channels"] = 3 + LAYOUT_CHANNELS  # pixel space in the tiny preset
     values = {"contrastive_loss_weight": 0.0, "text_generation_loss_weight": 0.0, "layout_loss_weight": 1.0}
     return SlotQFormerConfig.tiny(decoder_config=decoder, **{**values, **overrides})
-
-
-def _images(count: int, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.full((count, 3, 64, 64), -1.5)
-    for index in range(count):
-        top, left = torch.randint(0, 40, (2,), generator=generator).tolist()
-        images[index, :, top : top + 24, left : left + 24] = torch.rand(3, 1, 1, generator=generator) * 3
-    return images
 
 
 def _conditioner(layout_type: str, num_slots: int = 5, grid: int = 3) -> SlotQFormerDecoderConditioner:
