@@ -236,6 +236,12 @@ class SlotQFormerConfig(VTokConfig):
         adds this times the MSE of every patch's mean colour against the first three channels of the decoder's layout
         on the patch grid, so that the map the UNet reads carries each slot's colour explicitly (the encoder-side
         colour loss alone left the decoder drawing the objects in the wrong colours; docs/slot_qformer.md).
+        pixel_loss_weight (departure, 0 = off; issue #16's lever; needs a latent-space decoder): in both stages, the
+        clean latents the UNet's prediction implies are decoded by the frozen autoencoder and this weight times their
+        pixel MSE to the image (in [-1, 1]) joins the loss (for ε-prediction each image weighted by its signal
+        fraction ``ᾱ_t``, as SeTok's). Latent MSE alone lets the decoder draw worse than the layout it reads (session
+        24: the Gaussian layout's colours alone, resized, 19.1 dB on flat validation scenes; the decoder 18.2 dB).
+        pixel_loss_max_images: at most this many images of each batch go through the autoencoder's decoder.
         stage (1 or 2); loss weights (appendix A.1): stage 1 ``L = 0.5·L_ITC + 0.5·L_ITG + 1·L_diffusion
         + 0.5·L_MSE``, stage 2 ``L = 1·L_rec + 1·L_commit + 0.1·L_diffusion + 0.1·L_MSE``; teacher_config (the frozen model whose image embedding the global
         head regresses; CLIP ViT-H/14 by default) with teacher_image_mean/std; decoder_config
@@ -317,6 +323,8 @@ class SlotQFormerConfig(VTokConfig):
     layout_loss_weight: float = 0.0  # paper: 0 (no layout; decoder_config.layout_channels)
     layout_target: str = "attention"  # departure: the target of the layout loss (LAYOUT_TARGETS)
     colour_reconstruction_loss_weight: float = 0.0  # paper: 0 (the slots learn from the decoder and the text only)
+    pixel_loss_weight: float = 0.0  # paper: 0 (the decoder is trained on its latent prediction only)
+    pixel_loss_max_images: int = 4
     layout_colour_loss_weight: float = 0.0  # paper: 0 (no layout)
     teacher_image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     teacher_image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
@@ -405,6 +413,13 @@ class SlotQFormerConfig(VTokConfig):
         check_float("layout_loss_weight", self.layout_loss_weight, minimum=0.0)
         check_float("colour_reconstruction_loss_weight", self.colour_reconstruction_loss_weight, minimum=0.0)
         check_float("layout_colour_loss_weight", self.layout_colour_loss_weight, minimum=0.0)
+        check_float("pixel_loss_weight", self.pixel_loss_weight, minimum=0.0)
+        check_int("pixel_loss_max_images", self.pixel_loss_max_images, minimum=1)
+        if self.pixel_loss_weight > 0 and self.decoder_latent_shape is None:
+            raise ValueError(
+                f"`pixel_loss_weight` ({self.pixel_loss_weight}) decodes the predicted latents: it needs a latent-space "
+                "decoder (`decoder_config['vae']`), got a pixel-space one."
+            )
         if self.layout_colour_loss_weight > 0 and self.decoder_config.layout_channels < self.num_channels:
             raise ValueError(
                 f"`layout_colour_loss_weight` ({self.layout_colour_loss_weight}) trains the first {self.num_channels} "

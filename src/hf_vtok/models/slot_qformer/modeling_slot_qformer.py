@@ -618,7 +618,7 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     stage 2 fills ``loss_reconstruction``, ``loss_commitment``, ``loss_diffusion``, ``loss_global_mse``; both fill
     ``loss_layout`` when ``config.layout_loss_weight > 0`` and ``loss_layout_colour`` when
     ``config.layout_colour_loss_weight > 0``; stage 1 fills ``loss_colour_reconstruction`` when
-    ``config.colour_reconstruction_loss_weight > 0``.
+    ``config.colour_reconstruction_loss_weight > 0``; both fill ``loss_pixel`` when ``config.pixel_loss_weight > 0``.
     """
 
     loss_contrastive: torch.FloatTensor | None = None
@@ -630,6 +630,7 @@ class SlotQFormerForPreTrainingOutput(vtok.VTokPreTrainingOutput):
     loss_layout: torch.FloatTensor | None = None
     loss_layout_colour: torch.FloatTensor | None = None
     loss_colour_reconstruction: torch.FloatTensor | None = None
+    loss_pixel: torch.FloatTensor | None = None
     slot_embeddings: torch.FloatTensor | None = None
     ids: torch.LongTensor | None = None
     assignments: torch.FloatTensor | None = None
@@ -866,11 +867,14 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         return embedding
 
     def diffusion_loss(
-        self, slot_embeddings: torch.Tensor, latents: torch.Tensor, condition_dropout: bool, noise=None, timesteps=None
-    ):
+        self, slot_embeddings: torch.Tensor, latents: torch.Tensor, condition_dropout: bool, noise=None, timesteps=None,
+        pixel_values: torch.Tensor | None = None,
+    ):  # fmt: skip
         """Denoising loss of the UNet on ``latents`` (what it denoises: VAE latents or pixels, see
         ``decoder_samples``) conditioned on ``slot_embeddings`` (random ``noise``/``timesteps`` unless given;
-        conditions dropped only in training); also returns the conditions."""
+        conditions dropped only in training); returns (loss, conditions, pixel loss). The pixel loss (None unless
+        ``config.pixel_loss_weight`` and ``pixel_values``) decodes the clean latents the prediction implies on the
+        first ``config.pixel_loss_max_images`` images with the frozen autoencoder and compares them with the image."""
         batch = slot_embeddings.shape[0]
         drop = None
         probability = self.config.decoder_config.condition_dropout_prob
@@ -879,7 +883,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
         condition = self.conditioner(slot_embeddings, drop_condition=drop)
         vtok.check_diffusion_draws(noise, timesteps, latents, self.noise_scheduler.config.num_train_timesteps)
         unet_dtype = self.unet.dtype
-        loss = vtok.denoising_loss(
+        with_pixel_loss = self.config.pixel_loss_weight > 0 and pixel_values is not None
+        denoised = vtok.denoising_loss(
             self.unet,
             self.noise_scheduler,
             latents.to(unet_dtype),
@@ -888,8 +893,17 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             sample_condition=condition.layout_map,  # None unless decoder_config.layout_channels
             encoder_hidden_states=condition.local_embeddings.to(unet_dtype),
             class_labels=condition.class_labels.to(unet_dtype),
+            return_clean_prediction=with_pixel_loss,
         )
-        return loss, condition
+        if not with_pixel_loss:
+            return denoised, condition, None
+        loss, clean_prediction, signal = denoised
+        first = self.config.pixel_loss_max_images
+        # x̂_0 of an ε-prediction magnifies its error by sqrt((1 - ᾱ_t) / ᾱ_t): weighted by ᾱ_t, as SeTok's
+        weights = signal[:first] if self.noise_scheduler.config.prediction_type == "epsilon" else None
+        pixel_loss = vtok.decoded_pixel_loss(self.decoder_autoencoder(), clean_prediction[:first], pixel_values[:first],
+                                             self.config.image_mean, self.config.image_std, weights=weights)  # fmt: skip
+        return loss, condition, pixel_loss
 
     def colour_reconstruction_loss(self, slots: torch.Tensor, assignments: torch.Tensor, pixel_values: torch.Tensor):
         """MSE of every patch's mean colour (in [0, 1], on the slot attention's patch grid) against the slots' colour
@@ -1053,9 +1067,11 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 input_ids, attention_mask = self._check_text(input_ids, attention_mask, batch)
                 loss_itc, loss_itg = self.text_losses(slots, encoded.layer_inputs, input_ids, attention_mask)
                 loss = loss + config.contrastive_loss_weight * loss_itc + config.text_generation_loss_weight * loss_itg
-            loss_diffusion, condition = self.diffusion_loss(slots, clean, True, noise, timesteps)
+            loss_diffusion, condition, loss_pixel = self.diffusion_loss(slots, clean, True, noise, timesteps, pixel_values)
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = loss + config.diffusion_loss_weight * loss_diffusion + config.global_mse_loss_weight * loss_mse
+            if loss_pixel is not None:
+                loss = loss + config.pixel_loss_weight * loss_pixel
             layout_total, loss_layout, loss_layout_colour = self._layout_losses(condition, encoded.assignments, pixel_values)
             loss = loss + layout_total
             loss_colour = None
@@ -1071,6 +1087,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 loss_global_mse=loss_mse,
                 loss_layout=loss_layout,
                 loss_layout_colour=loss_layout_colour,
+                loss_pixel=loss_pixel,
                 slot_embeddings=slots,
                 assignments=encoded.assignments,
             )
@@ -1082,7 +1099,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
             rebuilt = self.tokenizer.rebuild_slots(quantized.quantized)
             loss_reconstruction = F.mse_loss(rebuilt.float(), slots.float())
             loss_commitment = quantized.loss
-            loss_diffusion, condition = self.diffusion_loss(rebuilt, clean, False, noise, timesteps)
+            loss_diffusion, condition, loss_pixel = self.diffusion_loss(rebuilt, clean, False, noise, timesteps,
+                                                                        pixel_values)  # fmt: skip
             loss_mse = F.mse_loss(condition.global_embedding.float(), teacher)
             loss = (
                 config.reconstruction_loss_weight * loss_reconstruction
@@ -1090,6 +1108,8 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 + config.stage2_diffusion_loss_weight * loss_diffusion
                 + config.stage2_global_mse_loss_weight * loss_mse
             )
+            if loss_pixel is not None:
+                loss = loss + config.pixel_loss_weight * loss_pixel
             # the rebuilt slots must still say where they go (and in which colour)
             layout_total, loss_layout, loss_layout_colour = self._layout_losses(condition, encoded.assignments, pixel_values)
             loss = loss + layout_total
@@ -1101,6 +1121,7 @@ class SlotQFormerForPreTraining(SlotQFormerPreTrainedModel, vtok.ShippedAutoenco
                 loss_layout_colour=loss_layout_colour,
                 loss_reconstruction=loss_reconstruction,
                 loss_commitment=loss_commitment,
+                loss_pixel=loss_pixel,
                 slot_embeddings=rebuilt,
                 ids=self.tokenizer.flatten_ids(quantized.ids),
                 assignments=encoded.assignments,
