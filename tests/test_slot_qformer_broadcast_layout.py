@@ -44,19 +44,34 @@ def _conditioner(layout_type: str, num_slots: int = 5, grid: int = 3) -> SlotQFo
                                          layout_type=layout_type, layout_hidden_size=64)  # fmt: skip
 
 
+def test_a_broadcast_layout_starts_as_the_gaussian_layout_of_the_same_weights():
+    torch.manual_seed(0)
+    model = SlotQFormerForPreTraining(_config("broadcast")).eval()  # the training model's own initialisation
+    broadcast = model.conditioner
+    gaussian = SlotQFormerDecoderConditioner(**{**broadcast.config, "layout_type": "gaussian"}).eval()
+    missing, unexpected = gaussian.load_state_dict(broadcast.state_dict(), strict=False)
+    assert not missing and unexpected and all(name.startswith("layout_") for name in unexpected)
+    slots = torch.randn(2, model.config.num_slots, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = gaussian(slots), broadcast(slots)
+    torch.testing.assert_close(actual.layout_logits, expected.layout_logits)
+    torch.testing.assert_close(actual.layout_cells, expected.layout_cells)
+
+
 def test_a_broadcast_slot_paints_a_content_of_its_own_at_every_cell():
     conditioner = _conditioner("broadcast")
+    with torch.no_grad():
+        conditioner.layout_mlp[-1].weight.normal_(0.0, 0.3)  # a trained correction, not the initial zero
     slots = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         output = conditioner(slots)
-        local = output.local_embeddings
-        logits, contents = conditioner.broadcast_layout(local)
+        logits, contents = conditioner.decode_layout(output.local_embeddings)
     assert contents.shape == (2, 5, 9, LAYOUT_CHANNELS)
     # the same slot paints different contents at different cells (its position enters the MLP)
     assert (contents[:, :, 0] - contents[:, :, 8]).abs().mean() > 1e-3
     expected = torch.einsum("bsp,bspc->bpc", logits.softmax(dim=1), contents)
     torch.testing.assert_close(output.layout_cells, expected)
-    torch.testing.assert_close(conditioner.layout_logits(local), logits)
+    torch.testing.assert_close(conditioner.layout_logits(output.local_embeddings), logits)
 
 
 def _fit_ring(layout_type: str, steps: int = 300) -> float:
@@ -135,8 +150,11 @@ def test_a_warm_start_copies_what_matches_and_names_the_new_head(tmp_path):
     assert len(copied) > 0.9 * len(own)
     assert all(torch.equal(own[name], saved[name]) for name in copied)
     fresh = [name for name in own if name not in saved]
-    assert fresh and all(name.startswith("conditioner.layout_") for name in fresh), fresh
-    assert "conditioner.layout_geometry.weight" not in own  # the Gaussian head is not carried over
+    correction = ("conditioner.layout_slot_projection.", "conditioner.layout_position_projection.",
+                  "conditioner.layout_cell_embeddings", "conditioner.layout_mlp.")  # fmt: skip
+    assert fresh and all(name.startswith(correction) for name in fresh), fresh
+    # the bump and the contents come from the Gaussian run: the warm-started layout is the Gaussian one at first
+    torch.testing.assert_close(own["conditioner.layout_geometry.weight"], saved["conditioner.layout_geometry.weight"])
 
 
 def test_a_warm_start_refuses_what_it_cannot_start_from(tmp_path):

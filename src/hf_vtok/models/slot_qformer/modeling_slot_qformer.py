@@ -319,6 +319,7 @@ class SlotQFormerPreTrainedModel(vtok.VTokPreTrainedModel):
             if isinstance(module, SlotQFormerDecoderConditioner):
                 init.zeros_(module.null_local_embeddings)
                 init.zeros_(module.null_global_embedding)
+                module.init_layout_parameters()  # after its linears' default initialisation (children come first)
             return
         super()._init_weights(module)
         std = self.config.initializer_range

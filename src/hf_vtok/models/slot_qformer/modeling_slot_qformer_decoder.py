@@ -11,12 +11,12 @@ the same null condition is the unconditional branch.
 
 With ``layout_channels`` (a departure, off in the paper) the conditioner also decodes a *layout* from the slots alone:
 learned queries, one per cell of the slot attention's patch grid, attend over the slots (``layout_type="queries"``), or
-each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``), or each slot is broadcast over
-the grid and a small MLP reads it with every cell's position (``"broadcast"``: Slot Attention's spatial broadcast
-decoder, Locatello et al. 2020, which can draw a slot's outline and not only its place); a softmax over slots, like
-slot attention's own maps, gives every cell to the slots, and every slot's projected content is painted over the cells
-it wins (with ``"broadcast"``, a content of its own at every cell), resized to the UNet's resolution: a spatial map that
-goes in as extra UNet input channels. Cross-attention alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
+each slot draws one Gaussian bump from its own centre, scale and bias (``"gaussian"``), or a bump plus a correction at
+every cell (``"broadcast"``: each slot broadcast over the grid and read with every cell's position by a small MLP, as
+Slot Attention's spatial broadcast decoder, Locatello et al. 2020, so that a slot can draw its outline, not only its
+place); a softmax over slots, like slot attention's own maps, gives every cell to the slots, and every slot's projected
+content (with ``"broadcast"``, corrected at every cell) is painted over the cells it wins, resized to the UNet's
+resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
 its token footprints, 23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only,
 so ids an LLM generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention
 maps.
@@ -36,7 +36,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...utils.modeling_utils import TransformerBlock, grid_position_features
-from ...utils.validation import check_choice, check_int, check_tensor
+from ...utils.validation import check_choice, check_float, check_int, check_tensor
 
 # how a slot scores the layout's cells (``SlotQFormerDecoderConditioner.layout_logits``)
 LAYOUT_TYPES = ("queries", "gaussian", "broadcast")
@@ -75,7 +75,8 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
     the global embedding, so that the UNet's class projection takes ``2 × global_embedding_dim`` inputs as in the
     released unCLIP-SD 2.1 UNet. ``layout_channels`` / ``layout_grid`` / ``layout_size``: the layout map (see the
     module docstring; 0 = off, the paper); ``layout_type``: how a slot scores the layout's cells (``layout_logits``);
-    ``layout_hidden_size``: the width of the ``"broadcast"`` layout's MLP.
+    ``layout_hidden_size``: the width of the ``"broadcast"`` layout's MLP; ``layout_min_scale``: the smallest scale
+    σ of a bump, as a fraction of the image (0: half a cell of the layout grid).
     """
 
     @register_to_config
@@ -94,6 +95,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         layout_size: int | None = None,  # the side of the painted map (the UNet's sample size)
         layout_type: str = "queries",  # how a slot scores the cells: one of LAYOUT_TYPES
         layout_hidden_size: int = 128,  # the "broadcast" layout's MLP width
+        layout_min_scale: float = 0.0,  # the bumps' smallest σ (fraction of the image); 0 = half a layout cell
     ):
         super().__init__()
         check_int("slot_dim", slot_dim, minimum=1)
@@ -114,6 +116,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             check_int("layout_size", layout_size, minimum=1)
         check_choice("layout_type", layout_type, LAYOUT_TYPES)
         check_int("layout_hidden_size", layout_hidden_size, minimum=1)
+        check_float("layout_min_scale", layout_min_scale, minimum=0.0, maximum=1.0)
         self.proj_in = nn.Linear(slot_dim, hidden_size)
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm_out = nn.LayerNorm(hidden_size)
@@ -131,19 +134,32 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
             if layout_type == "queries":
                 self.layout_queries = nn.Parameter(torch.randn(cells, hidden_size) * hidden_size**-0.5)
                 self.layout_keys = nn.Linear(hidden_size, hidden_size)
-            elif layout_type == "gaussian":  # each slot: a centre (y, x), a scale and a bias (``gaussian_geometry``)
+            else:  # "gaussian" and "broadcast": each slot's bump, a centre (y, x), a scale and a bias
                 self.layout_geometry = nn.Linear(hidden_size, 4)
-            if layout_type == "broadcast":  # every (slot, cell) pair: a logit and a content, from slot + position
+            self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
+            if layout_type == "broadcast":  # every (slot, cell) pair: a logit and a content correction
                 self.layout_slot_projection = nn.Sequential(nn.LayerNorm(hidden_size),
                                                             nn.Linear(hidden_size, layout_hidden_size))  # fmt: skip
                 self.layout_position_projection = nn.Linear(4, layout_hidden_size)
                 # a learned embedding per cell on top (DINOSAUR's MLP decoder, Seitzer et al. 2023): outlines need not
                 # be smooth functions of (y, x)
-                self.layout_cell_embeddings = nn.Parameter(torch.randn(cells, layout_hidden_size) * 0.02)
+                self.layout_cell_embeddings = nn.Parameter(torch.empty(cells, layout_hidden_size))
                 self.layout_mlp = nn.Sequential(nn.GELU(), nn.Linear(layout_hidden_size, layout_hidden_size), nn.GELU(),
                                                 nn.Linear(layout_hidden_size, 1 + layout_channels))  # fmt: skip
-            else:
-                self.layout_values = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, layout_channels))
+            self.init_layout_parameters()
+
+    def init_layout_parameters(self) -> None:
+        """The layout's own initialisation (called again by the training model's ``_init_weights``, after the default
+        one of its linears): the broadcast correction starts at exactly zero, so that a ``"broadcast"`` layout starts
+        as the Gaussian layout of the same weights (a run warm-started from a Gaussian one keeps what it learned: a
+        pure broadcast layout, tried first, painted the scene's mean colour everywhere after 400 steps), and learns
+        the outlines from there."""
+        if not self.config.layout_channels or self.config.layout_type != "broadcast":
+            return
+        with torch.no_grad():
+            self.layout_cell_embeddings.normal_(0.0, 0.02)
+            self.layout_mlp[-1].weight.zero_()
+            self.layout_mlp[-1].bias.zero_()
 
     @property
     def class_embedding_dim(self) -> int:
@@ -177,10 +193,24 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         with the slot's own centre (in [0, 1]), scale and bias: a slot-attention layout is a few compact objects over
         a background, which a bump and a broad, low one describe in four numbers each (the centre is what the
         slots' soft position embedding makes readable, see ``SlotQFormerConfig.vision_position_embedding``).
-        ``"broadcast"``: the first output of the spatial broadcast MLP (``broadcast_layout``)."""
-        if self.config.layout_type == "broadcast":
-            return self.broadcast_layout(local)[0]
-        if self.config.layout_type == "gaussian":
+        ``"broadcast"``: the bump plus the spatial broadcast MLP's correction (``decode_layout``)."""
+        return self.decode_layout(local)[0]
+
+    def decode_layout(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits `[B, S, cells]`, contents): what every slot paints, `[B, S, layout_channels]`, or for
+        ``"broadcast"`` a content per cell, `[B, S, cells, layout_channels]`: every slot broadcast over the grid, its
+        projection added to a projection of each cell's (y, x, 1 - y, 1 - x) and the cell's learned embedding, and a
+        shared MLP corrects the bump's logit and the slot's content there (zero at initialisation)."""
+        logits, contents = self._slot_layout_logits(local), self.layout_values(local)
+        if self.config.layout_type != "broadcast":
+            return logits, contents
+        positions = grid_position_features(*self.config.layout_grid, device=local.device, dtype=local.dtype)
+        cells = self.layout_position_projection(positions) + self.layout_cell_embeddings.to(local.dtype)
+        correction = self.layout_mlp(self.layout_slot_projection(local)[:, :, None] + cells[None, None])
+        return logits + correction[..., 0], contents[:, :, None] + correction[..., 1:]
+
+    def _slot_layout_logits(self, local: torch.Tensor) -> torch.Tensor:
+        if self.config.layout_type in ("gaussian", "broadcast"):
             centres, scales, bias = self.gaussian_geometry(local)
             # (y, x) of every cell, made here: a non-persistent buffer is left uninitialised by from_pretrained
             cells = grid_position_features(*self.config.layout_grid, device=local.device)[:, :2]  # [cells, 2]
@@ -194,26 +224,14 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         bias `[B, S]`. σ lies between half a cell and twice the image (log-linear in a sigmoid), so that no slot
         embedding, however far from training (stage 2 starts from freshly quantised slots), gives an infinite logit."""
         geometry = self.layout_geometry(local).float()  # [B, S, 4]
-        smallest = math.log(0.5 / max(self.config.layout_grid))
+        smallest = math.log(self.config.layout_min_scale or 0.5 / max(self.config.layout_grid))
         largest = math.log(2.0)
         scales = torch.exp(smallest + (largest - smallest) * geometry[..., 2].sigmoid())
         return geometry[..., :2].sigmoid(), scales, geometry[..., 3]
 
-    def broadcast_layout(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``layout_type="broadcast"``: (logits `[B, S, cells]`, contents `[B, S, cells, layout_channels]`). Every slot
-        is broadcast over the grid, its projection added to a projection of each cell's (y, x, 1 - y, 1 - x) and the
-        cell's learned embedding, and a shared MLP maps each (slot, cell) to a logit and a content; a slot thereby draws any outline, not one bump."""
-        positions = grid_position_features(*self.config.layout_grid, device=local.device, dtype=local.dtype)
-        cells = self.layout_position_projection(positions) + self.layout_cell_embeddings.to(local.dtype)
-        hidden = self.layout_slot_projection(local)[:, :, None] + cells[None, None]
-        output = self.layout_mlp(hidden)  # [B, S, cells, 1 + layout_channels]
-        return output[..., 0], output[..., 1:]
-
     def layout_contents(self, local: torch.Tensor) -> torch.Tensor:
         """What each slot paints: `[B, S, layout_channels]`, or `[B, S, cells, layout_channels]` for ``"broadcast"``."""
-        if self.config.layout_type == "broadcast":
-            return self.broadcast_layout(local)[1]
-        return self.layout_values(local)
+        return self.decode_layout(local)[1]
 
     def layout_cells(self, layout_logits: torch.Tensor, local: torch.Tensor,
                      contents: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
@@ -258,10 +276,7 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
         class_global = global_embedding
         layout_logits = layout_cells = layout_map = None
         if self.config.layout_channels:
-            if self.config.layout_type == "broadcast":
-                layout_logits, contents = self.broadcast_layout(local)
-            else:
-                layout_logits, contents = self.layout_logits(local), self.layout_values(local)
+            layout_logits, contents = self.decode_layout(local)
             layout_cells = self.layout_cells(layout_logits, local, contents=contents)
             layout_map = self.paint_layout(layout_logits, local, cells=layout_cells)
         if drop_condition is not None:
