@@ -1,8 +1,10 @@
 """training/inspect_slot_layout.py: what a SlotQFormer training checkpoint's slots and layout know.
 
-Properties checked: its layout colour error is the model's own layout colour loss on the same scenes, its background
-share is the share of cells of each image's most common slot-attention winner, the picture and inspect.json are
-written, and a folder without a config is refused in one line with exit code 2.
+Properties checked: its layout colour error is the model's own layout colour loss on the same scenes (on the patch
+grid, and on a finer layout grid), its background share is the share of cells of each image's most common
+slot-attention winner, the picture of the image's own grid colours is scored as computed by hand and far above an
+untrained layout's, the picture and inspect.json are written, and a folder without a config is refused in one line
+with exit code 2.
 """
 
 from __future__ import annotations
