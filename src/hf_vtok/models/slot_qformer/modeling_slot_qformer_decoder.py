@@ -16,8 +16,9 @@ every cell (``"broadcast"``: each slot broadcast over the grid and read with eve
 Slot Attention's spatial broadcast decoder, Locatello et al. 2020, so that a slot can draw its outline, not only its
 place); a softmax over slots, like slot attention's own maps, gives every cell to the slots, and every slot's projected
 content (with ``"broadcast"``, corrected at every cell) is painted over the cells it wins, resized to the UNet's
-resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where each slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without
-its token footprints, 23.9 dB with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only,
+resolution: a spatial map that goes in as extra UNet input channels. Cross-attention alone has to learn where each
+slot belongs, which a small CPU-trained UNet did not (SeTok's decoder: 15.0 dB without its token footprints, 23.9 dB
+with them; docs/slot_qformer.md). The layout is a function of the slot embeddings only,
 so ids an LLM generates decode the same way; ``SlotQFormerConfig.layout_loss_weight`` teaches it the slot attention
 maps.
 """
@@ -221,8 +222,9 @@ class SlotQFormerDecoderConditioner(ModelMixin, ConfigMixin):
 
     def gaussian_geometry(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each slot's bump for ``layout_type="gaussian"``: centre `[B, S, 2]` (y, x) in (0, 1), scale σ `[B, S]` and
-        bias `[B, S]`. σ lies between half a cell and twice the image (log-linear in a sigmoid), so that no slot
-        embedding, however far from training (stage 2 starts from freshly quantised slots), gives an infinite logit."""
+        bias `[B, S]`. σ lies between half a cell (or ``layout_min_scale``) and twice the image (log-linear in a
+        sigmoid), so that no slot embedding, however far from training (stage 2 starts from freshly quantised slots),
+        gives an infinite logit."""
         geometry = self.layout_geometry(local).float()  # [B, S, 4]
         smallest = math.log(self.config.layout_min_scale or 0.5 / max(self.config.layout_grid))
         largest = math.log(2.0)
