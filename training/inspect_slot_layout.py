@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,12 +39,14 @@ def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> torch.T
 
 
 def grid_picture_psnr(cells: torch.Tensor, images: torch.Tensor) -> float:
-    """Mean PSNR (dB) of colours on a square grid (`[B, cells, 3]` in [0, 1]) resized bilinearly to ``images``."""
-    side = int(round(cells.shape[1] ** 0.5))
+    """Mean PSNR (dB, `hf-vtok eval`'s metric) of colours on a square grid (`[B, cells, 3]` in [0, 1]) resized
+    bilinearly to ``images`` (`[B, 3, H, W]`)."""
+    from hf_vtok.evaluation.metrics import psnr
+
+    side = math.isqrt(cells.shape[1])
     grid = cells.transpose(1, 2).reshape(cells.shape[0], 3, side, side)
     picture = torch.nn.functional.interpolate(grid, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    mse = ((picture.clamp(0, 1) - images) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+    return float(psnr(picture.clamp(0, 1).permute(0, 2, 3, 1).numpy(), images.permute(0, 2, 3, 1).numpy()).mean())
 
 
 def centroid_r2(features: torch.Tensor, centroids: torch.Tensor) -> float:
