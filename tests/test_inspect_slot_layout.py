@@ -3,7 +3,7 @@
 Properties checked: its layout colour error is the model's own layout colour loss on the same scenes (on the patch
 grid, and on a finer layout grid), its background share is the share of cells of each image's most common
 slot-attention winner, the picture of the image's own grid colours is scored as computed by hand and far above an
-untrained layout's, the picture and inspect.json are written, and a folder without a config is refused in one line
+untrained layout's, the slot maps' FG-ARI is hf-vtok eval's and below the patch grid's ceiling, the picture and inspect.json are written, and a folder without a config is refused in one line
 with exit code 2.
 """
 
@@ -13,6 +13,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,7 @@ def test_the_inspection_measures_what_the_model_trains_on(checkpoint, tmp_path, 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == results
     assert (tmp_path / "layout.png").stat().st_size > 1000
     model = SlotQFormerForPreTraining.from_pretrained(checkpoint).eval()
-    images = script.scenes_tensor("flat", 8, 998, model.config.image_size)
+    images, masks = script.scenes_tensor("flat", 8, 998, model.config.image_size)
     mean = torch.tensor(model.config.image_mean)[:, None, None]
     std = torch.tensor(model.config.image_std)[:, None, None]
     with torch.no_grad():
@@ -61,6 +62,18 @@ def test_the_inspection_measures_what_the_model_trains_on(checkpoint, tmp_path, 
     expected = float((winners == winners.mode(dim=1).values[:, None]).float().mean())
     assert results["flat"]["background_share"] == pytest.approx(expected)
     assert -10 < results["flat"]["centroid_r2_slots"] <= 1 and "centroid_r2_slots" not in results["textured"]
+    # FG-ARI of the winners as `hf-vtok eval` scores a slot map (nearest upsampling of the patch grid), and the grid's
+    # ceiling far above an untrained model's grouping
+    from PIL import Image
+
+    from hf_vtok.evaluation.metrics import foreground_ari
+
+    side = model.config.image_size // model.config.vision_patch_size
+    size = model.config.image_size
+    maps = np.stack([np.asarray(Image.fromarray(w.reshape(side, side).numpy().astype(np.int32)).resize((size, size), Image.Resampling.NEAREST))
+                     for w in winners])  # fmt: skip
+    assert results["flat"]["fg_ari"] == pytest.approx(float(np.nanmean(foreground_ari(masks, maps))), abs=0.02)
+    assert results["flat"]["patch_oracle_fg_ari"] > 0.8 > results["flat"]["fg_ari"]
 
 
 def test_a_folder_without_a_config_is_refused_in_one_line(tmp_path, capsys):
@@ -82,7 +95,7 @@ def test_a_finer_broadcast_layout_is_measured_on_its_own_grid(tmp_path):
     assert script.main([str(tmp_path / "checkpoint"), "--out", str(tmp_path / "out"), "--num-images", "8"]) == 0
     flat = json.loads((tmp_path / "out" / "inspect.json").read_text())["flat"]
     model = SlotQFormerForPreTraining.from_pretrained(tmp_path / "checkpoint").eval()
-    images = script.scenes_tensor("flat", 8, 998, model.config.image_size)
+    images, masks = script.scenes_tensor("flat", 8, 998, model.config.image_size)
     mean = torch.tensor(model.config.image_mean)[:, None, None]
     std = torch.tensor(model.config.image_std)[:, None, None]
     with torch.no_grad():

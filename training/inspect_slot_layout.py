@@ -9,6 +9,8 @@ Prints one JSON line and writes `inspect.json` and `layout.png` to --out:
   from the conditioner's local embedding of it) to the centroid of its slot-attention map, over the slots that win
   more than two patches (flat scenes). Near 0 or below: the slots do not say where their object is.
 - `background_share`: the share of cells the most common attention winner of each image takes.
+- `fg_ari` beside `patch_oracle_fg_ari`: FG-ARI of the slot attention's winners, and of the best map on the same
+  patch grid (each patch given the object covering most of it): what the grid allows, so what is left is grouping.
 - `layout_colour_mse` beside `one_colour_mse`: the layout's first three channels against the image's colours on the
   layout's grid (the patch colours unless `layout_resolution`), and one colour per scene (only meaningful with
   `layout_colour_loss_weight`); `layout_agreement`: the share of cells whose layout winner is the attention winner
@@ -28,14 +30,29 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
-def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> torch.Tensor:
-    """`[count, 3, S, S]` in [0, 1]: the scenes `hf-vtok eval` would draw for ``seed``."""
+def scenes_tensor(style: str, count: int, seed: int, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """`[count, 3, S, S]` in [0, 1] and the instance masks `[count, S, S]`: the scenes `hf-vtok eval` would draw for
+    ``seed``."""
     from hf_vtok.evaluation.quality import load_scenes
 
-    return torch.from_numpy(load_scenes(style, count, image_size, seed).images).permute(0, 3, 1, 2)
+    scenes = load_scenes(style, count, image_size, seed)
+    return torch.from_numpy(scenes.images).permute(0, 3, 1, 2), scenes.masks
+
+
+def discovery_scores(winners: torch.Tensor, masks: np.ndarray, side: int) -> dict:
+    """FG-ARI of the slot attention's winners (`[B, side²]`, each patch's cell as `grid_partition` cuts the image)
+    beside the best any map on that patch grid can score (`patch_oracle_labels`)."""
+    from hf_vtok.evaluation.baselines import grid_partition, patch_oracle_labels
+    from hf_vtok.evaluation.metrics import foreground_ari
+
+    cells = grid_partition(masks.shape[-1], side)
+    maps = winners.numpy()[:, cells]
+    return {"fg_ari": float(np.nanmean(foreground_ari(masks, maps))),
+            "patch_oracle_fg_ari": float(np.nanmean(foreground_ari(masks, patch_oracle_labels(masks, side))))}
 
 
 def grid_picture_psnr(cells: torch.Tensor, images: torch.Tensor) -> float:
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     std = torch.tensor(config.image_std)[:, None, None]
     results, shown = {"checkpoint": args.checkpoint, "num_images": args.num_images, "seed": args.seed}, []
     for style in ("flat", "textured"):
-        images = scenes_tensor(style, args.num_images, args.seed, config.image_size)
+        images, masks = scenes_tensor(style, args.num_images, args.seed, config.image_size)
         pixel_values = (images - mean) / std
         with torch.no_grad():
             encoded = model.tokenizer.encode_slots(pixel_values)
@@ -93,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         assignments = encoded.assignments  # [B, S, N]
         winners = assignments.argmax(dim=1)
         background = winners.mode(dim=1).values
-        stats = {"background_share": float((winners == background[:, None]).float().mean())}
+        stats = {"background_share": float((winners == background[:, None]).float().mean()),
+                 **discovery_scores(winners, masks, side)}
         if style == "flat":
             weights = assignments / assignments.sum(dim=-1, keepdim=True).clamp_min(1e-6)
             rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")

@@ -5,8 +5,8 @@
   (the ceiling of any decoder that renders in its latent space);
 * object colour fidelity (:func:`colour_matches`): is the mean colour inside each true object mask nearest to the
   same named palette colour as the reference's?
-* object discovery: colour k-means (:func:`~hf_vtok.evaluation.metrics.color_kmeans_segmentation`) and a fixed grid
-  (:func:`grid_partition`);
+* object discovery: colour k-means (:func:`~hf_vtok.evaluation.metrics.color_kmeans_segmentation`), a fixed grid
+  (:func:`grid_partition`), and the ceiling of any map on a tokenizer's patch grid (:func:`patch_oracle_labels`);
 * token counts: chance and majority for "tokens = objects + 1 ± 1" (:func:`token_count_agreement`).
 
 Images are numpy batches ``[B, H, W, 3]`` of floats in ``[0, 1]``, masks ``[B, H, W]`` integer object ids (0 is the
@@ -31,6 +31,7 @@ __all__ = [
     "grid_partition",
     "mean_colour_images",
     "nearest_colour_names",
+    "patch_oracle_labels",
     "taef2_round_trip",
     "thumbnail_for_bits",
     "thumbnail_images",
@@ -137,6 +138,30 @@ def grid_partition(size: int, side: int) -> np.ndarray:
     side = check_int("side", side, minimum=1, maximum=size)
     cells = np.arange(size) * side // size
     return (cells[:, None] * side + cells[None, :]).astype(np.int64)
+
+
+def patch_oracle_labels(masks: np.ndarray, side: int) -> np.ndarray:
+    """The best object-discovery answer a map on a ``side × side`` patch grid can give: every cell takes the object
+    (non-zero id) that covers most of it, the background (0) only where no object does, upsampled back to the masks'
+    size. FG-ARI scores object pixels only, so a small object that loses its cells to the background by plain
+    majority would be counted split; this map is the ceiling of slot-attention or cluster maps on that grid.
+
+    ``masks``: ``[B, H, W]`` integer ids (0 the background), ``H`` and ``W`` divisible or not by ``side`` (cells are
+    :func:`grid_partition`'s). Returns ``[B, H, W]`` int64 ids.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or not np.issubdtype(masks.dtype, np.integer) or masks.min(initial=0) < 0:
+        raise ValueError(f"`masks` must be [B, H, W] non-negative integer ids, got {describe(masks)}.")
+    batch, height, width = masks.shape
+    side = check_int("side", side, minimum=1, maximum=min(height, width))
+    cell = ((np.arange(height) * side // height)[:, None] * side + (np.arange(width) * side // width)[None, :])
+    num_ids = int(masks.max(initial=0)) + 1
+    # pixel counts per (image, cell, id) in one bincount
+    flat = (np.arange(batch)[:, None, None] * side * side + cell[None]) * num_ids + masks
+    counts = np.bincount(flat.ravel(), minlength=batch * side * side * num_ids).reshape(batch, side * side, num_ids)
+    objects = counts[..., 1:]
+    labels = np.where(objects.max(-1, initial=0) > 0, objects.argmax(-1) + 1 if num_ids > 1 else 0, 0)
+    return np.take_along_axis(labels, np.broadcast_to(cell.ravel(), (batch, height * width)), axis=1).reshape(masks.shape).astype(np.int64)
 
 
 def token_count_agreement(num_tokens: Sequence[int], num_objects: Sequence[int], *, tolerance: int = 1) -> dict:
