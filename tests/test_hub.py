@@ -45,11 +45,13 @@ def tokenizer_run(tmp_path_factory):
     return folder, model
 
 
-def test_the_seed_is_recorded_even_at_its_default():
-    from hf_vtok.trainer.arguments import parse_tokenizer_arguments
+def test_the_seed_and_the_step_budget_are_recorded_even_at_their_defaults():
+    from hf_vtok.trainer.arguments import TokenizerTrainingArguments, parse_tokenizer_arguments
 
     default = recorded_arguments(*parse_tokenizer_arguments(["--recipe", "ddt_latent_128_pixel", "--output_dir", "x"]))
     assert default["seed"] == 0 and "adam_beta1" not in default  # other training arguments only when they differ
+    stage2 = recorded_arguments(*parse_tokenizer_arguments(["--recipe", "slot_qformer_latent_128_layout_stage2", "--output_dir", "x"]))
+    assert stage2["max_steps"] == TokenizerTrainingArguments.max_steps == 500  # the recipe's value is the default
     assert recorded_arguments(*parse_tokenizer_arguments(["--recipe", "ddt_tiny", "--seed", "3", "--output_dir", "x"]))["seed"] == 3
 
 

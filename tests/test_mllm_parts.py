@@ -317,3 +317,23 @@ def test_a_shipped_recipe_lists_every_earlier_stage_once_first_stage_first(tmp_p
     assert [stage["recipe"]["stage"] for stage in record["previous_stages"]] == [1, 2, 3]
     assert record["recipe"]["stage"] == 4
     assert all("previous_stages" not in stage for stage in record["previous_stages"])
+
+
+def test_a_shipped_recipe_follows_a_warm_start_back_to_the_run_it_started_from(tmp_path, monkeypatch):
+    # a run built fresh with `--warm_start_from` took its matching tensors from an earlier run: that run and the ones
+    # it continued are earlier stages of the shipped checkpoint too, and the card names the warm start
+    from hf_vtok.trainer.hub import _previous_stage_lines
+
+    ship = _ship_checkpoint_module(monkeypatch, tmp_path / "shipped")
+
+    def write(folder, stage, **recipe):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "recipe.json").write_text(json.dumps({"recipe": {"stage": stage, **recipe}}))
+        return str(tmp_path / folder)
+
+    gaussian = write("gaussian", 1, init_from=None)
+    broadcast = write("broadcast", 1, init_from=None, warm_start_from=gaussian)
+    last = write("stage2", 2, init_from=broadcast)
+    record = ship.recipe_with_previous_stages(Path(last))
+    assert [Path(stage["recipe"].get("warm_start_from") or "-").name for stage in record["previous_stages"]] == ["-", "gaussian"]
+    assert f"warm_start_from `{gaussian}`" in _previous_stage_lines(record)[1]

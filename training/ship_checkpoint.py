@@ -122,16 +122,22 @@ def metrics_from_eval(eval_json: Path, name: str, image_size: int) -> dict:
     return metrics
 
 
+def _continued_run(record: dict) -> str | None:
+    """The run a stage started from: its ``init_from`` (the whole model) or its ``warm_start_from``."""
+    return record["recipe"].get("init_from") or record["recipe"].get("warm_start_from")
+
+
 def recipe_with_previous_stages(run_dir: Path) -> dict:
-    """The run's ``recipe.json`` with the records of the stages it continued (``init_from``, followed back while their
-    folders exist) under ``previous_stages``, first stage first: a shipped checkpoint keeps its whole recipe."""
+    """The run's ``recipe.json`` with the records of the stages it continued (``init_from``, or ``warm_start_from``
+    whose run gave the tensors that still fit, followed back while their folders exist) under ``previous_stages``,
+    first stage first: a shipped checkpoint keeps its whole recipe."""
     record = json.loads((run_dir / "recipe.json").read_text())
-    stages, source = [], record["recipe"].get("init_from")
+    stages, source = [], _continued_run(record)
     while source and (Path(source) / "recipe.json").is_file():
         stages.insert(0, json.loads((Path(source) / "recipe.json").read_text()))
         # a shipped folder's record already carries the stages before it: take them instead of following init_from
         earlier = stages[0].pop("previous_stages", None)
-        source = None if earlier else stages[0]["recipe"].get("init_from")
+        source = None if earlier else _continued_run(stages[0])
         stages[:0] = earlier or []
     if stages:
         record["previous_stages"] = stages

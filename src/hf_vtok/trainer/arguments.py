@@ -376,13 +376,15 @@ def parse_mllm_arguments(argv=None, **kwargs) -> tuple[MLLMArguments, MLLMTraini
 
 
 # Set by the machine or by `__post_init__`, or secret: never recorded.
+# a record says how long the run was meant to train even when the default set it
+ALWAYS_RECORDED = ("seed", "max_steps")
 NOT_RECORDED = {"output_dir", "resume_from_checkpoint", "max_train_seconds", "use_cpu", "accelerator_config", "dataloader_pin_memory", "debug",
                 "report_to", "disable_tqdm", "gradient_checkpointing", "hub_token"}
 
 
 def recorded_arguments(*arguments) -> dict:
-    """What a run records in ``recipe.json`` and its model card: every script argument, the seed, and the training /
-    model arguments that differ from their defaults."""
+    """What a run records in ``recipe.json`` and its model card: every script argument, the seed and the step budget,
+    and the training / model arguments that differ from their defaults."""
     recorded = {}
     for args in arguments:
         defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(args) if f.init}
@@ -390,6 +392,6 @@ def recorded_arguments(*arguments) -> dict:
         for name, value in vars(args).items():
             value = getattr(value, "value", value)  # enums
             differs = value != getattr(defaults[name], "value", defaults[name]) if name in defaults else False
-            if name in defaults and name not in NOT_RECORDED and (is_script or name == "seed" or differs):
+            if name in defaults and name not in NOT_RECORDED and (is_script or name in ALWAYS_RECORDED or differs):
                 recorded[name] = value
     return recorded

@@ -199,7 +199,8 @@ def _previous_stage_lines(recipe: dict) -> list[str]:
     for stage in recipe.get("previous_stages") or []:
         fields = stage.get("recipe", {})
         parts = [f"{key} `{_table_cell(fields[key])}`" for key in ("family", "stage", "max_steps", "learning_rate", "seed",
-                                                                    "num_train_images", "init_from") if fields.get(key) is not None]
+                                                                    "num_train_images", "init_from", "warm_start_from")
+                 if fields.get(key) is not None]
         if stage.get("wall_seconds") is not None:
             parts.append(f"{_format_value(stage['wall_seconds'])} s of training")
         overrides = fields.get("config_overrides")
