@@ -95,7 +95,7 @@ def test_a_finer_broadcast_layout_is_measured_on_its_own_grid(tmp_path):
     assert script.main([str(tmp_path / "checkpoint"), "--out", str(tmp_path / "out"), "--num-images", "8"]) == 0
     flat = json.loads((tmp_path / "out" / "inspect.json").read_text())["flat"]
     model = SlotQFormerForPreTraining.from_pretrained(tmp_path / "checkpoint").eval()
-    images, masks = script.scenes_tensor("flat", 8, 998, model.config.image_size)
+    images, _ = script.scenes_tensor("flat", 8, 998, model.config.image_size)
     mean = torch.tensor(model.config.image_mean)[:, None, None]
     std = torch.tensor(model.config.image_std)[:, None, None]
     with torch.no_grad():
