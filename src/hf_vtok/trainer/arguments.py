@@ -375,9 +375,9 @@ def parse_mllm_arguments(argv=None, **kwargs) -> tuple[MLLMArguments, MLLMTraini
     return parse_arguments("mllm", argv, **kwargs)
 
 
-# Set by the machine or by `__post_init__`, or secret: never recorded.
-# a record says how long the run was meant to train even when the default set it
+# A record says how long the run was meant to train even when the default set it.
 ALWAYS_RECORDED = ("seed", "max_steps")
+# Set by the machine or by `__post_init__`, or secret: never recorded.
 NOT_RECORDED = {"output_dir", "resume_from_checkpoint", "max_train_seconds", "use_cpu", "accelerator_config", "dataloader_pin_memory", "debug",
                 "report_to", "disable_tqdm", "gradient_checkpointing", "hub_token"}
 
