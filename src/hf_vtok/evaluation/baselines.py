@@ -146,22 +146,21 @@ def patch_oracle_labels(masks: np.ndarray, side: int) -> np.ndarray:
     size. FG-ARI scores object pixels only, so a small object that loses its cells to the background by plain
     majority would be counted split; this map is the ceiling of slot-attention or cluster maps on that grid.
 
-    ``masks``: ``[B, H, W]`` integer ids (0 the background), ``H`` and ``W`` divisible or not by ``side`` (cells are
-    :func:`grid_partition`'s). Returns ``[B, H, W]`` int64 ids.
+    ``masks``: ``[B, S, S]`` integer ids (0 the background), as every scene here; the cells are
+    :func:`grid_partition`'s, ``S`` divisible by ``side`` or not. Returns ``[B, S, S]`` int64 ids.
     """
     masks = np.asarray(masks)
-    if masks.ndim != 3 or not np.issubdtype(masks.dtype, np.integer) or masks.min(initial=0) < 0:
-        raise ValueError(f"`masks` must be [B, H, W] non-negative integer ids, got {describe(masks)}.")
-    batch, height, width = masks.shape
-    side = check_int("side", side, minimum=1, maximum=min(height, width))
-    cell = ((np.arange(height) * side // height)[:, None] * side + (np.arange(width) * side // width)[None, :])
+    if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or not np.issubdtype(masks.dtype, np.integer) or masks.min(initial=0) < 0:
+        raise ValueError(f"`masks` must be [B, S, S] non-negative integer ids, got {describe(masks)}.")
+    batch = masks.shape[0]
+    cell = grid_partition(masks.shape[1], side)  # checks side
     num_ids = int(masks.max(initial=0)) + 1
     # pixel counts per (image, cell, id) in one bincount
     flat = (np.arange(batch)[:, None, None] * side * side + cell[None]) * num_ids + masks
     counts = np.bincount(flat.ravel(), minlength=batch * side * side * num_ids).reshape(batch, side * side, num_ids)
     objects = counts[..., 1:]
     labels = np.where(objects.max(-1, initial=0) > 0, objects.argmax(-1) + 1 if num_ids > 1 else 0, 0)
-    return np.take_along_axis(labels, np.broadcast_to(cell.ravel(), (batch, height * width)), axis=1).reshape(masks.shape).astype(np.int64)
+    return labels[:, cell].astype(np.int64)  # each pixel takes its cell's label
 
 
 def token_count_agreement(num_tokens: Sequence[int], num_objects: Sequence[int], *, tolerance: int = 1) -> dict:
