@@ -115,7 +115,7 @@ def test_train_shows_the_shipped_latent_tokenizers_and_says_why(capsys, tmp_path
     # the stages and the summed wall time of each shipped record (setok: 4,931 + 2,468 + 1,411 s; slot_qformer: six
     # stages, 11,076 s)
     expected = {"setok_latent_128": "3 stages, 2 h 27 min of 2 CPU cores: docs/setok.md",
-                "slot_qformer_latent_128": "6 stages, 3 h 5 min of 2 CPU cores: docs/slot_qformer.md"}
+                "slot_qformer_latent_128": "7 stages, 4 h 18 min of 2 CPU cores: docs/slot_qformer.md"}
     assert set(demo.NOT_RETRAINED) == set(expected)
     for family, reason in expected.items():
         assert demo._checkpoint_folder(family, context) == SHIPPED_CHECKPOINTS_DIR / family
@@ -243,6 +243,8 @@ def test_demo_writes_pictures_and_metrics(tmp_path):
     for name in ("ddt", "ddt_latent_128"):
         assert (tmp_path / f"{name}_prefix_strip.png").is_file() and (tmp_path / f"{name}_counterfactual.png").is_file()
     assert (metrics["ddt"]["image_size"], metrics["ddt_latent_128"]["image_size"]) == (64, 128)
+    # the latent tokenizers are scored at the 128 px their decoders draw, whatever their DINOv2 reads (126 or 252 px)
+    assert all(metrics[name]["image_size"] == 128 for name in LOADABLE if name.endswith("_latent_128"))
     assert 0.0 <= metrics["slot_qformer"]["fg_ari"] <= 1.0
     # SeTok's variable token count against the object count, on flat and textured scenes
     assert (tmp_path / "setok_token_maps_flat.png").is_file()

@@ -228,9 +228,10 @@ def _tokenizer_section(family: str, context: DemoContext) -> dict:
         return {"skipped": "no checkpoint"}
     started = time.perf_counter()
     loaded = load_tokenizer_folder(folder)
-    # scored at the size the decoder draws when it is larger than the tokenizer's input (SeTok on DINOv2 reads 126 px
-    # and draws 128 px; the TAEF2 ceiling needs a multiple of 8), as `hf-vtok eval` does
-    image_size = max(loaded.image_size, loaded.decoder_image_size)
+    # scored at the size the decoder draws, as `hf-vtok eval` does: the tokenizer's image processor resizes the scenes
+    # to what it reads (SeTok on DINOv2 reads 126 px and draws 128 px, the SlotQFormer may read 252 px), and the TAEF2
+    # ceiling and the random-ids row need the decoder's size
+    image_size = loaded.decoder_image_size
     scenes = context.scenes(image_size)
     evaluation = evaluate_tokenizer(loaded, scenes, num_inference_steps=25, seed=context.seed)
     metrics = evaluation.summary()
